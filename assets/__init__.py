@@ -1,0 +1,5 @@
+"""Thin Dagster wrappers: one module per family of stage kinds (config -> op call -> artifact, metadata, checks).
+
+Each module registers its kinds with :func:`assets.registry.register`; ``assets/factory.py`` builds the
+Dagster assets from a compiled spec.
+"""

@@ -1,0 +1,1 @@
+"""The compute library: data, tokenizer, model, training, RL, evaluation. Never imports Dagster."""
