@@ -1,0 +1,216 @@
+"""Named, versioned, pluggable rule rewards for RL and rejection sampling.
+
+Key design choice: a reward is a *batch* function ``score(batch) -> list[float]`` registered under a name
+with a version string; the batch carries the group structure (samples of one prompt are consecutive) so
+group-relative rewards such as Kimi k1.5's length penalty fit the same interface as per-sample ones. The
+stage config names rewards (``[accuracy, format, {language: {weight: 0.1, target: en}}]``); the version of
+every named reward is hashed into the stage version, so changing a reward's code re-runs the stages that use
+it. An unknown name is one clear error listing the known ones, raised when the config is validated.
+
+All answer parsing goes through ``ops.tasks`` (extract_answer / is_correct / format_ok).
+
+Built-in rewards:
+
+* ``accuracy`` (v1): 1 if the parsed ``<answer>`` equals the gold answer, else 0.
+* ``format`` (v1): 1 if the response is exactly ``<think>...</think><answer>...</answer>``, else 0.
+* ``language`` (v1): share of the words in the reasoning written in the target language's script (R1's
+  language-consistency reward); numbers and symbols are neutral; a response with no words scores 1.
+* ``length`` (v1): Kimi k1.5 length penalty within each group: ``lambda = 0.5 - (len - min)/(max - min)``;
+  correct samples get ``lambda``, incorrect ones ``min(0, lambda)``; 0 for a group of equal lengths.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ops.tasks import format_ok, is_correct, split_response
+
+
+@dataclass
+class RewardBatch:
+    """What a reward sees: one entry per sampled completion, groups of ``group_size`` consecutive samples."""
+
+    completions: list[str]
+    answers: list[str]  # gold answer of each completion's prompt
+    lengths: list[int]  # completion length in tokens
+    group_size: int = 1
+
+
+@dataclass(frozen=True)
+class Reward:
+    name: str
+    version: str
+    fn: Callable[..., list[float]]
+    description: str
+    params: tuple[str, ...] = ()  # accepted keyword parameters
+
+
+REWARDS: dict[str, Reward] = {}
+
+
+class UnknownReward(ValueError):
+    pass
+
+
+def register_reward(name: str, version: str, description: str, params: tuple[str, ...] = ()):
+    """Decorator: register ``fn(batch, **params) -> list[float]`` as reward ``name``."""
+
+    def deco(fn):
+        if name in REWARDS:
+            raise ValueError(f"reward {name!r} registered twice")
+        REWARDS[name] = Reward(name, version, fn, description, params)
+        return fn
+
+    return deco
+
+
+def get_reward(name: str) -> Reward:
+    if name not in REWARDS:
+        raise UnknownReward(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
+    return REWARDS[name]
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_specs(items: list[Any]) -> list[RewardSpec]:
+    """``["accuracy", {"language": {"weight": 0.1, "target": "en"}}]`` -> specs; unknown name/param -> error."""
+    specs = []
+    for it in items:
+        if isinstance(it, str):
+            name, opts = it, {}
+        elif isinstance(it, dict) and len(it) == 1:
+            name, opts = next(iter(it.items()))
+            opts = dict(opts or {})
+        else:
+            raise ValueError(f"a reward is a name or a one-key mapping {{name: {{weight, ...}}}}, got {it!r}")
+        r = get_reward(name)
+        weight = float(opts.pop("weight", 1.0))
+        bad = set(opts) - set(r.params)
+        if bad:
+            raise ValueError(
+                f"reward {name!r} has no parameter(s) {sorted(bad)}; it accepts {list(r.params)}"
+            )
+        specs.append(RewardSpec(name, weight, opts))
+    if not specs:
+        raise ValueError("at least one reward is required")
+    return specs
+
+
+def reward_versions(specs: list[RewardSpec]) -> dict[str, str]:
+    return {s.name: get_reward(s.name).version for s in specs}
+
+
+def score(specs: list[RewardSpec], batch: RewardBatch) -> tuple[list[float], dict[str, list[float]]]:
+    """Weighted total per completion and each component (unweighted) by name."""
+    comps: dict[str, list[float]] = {}
+    total = [0.0] * len(batch.completions)
+    for s in specs:
+        vals = [float(v) for v in get_reward(s.name).fn(batch, **s.params)]
+        if len(vals) != len(total):
+            raise RuntimeError(f"reward {s.name!r} returned {len(vals)} scores for {len(total)} completions")
+        comps[s.name] = vals
+        total = [t + s.weight * v for t, v in zip(total, vals)]
+    return total, comps
+
+
+# ------------------------------------------------------------------------------------------------ built-ins
+@register_reward("accuracy", "v1", "1 if the <answer> block equals the gold answer")
+def _accuracy(batch: RewardBatch) -> list[float]:
+    return [1.0 if is_correct(c, a) else 0.0 for c, a in zip(batch.completions, batch.answers)]
+
+
+@register_reward("format", "v1", "1 if the response is exactly <think>...</think><answer>...</answer>")
+def _format(batch: RewardBatch) -> list[float]:
+    return [1.0 if format_ok(c) else 0.0 for c in batch.completions]
+
+
+_SCRIPTS = {
+    "en": "LATIN",
+    "fr": "LATIN",
+    "de": "LATIN",
+    "es": "LATIN",
+    "it": "LATIN",
+    "pt": "LATIN",
+    "ru": "CYRILLIC",
+    "uk": "CYRILLIC",
+    "el": "GREEK",
+    "ar": "ARABIC",
+    "he": "HEBREW",
+    "zh": "CJK",
+    "ja": "CJK",
+    "ko": "HANGUL",
+    "hi": "DEVANAGARI",
+}
+
+
+def _word_script(word: str) -> str | None:
+    """The script of a word's first letter (``LATIN``, ``CJK``...), None for a word without letters."""
+    for ch in word:
+        if ch.isalpha():
+            name = unicodedata.name(ch, "")
+            if name.startswith("CJK") or "HIRAGANA" in name or "KATAKANA" in name:
+                return "CJK"
+            return name.split(" ")[0] if name else None
+    return None
+
+
+def language_share(text: str, target: str = "en") -> float:
+    """Share of words (whitespace/punctuation separated runs with a letter) in the target script."""
+    if target not in _SCRIPTS:
+        raise ValueError(f"language reward: unknown target {target!r}; known: {sorted(_SCRIPTS)}")
+    want = _SCRIPTS[target]
+    words, cur = [], []
+    for ch in text:
+        if ch.isalpha():
+            # CJK scripts have no spaces: each ideograph counts as one word.
+            if _word_script(ch) == "CJK":
+                if cur:
+                    words.append("".join(cur))
+                    cur = []
+                words.append(ch)
+            else:
+                cur.append(ch)
+        elif cur:
+            words.append("".join(cur))
+            cur = []
+    if cur:
+        words.append("".join(cur))
+    scripts = [s for s in (_word_script(w) for w in words) if s]
+    if not scripts:
+        return 1.0
+    return sum(s == want for s in scripts) / len(scripts)
+
+
+@register_reward(
+    "language", "v1", "share of reasoning words in the target language's script (R1)", params=("target",)
+)
+def _language(batch: RewardBatch, target: str = "en") -> list[float]:
+    out = []
+    for c in batch.completions:
+        think, _ = split_response(c)
+        out.append(language_share(think if think is not None else c, target))
+    return out
+
+
+@register_reward("length", "v1", "Kimi k1.5 length penalty within each group of samples")
+def _length(batch: RewardBatch) -> list[float]:
+    g = max(batch.group_size, 1)
+    out = [0.0] * len(batch.completions)
+    for start in range(0, len(out), g):
+        lens = batch.lengths[start : start + g]
+        lo, hi = min(lens), max(lens)
+        if hi == lo:
+            continue
+        for i in range(start, min(start + g, len(out))):
+            lam = 0.5 - (batch.lengths[i] - lo) / (hi - lo)
+            ok = is_correct(batch.completions[i], batch.answers[i])
+            out[i] = lam if ok else min(0.0, lam)
+    return out

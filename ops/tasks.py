@@ -1,0 +1,410 @@
+"""Verifiable reasoning tasks and the ONE place where answers are parsed and checked.
+
+Key design choice: problems are generated procedurally from a seed, so every answer is exact and every
+worked solution is the literal chain of operations the answer came from; rule rewards, rejection sampling
+and evaluation all call :func:`extract_answer` / :func:`is_correct` / :func:`format_ok` from here, so the
+three can never disagree about what counts as a correct, well-formed response.
+
+Stable API (used by rewards, rejection sampling, the evaluation stage):
+
+* ``generate_tasks(n, seed, difficulties=(2,), id_prefix="t") -> list[Task]`` - deterministic problems.
+* ``make_splits(n_train, n_eval, seed, difficulties) -> (train, eval)`` - disjoint by question text and by
+  seed stream (train draws from ``seed``'s stream, eval from a separate stream; any eval question that also
+  occurs in train is replaced).
+* ``load_task_parquet(path) -> list[Task]`` - user Parquet with ``question`` and ``answer`` columns
+  (GSM8K style ``"...reasoning... #### 42"`` answers are split into solution and answer).
+* ``format_response(reasoning, answer) -> str`` - ``<think>{reasoning}</think><answer>{answer}</answer>``.
+* ``extract_answer(text) -> str | None`` - normalised content of the last ``<answer>...</answer>``.
+* ``is_correct(text_or_pred, gold) -> bool`` - numeric comparison when both sides are numbers.
+* ``format_ok(text) -> bool`` - the whole response is exactly one think block followed by one answer block.
+* ``TASK_SCHEMA`` - the pyarrow schema of the "tasks" artifact's ``train.parquet`` / ``eval.parquet``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import pyarrow as pa
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+TASK_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("solution", pa.string()),
+        ("difficulty", pa.int32()),
+        ("source", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    question: str
+    answer: str
+    solution: str
+    difficulty: int
+    source: str
+
+    @property
+    def response(self) -> str:
+        """The reference assistant response in the shared chat format."""
+        return format_response(self.solution, self.answer)
+
+
+# ---------------------------------------------------------------------------------------------- answers
+_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
+_FORMAT_RE = re.compile(
+    r"\s*"
+    + re.escape(THINK_OPEN)
+    + r"(?P<think>(?:(?!<think>|</think>|<answer>|</answer>).)*)"
+    + re.escape(THINK_CLOSE)
+    + r"\s*"
+    + re.escape(ANSWER_OPEN)
+    + r"(?P<answer>(?:(?!<think>|</think>|<answer>|</answer>).)*)"
+    + re.escape(ANSWER_CLOSE)
+    + r"\s*(?:<\|im_end\|>|<\|endoftext\|>)?\s*",
+    re.S,
+)
+_NUM_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?")
+
+
+def format_response(reasoning: str, answer: str) -> str:
+    return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+
+
+def normalize_answer(s: str) -> str:
+    """Canonical text of an answer: whitespace trimmed, thousands separators and ``$`` dropped, numbers in
+    lowest terms (``"1,200.0"`` -> ``"1200"``, ``"6/4"`` -> ``"3/2"``); non-numbers lower-cased."""
+    t = s.strip().replace(",", "").replace("$", "").strip()
+    t = t.rstrip(".") if t.endswith(".") and _NUM_RE.fullmatch(t[:-1] or "x") else t
+    n = _to_number(t)
+    if n is not None:
+        return str(n.numerator) if n.denominator == 1 else f"{n.numerator}/{n.denominator}"
+    return " ".join(t.lower().split())
+
+
+def _to_number(t: str) -> Fraction | None:
+    if not _NUM_RE.fullmatch(t):
+        return None
+    try:
+        return Fraction(t)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def extract_answer(text: str | None) -> str | None:
+    """Normalised content of the LAST ``<answer>...</answer>`` block, or ``None`` if there is none (or it
+    is empty). Only the tagged block counts: a number elsewhere in the text is never taken as the answer."""
+    if not text:
+        return None
+    found = _ANSWER_RE.findall(text)
+    if not found:
+        return None
+    ans = found[-1].strip()
+    return normalize_answer(ans) if ans else None
+
+
+def is_correct(text_or_pred: str | None, gold: str) -> bool:
+    """True when the response (or an already extracted prediction) equals ``gold``.
+
+    A string containing ``<answer>`` is treated as a full response and parsed with :func:`extract_answer`;
+    otherwise it is taken as the prediction itself. Numbers compare exactly as fractions.
+    """
+    if text_or_pred is None:
+        return False
+    pred = extract_answer(text_or_pred) if ANSWER_OPEN in text_or_pred else normalize_answer(text_or_pred)
+    if pred is None or pred == "":
+        return False
+    return pred == normalize_answer(str(gold))
+
+
+def format_ok(text: str | None) -> bool:
+    """True when the whole response is ``<think>...</think><answer>...</answer>`` (optionally followed by
+    ``<|im_end|>``), with one block of each, no nested tags and a non-empty answer."""
+    if not text:
+        return False
+    m = _FORMAT_RE.fullmatch(text)
+    return bool(m and m.group("answer").strip())
+
+
+def split_response(text: str) -> tuple[str | None, str | None]:
+    """``(think content, answer content)`` of a response; ``None`` for a missing part."""
+    t = re.search(re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE), text, re.S)
+    a = _ANSWER_RE.findall(text)
+    return (t.group(1) if t else None), (a[-1] if a else None)
+
+
+# ---------------------------------------------------------------------------------------------- generator
+_NAMES = [
+    "Ann",
+    "Ben",
+    "Cara",
+    "Dan",
+    "Eva",
+    "Finn",
+    "Gia",
+    "Hugo",
+    "Ivy",
+    "Jon",
+    "Kim",
+    "Leo",
+    "Mia",
+    "Ned",
+    "Ola",
+    "Pam",
+    "Raj",
+    "Sue",
+    "Tom",
+    "Uma",
+    "Vic",
+    "Wes",
+    "Yan",
+    "Zoe",
+]
+_PRONOUN = {
+    n: (
+        "she"
+        if n in {"Ann", "Cara", "Eva", "Gia", "Ivy", "Kim", "Mia", "Ola", "Pam", "Sue", "Uma", "Yan", "Zoe"}
+        else "he"
+    )
+    for n in _NAMES
+}
+_ITEMS = [
+    "apples",
+    "pens",
+    "coins",
+    "books",
+    "cards",
+    "shells",
+    "stamps",
+    "eggs",
+    "marbles",
+    "cups",
+    "nuts",
+    "boxes",
+    "beads",
+    "keys",
+    "rocks",
+    "toys",
+]
+
+# difficulty -> (min ops, max ops, max operand, max intermediate value)
+DIFFICULTY: dict[int, tuple[int, int, int, int]] = {
+    1: (1, 2, 20, 200),
+    2: (2, 3, 99, 999),
+    3: (3, 4, 99, 9999),
+    4: (4, 5, 999, 99999),
+}
+
+
+def _step(
+    rng: random.Random, cur: int, max_operand: int, max_value: int, who: str, item: str
+) -> tuple[str, str, int] | None:
+    """One operation on the running total: (sentence, equation, new total) or None if none fits."""
+    p = _PRONOUN[who]
+    ops = ["add", "sub", "mul", "div"]
+    rng.shuffle(ops)
+    for op in ops:
+        if op == "add":
+            n = rng.randint(1, max_operand)
+            if cur + n <= max_value:
+                s = rng.choice(
+                    [
+                        f"{p.capitalize()} gets {n} more.",
+                        f"Then {p} finds {n} more {item}.",
+                        f"{who} buys {n} more {item}.",
+                    ]
+                )
+                return s, f"{cur}+{n}={cur + n}", cur + n
+        elif op == "sub":
+            if cur >= 2:
+                n = rng.randint(1, min(cur - 1, max_operand))
+                s = rng.choice(
+                    [
+                        f"{p.capitalize()} gives away {n}.",
+                        f"Then {p} loses {n} {item}.",
+                        f"{who} sells {n} {item}.",
+                    ]
+                )
+                return s, f"{cur}-{n}={cur - n}", cur - n
+        elif op == "mul":
+            hi = min(9, max_value // max(cur, 1))
+            if hi >= 2:
+                n = rng.randint(2, hi)
+                s = rng.choice([f"Then {p} has {n} times as many.", f"{who} multiplies the {item} by {n}."])
+                return s, f"{cur}*{n}={cur * n}", cur * n
+        else:
+            divs = [d for d in range(2, 10) if cur % d == 0 and cur // d >= 1]
+            if divs:
+                n = rng.choice(divs)
+                s = rng.choice(
+                    [
+                        f"{p.capitalize()} splits them into {n} equal piles and keeps one.",
+                        f"{who} shares them equally among {n} friends, keeping one share.",
+                    ]
+                )
+                return s, f"{cur}/{n}={cur // n}", cur // n
+    return None
+
+
+def generate_task(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
+    """One problem: (question, solution, answer). The solution is the chain of equations, e.g.
+    ``"12+5=17. 17*3=51."``, and the answer the final value."""
+    if difficulty not in DIFFICULTY:
+        raise ValueError(f"unknown difficulty {difficulty}; choose one of {sorted(DIFFICULTY)}")
+    lo, hi, max_operand, max_value = DIFFICULTY[difficulty]
+    who, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    cur = rng.randint(2, max_operand)
+    sentences = [f"{who} has {cur} {item}."]
+    eqs = []
+    for _ in range(rng.randint(lo, hi)):
+        st = _step(rng, cur, max_operand, max_value, who, item)
+        if st is None:
+            break
+        s, e, cur = st
+        sentences.append(s)
+        eqs.append(e)
+    sentences.append(f"How many {item} does {who} have?")
+    return " ".join(sentences), " ".join(e + "." for e in eqs), str(cur)
+
+
+def _task_id(prefix: str, question: str) -> str:
+    return f"{prefix}-{hashlib.sha1(question.encode()).hexdigest()[:12]}"
+
+
+def generate_tasks(
+    n: int,
+    seed: int,
+    difficulties: tuple[int, ...] | list[int] = (2,),
+    id_prefix: str = "t",
+    exclude: set[str] | None = None,
+) -> list[Task]:
+    """``n`` distinct problems from ``seed`` (deterministic), difficulty cycling through ``difficulties``.
+
+    Questions in ``exclude`` (and duplicates) are skipped; ids are a hash of the question text, so the same
+    question always has the same id.
+    """
+    if not difficulties:
+        raise ValueError("difficulties must name at least one level")
+    rng = random.Random(seed)
+    seen = set(exclude or ())
+    out: list[Task] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise ValueError(f"could only generate {len(out)} distinct problems of {n} requested")
+        d = difficulties[len(out) % len(difficulties)]
+        q, sol, ans = generate_task(rng, d)
+        if q in seen:
+            continue
+        seen.add(q)
+        out.append(Task(_task_id(id_prefix, q), q, ans, sol, int(d), "arithmetic"))
+    return out
+
+
+def make_splits(
+    n_train: int, n_eval: int, seed: int, difficulties: tuple[int, ...] | list[int] = (2,)
+) -> tuple[list[Task], list[Task]]:
+    """Disjoint train/eval splits: eval comes from its own seed stream and never repeats a train question."""
+    train = generate_tasks(n_train, seed=seed * 2 + 0, difficulties=difficulties, id_prefix="train")
+    ev = generate_tasks(
+        n_eval,
+        seed=seed * 2 + 1,
+        difficulties=difficulties,
+        id_prefix="eval",
+        exclude={t.question for t in train},
+    )
+    return train, ev
+
+
+# ---------------------------------------------------------------------------------------------- I/O
+def tasks_to_table(tasks: list[Task]) -> pa.Table:
+    rows = [asdict(t) for t in tasks]
+    return pa.Table.from_pylist(rows, schema=TASK_SCHEMA)
+
+
+def write_tasks(tasks: list[Task], path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(tasks_to_table(tasks), path, compression="zstd")
+
+
+def read_tasks(path: Path) -> list[Task]:
+    """Read a split of a "tasks" artifact (``train.parquet`` / ``eval.parquet``)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    return [
+        Task(r["id"], r["question"], r["answer"], r["solution"], int(r["difficulty"]), r["source"])
+        for r in t.to_pylist()
+    ]
+
+
+class TaskFileError(ValueError):
+    """A user task file that cannot be used (missing file, missing or mistyped column)."""
+
+
+def check_task_parquet(path: str | Path) -> list[str]:
+    """Problems with a user task Parquet, read from its schema only (no rows): [] when it is usable."""
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.is_file():
+        return [f"{p}: file not found"]
+    try:
+        schema = pq.read_schema(p)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
+        return [f"{p}: not a readable Parquet file ({e})"]
+    problems = []
+    for col, ok_types, what in (
+        ("question", (pa.string(), pa.large_string()), "string"),
+        ("answer", (pa.string(), pa.large_string(), pa.int64(), pa.int32()), "string or integer"),
+    ):
+        if col not in schema.names:
+            problems.append(f"{p}: missing column {col!r} (has {schema.names})")
+        elif schema.field(col).type not in ok_types:
+            problems.append(f"{p}: column {col!r} has type {schema.field(col).type}, expected {what}")
+    if "solution" in schema.names and schema.field("solution").type not in (pa.string(), pa.large_string()):
+        problems.append(f"{p}: column 'solution' has type {schema.field('solution').type}, expected string")
+    return problems
+
+
+def load_task_parquet(path: str | Path, source: str | None = None) -> list[Task]:
+    """Tasks from a user Parquet with ``question`` and ``answer`` columns (optional ``id``, ``solution``).
+
+    A GSM8K-style answer ``"reasoning #### 42"`` becomes solution ``"reasoning"`` and answer ``"42"``.
+    Raises :class:`TaskFileError` naming the file and column for anything unusable.
+    """
+    import pyarrow.parquet as pq
+
+    problems = check_task_parquet(path)
+    if problems:
+        raise TaskFileError("; ".join(problems))
+    p = Path(path)
+    t = pq.read_table(p)
+    cols = set(t.column_names)
+    out = []
+    for i, r in enumerate(t.to_pylist()):
+        q, a = r["question"], r["answer"]
+        if q is None or a is None or not str(q).strip() or not str(a).strip():
+            raise TaskFileError(f"{p}: row {i} has an empty question or answer")
+        a = str(a)
+        sol = r.get("solution") if "solution" in cols else None
+        if "####" in a:
+            sol_part, a = a.rsplit("####", 1)
+            sol = sol or sol_part.strip()
+        ans = a.strip()
+        tid = str(r["id"]) if "id" in cols and r.get("id") is not None else _task_id("user", q)
+        out.append(Task(tid, str(q), normalize_answer(ans), sol or "", 0, source or p.name))
+    return out

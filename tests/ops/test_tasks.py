@@ -1,0 +1,141 @@
+"""Task generator (exactness, determinism, disjoint splits), answer parsing, user Parquet loading."""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ops import tasks as T
+
+pytestmark = pytest.mark.unit
+
+
+def _replay(solution: str) -> int:
+    """Re-derive the answer from the worked solution's equations, checking each one."""
+    val = None
+    for eq in filter(None, (s.strip() for s in solution.split("."))):
+        m = re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", eq)
+        assert m, eq
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        if val is not None:
+            assert a == val, "each step starts from the previous result"
+        exact = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]
+        assert exact == c, eq
+        val = c
+    return val
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4])
+def test_generated_answers_are_exact_and_solutions_replay(difficulty):
+    lo, hi, _, max_value = T.DIFFICULTY[difficulty]
+    for t in T.generate_tasks(200, seed=3, difficulties=[difficulty]):
+        assert int(t.answer) == _replay(t.solution)
+        assert 0 <= int(t.answer) <= max_value
+        assert t.question.startswith(t.question.split()[0] + " has ")
+        assert t.difficulty == difficulty
+        assert T.format_ok(t.response) and T.is_correct(t.response, t.answer)
+
+
+def test_generation_is_deterministic_and_splits_disjoint():
+    a1, e1 = T.make_splits(500, 100, seed=7, difficulties=[1, 2])
+    a2, e2 = T.make_splits(500, 100, seed=7, difficulties=[1, 2])
+    assert a1 == a2 and e1 == e2
+    assert not {t.question for t in a1} & {t.question for t in e1}
+    assert len({t.id for t in a1}) == 500
+    a3, _ = T.make_splits(500, 100, seed=8, difficulties=[1, 2])
+    assert a3 != a1
+    assert {t.difficulty for t in a1} == {1, 2}
+
+
+def test_unknown_difficulty_is_an_error():
+    with pytest.raises(ValueError, match="difficulty"):
+        T.generate_tasks(3, seed=0, difficulties=[9])
+
+
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("<think>x</think><answer>42</answer>", "42"),
+        ("<think>x</think><answer> 1,200 </answer><|im_end|>", "1200"),
+        ("<answer>1</answer> then <answer>2</answer>", "2"),
+        ("<answer>3.0</answer>", "3"),
+        ("<answer>6/4</answer>", "3/2"),
+        ("the answer is 42", None),
+        ("<answer></answer>", None),
+        ("<think>42</think><answer>", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text, want):
+    assert T.extract_answer(text) == want
+
+
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        ("<think>3+4=7.</think><answer>7</answer>", True),
+        ("<think>3+4=7.</think><answer>7</answer><|im_end|>", True),
+        ("<think></think><answer>7</answer>", True),
+        ("<think>a</think><answer></answer>", False),
+        ("<answer>7</answer>", False),
+        ("<think>a</think>", False),
+        ("junk<think>a</think><answer>7</answer>", False),
+        ("<think>a</think><answer>7</answer>junk", False),
+        ("<think>a<think>b</think><answer>7</answer>", False),
+        ("<think>a</think><answer>7</answer><answer>8</answer>", False),
+    ],
+)
+def test_format_ok(text, ok):
+    assert T.format_ok(text) is ok
+
+
+def test_is_correct():
+    assert T.is_correct("<think>x</think><answer>1,000</answer>", "1000")
+    assert T.is_correct("42", "42.0")
+    assert not T.is_correct("<think>42</think><answer>41</answer>", "42")
+    assert not T.is_correct("<think>42</think>", "42")
+    assert not T.is_correct(None, "42")
+
+
+def test_load_user_parquet_gsm8k_style(tmp_path):
+    p = tmp_path / "gsm.parquet"
+    pq.write_table(
+        pa.table({"question": ["What is 2+3?", "Twice 21?"], "answer": ["2+3=5 #### 5", "#### 42"]}), p
+    )
+    ts = T.load_task_parquet(p)
+    assert [t.answer for t in ts] == ["5", "42"]
+    assert ts[0].solution == "2+3=5"
+    assert ts[0].id.startswith("user-")
+    q = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"question": ["a?"], "answer": pa.array([7], pa.int64()), "id": ["x1"]}), q)
+    assert T.load_task_parquet(q)[0].answer == "7" and T.load_task_parquet(q)[0].id == "x1"
+
+
+def test_bad_user_parquet_errors_name_file_and_column(tmp_path):
+    missing = tmp_path / "missing_col.parquet"
+    pq.write_table(pa.table({"question": ["a?"]}), missing)
+    with pytest.raises(T.TaskFileError, match=r"missing_col\.parquet: missing column 'answer'"):
+        T.load_task_parquet(missing)
+    typed = tmp_path / "typed.parquet"
+    pq.write_table(pa.table({"question": [1], "answer": [1.5]}), typed)
+    with pytest.raises(T.TaskFileError, match=r"typed\.parquet: column 'question' has type int64"):
+        T.load_task_parquet(typed)
+    assert "column 'answer' has type double" in " ".join(T.check_task_parquet(typed))
+    assert "file not found" in T.check_task_parquet(tmp_path / "nope.parquet")[0]
+    notpq = tmp_path / "x.parquet"
+    notpq.write_text("hello")
+    assert "not a readable Parquet" in T.check_task_parquet(notpq)[0]
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"question": ["  "], "answer": ["1"]}), empty)
+    with pytest.raises(T.TaskFileError, match="row 0"):
+        T.load_task_parquet(empty)
+
+
+def test_task_table_roundtrip(tmp_path):
+    ts = T.generate_tasks(10, seed=1)
+    T.write_tasks(ts, tmp_path / "train.parquet")
+    assert pq.read_schema(tmp_path / "train.parquet").equals(T.TASK_SCHEMA)
+    assert T.read_tasks(tmp_path / "train.parquet") == ts
