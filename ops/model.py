@@ -1,0 +1,221 @@
+"""Decoder models from transformers config classes: dense Qwen2 (or Llama), Qwen2-MoE and DeepSeek-V3 (MLA+MoE).
+
+Key design choice: lmforge never defines its own architecture. ``build_model`` maps a small, spec-friendly
+dict (``d_model``, ``layers``, ``heads``, ...) onto a transformers config class, so every checkpoint is a plain
+``save_pretrained`` directory that ``AutoModelForCausalLM.from_pretrained`` loads without ``trust_remote_code``.
+The vocabulary size always comes from the tokenizer (an argument here, never a config field).
+
+Architecture dict keys (all optional except ``d_model`` and ``layers``):
+``arch`` qwen2 | llama | qwen2_moe | deepseek_v3; ``heads``, ``kv_heads`` (GQA), ``ffn`` (SwiGLU width),
+``max_seq_len``, ``rope_theta``, ``rope_scaling`` ({type: yarn, factor, original_max_position_embeddings}),
+``qkv_bias`` (qwen2 always has it; llama/deepseek: attention_bias), ``tie_embeddings``, ``dropout``,
+``init_std``; MoE: ``experts``, ``top_k``, ``expert_ffn``, ``shared_expert_ffn``, ``shared_experts``,
+``dense_layers`` (DeepSeek: first k layers dense), ``router_aux_loss_coef``; MLA: ``kv_lora_rank``,
+``q_lora_rank``, ``qk_rope_head_dim``, ``qk_nope_head_dim``, ``v_head_dim``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ARCHS = ("qwen2", "llama", "qwen2_moe", "deepseek_v3")
+
+
+def _ffn(d: int) -> int:
+    """SwiGLU width ~ 8/3 d rounded up to a multiple of 32 (LLaMA's rule)."""
+    return int(32 * -(-(8 * d // 3) // 32))
+
+
+def make_config(
+    arch_cfg: dict[str, Any],
+    vocab_size: int,
+    *,
+    pad_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
+    bos_token_id: int | None = None,
+) -> Any:
+    """The transformers ``PretrainedConfig`` for ``arch_cfg`` (see the module docstring for the keys)."""
+    a = dict(arch_cfg)
+    arch = a.pop("arch", "qwen2")
+    if arch not in ARCHS:
+        raise ValueError(f"model.arch: unknown {arch!r}; expected one of {ARCHS}")
+    d, n_layers = int(a.pop("d_model")), int(a.pop("layers"))
+    heads = int(a.pop("heads", max(1, d // 64)))
+    kv_heads = int(a.pop("kv_heads", heads))
+    if d % heads:
+        raise ValueError(f"model.heads: d_model {d} is not divisible by heads {heads}")
+    if heads % kv_heads:
+        raise ValueError(f"model.kv_heads: heads {heads} is not divisible by kv_heads {kv_heads}")
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": float(a.pop("rope_theta", 10000.0))}
+    scaling = a.pop("rope_scaling", None)
+    if scaling:
+        scaling = dict(scaling)
+        rtype = scaling.pop("type", scaling.pop("rope_type", "yarn"))
+        rope.update({"rope_type": rtype, **scaling})
+    common = dict(
+        vocab_size=int(vocab_size),
+        hidden_size=d,
+        num_hidden_layers=n_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=int(a.pop("ffn", _ffn(d))),
+        max_position_embeddings=int(a.pop("max_seq_len", 2048)),
+        rope_parameters=rope,
+        tie_word_embeddings=bool(a.pop("tie_embeddings", True)),
+        attention_dropout=float(a.pop("dropout", 0.0)),
+        initializer_range=float(a.pop("init_std", 0.02)),
+        rms_norm_eps=float(a.pop("rms_norm_eps", 1e-6)),
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=bos_token_id,
+        use_cache=True,
+    )
+    qkv_bias = a.pop("qkv_bias", None)
+    if arch == "qwen2":
+        from transformers import Qwen2Config
+
+        if qkv_bias is False:
+            raise ValueError("model.qkv_bias: Qwen2 always has a QKV bias; use arch 'llama' for none")
+        cfg = Qwen2Config(**common)
+    elif arch == "llama":
+        from transformers import LlamaConfig
+
+        cfg = LlamaConfig(**common, attention_bias=bool(qkv_bias), mlp_bias=False)
+    elif arch == "qwen2_moe":
+        from transformers import Qwen2MoeConfig
+
+        experts = int(a.pop("experts", 8))
+        cfg = Qwen2MoeConfig(
+            **common,
+            num_experts=experts,
+            num_experts_per_tok=int(a.pop("top_k", 2)),
+            moe_intermediate_size=int(a.pop("expert_ffn", max(32, common["intermediate_size"] // 4))),
+            shared_expert_intermediate_size=int(a.pop("shared_expert_ffn", common["intermediate_size"])),
+            qkv_bias=True if qkv_bias is None else bool(qkv_bias),
+            norm_topk_prob=True,
+            router_aux_loss_coef=float(a.pop("router_aux_loss_coef", 0.001)),
+            output_router_logits=True,
+        )
+    else:
+        from transformers import DeepseekV3Config
+
+        rope_dim = int(a.pop("qk_rope_head_dim", max(8, d // heads // 2)))
+        experts = int(a.pop("experts", 8))
+        common["rope_parameters"] = rope
+        cfg = DeepseekV3Config(
+            **common,
+            n_routed_experts=experts,
+            num_experts_per_tok=int(a.pop("top_k", 2)),
+            moe_intermediate_size=int(a.pop("expert_ffn", max(32, common["intermediate_size"] // 4))),
+            n_shared_experts=int(a.pop("shared_experts", 1)),
+            n_group=1,
+            topk_group=1,
+            first_k_dense_replace=int(a.pop("dense_layers", 1)),
+            kv_lora_rank=int(a.pop("kv_lora_rank", max(16, d // 4))),
+            q_lora_rank=a.pop("q_lora_rank", None),
+            qk_rope_head_dim=rope_dim,
+            qk_nope_head_dim=int(a.pop("qk_nope_head_dim", d // heads)),
+            v_head_dim=int(a.pop("v_head_dim", d // heads)),
+            attention_bias=bool(qkv_bias),
+            routed_scaling_factor=1.0,
+            num_mtp_layers=0,
+        )
+    if a:
+        raise ValueError(f"model: unknown key(s) {sorted(a)} for arch {arch!r}")
+    return cfg
+
+
+def build_model(
+    arch_cfg: dict[str, Any],
+    vocab_size: int,
+    *,
+    seed: int = 0,
+    pad_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
+    bos_token_id: int | None = None,
+    device: str | None = None,
+    dtype: Any = None,
+) -> Any:
+    """A freshly initialised ``*ForCausalLM`` (deterministic for a given ``seed``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_config(
+        arch_cfg, vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=bos_token_id
+    )
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype or torch.float32)
+    if device:
+        model.to(device)
+    return model
+
+
+def load_model(path: Path | str, *, device: str | None = None, dtype: Any = None) -> Any:
+    """Load a model artifact directory (local files only, no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), local_files_only=True, trust_remote_code=False, dtype=dtype
+    )
+    if device:
+        model.to(device)
+    return model
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: Path | str) -> None:
+    """``save_pretrained`` (safetensors) + the tokenizer with its chat template + a generation config that
+    stops on ``<|im_end|>`` as well as ``<|endoftext|>``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)  # DDP
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    if tokenizer is not None:
+        stop = [
+            i
+            for i in (tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>"))
+            if isinstance(i, int) and i >= 0
+        ]
+        gc = model.generation_config
+        gc.eos_token_id = stop or gc.eos_token_id
+        gc.pad_token_id = tokenizer.pad_token_id
+        gc.bos_token_id = None
+    model.save_pretrained(str(out), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out), save_jinja_files=False)
+
+
+def count_params(model: Any, *, exclude_embeddings: bool = False) -> int:
+    """Parameter count (tied tensors once). ``exclude_embeddings`` drops the input embedding (and an
+    untied output head) — the N of ``6N`` FLOP rules counts the head, so use the default for FLOPs."""
+    seen, n = set(), 0
+    emb = model.get_input_embeddings().weight if exclude_embeddings else None
+    for p in model.parameters():
+        if id(p) in seen or (emb is not None and p is emb):
+            continue
+        seen.add(id(p))
+        n += p.numel()
+    return n
+
+
+def active_params(model: Any) -> int:
+    """Parameters touched per token: for MoE, only ``top_k`` of the routed experts (shared experts count).
+
+    Counted on the model itself, not on a formula, so it stays right across transformers versions."""
+    cfg = model.config
+    total = count_params(model)
+    n_exp = getattr(cfg, "num_experts", None) or getattr(cfg, "n_routed_experts", None)
+    k = getattr(cfg, "num_experts_per_tok", None)
+    if not n_exp or not k:
+        return total
+    routed = 0
+    for name, p in model.named_parameters():
+        if (
+            ".experts." in name
+            or name.endswith(".experts.gate_up_proj")
+            or name.endswith(".experts.down_proj")
+        ):
+            routed += p.numel()
+    return total - routed + routed * k // n_exp

@@ -1,0 +1,515 @@
+"""The training core: one loop for every objective (pretraining, SFT, reward model, DPO, distillation).
+
+Key design choice: the loop knows nothing about the objective. It receives ``loss_fn(model, batch) ->
+(loss, stats)`` and ``batch_fn(step, micro) -> batch``; because the batch is a pure function of the step,
+resuming needs only the step counter, the weights, the optimizer state and the RNG state, and a resumed run
+on CPU reproduces the uninterrupted one bit for bit. Everything else is plain composition:
+
+* AdamW (fused on CUDA), weight decay on matrices only, the LR from :mod:`ops.train.schedule` written into
+  the param groups each step (no scheduler object to save);
+* gradient accumulation (DDP's ``no_sync`` on all but the last micro-batch), clipping, bf16 autocast on
+  CUDA, optional ``torch.compile`` and activation checkpointing;
+* atomic keep-last-k checkpoints in ``work_dir`` (:mod:`ops.train.checkpoint`) that refuse to resume under a
+  different fingerprint (config, data, tokenizer — whatever the caller puts in ``fingerprint``);
+* a non-finite loss or gradient raises :class:`NonFiniteError` naming the step *before* the optimizer
+  touches the weights, so the last checkpoint on disk is the last good state;
+* when ``torch.distributed`` is initialised the model is wrapped in DDP (or FSDP2 on CUDA with
+  ``fsdp=True``); each rank's ``batch_fn`` returns its shard of the global batch; only rank 0 writes
+  checkpoints, logs and draws the progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint as ckpt
+from .schedule import SCHEDULES, lr_at
+
+# Config fields that cannot change the numbers a run produces; a resume may differ in these.
+_NON_RESULT_FIELDS = ("ckpt_every", "keep_last")
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | wsd | linear | constant
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # 0 = no clipping (the norm is still measured and guarded)
+    grad_accum: int = 1
+    seed: int = 0
+    eval_every: int = 0  # 0 = evaluate only at the end (when eval_fn is given)
+    ckpt_every: int = 0  # 0 = checkpoint only at the end (when work_dir is given)
+    keep_last: int = 2
+    log_every: int = 10
+    compile: bool = False
+    activation_checkpointing: bool = False
+    decay_frac: float = 0.2  # wsd: fraction of steps spent decaying
+    eps: float = 1e-8
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    fsdp: bool = False  # under torch.distributed on CUDA: FSDP2 instead of DDP
+    spike_factor: float = 2.0  # a step whose loss exceeds spike_factor x the running mean is a spike
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule: unknown {self.schedule!r}; expected one of {SCHEDULES}")
+        if self.steps < 1 or self.grad_accum < 1:
+            raise ValueError("TrainConfig: steps and grad_accum must be >= 1")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"TrainConfig.precision: unknown {self.precision!r}")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+
+@dataclass
+class TrainOutcome:
+    curve: list[dict[str, Any]]  # one record per logged step
+    steps_done: int
+    resumed_from: int | None  # the checkpoint step this run started from, None if fresh
+    spikes: list[dict[str, Any]]
+    losses: list[float] = field(default_factory=list)  # every step's loss (global mean over ranks)
+    tokens: int = 0  # tokens processed over the whole run (all ranks, incl. before resume)
+    wall_s: float = 0.0  # this process's training wall time
+    last_checkpoint: Path | None = None
+    final_eval: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
+class NonFiniteError(RuntimeError):
+    """Loss or gradient norm became NaN/inf; raised before the update, so weights on disk stay good."""
+
+    def __init__(self, what: str, step: int, value: float, last_checkpoint: Path | None):
+        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
+        where = (
+            f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        )
+        super().__init__(
+            f"non-finite {what} ({value}) at step {step}; training stopped before the update; {where}"
+        )
+
+
+class ResumeRefused(RuntimeError):
+    """A checkpoint exists in the work directory but was written under a different fingerprint."""
+
+
+# ---------------------------------------------------------------- helpers reused by RL stages
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` when torch.distributed is not initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def make_optimizer(params: list[Any], cfg: TrainConfig) -> Any:
+    """AdamW with weight decay on >=2-D tensors only; fused on CUDA."""
+    import torch
+
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("make_optimizer: no trainable parameters")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
+
+
+def set_lr(optimizer: Any, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def schedule_lr(step: int, cfg: TrainConfig) -> float:
+    return lr_at(
+        step,
+        lr=cfg.lr,
+        steps=cfg.steps,
+        warmup_steps=cfg.warmup_steps,
+        schedule=cfg.schedule,
+        min_lr_ratio=cfg.min_lr_ratio,
+        decay_frac=cfg.decay_frac,
+    )
+
+
+def clip_grads(params: list[Any], max_norm: float) -> float:
+    """Clip to ``max_norm`` (no-op when 0) and return the global L2 norm before clipping."""
+    import torch
+
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def autocast_ctx(device: Any, precision: str = "auto") -> Any:
+    import torch
+
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or -1],
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(st["torch"])
+    py = st.get("python")
+    if py is not None:
+        random.setstate((3, tuple(int(x) for x in py[:-1]), None if py[-1] == -1 else py[-1]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        a, b = list(a), list(b)
+    return [] if a == b else [f"{path or '<root>'}: stored {a!r}, now {b!r}"]
+
+
+def _jsonable(x: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(x, default=str))
+
+
+# ---------------------------------------------------------------- the loop
+def train(
+    model: Any,
+    loss_fn: Callable[[Any, Any], tuple[Any, dict[str, float]]],
+    batch_fn: Callable[[int, int], Any],
+    cfg: TrainConfig,
+    *,
+    work_dir: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    eval_fn: Callable[[Any, int], dict[str, Any]] | None = None,
+    log: Callable[[str], None] = print,
+    trainable_params: list[Any] | None = None,
+    flops_per_token: float | None = None,
+    peak_flops: float | None = None,
+    progress: bool = True,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainOutcome:
+    """Train ``model`` in place for ``cfg.steps`` optimizer updates; see the module docstring.
+
+    ``loss_fn`` may report ``"tokens"`` in its stats (tokens in the micro-batch, for throughput); otherwise
+    ``batch["input_ids"].numel()`` is used when the batch has it. ``flops_per_token`` (training FLOPs, i.e.
+    ~6N + attention) and ``peak_flops`` (per device) enable an MFU column. ``on_log`` receives each curve
+    record as it is logged (e.g. to forward it through Dagster Pipes).
+    """
+    import torch
+
+    rank, world = dist_info()
+    is_main = rank == 0
+    raw = model
+    device = next(raw.parameters()).device
+    params = (
+        list(trainable_params)
+        if trainable_params is not None
+        else [p for p in raw.parameters() if p.requires_grad]
+    )
+    ck_root = Path(work_dir) / "checkpoints" if work_dir is not None else None
+    full_fp = _jsonable(
+        {
+            "train": {k: v for k, v in asdict(cfg).items() if k not in _NON_RESULT_FIELDS},
+            "world_size": world,
+            "data": fingerprint or {},
+        }
+    )
+
+    if cfg.activation_checkpointing and hasattr(raw, "gradient_checkpointing_enable"):
+        raw.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # Parallel wrapping happens before the optimizer is built (FSDP2 replaces parameters with DTensors).
+    wrapped = raw
+    if world > 1:
+        if cfg.fsdp and device.type == "cuda":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in getattr(getattr(raw, "model", raw), "layers", []):
+                fully_shard(layer)
+            fully_shard(raw)
+            params = [p for p in raw.parameters() if p.requires_grad] if trainable_params is None else params
+        else:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            wrapped = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(params, cfg)
+    fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
+
+    # ---- resume
+    start, resumed_from, last_ck = 0, None, None
+    curve: list[dict[str, Any]] = []
+    losses: list[float] = []
+    spikes: list[dict[str, Any]] = []
+    tokens_total = 0
+    found = ckpt.latest(ck_root) if ck_root is not None else None
+    if found is not None:
+        step_found, path = found
+        data = ckpt.load(path)
+        stored_fp = data["state"].get("fingerprint")
+        diffs = _diff(stored_fp, full_fp)
+        if diffs:
+            raise ResumeRefused(
+                f"refusing to resume from checkpoint {path}: it was written under a different fingerprint "
+                f"({'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}). The configuration, data or tokenizer "
+                f"changed; delete {ck_root} to start over."
+            )
+        _load_model_state(raw, data["model"], device)
+        _load_optim_state(raw, optimizer, data["optimizer"])
+        set_rng_state(data["rng"])
+        st = data["state"]
+        start, resumed_from, last_ck = step_found, step_found, path
+        curve, losses, spikes = st["curve"], st["losses"], st["spikes"]
+        tokens_total = int(st["tokens"])
+        if is_main:
+            log(f"resumed from checkpoint {path.name} (step {step_found}/{cfg.steps})")
+
+    bar = None
+    if progress and is_main and start < cfg.steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    raw.train()
+    t_run = time.perf_counter()
+    t_log, tok_log = time.perf_counter(), 0
+    final_eval: dict[str, Any] = {}
+    for step in range(start, cfg.steps):
+        done = step + 1
+        lr = schedule_lr(step, cfg)
+        set_lr(optimizer, lr)
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        stat_sums: dict[str, float] = {}
+        micro_tokens = 0
+        for micro in range(cfg.grad_accum):
+            batch = batch_fn(step, micro)
+            sync = micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
+            with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast_ctx(device, cfg.precision):
+                loss, stats = loss_fn(fwd_model, batch)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += float(loss.detach())
+            n_tok = stats.get("tokens") if stats else None
+            if n_tok is None and isinstance(batch, dict) and "input_ids" in batch:
+                n_tok = batch["input_ids"].numel()
+            micro_tokens += int(n_tok or 0)
+            for k, v in (stats or {}).items():
+                if k != "tokens":
+                    stat_sums[k] = stat_sums.get(k, 0.0) + float(v)
+        step_loss, step_tokens = loss_sum / cfg.grad_accum, micro_tokens
+        if world > 1:  # global mean loss and token count: every rank sees the same numbers
+            import torch.distributed as dist
+
+            t = torch.tensor(
+                [step_loss, float(step_tokens)],
+                dtype=torch.float64,
+                device=device if device.type == "cuda" else "cpu",
+            )
+            dist.all_reduce(t)
+            step_loss, step_tokens = float(t[0]) / world, int(t[1])
+        if not math.isfinite(step_loss):
+            _close(bar)
+            raise NonFiniteError("loss", done, step_loss, last_ck)
+        grad_norm = clip_grads(params, cfg.grad_clip)
+        if not math.isfinite(grad_norm):
+            _close(bar)
+            raise NonFiniteError("gradient norm", done, grad_norm, last_ck)
+        optimizer.step()
+
+        tokens_total += step_tokens
+        tok_log += step_tokens
+        if len(losses) >= 5:
+            ref = sum(losses[-20:]) / len(losses[-20:])
+            if step_loss > cfg.spike_factor * ref:
+                spikes.append({"step": done, "loss": step_loss, "running_mean": ref})
+        losses.append(step_loss)
+
+        is_last = done == cfg.steps
+        record = None
+        do_eval = eval_fn is not None and (is_last or (cfg.eval_every > 0 and done % cfg.eval_every == 0))
+        if done == 1 or is_last or (cfg.log_every > 0 and done % cfg.log_every == 0) or do_eval:
+            dt = max(time.perf_counter() - t_log, 1e-9)
+            record = {
+                "step": done,
+                "loss": step_loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": tokens_total,
+                "tokens_per_s": tok_log / dt,
+            }
+            if flops_per_token and peak_flops:
+                record["mfu"] = tok_log / dt * flops_per_token / (peak_flops * world)
+            for k, v in stat_sums.items():
+                record[k] = v / cfg.grad_accum
+        if do_eval:
+            raw.eval()
+            with torch.no_grad(), autocast_ctx(device, cfg.precision):
+                ev = eval_fn(raw if world == 1 or not cfg.fsdp else wrapped, done)
+            raw.train()
+            record.update(ev)
+            if is_last:
+                final_eval = dict(ev)
+        if record is not None:
+            curve.append(record)
+            if is_main:
+                log(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
+                if on_log is not None:
+                    on_log(record)
+            t_log, tok_log = time.perf_counter(), 0
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        if ck_root is not None and (is_last or (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0)):
+            last_ck = _save(
+                ck_root, done, raw, optimizer, cfg, full_fp, curve, losses, spikes, tokens_total, is_main
+            )
+    _close(bar)
+    if start >= cfg.steps and curve:
+        final_eval = {k: v for k, v in curve[-1].items() if k.startswith(("val_", "eval_"))}
+    return TrainOutcome(
+        curve=curve,
+        steps_done=cfg.steps,
+        resumed_from=resumed_from,
+        spikes=spikes,
+        losses=losses,
+        tokens=tokens_total,
+        wall_s=time.perf_counter() - t_run,
+        last_checkpoint=last_ck,
+        final_eval=final_eval,
+    )
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _close(bar: Any) -> None:
+    if bar is not None:
+        bar.close()
+
+
+def _full_model_state(raw: Any) -> dict[str, Any]:
+    if _is_fsdp(raw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return raw.state_dict()
+
+
+def _full_optim_state(raw: Any, optimizer: Any) -> dict[str, Any]:
+    if _is_fsdp(raw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(
+            raw, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+    return optimizer.state_dict()
+
+
+def _load_model_state(raw: Any, sd: dict[str, Any], device: Any) -> None:
+    if _is_fsdp(raw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(raw, sd, options=StateDictOptions(full_state_dict=True))
+        return
+    raw.load_state_dict(sd, strict=True)
+
+
+def _load_optim_state(raw: Any, optimizer: Any, sd: dict[str, Any]) -> None:
+    if _is_fsdp(raw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(raw, optimizer, sd, options=StateDictOptions(full_state_dict=True))
+        return
+    optimizer.load_state_dict(sd)
+
+
+def _is_fsdp(raw: Any) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(raw, FSDPModule)
+
+
+def _save(
+    root: Path,
+    done: int,
+    raw: Any,
+    optimizer: Any,
+    cfg: TrainConfig,
+    fp: dict[str, Any],
+    curve: list,
+    losses: list,
+    spikes: list,
+    tokens: int,
+    is_main: bool,
+) -> Path:
+    """Checkpoint at ``done`` steps. Under FSDP every rank takes part in gathering; only rank 0 writes."""
+    model_state = _full_model_state(raw)
+    optim_state = _full_optim_state(raw, optimizer)
+    path = root / f"step-{done:08d}"
+    if is_main:
+        path = ckpt.save(
+            root,
+            done,
+            model_state=model_state,
+            optim_state=optim_state,
+            rng_state=rng_state(),
+            state={
+                "step": done,
+                "fingerprint": fp,
+                "curve": curve,
+                "losses": losses,
+                "spikes": spikes,
+                "tokens": tokens,
+            },
+            keep_last=cfg.keep_last,
+        )
+    rank, world = dist_info()
+    if world > 1:  # no rank moves on (and possibly crashes) before the checkpoint is complete
+        import torch.distributed as dist
+
+        dist.barrier()
+    return path
