@@ -1,0 +1,242 @@
+"""Batched sampling for rollouts, rejection sampling and evaluation: KV cache, temperature / top-p, stop at
+EOS or ``<|im_end|>``, a per-sequence token budget.
+
+Key design choice: a small hand-written decode loop over the model's own forward (``past_key_values``)
+instead of ``transformers.generate``: on a CPU with a tiny model the per-step overhead of ``generate``'s
+processor/stopping machinery is a large share of the step, and the loop returns exactly what RL needs -
+the sampled token ids (never re-tokenized text) and, optionally, their log-probabilities under the sampling
+distribution. Greedy decoding (``temperature=0``) matches ``generate(do_sample=False)`` token for token
+(tested).
+
+Stable API (used by RL, rejection sampling and the evaluation stage):
+
+* ``chat_prompts(tokenizer, questions) -> list[list[int]]`` - prompt ids via the tokenizer's chat template
+  (raises :class:`ChatTemplateError` if the tokenizer has none).
+* ``sample(model, prompt_ids, *, max_new_tokens, temperature, top_p, stop_ids, pad_id, seed, batch_size,
+  return_logprobs) -> list[Sample]``.
+* ``generate(model, tokenizer, questions, *, n=1, ...) -> list[Sample]`` - ``n`` samples per question,
+  consecutive (question ``i`` owns ``[i*n, (i+1)*n)``), with ``.text`` decoded (special tokens kept).
+* ``stop_token_ids(tokenizer)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer carries no chat template, so prompts cannot be built."""
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    ids: list[int]  # completion ids, including the stop token when one was produced
+    finished: bool  # True if a stop token ended it (False: token budget exhausted)
+    text: str = ""  # decoded completion (special tokens kept, stop token included)
+    logprobs: list[float] = field(default_factory=list)  # of each id under the sampling distribution
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+
+def require_chat_template(tokenizer: Any, where: str = "model") -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            f"{where}: the tokenizer has no chat template; post-training needs the "
+            "lmforge chat format (train the tokenizer with ops.tokenizer.save_tokenizer)"
+        )
+
+
+def chat_prompts(tokenizer: Any, questions: list[str]) -> list[list[int]]:
+    """Token ids of ``<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n`` for each question."""
+    require_chat_template(tokenizer)
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        for q in questions
+    ]
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    ids = []
+    for t in ("<|im_end|>", "<|endoftext|>"):
+        i = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id:
+            ids.append(i)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def sample_next(logits: Any, temperature: float, top_p: float, generator: Any = None) -> tuple[Any, Any]:
+    """Draw one token per row from ``logits [B, V]``; returns ``(ids [B], log-probs [B])``.
+
+    ``temperature == 0``: argmax (log-prob under the untempered softmax). Otherwise tokens are drawn from
+    ``softmax(logits / T)`` restricted to the smallest set whose mass reaches ``top_p`` (nucleus), and the
+    returned log-prob is that of ``softmax(logits / T)`` *before* truncation - the quantity the RL losses
+    recompute from the model.
+    """
+    import torch
+
+    logits = logits.float()
+    if temperature <= 0:
+        ids = logits.argmax(-1)
+        return ids, torch.log_softmax(logits, -1).gather(-1, ids[:, None]).squeeze(-1)
+    logp = torch.log_softmax(logits / temperature, -1)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sp, si = probs.sort(-1, descending=True)
+        cum = sp.cumsum(-1)
+        drop = (cum - sp) >= top_p  # tokens entirely beyond the nucleus (the first is always kept)
+        sp = sp.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, si, sp)
+    ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
+
+
+def sample(
+    model: Any,
+    prompt_ids: list[list[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 256,
+    return_logprobs: bool = False,
+) -> list[Sample]:
+    """Sample one completion per prompt (repeat a prompt to get several), in batches, with a KV cache.
+
+    Prompts are left-padded; position ids follow the attention mask so padding never shifts positions.
+    A row stops at its first stop token or after ``max_new_tokens``; the batch stops when every row has.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+    out: list[Sample] = []
+    stop = torch.tensor(stop_ids, dtype=torch.long)
+    dev = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(prompt_ids), batch_size):
+                chunk = prompt_ids[s : s + batch_size]
+                out.extend(
+                    _sample_batch(
+                        model,
+                        chunk,
+                        max_new_tokens,
+                        stop.to(dev),
+                        pad_id,
+                        temperature,
+                        top_p,
+                        gen,
+                        return_logprobs,
+                        dev,
+                    )
+                )
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _sample_batch(model, chunk, max_new, stop, pad_id, temperature, top_p, gen, want_lp, dev):
+    import torch
+
+    B = len(chunk)
+    P = max(len(p) for p in chunk)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for i, p in enumerate(chunk):
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    past, logits = _cache(res), res.logits[:, -1]
+    last_pos = pos[:, -1]
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    toks, lps = [], []
+    for _ in range(max_new):
+        nxt, lp = sample_next(logits, temperature, top_p, gen if dev.type == "cpu" else None)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        toks.append(nxt)
+        lps.append(lp)
+        done = done | torch.isin(nxt, stop)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], 1)
+        last_pos = last_pos + 1
+        res = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=last_pos[:, None],
+            cache=past,
+            use_cache=True,
+        )
+        past, logits = _cache(res), res.logits[:, -1]
+    T = torch.stack(toks, 1).cpu() if toks else torch.zeros((B, 0), dtype=torch.long)
+    L = torch.stack(lps, 1).float().cpu() if lps else torch.zeros((B, 0))
+    stop_set = set(stop.tolist())
+    out = []
+    for i in range(B):
+        row = T[i].tolist()
+        n, fin = len(row), False
+        for j, t in enumerate(row):
+            if t in stop_set:
+                n, fin = j + 1, True
+                break
+        out.append(Sample(list(chunk[i]), row[:n], fin, "", L[i, :n].tolist() if want_lp else []))
+    return out
+
+
+def _cache(res: Any) -> Any:
+    # transformers 5.x returns the KV cache as ``cache`` (``past_key_values`` in 4.x).
+    c = getattr(res, "cache", None)
+    return c if c is not None else res.past_key_values
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    questions: list[str],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 96,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    batch_size: int = 256,
+    return_logprobs: bool = False,
+) -> list[Sample]:
+    """``n`` samples for each question through the chat template, consecutive per question, texts decoded."""
+    prompts = chat_prompts(tokenizer, questions)
+    rep = [p for p in prompts for _ in range(n)]
+    samples = sample(
+        model,
+        rep,
+        max_new_tokens=max_new_tokens,
+        stop_ids=stop_token_ids(tokenizer),
+        pad_id=pad_token_id(tokenizer),
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        return_logprobs=return_logprobs,
+    )
+    texts = tokenizer.batch_decode([s.ids for s in samples], skip_special_tokens=False)
+    for s, t in zip(samples, texts):
+        s.text = t
+    return samples
