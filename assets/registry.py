@@ -204,7 +204,13 @@ def load_kinds() -> dict[str, StageKind]:
 
     import assets
 
-    for m in pkgutil.iter_modules(assets.__path__):
-        if m.name not in {"registry", "factory", "testing"}:
-            importlib.import_module(f"assets.{m.name}")
+    global _LOADED
+    if not _LOADED:
+        for m in pkgutil.iter_modules(assets.__path__):
+            if m.name not in {"registry", "factory", "testing", "metadata"}:
+                importlib.import_module(f"assets.{m.name}")
+        _LOADED = True
     return KINDS
+
+
+_LOADED = False

@@ -33,7 +33,7 @@ def execute_stage(store: ArtifactStore, *, pipeline: str, stage: str, kind_name:
 
     Returns ``(artifact, result)``; ``result`` is ``None`` on a cache hit.
     """
-    kinds = KINDS or load_kinds()
+    kinds = load_kinds()
     kind = kinds[kind_name]
     hit = store.get(kind.name, version)
     if hit is not None:
@@ -70,7 +70,7 @@ def run_kind(kind_name: str, config: dict[str, Any] | Any, home: Path | str,
              pipeline: str = "test", partition: str | None = None, resources: dict[str, Any] | None = None,
              log=print) -> tuple[StoredArtifact, StageResult | None]:
     """Validate ``config`` with the kind's model and run it. Version = hash(kind, config, code, inputs)."""
-    kinds = KINDS or load_kinds()
+    kinds = load_kinds()
     kind = kinds[kind_name]
     cfg = config if isinstance(config, kind.config) else kind.config.model_validate(config)
     ins: dict[str, list[InputArtifact]] = {}

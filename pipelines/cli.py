@@ -1,0 +1,242 @@
+"""``lmforge``: the few things the Dagster UI does not do well in a terminal.
+
+Key design choice: the CLI is thin. ``validate`` and ``plan`` only compile the spec; ``materialize`` runs
+the spec's assets *through Dagster* on the same instance as ``make ui`` (``$LMFORGE_HOME/dagster``), so
+every CLI run, its metadata and lineage show up in the UI; ``report`` prints the stored report artifact;
+``sql`` queries the DuckDB catalog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _home(args) -> Path:
+    from resources.store import default_home
+
+    return Path(args.home).expanduser().resolve() if getattr(args, "home", None) else default_home()
+
+
+def ensure_dagster_home(home: Path) -> Path:
+    """``$LMFORGE_HOME/dagster`` with lmforge's ``dagster.yaml``; returns it and sets ``DAGSTER_HOME``."""
+    dh = home / "dagster"
+    dh.mkdir(parents=True, exist_ok=True)
+    src = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    dst = dh / "dagster.yaml"
+    if src.exists() and (not dst.exists() or dst.read_text() != src.read_text()):
+        dst.write_text(src.read_text())
+    os.environ["DAGSTER_HOME"] = str(dh)
+    return dh
+
+
+def cmd_validate(args) -> int:
+    from .spec import SpecError, load_spec
+
+    rc = 0
+    for s in args.specs:
+        try:
+            spec = load_spec(s)
+            print(f"ok  {spec.path}: pipeline '{spec.name}', {len(spec.stages)} stages")
+        except SpecError as e:
+            rc = 1
+            for issue in e.issues:
+                print(f"error  {issue}", file=sys.stderr)
+    return rc
+
+
+def cmd_plan(args) -> int:
+    from resources.store import ArtifactStore
+
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    store = ArtifactStore(_home(args))
+    from .spec import plan
+
+    rows = plan(spec, store)
+    w = max(len(r["stage"] + (f"[{r['partition']}]" if r["partition"] else "")) for r in rows)
+    for r in rows:
+        name = r["stage"] + (f"[{r['partition']}]" if r["partition"] else "")
+        print(f"{name:<{w}}  {r['kind']:<17} {r['version']}  {'stored' if r['stored'] else 'to compute'}")
+    return 0
+
+
+def run_batches(spec, selected: list[str]) -> list[tuple[list[str], str | None]]:
+    """Split a selection into Dagster runs: unpartitioned stages run together; each partition of a
+    partitioned stage runs on its own (Dagster runs target one partition key)."""
+    batches: list[tuple[list[str], str | None]] = []
+    current: list[str] = []
+    for s in selected:
+        st = spec.stages[s]
+        if st.partitions is None:
+            # `selected` is topological, so stages after a partitioned one land in a later batch
+            current.append(s)
+            continue
+        if current:
+            batches.append((current, None))
+            current = []
+        for p in st.partitions:
+            batches.append(([s], p))
+    if current:
+        batches.append((current, None))
+    return batches
+
+
+def materialize(spec_path: str | Path, stages: str | None, home: Path, *, quiet: bool = False) -> bool:
+    """Materialize (a selection of) a spec through Dagster on the instance under ``home``."""
+    os.environ["LMFORGE_HOME"] = str(home)
+    ensure_dagster_home(home)
+    import dagster as dg
+
+    from assets.factory import build_spec_definitions
+    from resources.lmforge import LmforgeResource
+    from resources.store import ArtifactStore
+
+    from .spec import load_spec, select_stages
+
+    spec = load_spec(spec_path)
+    selected = select_stages(spec, stages)
+    store = ArtifactStore(home)
+    store.sweep(older_than_s=6 * 3600)
+    defs = build_spec_definitions(spec)
+    assets = list(defs.assets or [])
+    instance = dg.DagsterInstance.get()
+    ok = True
+    t_all = time.time()
+    for batch, partition in run_batches(spec, selected):
+        keys = [dg.AssetKey([spec.name, s]) for s in batch]
+        label = ", ".join(batch) + (f" [partition {partition}]" if partition else "")
+        if not quiet:
+            print(f"==> {spec.name}: {label}", flush=True)
+        t0 = time.time()
+        res = dg.materialize(assets, selection=keys, instance=instance, partition_key=partition,
+                             resources={"lmforge": LmforgeResource(home=str(home))},
+                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                             raise_on_error=False, tags={"lmforge/cli": "materialize"})
+        if not res.success:
+            ok = False
+            for ev in res.all_events:
+                if ev.event_type_value == "STEP_FAILURE":
+                    print(f"FAILED {ev.step_key}: {ev.event_specific_data.error.message.strip()}",
+                          file=sys.stderr)
+            break
+        if not quiet:
+            print(f"    done in {time.time() - t0:.1f}s (run {res.run_id})", flush=True)
+    if not quiet:
+        print(f"{'finished' if ok else 'FAILED'} in {time.time() - t_all:.1f}s; "
+              f"Dagster instance: {os.environ['DAGSTER_HOME']}", flush=True)
+    return ok
+
+
+def cmd_materialize(args) -> int:
+    home = _home(args)
+    ok = materialize(args.spec, args.stages, home)
+    if ok:
+        from resources.store import ArtifactStore
+
+        from .spec import load_spec
+
+        spec = load_spec(args.spec)
+        rep = [s for s in spec.stages.values() if s.kind.produces == "report"]
+        for s in rep:
+            art = ArtifactStore(home).get(s.kind.name, s.version)
+            if art:
+                print(f"report: {art.path / 'report.md'}")
+    return 0 if ok else 1
+
+
+def cmd_report(args) -> int:
+    from resources.store import ArtifactStore
+
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    store = ArtifactStore(_home(args))
+    reports = [s for s in spec.stages.values() if s.kind.produces == "report"]
+    if not reports:
+        print(f"{spec.path}: no stage of kind report", file=sys.stderr)
+        return 2
+    rc = 0
+    for s in reports:
+        art = store.get(s.kind.name, s.version)
+        if art is None:
+            print(f"report stage '{s.name}' (version {s.version}) is not materialized; run "
+                  f"`lmforge materialize {args.spec}` first", file=sys.stderr)
+            rc = 1
+            continue
+        if args.json:
+            print((art.path / "report.json").read_text())
+        else:
+            print((art.path / "report.md").read_text())
+    return rc
+
+
+def cmd_sql(args) -> int:
+    from resources.catalog import Catalog
+
+    cols, rows = Catalog(_home(args)).query(args.query)
+    if args.json:
+        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
+        return 0
+    widths = [max([len(str(c))] + [len(str(r[i])[:60]) for r in rows]) for i, c in enumerate(cols)]
+    print("  ".join(str(c).ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(str(v)[:60].ljust(w) for v, w in zip(r, widths)))
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from resources.catalog import Catalog
+    from resources.store import ArtifactStore
+
+    home = _home(args)
+    n = Catalog(home).rebuild(ArtifactStore(home))
+    print(f"catalog rebuilt from {n} manifests: {home / 'catalog.duckdb'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(prog="lmforge", description=__doc__.split("\n")[0])
+    p.add_argument("--home", help="LMFORGE_HOME (default: $LMFORGE_HOME or ~/.lmforge)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate", help="check specs; exit 0 or print every error")
+    v.add_argument("specs", nargs="+")
+    v.set_defaults(fn=cmd_validate)
+    pl = sub.add_parser("plan", help="one line per stage: name, kind, version, stored or to compute")
+    pl.add_argument("spec")
+    pl.set_defaults(fn=cmd_plan)
+    m = sub.add_parser("materialize", help="materialize a spec (or --stages a,b+) through Dagster")
+    m.add_argument("spec")
+    m.add_argument("--stages", help="comma list; 'x+' adds descendants, '+x' adds ancestors")
+    m.set_defaults(fn=cmd_materialize)
+    r = sub.add_parser("report", help="print the stored report card of a spec")
+    r.add_argument("spec")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(fn=cmd_report)
+    q = sub.add_parser("sql", help="query the DuckDB catalog")
+    q.add_argument("query")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_sql)
+    c = sub.add_parser("catalog", help="rebuild the DuckDB catalog from the stored manifests")
+    c.add_argument("action", choices=["rebuild"])
+    c.set_defaults(fn=cmd_catalog)
+    args = p.parse_args(argv)
+    from .spec import SpecError
+
+    try:
+        return int(args.fn(args) or 0)
+    except SpecError as e:
+        for issue in e.issues:
+            print(f"error  {issue}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""The spec language: load a pipeline YAML, resolve ``extends:``, validate every stage, compute versions.
+
+Key design choice: validation is total and happens before anything runs. All problems of a spec are
+collected (unknown kind, unknown or mistyped field, reference to a missing stage, reference of the wrong
+artifact type, cycle, bad automation entry), each as one :class:`SpecIssue` naming the file, the stage,
+the field and the line, and raised together as :class:`SpecError`.
+
+A stage's version is ``hash(kind, code version, canonical config without references, versions of the
+referenced stages, identity of external files)``. Stage *names* are not part of it, so a variant spec
+that ``extends:`` another and changes one late stage shares every unchanged stage's artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from assets.registry import KINDS, StageKind, load_kinds, ref_fields
+from resources.fingerprint import UnhashableValue, stable_hash
+
+SPEC_DIR = Path(__file__).resolve().parent
+TOP_LEVEL = {"pipeline", "description", "extends", "stages", "automation"}
+AUTOMATION_KEYS = {"cron", "eager", "watch"}
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    file: str
+    stage: str | None
+    field: str | None
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        what = ", ".join(x for x in (f"stage '{self.stage}'" if self.stage else "",
+                                     f"field '{self.field}'" if self.field else "") if x)
+        return f"{where}: {what + ': ' if what else ''}{self.message}"
+
+
+class SpecError(ValueError):
+    """One or more problems in a spec; ``issues`` lists them, ``str()`` prints one per line."""
+
+    def __init__(self, issues: list[SpecIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML with line numbers
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse YAML; return data and ``{(key, subkey, ...): line}`` for mapping keys (1-based lines)."""
+    text = path.read_text()
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError([SpecIssue(str(path), None, None, f"invalid YAML: {getattr(e, 'problem', e)}",
+                                   mark.line + 1 if mark else None)]) from None
+
+    def walk(n: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = (*prefix, str(k.value))
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+
+    walk(node, ())
+    data = yaml.load(text, Loader=_LineLoader) if node is not None else None
+    return data, lines
+
+
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    name: str
+    kind: StageKind
+    config: Any                              # the kind's StageConfig
+    refs: dict[str, list[str]]               # python field name -> referenced stage names
+    raw: dict[str, Any]                      # the stage mapping as written (after extends-merge)
+    version: str = ""
+    partitions: list[str] | None = None      # partition keys (referenced stage names) for partitioned kinds
+    partition_versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def deps(self) -> list[str]:
+        seen: list[str] = []
+        for names in self.refs.values():
+            for n in names:
+                if n not in seen:
+                    seen.append(n)
+        return seen
+
+    def output_versions(self) -> list[str]:
+        """The version(s) a downstream stage depends on: one, or one per partition."""
+        if self.partitions is not None:
+            return [self.partition_versions[p] for p in self.partitions]
+        return [self.version]
+
+
+@dataclass
+class Spec:
+    name: str
+    description: str
+    path: Path
+    stages: dict[str, Stage]                 # in topological order
+    automation: dict[str, dict[str, Any]]
+    parent: str | None = None
+
+    def ancestors(self, stage: str) -> list[str]:
+        out: list[str] = []
+        stack = list(self.stages[stage].deps)
+        while stack:
+            s = stack.pop()
+            if s not in out:
+                out.append(s)
+                stack.extend(self.stages[s].deps)
+        return out
+
+    def descendants(self, stage: str) -> list[str]:
+        return [s for s in self.stages if stage in self.ancestors(s)]
+
+
+def resolve_spec_path(spec: str | Path) -> Path:
+    """A path to a YAML file, or the name of a spec in ``pipelines/`` (``tiny_r1``)."""
+    p = Path(spec)
+    if p.suffix in {".yaml", ".yml"} or p.exists():
+        return p.resolve()
+    cand = SPEC_DIR / f"{spec}.yaml"
+    if cand.exists():
+        return cand
+    raise SpecError([SpecIssue(str(spec), None, None, "no such spec file or pipeline name")])
+
+
+def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict, list[SpecIssue], str | None]:
+    """Read a spec file, merging the parent named by ``extends:``. Returns data, lines, issues, parent name."""
+    issues: list[SpecIssue] = []
+    f = str(path)
+    if path in chain:
+        return {}, {}, [SpecIssue(f, None, "extends", "circular extends: " + " -> ".join(map(str, (*chain, path))))], None
+    if not path.exists():
+        return {}, {}, [SpecIssue(f, None, None, "spec file does not exist")], None
+    data, lines = _load_yaml_with_lines(path)
+    if not isinstance(data, dict):
+        return {}, lines, [SpecIssue(f, None, None, "a spec must be a mapping with 'pipeline' and 'stages'")], None
+    for k in data:
+        if k not in TOP_LEVEL:
+            issues.append(SpecIssue(f, None, str(k), f"unknown top-level field (allowed: {', '.join(sorted(TOP_LEVEL))})",
+                                    lines.get((str(k),))))
+    parent_name = None
+    if data.get("extends"):
+        ppath = (path.parent / str(data["extends"]))
+        if not ppath.suffix:
+            ppath = ppath.with_suffix(".yaml")
+        pdata, _plines, pissues, _ = _read_raw(ppath.resolve(), (*chain, path))
+        if pissues:
+            issues.extend(SpecIssue(i.file, i.stage, i.field, i.message, i.line) for i in pissues)
+            if not pdata:
+                issues.append(SpecIssue(f, None, "extends", f"cannot extend {data['extends']!r}",
+                                        lines.get(("extends",))))
+        parent_name = pdata.get("pipeline")
+        merged_stages: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v
+                                         for k, v in (pdata.get("stages") or {}).items()}
+        for sname, sval in (data.get("stages") or {}).items():
+            if sval is None:                       # `stage: null` removes an inherited stage
+                merged_stages.pop(sname, None)
+            elif isinstance(sval, dict) and isinstance(merged_stages.get(sname), dict) and \
+                    sval.get("kind", merged_stages[sname].get("kind")) == merged_stages[sname].get("kind"):
+                merged_stages[sname] = {**merged_stages[sname], **sval}
+            else:
+                merged_stages[sname] = sval
+        auto = {**(pdata.get("automation") or {}), **(data.get("automation") or {})}
+        data = {**pdata, **data, "stages": merged_stages, "automation": auto}
+    return data, lines, issues, parent_name
+
+
+def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
+    """Load, validate and version a spec. Raises :class:`SpecError` listing every problem."""
+    kinds = load_kinds()
+    path = resolve_spec_path(spec)
+    f = str(path)
+    data, lines, issues, parent = _read_raw(path)
+    if issues and not data:
+        raise SpecError(issues)
+    name = data.get("pipeline")
+    if not isinstance(name, str) or not name.replace("_", "").isalnum():
+        issues.append(SpecIssue(f, None, "pipeline", "required: a name of letters, digits and underscores",
+                                lines.get(("pipeline",))))
+        name = path.stem
+    raw_stages = data.get("stages")
+    if not isinstance(raw_stages, dict) or not raw_stages:
+        issues.append(SpecIssue(f, None, "stages", "required: a mapping of stage name -> {kind: ..., ...}",
+                                lines.get(("stages",))))
+        raise SpecError(issues)
+
+    stages: dict[str, Stage] = {}
+    for sname, sval in raw_stages.items():
+        sname = str(sname)
+        sline = lines.get(("stages", sname))
+        if not sname.replace("_", "").isalnum():
+            issues.append(SpecIssue(f, sname, None, "stage names use letters, digits and underscores", sline))
+            continue
+        if not isinstance(sval, dict):
+            issues.append(SpecIssue(f, sname, None, "a stage must be a mapping with a 'kind'", sline))
+            continue
+        kname = sval.get("kind")
+        if kname not in kinds:
+            issues.append(SpecIssue(f, sname, "kind", f"unknown kind {kname!r}; known kinds: {', '.join(sorted(kinds))}",
+                                    lines.get(("stages", sname, "kind"), sline)))
+            continue
+        kind = kinds[kname]
+        body = {k: v for k, v in sval.items() if k != "kind"}
+        rfields = ref_fields(kind.config)
+        refs: dict[str, list[str]] = {}
+        for fname, (_types, many, key) in rfields.items():
+            for k in (key, fname):
+                if k in body:
+                    v = body[k]
+                    if many and isinstance(v, str):
+                        body[k] = [v]
+                    vals = body[k] if isinstance(body[k], list) else [body[k]]
+                    if all(isinstance(x, str) for x in vals):
+                        refs[fname] = list(vals)
+                    break
+        try:
+            cfg = kind.config.model_validate(body)
+        except ValidationError as e:
+            for err in e.errors():
+                loc = [str(x) for x in err["loc"]]
+                fld = loc[0] if loc else None
+                key = fld
+                if fld in rfields:
+                    key = rfields[fld][2]
+                msg = err["msg"]
+                if err["type"] == "extra_forbidden":
+                    allowed = sorted((fi.alias or n) for n, fi in kind.config.model_fields.items())
+                    msg = f"unknown field for kind '{kname}' (allowed: {', '.join(allowed)})"
+                elif len(loc) > 1:
+                    msg = f"{'.'.join(loc[1:])}: {msg}"
+                if "input" in err and err["type"] != "extra_forbidden" and err["type"] != "missing":
+                    msg += f" (got {err['input']!r})"
+                issues.append(SpecIssue(f, sname, key, msg, lines.get(("stages", sname, str(key)), sline)))
+            continue
+        stages[sname] = Stage(sname, kind, cfg, refs, dict(sval))
+
+    # references: existence and types
+    for st in stages.values():
+        rfields = ref_fields(st.kind.config)
+        for fname, names in st.refs.items():
+            types, _many, key = rfields[fname]
+            kline = lines.get(("stages", st.name, key)) or lines.get(("stages", st.name))
+            for n in names:
+                if n == st.name:
+                    issues.append(SpecIssue(f, st.name, key, "a stage cannot reference itself", kline))
+                elif n not in raw_stages:
+                    issues.append(SpecIssue(f, st.name, key, f"references missing stage '{n}'", kline))
+                elif n in stages and stages[n].kind.produces not in types:
+                    issues.append(SpecIssue(
+                        f, st.name, key,
+                        f"'{n}' is a {stages[n].kind.name} stage producing {stages[n].kind.produces}; "
+                        f"this field expects {' or '.join(types)}", kline))
+
+    # cycles (DFS with colours)
+    order: list[str] = []
+    colour: dict[str, int] = {}
+
+    def visit(s: str, trail: list[str]) -> None:
+        c = colour.get(s, 0)
+        if c == 2:
+            return
+        if c == 1:
+            cyc = trail[trail.index(s):] + [s]
+            issues.append(SpecIssue(f, s, None, "cycle: " + " -> ".join(cyc), lines.get(("stages", s))))
+            return
+        colour[s] = 1
+        for d in stages[s].deps:
+            if d in stages:
+                visit(d, [*trail, s])
+        colour[s] = 2
+        order.append(s)
+
+    for s in stages:
+        visit(s, [])
+
+    # kind-specific validation
+    for st in stages.values():
+        if st.kind.validate is not None and all(d in stages for d in st.deps):
+            try:
+                problems = st.kind.validate(st.config, {d: stages[d].kind.name for d in st.deps})
+            except Exception as e:  # a validator must not crash the compiler
+                problems = [(None, f"validation failed: {e}")]
+            for fld, msg in problems or []:
+                issues.append(SpecIssue(f, st.name, fld, msg, lines.get(("stages", st.name, str(fld)))))
+
+    # automation
+    automation = data.get("automation") or {}
+    if not isinstance(automation, dict):
+        issues.append(SpecIssue(f, None, "automation", "must be a mapping of stage -> {cron|eager|watch}",
+                                lines.get(("automation",))))
+        automation = {}
+    for sname, entry in automation.items():
+        aline = lines.get(("automation", str(sname)))
+        if sname not in raw_stages:
+            issues.append(SpecIssue(f, str(sname), "automation", f"automation names missing stage '{sname}'", aline))
+            continue
+        if not isinstance(entry, dict) or not entry:
+            issues.append(SpecIssue(f, str(sname), "automation", "expected a mapping with cron, eager and/or watch", aline))
+            continue
+        for k, v in entry.items():
+            if k not in AUTOMATION_KEYS:
+                issues.append(SpecIssue(f, str(sname), f"automation.{k}",
+                                        f"unknown automation field (allowed: {', '.join(sorted(AUTOMATION_KEYS))})", aline))
+            elif k == "cron" and (not isinstance(v, str) or len(v.split()) != 5):
+                issues.append(SpecIssue(f, str(sname), "automation.cron", f"expected a 5-field cron string, got {v!r}", aline))
+            elif k == "eager" and not isinstance(v, bool):
+                issues.append(SpecIssue(f, str(sname), "automation.eager", f"expected true or false, got {v!r}", aline))
+            elif k == "watch" and not (isinstance(v, str) or (isinstance(v, dict) and "path" in v)):
+                issues.append(SpecIssue(f, str(sname), "automation.watch",
+                                        "expected a folder path or {path: ..., pattern: '*.parquet'}", aline))
+
+    if issues:
+        raise SpecError(issues)
+
+    ordered = {s: stages[s] for s in order}
+    spec = Spec(name=name, description=str(data.get("description") or ""), path=path, stages=ordered,
+                automation=automation, parent=parent)
+    compute_versions(spec, fingerprints=fingerprints)
+    return spec
+
+
+def compute_versions(spec: Spec, *, fingerprints: bool = True) -> None:
+    """Fill ``stage.version`` (and per-partition versions) in topological order."""
+    for st in spec.stages.values():
+        kind = st.kind
+        pf = kind.partition_field
+        inputs = {fname: [v for n in names for v in spec.stages[n].output_versions()]
+                  for fname, names in st.refs.items() if fname != pf}
+        external = None
+        if fingerprints and kind.fingerprint is not None:
+            external = kind.fingerprint(st.config)
+        try:
+            cfg = st.config.model_dump(mode="json", exclude=set(st.refs) | ({pf} if pf else set()))
+            st.version = stable_hash({"kind": kind.name, "code": kind.code_version, "config": cfg,
+                                      "inputs": inputs, "external": external})
+        except UnhashableValue as e:
+            raise SpecError([SpecIssue(str(spec.path), st.name, None, str(e))]) from None
+        if pf:
+            st.partitions = list(st.refs.get(pf, []))
+            st.partition_versions = {
+                p: stable_hash({"stage": st.version, "partition_input": spec.stages[p].output_versions()})
+                for p in st.partitions}
+
+
+def spec_files(directory: Path = SPEC_DIR) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml"))
+
+
+def plan(spec: Spec, store) -> list[dict[str, Any]]:
+    """One row per stage (per partition for partitioned stages): name, kind, version, stored?"""
+    rows = []
+    for st in spec.stages.values():
+        if st.partitions is not None:
+            for p in st.partitions:
+                v = st.partition_versions[p]
+                rows.append({"stage": st.name, "partition": p, "kind": st.kind.name, "version": v,
+                             "stored": store.exists(st.kind.name, v)})
+        else:
+            rows.append({"stage": st.name, "partition": None, "kind": st.kind.name, "version": st.version,
+                         "stored": store.exists(st.kind.name, st.version)})
+    return rows
+
+
+def select_stages(spec: Spec, expr: str | None) -> list[str]:
+    """``a,b+`` -> stages a and b plus b's descendants; ``+c`` -> c and its ancestors; None -> all."""
+    if not expr:
+        return list(spec.stages)
+    chosen: list[str] = []
+    for part in (p.strip() for p in expr.split(",") if p.strip()):
+        down, up = part.endswith("+"), part.startswith("+")
+        s = part.strip("+")
+        if s not in spec.stages:
+            raise SpecError([SpecIssue(str(spec.path), s, None, "no such stage in --stages")])
+        group = [s] + (spec.descendants(s) if down else []) + (spec.ancestors(s) if up else [])
+        chosen.extend(g for g in group if g not in chosen)
+    return [s for s in spec.stages if s in chosen]
+
+
+def iter_specs(paths: Iterable[Path]) -> list[Spec]:
+    return [load_spec(p) for p in paths]
