@@ -200,6 +200,20 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    """``dagster dev`` on 127.0.0.1 over the same instance the CLI writes to."""
+    import subprocess
+
+    home = _home(args)
+    os.environ["LMFORGE_HOME"] = str(home)
+    dh = ensure_dagster_home(home)
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "pipelines.definitions", "-h", args.host,
+           "-p", str(args.port)]
+    print(f"Dagster UI: http://{args.host}:{args.port}  (DAGSTER_HOME={dh}, LMFORGE_HOME={home})", flush=True)
+    return subprocess.call(cmd, cwd=root)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -227,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("catalog", help="rebuild the DuckDB catalog from the stored manifests")
     c.add_argument("action", choices=["rebuild"])
     c.set_defaults(fn=cmd_catalog)
+    u = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the lmforge instance")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=3000)
+    u.set_defaults(fn=cmd_ui)
     args = p.parse_args(argv)
     from .spec import SpecError
 

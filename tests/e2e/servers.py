@@ -1,0 +1,74 @@
+"""Start and stop Dagster servers for tests without leaking processes (own process group, SIGKILL fallback)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dagster_server(args: list[str], home: Path, log: Path, dev: bool = False, timeout: float = 120.0):
+    """Run ``dagster dev`` (webserver + daemon) or ``dagster-webserver``; yield the base URL."""
+    port = free_port()
+    dh = home / "dagster"
+    dh.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", dh / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(dh), "LMFORGE_HOME": str(home), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    if dev:
+        cmd = [sys.executable, "-m", "dagster", "dev", *args, "-h", "127.0.0.1", "-p", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "dagster_webserver", *args, "-h", "127.0.0.1", "-p", str(port)]
+    with log.open("w") as lf:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/server_info", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"dagster server did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    import json
+
+    req = urllib.request.Request(url + "/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        out = json.loads(r.read())
+    if "errors" in out:
+        raise RuntimeError(out["errors"])
+    return out["data"]
