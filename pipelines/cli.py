@@ -200,6 +200,31 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def cmd_kinds(args) -> int:
+    """Print every stage kind with its fields (the spec language's reference, generated from the code)."""
+    from assets.registry import load_kinds, ref_fields
+
+    kinds = load_kinds()
+    for name in sorted(kinds):
+        if args.kind and name not in args.kind:
+            continue
+        k = kinds[name]
+        refs = ref_fields(k.config)
+        print(f"{name}  -> {k.produces}{'  [pool: ' + k.pool + ']' if k.pool else ''}\n    {k.description}")
+        for fname, f in k.config.model_fields.items():
+            key = f.alias or fname
+            if fname in refs:
+                typ = f"ref({'|'.join(refs[fname][0])}{', many' if refs[fname][1] else ''})"
+            else:
+                typ = getattr(f.annotation, "__name__", str(f.annotation)).replace("typing.", "")
+            default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+            print(f"    {key:<22} {typ:<28} {default}: {f.description or ''}")
+        for c in k.checks:
+            print(f"    check {c.name}{' (blocking)' if c.blocking else ''}: {c.description}")
+        print()
+    return 0
+
+
 def cmd_ui(args) -> int:
     """``dagster dev`` on 127.0.0.1 over the same instance the CLI writes to."""
     import subprocess
@@ -241,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("catalog", help="rebuild the DuckDB catalog from the stored manifests")
     c.add_argument("action", choices=["rebuild"])
     c.set_defaults(fn=cmd_catalog)
+    k = sub.add_parser("kinds", help="list stage kinds and their fields")
+    k.add_argument("kind", nargs="*")
+    k.set_defaults(fn=cmd_kinds)
     u = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the lmforge instance")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=3000)
