@@ -1,0 +1,232 @@
+"""s1-style test-time scaling: a batched, KV-cached token-level decode loop with budget forcing and "Wait".
+
+Key design choice: every step feeds exactly one token per sequence, whether the model chose it or the loop
+forced it, so forcing never breaks batching or the KV cache. Per sequence a small state machine tracks the
+phase (thinking, answering, done):
+
+* the response starts with a forced ``<think>`` (the chat format's response prefix, as s1 prefills its
+  thinking marker), so thinking tokens are exactly the tokens between ``<think>`` and ``</think>``;
+* budget forcing: once a sequence has ``budget`` thinking tokens, the next tokens are forced to
+  ``</think><answer>`` and the model then writes its answer. The cap is checked before every thinking token,
+  so thinking can never exceed the budget, forced "Wait" tokens included;
+* "Wait" extension: when the model itself emits ``</think>`` and fewer than ``wait_extensions`` Waits were
+  used, that token is replaced by the tokens of ``wait_text`` (counted as thinking) and thinking goes on.
+
+Generation is greedy at ``temperature == 0`` and sampled with a seeded ``torch.Generator`` otherwise, so a
+record set is reproducible on the same hardware.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+THINK, ANSWER, DONE = 0, 1, 2
+
+
+@dataclass
+class Generated:
+    """One completion: the text after the prompt (starting at ``<think>``) and its token accounting."""
+
+    completion: str
+    token_ids: list[int]
+    thinking_tokens: int
+    answer_tokens: int
+    waits_used: int
+    forced_end: bool  # the budget (or the thinking cap) ended thinking, not the model
+    finished: bool  # the model closed the turn (``<|im_end|>`` / eos) within the limits
+
+
+@dataclass
+class _Seq:
+    phase: int = THINK
+    think: int = 0
+    answer: int = 0
+    waits: int = 0
+    forced: bool = False
+    finished: bool = False
+    queue: deque = field(default_factory=deque)
+    out: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    think_open: int
+    think_close: int
+    answer_open: int
+    stops: frozenset[int]
+    pad: int
+    wait: tuple[int, ...]
+
+    @classmethod
+    def from_tokenizer(cls, tok, wait_text: str = "Wait") -> SpecialIds:
+        ids = {}
+        for t in ("<think>", "</think>", "<answer>", "<|im_end|>"):
+            i = tok.convert_tokens_to_ids(t)
+            if i is None or i == tok.unk_token_id or not isinstance(i, int):
+                raise ValueError(
+                    f"the model's tokenizer has no {t!r} token; the chat format needs "
+                    "<think>, </think>, <answer>, </answer> and <|im_end|> as special tokens"
+                )
+            ids[t] = i
+        stops = {ids["<|im_end|>"]}
+        if tok.eos_token_id is not None:
+            stops.add(tok.eos_token_id)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        wait = tuple(tok.encode(wait_text, add_special_tokens=False))
+        if not wait:
+            raise ValueError(f"wait_text {wait_text!r} encodes to no tokens")
+        return cls(ids["<think>"], ids["</think>"], ids["<answer>"], frozenset(stops), int(pad), wait)
+
+
+def generate_with_budget(
+    model,
+    tok,
+    prompt_ids: list[list[int]],
+    *,
+    budget: int | None = None,
+    max_think_tokens: int = 256,
+    max_answer_tokens: int = 32,
+    wait_extensions: int = 0,
+    wait_text: str = "Wait",
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[Generated]:
+    """Generate a think/answer response for each prompt (token ids ending with the generation prompt).
+
+    ``budget``: at most this many thinking tokens (``None``: only ``max_think_tokens``, which also caps
+    Wait-extended thinking). ``wait_extensions``: how many times a self-emitted ``</think>`` is replaced by
+    ``wait_text``. Returns one :class:`Generated` per prompt, in order.
+    """
+    import torch
+
+    if budget is not None and budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    sp = SpecialIds.from_tokenizer(tok, wait_text)
+    cap = max_think_tokens if budget is None else min(budget, max_think_tokens)
+    gen = torch.Generator().manual_seed(seed)
+    results: list[Generated] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(prompt_ids), batch_size):
+                chunk = prompt_ids[s : s + batch_size]
+                results.extend(
+                    _decode_batch(
+                        model, tok, chunk, sp, cap, max_answer_tokens, wait_extensions, temperature, gen
+                    )
+                )
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _decode_batch(
+    model, tok, prompts, sp: SpecialIds, cap: int, max_answer: int, n_wait: int, temperature: float, gen
+) -> list[Generated]:
+    import torch
+    from transformers import DynamicCache
+
+    b = len(prompts)
+    # the response prefix <think> is part of the prefill: left-pad so every row ends at the same column
+    rows = [list(p) + [sp.think_open] for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((b, width), sp.pad, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()  # mutated in place by every forward call
+    ckw = {_cache_kwarg(model): cache}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **ckw)
+    logits = out.logits[:, -1, :]
+    next_pos = pos[:, -1:] + 1
+    seqs = [_Seq() for _ in range(b)]
+    for q in seqs:
+        q.out.append(sp.think_open)
+    max_steps = cap + len(sp.wait) + 2 + max_answer + 1
+    for _ in range(max_steps):
+        chosen = _choose(logits, temperature, gen)
+        step_tokens = []
+        for i, q in enumerate(seqs):
+            if q.phase == DONE:
+                step_tokens.append(sp.pad)
+                continue
+            t = _advance(q, int(chosen[i]), sp, cap, max_answer, n_wait)
+            step_tokens.append(t)
+        if all(q.phase == DONE for q in seqs):
+            break
+        x = torch.tensor(step_tokens, dtype=torch.long).unsqueeze(1)
+        mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
+        out = model(input_ids=x, attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw)
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    res = []
+    for q in seqs:
+        res.append(
+            Generated(
+                completion=tok.decode(q.out, skip_special_tokens=False),
+                token_ids=list(q.out),
+                thinking_tokens=q.think,
+                answer_tokens=q.answer,
+                waits_used=q.waits,
+                forced_end=q.forced,
+                finished=q.finished,
+            )
+        )
+    return res
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.2x names the KV-cache argument ``cache``; older releases ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _choose(logits, temperature: float, gen):
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+
+def _advance(q: _Seq, model_tok: int, sp: SpecialIds, cap: int, max_answer: int, n_wait: int) -> int:
+    """Decide the token this sequence emits now (model's choice or forced) and update its state."""
+    if q.phase == THINK:
+        if q.think >= cap:
+            # budget reached: force the end of thinking and the start of the answer (drops pending Waits)
+            q.queue.clear()
+            q.queue.append(sp.answer_open)
+            q.forced = True
+            q.phase = ANSWER
+            q.out.append(sp.think_close)
+            return sp.think_close
+        t = q.queue.popleft() if q.queue else model_tok
+        if t == sp.think_close and q.waits < n_wait:
+            q.waits += 1
+            q.queue.extend(sp.wait)
+            t = q.queue.popleft()
+        q.out.append(t)
+        if t == sp.think_close:
+            q.phase = ANSWER
+        elif t in sp.stops:
+            q.phase, q.finished = DONE, True
+        else:
+            q.think += 1
+        return t
+    # ANSWER phase: forced <answer> first if queued, then the model's tokens until a stop token
+    t = q.queue.popleft() if q.queue else model_tok
+    q.out.append(t)
+    if t in sp.stops:
+        q.phase, q.finished = DONE, True
+    else:
+        q.answer += 1
+        if q.answer >= max_answer:
+            q.phase = DONE
+    return t

@@ -1,0 +1,337 @@
+"""Evaluate one model: generation sweeps (greedy, k samples, budget forcing, Wait extension), bits per byte,
+and the metrics with their 95% intervals.
+
+Key design choice: every generation becomes one *record* (item, mode, budget, sample index, completion,
+parsed answer, token counts) and every metric is computed from the records afterwards, so metrics.json can
+always be recomputed from records.parquet and the report can pair models item by item. Answers are parsed
+only by ``ops.tasks`` (``extract_answer`` / ``is_correct`` / ``format_ok``), the same code rewards use.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import metrics as M
+
+RECORD_COLUMNS = [
+    "model_stage",
+    "model_version",
+    "task",
+    "item_id",
+    "mode",
+    "budget",
+    "wait_extensions",
+    "waits_used",
+    "sample_index",
+    "temperature",
+    "prompt",
+    "completion",
+    "extracted_answer",
+    "gold_answer",
+    "correct",
+    "format_ok",
+    "thinking_tokens",
+    "answer_tokens",
+    "response_tokens",
+    "forced_end",
+    "finished",
+]
+
+
+@dataclass
+class EvalSettings:
+    samples: int = 4
+    temperature: float = 0.8
+    budgets: list[int] = field(default_factory=list)
+    wait_extensions: list[int] = field(default_factory=list)
+    max_think_tokens: int = 128
+    max_answer_tokens: int = 16
+    wait_text: str = "Wait"
+    batch_size: int = 32
+    seed: int = 0
+    language: str = "en"
+    bpb_max_tokens: int = 256
+
+
+@dataclass
+class EvalItem:
+    task: str
+    id: str
+    question: str
+    answer: str
+
+
+def record_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("model_stage", pa.string()),
+            ("model_version", pa.string()),
+            ("task", pa.string()),
+            ("item_id", pa.string()),
+            ("mode", pa.string()),
+            ("budget", pa.int32()),
+            ("wait_extensions", pa.int32()),
+            ("waits_used", pa.int32()),
+            ("sample_index", pa.int32()),
+            ("temperature", pa.float32()),
+            ("prompt", pa.string()),
+            ("completion", pa.string()),
+            ("extracted_answer", pa.string()),
+            ("gold_answer", pa.string()),
+            ("correct", pa.bool_()),
+            ("format_ok", pa.bool_()),
+            ("thinking_tokens", pa.int32()),
+            ("answer_tokens", pa.int32()),
+            ("response_tokens", pa.int32()),
+            ("forced_end", pa.bool_()),
+            ("finished", pa.bool_()),
+        ]
+    )
+
+
+def generate_records(
+    model, tok, items: list[EvalItem], s: EvalSettings, *, model_stage: str, model_version: str, log=print
+) -> list[dict[str, Any]]:
+    """All generations for ``items``: greedy, ``samples`` sampled, one greedy run per budget and per Wait
+    count. Modes: ``greedy``, ``sample``, ``budget``, ``wait``."""
+    from ops.generate import chat_prompts
+    from ops.tasks import extract_answer, format_ok, is_correct
+
+    from .budget import generate_with_budget
+
+    prompts = chat_prompts(tok, [it.question for it in items])
+    prompt_texts = [tok.decode(p, skip_special_tokens=False) for p in prompts]
+    runs: list[tuple[str, int | None, int, int, float]] = [("greedy", None, 0, 0, 0.0)]
+    runs += [("sample", None, 0, j, s.temperature) for j in range(s.samples)]
+    runs += [("budget", b, 0, 0, 0.0) for b in s.budgets]
+    runs += [("wait", None, w, 0, 0.0) for w in s.wait_extensions]
+    out: list[dict[str, Any]] = []
+    for mode, budget, n_wait, j, temp in runs:
+        # each sample index has its own seed, so sample j is the same whatever ``samples`` is
+        gens = generate_with_budget(
+            model,
+            tok,
+            prompts,
+            budget=budget,
+            max_think_tokens=s.max_think_tokens,
+            max_answer_tokens=s.max_answer_tokens,
+            wait_extensions=n_wait,
+            wait_text=s.wait_text,
+            temperature=temp,
+            seed=s.seed * 1000 + j,
+            batch_size=s.batch_size,
+        )
+        for it, ptxt, g in zip(items, prompt_texts, gens):
+            pred = extract_answer(g.completion)
+            out.append(
+                {
+                    "model_stage": model_stage,
+                    "model_version": model_version,
+                    "task": it.task,
+                    "item_id": it.id,
+                    "mode": mode,
+                    "budget": budget,
+                    "wait_extensions": n_wait,
+                    "waits_used": g.waits_used,
+                    "sample_index": j,
+                    "temperature": temp,
+                    "prompt": ptxt,
+                    "completion": g.completion,
+                    "extracted_answer": pred,
+                    "gold_answer": it.answer,
+                    "correct": bool(is_correct(pred, it.answer)) if pred is not None else False,
+                    "format_ok": bool(format_ok(g.completion)),
+                    "thinking_tokens": g.thinking_tokens,
+                    "answer_tokens": g.answer_tokens,
+                    "response_tokens": len(g.token_ids),
+                    "forced_end": g.forced_end,
+                    "finished": g.finished,
+                }
+            )
+        log(f"evaluate {model_stage}: {mode} budget={budget} wait={n_wait} sample={j}: {len(gens)} items")
+    return out
+
+
+def _think_text(completion: str) -> str:
+    from ops.tasks import split_response
+
+    think, _ = split_response(completion)
+    return think if think is not None else completion
+
+
+def per_item_scores(records: list[dict[str, Any]], k: int) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (task, item): greedy correctness/format, pass@1 / pass@k / maj@k from the sampled records."""
+    from ops.tasks import is_correct
+
+    by_item: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"samples": []})
+    for r in records:
+        key = (r["task"], r["item_id"])
+        if r["mode"] == "greedy":
+            by_item[key]["greedy"] = r
+        elif r["mode"] == "sample":
+            by_item[key]["samples"].append(r)
+    out = {}
+    for key, d in by_item.items():
+        g = d.get("greedy")
+        sc: dict[str, float] = {}
+        if g is not None:
+            sc["greedy_correct"] = float(g["correct"])
+            sc["format_ok"] = float(g["format_ok"])
+            sc["response_tokens"] = float(g["response_tokens"])
+        smp = sorted(d["samples"], key=lambda r: r["sample_index"])
+        if smp:
+            n, c = len(smp), sum(1 for r in smp if r["correct"])
+            sc["pass@1"] = M.pass_at_k(n, c, 1)
+            sc[f"pass@{min(k, n)}"] = M.pass_at_k(n, c, min(k, n))
+            gold = smp[0]["gold_answer"]
+            sc[f"maj@{min(k, n)}"] = M.maj_at_k(
+                [r["extracted_answer"] for r in smp],
+                gold,
+                min(k, n),
+                correct=lambda a, gl: bool(is_correct(a, gl)),
+            )
+        out[key] = sc
+    return out
+
+
+def summarize(records: list[dict[str, Any]], s: EvalSettings) -> dict[str, Any]:
+    """Metrics (each ``{value, low, high, n}``) overall and per task, plus the budget and Wait curves."""
+    from ops.rewards import language_share
+
+    k = s.samples
+    tasks = sorted({r["task"] for r in records})
+
+    def block(recs: list[dict[str, Any]]) -> dict[str, Any]:
+        items = per_item_scores(recs, k)
+        vals = list(items.values())
+        res: dict[str, Any] = {}
+        for name in ("greedy_correct", "format_ok"):
+            xs = [v[name] for v in vals if name in v]
+            res["greedy_accuracy" if name == "greedy_correct" else "format_rate"] = M.proportion(xs)
+        for name in ("pass@1", f"pass@{k}", f"maj@{k}"):
+            xs = [v[name] for v in vals if name in v]
+            if xs:
+                res[name] = M.proportion(xs)
+        greedy = [r for r in recs if r["mode"] == "greedy"]
+        res["mean_response_tokens"] = M.mean_with_interval([r["response_tokens"] for r in greedy])
+        res["mean_thinking_tokens"] = M.mean_with_interval([r["thinking_tokens"] for r in greedy])
+        res["language_consistency"] = M.mean_with_interval(
+            [language_share(_think_text(r["completion"]), s.language) for r in greedy]
+        )
+        return res
+
+    summary: dict[str, Any] = {
+        "overall": block(records),
+        "tasks": {t: block([r for r in records if r["task"] == t]) for t in tasks},
+    }
+    summary["budget_curve"] = _curve(records, "budget", "budget")
+    summary["wait_curve"] = _curve(records, "wait", "wait_extensions")
+    # the unconstrained greedy run is the reference point of both curves
+    greedy = [r for r in records if r["mode"] == "greedy"]
+    if greedy:
+        summary["unbudgeted"] = _point(greedy)
+    return summary
+
+
+def _point(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    acc = M.proportion([float(r["correct"]) for r in recs])
+    th = [r["thinking_tokens"] for r in recs]
+    return {
+        "accuracy": acc["value"],
+        "low": acc["low"],
+        "high": acc["high"],
+        "n": acc["n"],
+        "mean_thinking_tokens": sum(th) / len(th),
+        "max_thinking_tokens": max(th),
+        "mean_waits_used": sum(r["waits_used"] for r in recs) / len(recs),
+        "forced_end_rate": sum(1 for r in recs if r["forced_end"]) / len(recs),
+    }
+
+
+def _curve(records: list[dict[str, Any]], mode: str, key: str) -> list[dict[str, Any]]:
+    groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["mode"] == mode:
+            groups[int(r[key])].append(r)
+    return [{key: x, **_point(groups[x])} for x in sorted(groups)]
+
+
+def bits_per_byte(
+    model, tok, docs: list[tuple[str, str]], s: EvalSettings
+) -> tuple[dict[str, Any], list[dict]]:
+    """Corpus bits per byte (ratio of sums) with a document-bootstrap 95% interval; per-document rows."""
+    import math
+
+    from .likelihood import score_documents
+
+    scores = score_documents(
+        model, tok, [t for _, t in docs], max_tokens=s.bpb_max_tokens, batch_size=max(1, s.batch_size // 4)
+    )
+    rows = [
+        {"doc_id": d, "nll_nats": sc.nll_nats, "n_bytes": sc.n_bytes, "n_tokens": sc.n_tokens}
+        for (d, _), sc in zip(docs, scores)
+        if sc.n_bytes > 0
+    ]
+    if not rows:
+        return {"value": None, "low": None, "high": None, "n": 0}, rows
+    nll, nb = [r["nll_nats"] for r in rows], [r["n_bytes"] for r in rows]
+    value = M.bits_per_byte(sum(nll), sum(nb))
+    lo, hi = M.bootstrap_ratio_interval(nll, nb, seed=s.seed, scale=1 / math.log(2))
+    return {
+        "value": value,
+        "low": lo,
+        "high": hi,
+        "n": len(rows),
+        "bytes": sum(nb),
+        "tokens": sum(r["n_tokens"] for r in rows),
+    }, rows
+
+
+def budget_curve_png(summary: dict[str, Any], title: str, path: Path) -> None:
+    """Accuracy versus mean thinking tokens: the budget sweep, the Wait sweep and the unbudgeted point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
+    for curve, key, label, style in (
+        (summary.get("budget_curve") or [], "budget", "budget forcing", "o-"),
+        (summary.get("wait_curve") or [], "wait_extensions", "Wait extension", "s--"),
+    ):
+        if not curve:
+            continue
+        xs = [p["mean_thinking_tokens"] for p in curve]
+        ys = [p["accuracy"] for p in curve]
+        err = [
+            [max(0.0, p["accuracy"] - (p["low"] or p["accuracy"])) for p in curve],
+            [max(0.0, (p["high"] or p["accuracy"]) - p["accuracy"]) for p in curve],
+        ]
+        ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=label)
+        for p, x, y in zip(curve, xs, ys):
+            ax.annotate(f"{key[0]}={p[key]}", (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
+    u = summary.get("unbudgeted")
+    if u:
+        ax.errorbar(
+            [u["mean_thinking_tokens"]],
+            [u["accuracy"]],
+            yerr=[[u["accuracy"] - u["low"]], [u["high"] - u["accuracy"]]],
+            fmt="k*",
+            markersize=10,
+            capsize=3,
+            label="unbudgeted greedy",
+        )
+    ax.set_xlabel("mean thinking tokens")
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

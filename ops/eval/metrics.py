@@ -1,0 +1,277 @@
+"""Evaluation metrics and their uncertainty: pass@k, maj@k, bits per byte, 95% intervals, paired tests.
+
+Key design choice: every number that the report compares carries an interval computed from the eval set
+itself, and comparisons between two models on the same items are *paired* (per-item differences), which is
+far tighter than comparing two independent intervals. A change is called "beyond noise" only when the 95%
+interval of the difference excludes zero; nothing here ever rounds a non-effect into an effect.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+Z95 = 1.959963984540054
+
+
+# ---- pass@k and maj@k ------------------------------------------------------------------------------------
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct (Chen et al. 2021):
+    ``1 - C(n-c, k) / C(n, k)``, the probability that a random k-subset holds at least one correct sample."""
+    if not 0 <= c <= n:
+        raise ValueError(f"pass_at_k: need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: need 1 <= k <= n, got n={n}, k={k}")
+    if n - c < k:
+        return 1.0
+    # product form avoids huge binomials: C(n-c,k)/C(n,k) = prod_{i=n-c+1}^{n} (1 - k/i)
+    prob_all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_wrong *= 1.0 - k / i
+    return 1.0 - prob_all_wrong
+
+
+def majority_vote(answers: Sequence[str | None]) -> list[str]:
+    """The answers with the highest vote count (ties kept); ``None`` (unparseable) does not vote."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return []
+    top = max(counts.values())
+    return [a for a, c in counts.items() if c == top]
+
+
+def maj_at_k(
+    answers: Sequence[str | None],
+    gold: str,
+    k: int | None = None,
+    correct: Callable[[str, str], bool] | None = None,
+) -> float:
+    """maj@k for one item: majority vote over the first ``k`` sampled answers, scored against ``gold``.
+
+    A tie between several answers is broken uniformly at random *in expectation*: the item scores the
+    fraction of tied answers that are correct (so the estimate does not depend on sample order).
+    ``answers`` should already be normalised (the extracted answer strings).
+    """
+    k = len(answers) if k is None else k
+    if not 1 <= k <= len(answers):
+        raise ValueError(f"maj_at_k: need 1 <= k <= {len(answers)}, got {k}")
+    winners = majority_vote(answers[:k])
+    if not winners:
+        return 0.0
+    ok = correct or (lambda a, g: a.strip() == str(g).strip())
+    return sum(1.0 for w in winners if ok(w, gold)) / len(winners)
+
+
+# ---- bits per byte ---------------------------------------------------------------------------------------
+def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
+    """Summed negative log-likelihood (nats) of a text divided by its UTF-8 size in bits: comparable across
+    tokenizers because the denominator does not depend on how the text was split."""
+    if n_bytes <= 0:
+        raise ValueError("bits_per_byte: no bytes scored")
+    return nll_nats / (math.log(2) * n_bytes)
+
+
+# ---- intervals -------------------------------------------------------------------------------------------
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion; sensible at 0/n and n/n where the normal interval is not."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float | None, float | None]:
+    """(mean, low, high) with the normal interval mean ± z·sd/√n; no interval below two values."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_interval: no values")
+    m = sum(values) / n
+    if n < 2:
+        return (m, None, None)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return (m, m - half, m + half)
+
+
+def proportion(values: Sequence[float | bool]) -> dict:
+    """A rate over items as ``{value, low, high, n}``: Wilson for 0/1 data, normal for fractional scores."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    s = sum(vals)
+    if all(v in (0.0, 1.0) for v in vals):
+        lo, hi = wilson_interval(s, n)
+    else:
+        _, lo, hi = mean_interval(vals)
+        lo = None if lo is None else max(0.0, lo)
+        hi = None if hi is None else min(1.0, hi)
+    return {"value": s / n, "low": lo, "high": hi, "n": n}
+
+
+def mean_with_interval(values: Sequence[float]) -> dict:
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    m, lo, hi = mean_interval(vals)
+    return {"value": m, "low": lo, "high": hi, "n": len(vals)}
+
+
+def bootstrap_ratio_interval(
+    num: Sequence[float], den: Sequence[float], n_boot: int = 1000, seed: int = 0, scale: float = 1.0
+) -> tuple[float, float]:
+    """Percentile bootstrap (resampling units, e.g. documents) of ``scale * sum(num) / sum(den)``."""
+    n = len(num)
+    if n == 0:
+        raise ValueError("bootstrap_ratio_interval: no units")
+    rng = random.Random(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        d = sum(den[i] for i in idx)
+        if d > 0:
+            stats.append(scale * sum(num[i] for i in idx) / d)
+    stats.sort()
+    return (stats[int(0.025 * (len(stats) - 1))], stats[int(math.ceil(0.975 * (len(stats) - 1)))])
+
+
+# ---- differences ------------------------------------------------------------------------------------------
+def _p_two_sided(zscore: float) -> float:
+    return math.erfc(abs(zscore) / math.sqrt(2))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> dict:
+    """Per-item paired difference ``b - a`` (same items, same order): mean, standard error, 95% interval,
+    two-sided p (normal approximation) and ``beyond_noise`` = the interval excludes 0.
+
+    For 0/1 correctness this is the normal form of McNemar's test: only discordant items move the mean.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference: {len(a)} vs {len(b)} values; pair the same items")
+    n = len(a)
+    if n == 0:
+        return {"diff": None, "se": None, "low": None, "high": None, "p": None, "n": 0, "beyond_noise": False}
+    d = [float(y) - float(x) for x, y in zip(a, b)]
+    m = sum(d) / n
+    if n < 2:
+        return {"diff": m, "se": None, "low": None, "high": None, "p": None, "n": n, "beyond_noise": False}
+    sd = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1))
+    se = sd / math.sqrt(n)
+    if se == 0.0:
+        # every item moved by exactly the same amount: zero is excluded iff that amount is not zero
+        return {
+            "diff": m,
+            "se": 0.0,
+            "low": m,
+            "high": m,
+            "p": 0.0 if m else 1.0,
+            "n": n,
+            "beyond_noise": m != 0.0,
+        }
+    lo, hi = m - z * se, m + z * se
+    return {
+        "diff": m,
+        "se": se,
+        "low": lo,
+        "high": hi,
+        "p": _p_two_sided(m / se),
+        "n": n,
+        "beyond_noise": lo > 0 or hi < 0,
+    }
+
+
+def unpaired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> dict:
+    """``mean(b) - mean(a)`` for independent samples (Welch standard error); same keys as paired."""
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return {
+            "diff": None,
+            "se": None,
+            "low": None,
+            "high": None,
+            "p": None,
+            "n": min(na, nb),
+            "beyond_noise": False,
+        }
+    ma, mb = sum(a) / na, sum(b) / nb
+    va = sum((x - ma) ** 2 for x in a) / (na - 1)
+    vb = sum((x - mb) ** 2 for x in b) / (nb - 1)
+    se = math.sqrt(va / na + vb / nb)
+    m = mb - ma
+    if se == 0.0:
+        return {
+            "diff": m,
+            "se": 0.0,
+            "low": m,
+            "high": m,
+            "p": 0.0 if m else 1.0,
+            "n": min(na, nb),
+            "beyond_noise": m != 0.0,
+        }
+    lo, hi = m - z * se, m + z * se
+    return {
+        "diff": m,
+        "se": se,
+        "low": lo,
+        "high": hi,
+        "p": _p_two_sided(m / se),
+        "n": min(na, nb),
+        "beyond_noise": lo > 0 or hi < 0,
+    }
+
+
+def seed_spread(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation, min and max over runs that differ only by seed."""
+    n = len(values)
+    m = sum(values) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": m, "sd": sd, "min": min(values), "max": max(values), "n": n}
+
+
+# ---- language consistency -----------------------------------------------------------------------------------
+_SCRIPTS = {  # language -> predicate on a letter: the script that language is written in
+    "latin": lambda ch: ch.isascii() or "\u00c0" <= ch <= "\u024f",
+    "cyrillic": lambda ch: "\u0400" <= ch <= "\u04ff",
+    "cjk": lambda ch: "\u3040" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af",
+    "greek": lambda ch: "\u0370" <= ch <= "\u03ff",
+    "arabic": lambda ch: "\u0600" <= ch <= "\u06ff",
+}
+_LANG_SCRIPT = {
+    "en": "latin",
+    "fr": "latin",
+    "de": "latin",
+    "es": "latin",
+    "it": "latin",
+    "pt": "latin",
+    "nl": "latin",
+    "ru": "cyrillic",
+    "uk": "cyrillic",
+    "zh": "cjk",
+    "ja": "cjk",
+    "ko": "cjk",
+    "el": "greek",
+    "ar": "arabic",
+}
+
+
+def language_consistency(text: str, lang: str = "en") -> float | None:
+    """Share of the letters in ``text`` written in ``lang``'s script (DeepSeek-R1's language-mixing
+    measure, at the level of scripts: a tiny model mixing in Chinese or Cyrillic scores below 1).
+
+    ``None`` when the text has no letters (e.g. pure arithmetic), so such items do not count either way.
+    """
+    script = _LANG_SCRIPT.get(lang)
+    if script is None:
+        raise ValueError(
+            f"language_consistency: no script known for language {lang!r}; known: {sorted(_LANG_SCRIPT)}"
+        )
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return None
+    ok = _SCRIPTS[script]
+    return sum(1 for ch in letters if ok(ch)) / len(letters)
