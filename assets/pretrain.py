@@ -1,0 +1,507 @@
+"""Stage kind ``pretrain``: token shards + tokenizer -> a pretrained decoder (``model`` artifact).
+
+Key design choice: the stage only plans, launches and reports. The compute planner (``ops/planner.py``)
+sizes the run and estimates FLOPs/time before anything trains; the job (a JSON-able dict) is run either
+in-process or by ``torchrun`` through a launcher (``resources/launchers.py``: Dagster Pipes inside Dagster),
+and in both cases every rank calls the same ``ops.train.lm.run_pretraining``. Checkpoints live in
+``run.work`` (survive crashes, resumed on re-materialization, refused under a different data/tokenizer/code
+fingerprint); the final ``save_pretrained`` directory and a copy of the last training state go into
+``run.out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .registry import (
+    CheckOutcome,
+    CheckSpec,
+    Image,
+    Json,
+    Markdown,
+    StageConfig,
+    StageKind,
+    StageResult,
+    StageRun,
+    Table,
+    ref,
+    register,
+)
+
+
+class RopeScaling(StageConfig):
+    type: Literal["yarn", "linear", "dynamic"] = Field("yarn", description="RoPE scaling method")
+    factor: float = Field(..., gt=1.0, description="context extension factor")
+    original_max_position_embeddings: int = Field(
+        ..., ge=16, description="context length RoPE was trained at"
+    )
+
+
+class ModelSpec(StageConfig):
+    """Decoder architecture; any size left out is chosen by the compute planner from the budget."""
+
+    arch: Literal["qwen2", "llama", "qwen2_moe", "deepseek_v3"] = Field(
+        "qwen2",
+        description="transformers class: Qwen2 (dense, QKV bias), Llama (dense, no bias), Qwen2-MoE, "
+        "DeepSeek-V3 (multi-head latent attention + MoE)",
+    )
+    d_model: int | None = Field(
+        None, ge=16, description="hidden size; omit (with layers) to let the planner choose"
+    )
+    layers: int | None = Field(None, ge=1, description="number of decoder layers")
+    heads: int | None = Field(None, ge=1, description="attention heads (default d_model/64)")
+    kv_heads: int | None = Field(None, ge=1, description="key/value heads for grouped-query attention")
+    ffn: int | None = Field(None, ge=8, description="SwiGLU intermediate size (default ~8/3 d_model)")
+    max_seq_len: int | None = Field(None, ge=16, description="max positions (default: the training seq_len)")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency")
+    rope_scaling: RopeScaling | None = Field(None, description="YaRN/linear/dynamic RoPE scaling")
+    qkv_bias: bool | None = Field(None, description="bias on Q/K/V projections (Qwen2: always on)")
+    tie_embeddings: bool = Field(True, description="share input embedding and LM head")
+    dropout: float = Field(0.0, ge=0, lt=1, description="attention dropout")
+    init_std: float = Field(0.02, gt=0, description="initializer standard deviation")
+    experts: int | None = Field(None, ge=2, description="MoE: routed experts")
+    top_k: int | None = Field(None, ge=1, description="MoE: experts per token")
+    expert_ffn: int | None = Field(None, ge=8, description="MoE: intermediate size of each routed expert")
+    shared_expert_ffn: int | None = Field(
+        None, ge=8, description="Qwen2-MoE: shared expert intermediate size"
+    )
+    shared_experts: int | None = Field(None, ge=0, description="DeepSeek-V3: number of shared experts")
+    dense_layers: int | None = Field(None, ge=0, description="DeepSeek-V3: first k layers use a dense MLP")
+    router_aux_loss_coef: float | None = Field(
+        None, ge=0, description="Qwen2-MoE: load-balancing loss weight"
+    )
+    kv_lora_rank: int | None = Field(None, ge=4, description="MLA: compressed KV rank")
+    q_lora_rank: int | None = Field(None, ge=4, description="MLA: compressed Q rank (None: full-rank Q)")
+    qk_rope_head_dim: int | None = Field(None, ge=2, description="MLA: rotary part of each Q/K head")
+    qk_nope_head_dim: int | None = Field(None, ge=2, description="MLA: non-rotary part of each Q/K head")
+    v_head_dim: int | None = Field(None, ge=2, description="MLA: value head size")
+
+    def arch_dict(self, seq_len: int) -> dict[str, Any]:
+        d = {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
+        if self.rope_scaling is not None:
+            d["rope_scaling"] = self.rope_scaling.model_dump(mode="json")
+        d.setdefault(
+            "max_seq_len",
+            max(seq_len, (self.rope_scaling.original_max_position_embeddings if self.rope_scaling else 0)),
+        )
+        return d
+
+
+_MOE_FIELDS = ("experts", "top_k", "expert_ffn", "shared_expert_ffn", "router_aux_loss_coef")
+_MLA_FIELDS = (
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_rope_head_dim",
+    "qk_nope_head_dim",
+    "v_head_dim",
+    "shared_experts",
+    "dense_layers",
+)
+
+
+class PretrainConfig(StageConfig):
+    data: str = ref("tokens", description="tokenize stage whose train/val shards are trained on")
+    tokenizer: str = ref(
+        "tokenizer",
+        description="train_tokenizer stage; the vocabulary size comes from it and it is saved with the model",
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec, description="architecture (sizes optional: planner)")
+    tokens: float | None = Field(None, gt=0, description="training tokens (rounded to whole steps)")
+    budget_flops: float | None = Field(
+        None, gt=0, description="compute budget; sizes the model and/or tokens"
+    )
+    tokens_per_param: float = Field(20.0, gt=0, description="Chinchilla ratio used when sizing from a budget")
+    seq_len: int = Field(256, ge=8, description="tokens per training sequence")
+    batch_size: int = Field(16, ge=1, description="sequences per optimizer step, over all ranks")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (per rank)")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
+    warmup_steps: int = Field(20, ge=0, description="linear warmup steps")
+    schedule: Literal["cosine", "wsd", "linear", "constant"] = Field(
+        "cosine", description="LR schedule after warmup"
+    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of the peak")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
+    seed: int = Field(0, description="seed of initialisation and of the batch sampler")
+    eval_every: int = Field(50, ge=0, description="validation every N steps (and at the end)")
+    eval_tokens: int = Field(32768, ge=16, description="validation tokens evaluated each time")
+    log_every: int = Field(10, ge=1, description="log a curve record every N steps")
+    ckpt_every: int = Field(100, ge=0, description="checkpoint every N steps (and at the end)")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept in the work directory")
+    compile: bool = Field(False, description="torch.compile the model")
+    activation_checkpointing: bool = Field(False, description="recompute activations in backward")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads in-process (None: torch default)")
+    launcher: Literal["inprocess", "torchrun"] = Field(
+        "inprocess", description="run here, or out of process with torchrun (Pipes in Dagster)"
+    )
+    nproc_per_node: int = Field(1, ge=1, description="torchrun: ranks on this node")
+    nnodes: int = Field(1, ge=1, description="torchrun: nodes (>1 needs rdzv_endpoint and a launch per node)")
+    rdzv_endpoint: str | None = Field(
+        None, description="torchrun: host:port of the rendezvous for nnodes > 1"
+    )
+    fsdp: bool = Field(False, description="torchrun on CUDA: FSDP2 instead of DDP")
+    prompts: list[str] = Field(
+        default_factory=lambda: ["The ", "In Python, ", "A function ", "The following "],
+        description="fixed prompts for the sample generations shown in metadata",
+    )
+    sample_tokens: int = Field(40, ge=1, description="new tokens per sample generation")
+    max_loss_vs_unigram: float = Field(
+        0.8, gt=0, description="check: final val loss / unigram entropy of val tokens must be at most this"
+    )
+
+
+def _validate(cfg: PretrainConfig, kinds: dict[str, str]) -> list[tuple[str, str]]:
+    errs: list[tuple[str, str]] = []
+    m = cfg.model
+    if m.arch in ("qwen2", "llama"):
+        errs += [
+            (f"model.{f}", f"only for MoE architectures, not {m.arch!r}")
+            for f in _MOE_FIELDS + _MLA_FIELDS
+            if getattr(m, f) is not None
+        ]
+    if m.arch == "qwen2_moe":
+        errs += [
+            (f"model.{f}", "only for arch 'deepseek_v3'") for f in _MLA_FIELDS if getattr(m, f) is not None
+        ]
+    if m.arch == "qwen2" and m.qkv_bias is False:
+        errs.append(("model.qkv_bias", "Qwen2 always has a QKV bias; use arch 'llama' for none"))
+    if (m.d_model is None) != (m.layers is None):
+        errs.append(("model.d_model", "give both d_model and layers, or neither (planner chooses)"))
+    if m.d_model is None and cfg.tokens is None and cfg.budget_flops is None:
+        errs.append(
+            ("model.d_model", "no model size and no tokens/budget_flops for the planner to size from")
+        )
+    if m.d_model is not None:
+        heads = m.heads or max(1, m.d_model // 64)
+        if m.d_model % heads:
+            errs.append(("model.heads", f"d_model {m.d_model} is not divisible by heads {heads}"))
+        elif m.kv_heads and heads % m.kv_heads:
+            errs.append(("model.kv_heads", f"heads {heads} is not divisible by kv_heads {m.kv_heads}"))
+    if m.top_k and m.experts and m.top_k > m.experts:
+        errs.append(("model.top_k", f"top_k {m.top_k} > experts {m.experts}"))
+    ranks = cfg.nproc_per_node * cfg.nnodes if cfg.launcher == "torchrun" else 1
+    if cfg.batch_size % ranks:
+        errs.append(("batch_size", f"{cfg.batch_size} is not divisible by the {ranks} ranks"))
+    if cfg.nnodes > 1 and not cfg.rdzv_endpoint:
+        errs.append(("rdzv_endpoint", "required when nnodes > 1"))
+    if cfg.launcher == "inprocess" and (cfg.nproc_per_node > 1 or cfg.nnodes > 1):
+        errs.append(("launcher", "nproc_per_node/nnodes > 1 need launcher: torchrun"))
+    return errs
+
+
+def _file_sha(p: Path) -> str:
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _data_fingerprint(tokens_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: data, tokenizer and training code bytes."""
+    import torch
+    import transformers
+
+    shards = sorted(p for p in tokens_dir.rglob("shard-*.bin"))
+    code = Path(__file__).resolve().parent.parent / "ops"
+    h = hashlib.sha256()
+    for f in sorted([*(code / "train").glob("*.py"), code / "model.py", code / "tokens.py"]):
+        h.update(f.read_bytes())
+    return {
+        "tokens_meta": _file_sha(tokens_dir / "meta.json"),
+        "tokens_shards": hashlib.sha256("".join(_file_sha(s) for s in shards).encode()).hexdigest()[:16],
+        "tokenizer": _file_sha(tokenizer_dir / "tokenizer.json"),
+        "code": h.hexdigest()[:16],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def _plot_curve(result: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    losses = result["losses"]
+    ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.7, label="train loss")
+    ev = [(r["step"], r["val_loss"]) for r in result["curve"] if "val_loss" in r]
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="val loss")
+    for s in result["spikes"]:
+        ax.axvline(s["step"], color="red", alpha=0.3, lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _corpus_word_frac(gens: list[dict[str, Any]], stream_tokens: Any, tokenizer: Any) -> float:
+    """Fraction of words in the generations that occur in (the first 200k tokens of) the training text."""
+    import re
+
+    vocab = set(re.findall(r"[A-Za-z]{2,}", tokenizer.decode(list(map(int, stream_tokens[:200_000])))))
+    words = [w for g in gens for w in re.findall(r"[A-Za-z]{2,}", g["completion"])]
+    return sum(w in vocab for w in words) / len(words) if words else 0.0
+
+
+def _run(run: StageRun) -> StageResult:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ops import planner
+    from ops.tokenizer import load_tokenizer
+    from ops.tokens import TokenStream, unigram_entropy
+
+    cfg: PretrainConfig = run.config
+    data, tok_art = run.input("data"), run.input("tokenizer")
+    made_with = [a.get("version") for a in (data.manifest.get("inputs", {}).get("tokenizer") or [])]
+    if made_with and tok_art.version not in made_with:
+        raise ValueError(
+            f"stage {run.stage!r}, field 'data': the token shards of {data.stage!r} were made with "
+            f"tokenizer version {made_with[0]}, but field 'tokenizer' names {tok_art.stage!r} "
+            f"(version {tok_art.version}); point both at the same tokenizer"
+        )
+    if not (data.path / "meta.json").is_file():
+        raise ValueError(
+            f"stage {run.stage!r}, field 'data': {data.path} is not a tokens artifact (no meta.json)"
+        )
+    tokenizer = load_tokenizer(tok_art.path)
+    vocab = len(tokenizer)
+    train_stream, val_stream = TokenStream(data.path, "train"), TokenStream(data.path, "val")
+    if train_stream.vocab_size != vocab:
+        raise ValueError(
+            f"stage {run.stage!r}: shards of {data.stage!r} have vocabulary {train_stream.vocab_size}, "
+            f"tokenizer {tok_art.stage!r} has {vocab}"
+        )
+    if len(train_stream) < cfg.seq_len + 1:
+        raise ValueError(
+            f"stage {run.stage!r}, field 'seq_len': {cfg.seq_len} exceeds the {len(train_stream)} "
+            f"training tokens of {data.stage!r}"
+        )
+
+    import torch
+
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"stage {run.stage!r}, field 'device': cuda requested but no CUDA device is available"
+        )
+    dev_name = torch.cuda.get_device_name(0) if use_cuda else "cpu"
+    peak = planner.peak_flops_for(dev_name) if use_cuda else None
+    ranks = cfg.nproc_per_node * cfg.nnodes if cfg.launcher == "torchrun" else 1
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    arch_in = cfg.model.arch_dict(cfg.seq_len)
+    p = planner.plan(
+        vocab_size=vocab,
+        seq_len=cfg.seq_len,
+        tokens_per_step=tokens_per_step,
+        arch=arch_in,
+        tokens=cfg.tokens,
+        budget_flops=cfg.budget_flops,
+        tokens_per_param=cfg.tokens_per_param,
+        throughput=(peak * 0.3 * ranks) if peak else None,
+    )
+    run.log(f"plan: {p.rationale}")
+
+    job = {
+        "tokens_dir": str(data.path),
+        "tokenizer_dir": str(tok_art.path),
+        "out_dir": str(run.out),
+        "work_dir": str(run.work),
+        "arch": p.arch,
+        "seq_len": cfg.seq_len,
+        "batch_size": cfg.batch_size,
+        "eval_tokens": cfg.eval_tokens,
+        "eval_batch_size": 16,
+        "prompts": cfg.prompts,
+        "sample_tokens": cfg.sample_tokens,
+        "seed": cfg.seed,
+        "device": "cuda" if use_cuda else "cpu",
+        "threads": cfg.threads,
+        "flops_per_token": p.flops_per_token,
+        "peak_flops": peak,
+        "backend": "nccl" if use_cuda else "gloo",
+        "train": {
+            "steps": p.steps,
+            "lr": cfg.lr,
+            "warmup_steps": min(cfg.warmup_steps, max(p.steps - 1, 0)),
+            "schedule": cfg.schedule,
+            "min_lr_ratio": cfg.min_lr_ratio,
+            "weight_decay": cfg.weight_decay,
+            "betas": list(cfg.betas),
+            "grad_clip": cfg.grad_clip,
+            "grad_accum": cfg.grad_accum,
+            "seed": cfg.seed,
+            "eval_every": cfg.eval_every,
+            "ckpt_every": cfg.ckpt_every,
+            "keep_last": cfg.keep_last,
+            "log_every": cfg.log_every,
+            "compile": cfg.compile,
+            "activation_checkpointing": cfg.activation_checkpointing,
+            "precision": cfg.precision,
+            "fsdp": cfg.fsdp,
+        },
+    }
+    job["fingerprint"] = {
+        **_data_fingerprint(data.path, tok_art.path),
+        "arch": p.arch,
+        "seq_len": cfg.seq_len,
+        "batch_size": cfg.batch_size,
+        "eval_tokens": cfg.eval_tokens,
+    }
+    for stale in [run.work / "result.json", *run.work.glob("error-rank*.json")]:
+        stale.unlink(missing_ok=True)
+
+    if cfg.launcher == "inprocess":
+        from ops.train.lm import run_pretraining
+
+        result = run_pretraining(job, log=run.log)
+    else:
+        from resources.launchers import TRAIN_ENTRY, child_env, make_launcher, torchrun_command
+
+        launcher = run.resources.get("launcher") or make_launcher(log=run.log)
+        job_file = run.work / "job.json"
+        job_file.write_text(json.dumps(job, indent=1))
+        threads = None if use_cuda else max(1, (torch.get_num_threads() or 1) // cfg.nproc_per_node)
+        cmd = torchrun_command(
+            TRAIN_ENTRY,
+            [str(job_file)],
+            nproc_per_node=cfg.nproc_per_node,
+            nnodes=cfg.nnodes,
+            rdzv_endpoint=cfg.rdzv_endpoint,
+        )
+        try:
+            launcher.run(cmd, env=child_env(threads_per_rank=threads), extras={"job": str(job_file)})
+        except Exception as e:
+            errs = sorted(run.work.glob("error-rank*.json"))
+            if errs:
+                info = json.loads(errs[0].read_text())
+                raise RuntimeError(
+                    f"stage {run.stage!r}: rank {info['rank']} failed: {info['type']}: {info['message']}"
+                ) from e
+            raise
+        rf = run.work / "result.json"
+        if not rf.is_file():
+            raise RuntimeError(f"stage {run.stage!r}: torchrun finished but rank 0 wrote no {rf}")
+        result = json.loads(rf.read_text())
+
+    # ---------------------------------------------------------------- report
+    h_val = unigram_entropy(val_stream.tokens) if len(val_stream) else float("nan")
+    final = result.get("final_eval") or {}
+    val_loss = final.get("val_loss", float("nan"))
+    ratio = val_loss / h_val if h_val and h_val == h_val else float("nan")
+    n_params = int(result["params"])
+    tokens_done = int(result["tokens"])
+    flops_actual = p.flops_per_token * tokens_done
+    tps = [r["tokens_per_s"] for r in result["curve"][1:] if "tokens_per_s" in r] or [0.0]
+    pd_rows = [
+        {k: (float(v) if isinstance(v, int | float) else v) for k, v in r.items()} for r in result["curve"]
+    ]
+    keys = sorted({k for r in pd_rows for k in r}, key=lambda k: (k != "step", k))
+    pq.write_table(pa.table({k: [r.get(k) for r in pd_rows] for k in keys}), run.out / "curve.parquet")
+    _plot_curve(result, run.out / "loss_curve.png", f"{run.stage}: {n_params / 1e6:.2f}M params")
+    word_frac = _corpus_word_frac(result["generations"], train_stream.tokens, tokenizer)
+
+    from ops.model import load_model
+
+    reloaded = load_model(run.out)
+    with torch.no_grad():
+        probe = torch.from_numpy(np.asarray(train_stream.tokens[: min(cfg.seq_len, 64)], dtype=np.int64))[
+            None
+        ]
+        reload_ok = bool(torch.isfinite(reloaded(input_ids=probe).logits).all())
+    del reloaded
+
+    metrics = {
+        "params": n_params,
+        "active_params": p.active_params,
+        "steps": result["steps_done"],
+        "tokens": tokens_done,
+        "final_train_loss": result["losses"][-1] if result["losses"] else None,
+        "val_loss": val_loss,
+        "val_bpb": final.get("val_bpb"),
+        "val_unigram_entropy": h_val,
+        "val_loss_vs_unigram": ratio,
+        "tokens_per_s": float(np.median(tps)),
+        "flops_estimated": p.flops,
+        "flops_actual": flops_actual,
+        "est_seconds": p.est_seconds,
+        "train_wall_s": result["train_wall_s"],
+        "spikes": len(result["spikes"]),
+        "resumed_from": result["resumed_from"] or 0,
+        "world_size": result["world_size"],
+        "generation_corpus_word_frac": word_frac,
+    }
+    mfu = [r["mfu"] for r in result["curve"] if "mfu" in r]
+    if mfu:
+        metrics["mfu"] = float(np.median(mfu))
+    finite = all(np.isfinite(result["losses"])) and val_loss == val_loss
+    checks = [
+        CheckOutcome("finite_loss", bool(finite), "every training loss and the final val loss are finite"),
+        CheckOutcome("reloads", reload_ok, "AutoModelForCausalLM.from_pretrained(artifact) loads and runs"),
+        CheckOutcome(
+            "beats_unigram",
+            bool(ratio <= cfg.max_loss_vs_unigram),
+            f"final val loss <= {cfg.max_loss_vs_unigram} x unigram entropy of val tokens",
+            {"val_loss": val_loss, "unigram_entropy": h_val, "ratio": ratio},
+        ),
+    ]
+    md = {
+        "loss_curve": Image("loss_curve.png"),
+        "plan": Markdown(
+            f"**Plan**: {p.rationale}\n\n| | estimated | actual |\n|---|---|---|\n"
+            f"| FLOPs | {p.flops:.3g} | {flops_actual:.3g} |\n"
+            f"| time (s) | {p.est_seconds:.0f} | {result['train_wall_s']:.0f} |\n"
+            f"| tokens | {p.tokens} | {tokens_done} |"
+        ),
+        "summary": Markdown(
+            f"{p.arch.get('arch')} with {n_params:,} parameters ({p.active_params:,} active), {result['steps_done']} "
+            f"steps x {tokens_per_step} tokens on {result['device_name']} x{result['world_size']}. Final val loss "
+            f"**{val_loss:.4f}** nats/token ({final.get('val_bpb', float('nan')):.4f} bits/byte) vs unigram "
+            f"entropy {h_val:.4f} (ratio {ratio:.3f})."
+            + (f" Resumed from step {result['resumed_from']}." if result["resumed_from"] else "")
+        ),
+        "curve": Table(
+            [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in result["curve"]]
+        ),
+        "generations": Table(result["generations"]),
+        "loss_spikes": Table(result["spikes"]) if result["spikes"] else "none",
+        "architecture": Json(p.arch),
+    }
+    return StageResult(metrics=metrics, metadata=md, checks=checks, flops=flops_actual, tokens=tokens_done)
+
+
+PRETRAIN = register(
+    StageKind(
+        name="pretrain",
+        config=PretrainConfig,
+        produces="model",
+        code_version="1",
+        run=_run,
+        description="Pretrain a Qwen2/Llama/Qwen2-MoE/DeepSeek-V3 decoder on token shards (in-process or torchrun)",
+        checks=(
+            CheckSpec("finite_loss", "training and validation losses are finite", blocking=True),
+            CheckSpec("reloads", "the saved directory loads with from_pretrained and runs", blocking=True),
+            CheckSpec(
+                "beats_unigram", "val loss well below the unigram entropy of the val tokens", blocking=False
+            ),
+        ),
+        pool="gpu",
+        validate=_validate,
+    )
+)

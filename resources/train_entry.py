@@ -1,0 +1,81 @@
+"""torchrun entry point: every rank runs ``ops.train.lm.run_pretraining`` on the same job file.
+
+Usage (built by the ``pretrain`` stage through ``resources/launchers.py``)::
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 resources/train_entry.py job.json
+
+Key design choice: only rank 0 opens Dagster Pipes (when the launcher set it up) and sends logs and curve
+records; other ranks print nothing but errors. Whatever rank fails writes ``error-rank<k>.json`` into the
+job's work directory before re-raising, so the stage can raise one clear error (e.g. the step of a NaN)
+whichever launcher ran the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[1]).read_text())
+    work = Path(job["work_dir"])
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+
+    import torch
+    import torch.distributed as dist
+
+    backend = job.get("backend") or (
+        "nccl" if torch.cuda.is_available() and job.get("device") != "cpu" else "gloo"
+    )
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if world > 1:
+        dist.init_process_group(backend)
+
+    pipes_cm: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if rank == 0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
+        from dagster_pipes import open_dagster_pipes
+
+        pipes_cm = open_dagster_pipes()
+    try:
+        with pipes_cm as pipes:
+            if pipes is not None:
+                log = pipes.log.info
+
+                def on_log(rec: dict) -> None:
+                    pipes.report_custom_message(rec)
+            else:
+
+                def log(msg: str) -> None:
+                    if rank == 0:
+                        print(msg, flush=True)
+
+                on_log = None
+            from ops.train.lm import run_pretraining
+
+            run_pretraining(job, log=log, on_log=on_log, progress=rank == 0 and pipes is None)
+    except BaseException as e:
+        (work / f"error-rank{rank}.json").write_text(
+            json.dumps(
+                {
+                    "rank": rank,
+                    "type": type(e).__name__,
+                    "message": str(e),
+                    "traceback": traceback.format_exc(),
+                }
+            )
+        )
+        raise
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
