@@ -429,7 +429,9 @@ class Crawler:
             robots_url = f"{scheme}://{netloc}/robots.txt"
             f = self.fetcher.fetch(robots_url, max_bytes=512 * 1024, accept_any_type=True)
             rp = RobotFileParser(robots_url)
-            if f.status == 200 and not f.error:
+            if f.error and f.error.startswith("refused"):
+                rp.allow_all = True  # the address guard refuses the host: each page fetch reports that
+            elif f.status == 200 and not f.error:
                 rp.parse(f.body.decode("utf-8", errors="replace").splitlines())
             elif f.status in (401, 403) or (f.status is not None and f.status >= 500) or f.status is None:
                 rp.disallow_all = True  # unreachable robots.txt: assume full disallow (RFC 9309 2.3.1.4)

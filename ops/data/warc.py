@@ -68,7 +68,14 @@ def iter_warc_records(
         while True:
             try:
                 record = next(it)
+                if not str(record.format).startswith("warc"):
+                    raise ValueError(
+                        f"not a WARC record (format {record.format!r}; ARC files are not supported)"
+                    )
                 payload = record.content_stream().read()
+                missing = getattr(record.raw_stream, "limit", 0)
+                if missing:  # the file ended inside this record (Content-Length promised more bytes)
+                    raise EOFError(f"record truncated: {missing} bytes missing")
                 offset = it.get_record_offset()
             except StopIteration:
                 return

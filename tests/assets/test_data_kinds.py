@@ -1,0 +1,59 @@
+"""The data kinds chained as the default pipeline chains them: crawl (offline docs site) -> extract ->
+filter -> dedupe -> decontaminate, read back from the store; a second run is a cache hit."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from assets.registry import load_kinds
+from assets.testing import run_kind
+from ops.data.schema import COLUMNS, documents_schema, read_documents
+from resources.site import make_resource
+
+pytestmark = pytest.mark.integration
+
+
+def test_kinds_are_registered_with_checks():
+    kinds = load_kinds()
+    for name, produces in (
+        ("crawl", "warc"),
+        ("extract", "documents"),
+        ("filter", "documents"),
+        ("dedupe", "documents"),
+        ("decontaminate", "documents"),
+        ("load_documents", "documents"),
+    ):
+        k = kinds[name]
+        assert k.produces == produces
+        assert any(c.name == "non_empty" and c.blocking for c in k.checks)
+        for f in k.config.model_fields.values():
+            assert f.description, (name, f)
+    assert kinds["crawl"].resources == ("site",)
+
+
+def test_default_data_chain_on_local_docs(lmforge_home):
+    site = make_resource(lmforge_home)
+    crawl, res = run_kind("crawl", {"max_pages": 40, "max_depth": 2}, lmforge_home, resources={"site": site})
+    assert res is not None and crawl.metrics["pages"] == 40
+    log = pq.read_table(crawl.path / "fetch_log.parquet")
+    assert {"url", "status", "bytes", "fetched_at", "error", "warc_file", "offset"} <= set(log.column_names)
+    stored = [u for u, w in zip(log.column("url").to_pylist(), log.column("warc_file").to_pylist()) if w]
+    assert len(stored) == 40 and not any("/_internal/" in u for u in stored)  # disallowed by robots.txt
+
+    text, _ = run_kind("extract", {"from": "crawl"}, lmforge_home, inputs={"from_": [crawl]})
+    t = read_documents(text.path)
+    assert t.schema.equals(documents_schema()) and tuple(t.column_names) == COLUMNS
+    row = t.to_pylist()[0]
+    assert row["source"] == crawl.version and row["source_record"].startswith("crawl-") and row["parent_ids"]
+    assert row["url"].startswith("http://docs.python.local/") and row["language"]
+
+    clean, _ = run_kind("filter", {"from": "text"}, lmforge_home, inputs={"from_": [text]})
+    assert 0 < clean.metrics["documents_out"] < text.metrics["documents"]
+    corpus, _ = run_kind("dedupe", {"from": "clean"}, lmforge_home, inputs={"from_": [clean]})
+    assert {c["name"]: c["passed"] for c in corpus.manifest["checks"]} == {
+        "non_empty": True,
+        "no_exact_duplicates": True,
+    }
+    again, res2 = run_kind("dedupe", {"from": "clean"}, lmforge_home, inputs={"from_": [clean]})
+    assert res2 is None and again.version == corpus.version  # cache hit
