@@ -308,10 +308,7 @@ def budget_curve_png(summary: dict[str, Any], title: str, path: Path) -> None:
             continue
         xs = [p["mean_thinking_tokens"] for p in curve]
         ys = [p["accuracy"] for p in curve]
-        err = [
-            [max(0.0, p["accuracy"] - (p["low"] or p["accuracy"])) for p in curve],
-            [max(0.0, (p["high"] or p["accuracy"]) - p["accuracy"]) for p in curve],
-        ]
+        err = _yerr(curve)
         ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=label)
         for p, x, y in zip(curve, xs, ys):
             ax.annotate(f"{key[0]}={p[key]}", (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
@@ -320,7 +317,7 @@ def budget_curve_png(summary: dict[str, Any], title: str, path: Path) -> None:
         ax.errorbar(
             [u["mean_thinking_tokens"]],
             [u["accuracy"]],
-            yerr=[[u["accuracy"] - u["low"]], [u["high"] - u["accuracy"]]],
+            yerr=_yerr([u]),
             fmt="k*",
             markersize=10,
             capsize=3,
@@ -335,3 +332,10 @@ def budget_curve_png(summary: dict[str, Any], title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _yerr(points: list[dict[str, Any]]) -> list[list[float]]:
+    """Asymmetric error bars from interval bounds (0 where a bound is missing; never negative)."""
+    lo = [max(0.0, p["accuracy"] - p["low"]) if p.get("low") is not None else 0.0 for p in points]
+    hi = [max(0.0, p["high"] - p["accuracy"]) if p.get("high") is not None else 0.0 for p in points]
+    return [lo, hi]

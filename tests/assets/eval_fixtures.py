@@ -141,3 +141,10 @@ def model_artifact(
         config=config or {"src": str(src)},
         **kw,
     )
+
+
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The trained tiny chat model, built once per test session (shared through pytest's base temp dir)."""
+    from ops.eval.tiny import cached_tiny_chat_model
+
+    return cached_tiny_chat_model(tmp_path_factory.getbasetemp() / "eval-models", train_steps=150)
