@@ -1,0 +1,235 @@
+"""The shared training core: schedules, exact resume after a real SIGKILL, refused resume, NaN guard,
+gradient accumulation and checkpoint hygiene. Tiny Qwen2 models so the whole file runs in seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ops.train import checkpoint as ckpt
+from ops.train.core import NonFiniteError, ResumeRefused, TrainConfig, train
+from ops.train.schedule import lr_at
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.unit
+
+
+def _tiny(seed: int = 0):
+    from ops.model import build_model
+
+    return build_model(
+        {"arch": "qwen2", "d_model": 32, "layers": 1, "heads": 2, "kv_heads": 1, "max_seq_len": 64},
+        97,
+        seed=seed,
+    )
+
+
+def _batch_fn(batch: int = 4, seq: int = 16):
+    import torch
+
+    def fn(step: int, micro: int):
+        g = torch.Generator().manual_seed(1000 * step + micro)
+        x = torch.randint(0, 97, (batch, seq + 1), generator=g)
+        x[:, 1::2] = (x[:, 0::2][:, : x[:, 1::2].shape[1]] * 7 + 3) % 97  # learnable structure
+        return {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+
+    return fn
+
+
+def _loss(model, batch):
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"]).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1)), {}
+
+
+def test_schedules_shape():
+    kw = dict(lr=1.0, steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(99, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_at(54, schedule="cosine", **kw) == pytest.approx(0.55, abs=0.02)
+    # WSD: flat until the last 20%, then linear down to the floor
+    assert lr_at(79, schedule="wsd", **kw) == pytest.approx(1.0)
+    assert lr_at(99, schedule="wsd", **kw) == pytest.approx(0.1)
+    assert 0.1 < lr_at(90, schedule="wsd", **kw) < 1.0
+    assert lr_at(50, schedule="constant", **kw) == 1.0
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_at(0, lr=1, steps=2, schedule="triangle")
+
+
+def test_loss_falls_and_curve_records(tmp_path):
+    model = _tiny()
+    out = train(
+        model,
+        _loss,
+        _batch_fn(),
+        TrainConfig(steps=30, lr=1e-2, log_every=10),
+        log=lambda s: None,
+        progress=False,
+        work_dir=tmp_path,
+    )
+    assert out.steps_done == 30 and out.resumed_from is None and len(out.losses) == 30
+    assert out.losses[-1] < out.losses[0] - 0.5
+    assert [r["step"] for r in out.curve] == [1, 10, 20, 30]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "tokens"} <= set(out.curve[-1])
+    assert out.tokens == 30 * 4 * 16
+    # a finished run is picked up from its final checkpoint without training again
+    again = train(
+        _tiny(),
+        _loss,
+        _batch_fn(),
+        TrainConfig(steps=30, lr=1e-2, log_every=10),
+        log=lambda s: None,
+        progress=False,
+        work_dir=tmp_path,
+    )
+    assert again.resumed_from == 30 and again.losses == out.losses
+
+
+def test_grad_accum_matches_one_big_batch():
+    big = train(
+        _tiny(), _loss, _batch_fn(batch=8), TrainConfig(steps=5, lr=1e-2), log=lambda s: None, progress=False
+    )
+    full = _batch_fn(batch=8)
+
+    def half(step, micro):
+        b = full(step, 0)
+        return {k: v[micro * 4 : (micro + 1) * 4] for k, v in b.items()}
+
+    acc = train(
+        _tiny(), _loss, half, TrainConfig(steps=5, lr=1e-2, grad_accum=2), log=lambda s: None, progress=False
+    )
+    assert acc.losses == pytest.approx(big.losses, rel=1e-4)
+
+
+_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, json
+    sys.path.insert(0, {root!r})
+    from tests.ops.test_train_core import _tiny, _batch_fn, _loss
+    from ops.train.core import TrainConfig, train
+    from ops.train.checkpoint import save_tensors
+    work, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    inner = _batch_fn()
+    def batch_fn(step, micro):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)   # a real crash: no cleanup, no exception handlers
+        return inner(step, micro)
+    import torch
+    torch.set_num_threads(1)
+    model = _tiny()
+    res = train(model, _loss, batch_fn, TrainConfig(steps=20, lr=5e-3, ckpt_every=4, keep_last=2, log_every=3,
+                eval_every=5, weight_decay=0.1, warmup_steps=3),
+                work_dir=work, fingerprint={{"data": "x"}}, eval_fn=lambda m, s: {{"val_probe": float(
+                    m(input_ids=torch.arange(16)[None]).logits.sum())}}, progress=False, log=lambda s: None)
+    save_tensors(model.state_dict(), out + ".safetensors")
+    json.dump({{"losses": res.losses, "resumed_from": res.resumed_from,
+               "curve": [{{k: v for k, v in r.items() if k != "tokens_per_s"}} for r in res.curve]}},
+              open(out + ".json", "w"))
+""")
+
+
+def _run_script(tmp_path: Path, work: Path, out: Path, kill_at: int) -> subprocess.CompletedProcess:
+    script = tmp_path / "train_script.py"
+    script.write_text(_SCRIPT.format(root=str(ROOT)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(script), str(work), str(out), str(kill_at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    ref = _run_script(tmp_path, tmp_path / "w_ref", tmp_path / "ref", kill_at=-1)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    killed = _run_script(tmp_path, tmp_path / "w_crash", tmp_path / "crash", kill_at=14)
+    assert killed.returncode == -9  # SIGKILL
+    cks = ckpt.list_checkpoints(tmp_path / "w_crash" / "checkpoints")
+    assert [s for s, _ in cks] == [8, 12]  # keep_last=2; step 14 never saved
+    resumed = _run_script(tmp_path, tmp_path / "w_crash", tmp_path / "crash", kill_at=-1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "ref.json").read_text())
+    b = json.loads((tmp_path / "crash.json").read_text())
+    assert b["resumed_from"] == 12 and a["resumed_from"] is None
+    assert a["losses"] == b["losses"]  # every step's loss, exactly
+    assert a["curve"] == b["curve"]  # logged records incl. eval values
+    assert (tmp_path / "ref.safetensors").read_bytes() == (tmp_path / "crash.safetensors").read_bytes()
+
+
+def test_resume_refused_when_fingerprint_differs(tmp_path):
+    cfg = TrainConfig(steps=6, lr=1e-2, ckpt_every=2)
+    train(
+        _tiny(),
+        _loss,
+        _batch_fn(),
+        cfg,
+        work_dir=tmp_path,
+        fingerprint={"tokenizer": "aaa"},
+        progress=False,
+        log=lambda s: None,
+    )
+    with pytest.raises(ResumeRefused, match=r"data\.tokenizer: stored 'aaa', now 'bbb'"):
+        train(
+            _tiny(),
+            _loss,
+            _batch_fn(),
+            cfg,
+            work_dir=tmp_path,
+            fingerprint={"tokenizer": "bbb"},
+            progress=False,
+            log=lambda s: None,
+        )
+    with pytest.raises(ResumeRefused, match=r"train\.lr"):
+        train(
+            _tiny(),
+            _loss,
+            _batch_fn(),
+            TrainConfig(steps=6, lr=2e-2, ckpt_every=2),
+            work_dir=tmp_path,
+            fingerprint={"tokenizer": "aaa"},
+            progress=False,
+            log=lambda s: None,
+        )
+
+
+def test_absurd_lr_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    import torch
+
+    cfg = TrainConfig(steps=20, lr=1e25, ckpt_every=1, keep_last=3, grad_clip=0.0)
+    with pytest.raises(NonFiniteError, match=r"non-finite .* at step (\d+)") as ei:
+        train(_tiny(), _loss, _batch_fn(), cfg, work_dir=tmp_path, progress=False, log=lambda s: None)
+    err = ei.value
+    assert err.step >= 2 and err.last_checkpoint is not None
+    last_step, last_path = ckpt.latest(tmp_path / "checkpoints")
+    assert last_step == err.step - 1 and last_path == err.last_checkpoint
+    state = ckpt.load(last_path)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert all(math.isfinite(x) for x in state["state"]["losses"])
+
+
+def test_checkpoint_ignores_partial_writes_and_prunes(tmp_path):
+    import torch
+
+    root = tmp_path / "ck"
+    sd = {"w": torch.ones(2, 2)}
+    sd["tied"] = sd["w"]
+    for s in (1, 2, 3):
+        ckpt.save(root, s, model_state=sd, optim_state={}, rng_state={}, state={"s": s}, keep_last=2)
+    (root / ".tmp-step-00000004-dead").mkdir()  # what a kill mid-write leaves
+    (root / "step-00000005").mkdir()  # a directory without state.json is not a checkpoint
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [2, 3]
+    loaded = ckpt.load(ckpt.latest(root)[1])
+    assert torch.equal(loaded["model"]["tied"], sd["w"]) and loaded["state"] == {"s": 3}
+    ckpt.save(root, 6, model_state=sd, optim_state={}, rng_state={}, state={}, keep_last=2)
+    assert not list(root.glob(".tmp-*"))
