@@ -66,6 +66,8 @@ def param_counts(arch: dict[str, Any], vocab_size: int) -> dict[str, int]:
         )
         attn_w = d * d + 2 * d * kv * hd + d * d
         attn_b = (d + 2 * kv * hd) if bias else 0
+        if a == "llama" and bias:  # Llama's attention_bias also puts a bias on the output projection
+            attn_b += d
         if a == "qwen2_moe":
             e, k = int(arch.get("experts", 8)), int(arch.get("top_k", 2))
             ef = int(arch.get("expert_ffn", max(32, ffn // 4)))
