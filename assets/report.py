@@ -1,0 +1,170 @@
+"""Stage kind ``report``: the report card of a pipeline (nanochat-style ``report.md``), built from the stored
+artifacts of every ancestor stage and every partition of the evaluate stage(s).
+
+Key design choice: the report computes nothing new about models; it reads eval records and manifests, so it
+is cheap, versioned like any stage (a new eval partition or a changed ancestor gives a new report) and every
+number in it can be traced to an artifact version. Changes between models are tested paired, item by item,
+and marked beyond noise only when their 95% interval excludes zero (``ops/eval/report.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from .registry import (
+    CheckOutcome,
+    CheckSpec,
+    Image,
+    InputArtifact,
+    Json,
+    Markdown,
+    StageConfig,
+    StageKind,
+    StageResult,
+    StageRun,
+    Table,
+    ref,
+    register,
+)
+
+
+class ReportConfig(StageConfig):
+    """Build the report card from evaluate stage(s) and the lineage above them."""
+
+    from_: list[str] = ref(
+        "eval",
+        many=True,
+        alias="from",
+        description="Evaluate stage(s) whose partitions (one per model) are reported.",
+    )
+    title: str | None = Field(None, description="Report title (default: '<pipeline> report card').")
+    hourly_price: float = Field(
+        2.0,
+        ge=0,
+        description="Price of one machine-hour for the cost ledger (e.g. a cloud GPU's hourly rate).",
+    )
+    currency: str = Field("USD", description="Currency label of hourly_price.")
+    stages: list[str] = Field(
+        default_factory=list,
+        description="Restrict the ledger and lineage sections to "
+        "these stage names (default: every ancestor).",
+    )
+
+
+def _ancestors(run: StageRun) -> dict[str, InputArtifact]:
+    """Every ancestor artifact: the factory's ``run.upstream`` plus a walk of manifests through the store
+    (so the report is complete even when run directly with only its eval inputs)."""
+    from resources.store import ArtifactStore
+
+    from .testing import as_input
+
+    out: dict[str, InputArtifact] = dict(run.upstream)
+    for arts in run.inputs.values():
+        for a in arts:
+            out.setdefault(f"{a.stage}/{a.partition}" if a.partition else a.stage, a)
+    store = ArtifactStore(run.home)
+    stack = [a.manifest for a in out.values()]
+    seen = {a.version for a in out.values()}
+    while stack:
+        m = stack.pop()
+        for refs in (m.get("inputs") or {}).values():
+            for r in refs:
+                v = r.get("version")
+                if not v or v in seen:
+                    continue
+                seen.add(v)
+                art = store.get(r.get("kind", ""), v)
+                if art is None:
+                    continue
+                name = r.get("stage") or art.manifest.get("stage") or art.kind
+                p = r.get("partition")
+                out.setdefault(f"{name}/{p}" if p else name, as_input(art, stage=name, partition=p))
+                stack.append(art.manifest)
+    return out
+
+
+def run(r: StageRun) -> StageResult:
+    from ops.eval import report as R
+
+    cfg: ReportConfig = r.config
+    evals_in = r.inputs.get("from_") or []
+    if not evals_in:
+        raise ValueError(f"stage {r.stage!r}, field 'from': no evaluate partitions were given")
+    evals = []
+    for a in evals_in:
+        if not (a.path / "metrics.json").is_file():
+            raise ValueError(
+                f"stage {r.stage!r}, field 'from' ({a.stage!r}): {a.path}/metrics.json is missing; "
+                "is it an evaluate artifact?"
+            )
+        evals.append(R.load_eval(a.stage, a.path, a.version, a.manifest))
+    anc = _ancestors(r)
+    stages = {}
+    for name, a in anc.items():
+        base = name.split("/")[0]
+        if cfg.stages and base not in cfg.stages and a.produces != "model":
+            continue
+        stages[name] = R.StageInfo(name, a.kind, a.produces, a.version, a.manifest)
+    # model stages are also keyed by their plain name for lineage lookups
+    title = cfg.title or f"{r.pipeline} report card"
+    rep = R.build(
+        title=title,
+        evals=evals,
+        stages=stages,
+        out=r.out,
+        hourly_price=cfg.hourly_price,
+        currency=cfg.currency,
+    )
+    md = (r.out / "report.md").read_text()
+    beyond = [c for c in rep["comparisons"] if c["beyond_noise"]]
+    metadata: dict[str, Any] = {
+        "report": Markdown(md),
+        "report_json": Json({k: rep[k] for k in ("models", "comparisons")}),
+    }
+    for png in rep["images"]:
+        metadata[png.removesuffix(".png")] = Image(png)
+    metadata["ledger"] = Table(rep["ledger"])
+    missing = [
+        m
+        for m, d in rep["models"].items()
+        if (d["metrics"].get("greedy_accuracy") or {}).get("low") is None
+        and (d["metrics"].get("bits_per_byte") or {}).get("low") is None
+    ]
+    total_wall = sum(x["wall_time_s"] for x in rep["ledger"])
+    return StageResult(
+        metrics={
+            "models": len(rep["models"]),
+            "comparisons": len(rep["comparisons"]),
+            "changes_beyond_noise": len(beyond),
+            "total_wall_time_s": round(total_wall, 3),
+            "total_cost": round(sum(x["cost"] for x in rep["ledger"]), 6),
+            "contaminated_items": sum(a.get("n_flagged", 0) for a in rep["audit"].values()),
+        },
+        metadata=metadata,
+        checks=[
+            CheckOutcome(
+                "every_model_has_uncertainty",
+                not missing,
+                "every reported model metric carries a 95% interval",
+                {"missing": missing},
+            )
+        ],
+    )
+
+
+REPORT = register(
+    StageKind(
+        name="report",
+        config=ReportConfig,
+        produces="report",
+        code_version="1",
+        run=run,
+        description="Report card: per-model metrics with 95% intervals and paired beyond-noise tests, budget "
+        "curves, cost ledger, environment and lineage (report.md, report.json, PNGs).",
+        checks=(
+            CheckSpec("every_model_has_uncertainty", "every reported model metric carries a 95% interval"),
+        ),
+    )
+)

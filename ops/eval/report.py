@@ -1,0 +1,564 @@
+"""The report card: one Markdown/JSON/PNG summary of a whole pipeline run, built only from stored artifacts.
+
+Key design choice: the report never claims an effect the numbers do not show. Every model metric carries
+its 95% interval from the eval set size (and the spread over seeds where several seeds ran); each
+model-to-parent-model change is tested *paired*, item by item on the same eval items (documents for bits
+per byte), and is marked "beyond noise" only when the 95% interval of the difference excludes zero (and,
+with seed replicates, when the difference also exceeds the seed-to-seed variation).
+
+Inputs are plain dicts (:class:`StageInfo`, :class:`EvalInfo`) so this module needs neither Dagster nor the
+store; ``assets/report.py`` resolves them.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import metrics as M
+
+# metrics shown per model, in order: (key in metrics.json "overall", label, higher is better)
+MODEL_METRICS = [
+    ("greedy_accuracy", "greedy acc", True),
+    ("pass@1", "pass@1", True),
+    ("pass@k", "pass@k", True),
+    ("maj@k", "maj@k", True),
+    ("format_rate", "format", True),
+    ("language_consistency", "lang", True),
+    ("mean_response_tokens", "resp tokens", None),
+    ("bits_per_byte", "bits/byte", False),
+]
+
+
+@dataclass
+class StageInfo:
+    name: str  # stage name (partitioned: "stage/partition")
+    kind: str
+    produces: str
+    version: str
+    manifest: dict[str, Any]
+
+
+@dataclass
+class EvalInfo:
+    eval_stage: str
+    model_stage: str
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+    item_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {item key: score}
+
+
+def load_eval(eval_stage: str, path: Path, version: str, manifest: dict[str, Any]) -> EvalInfo:
+    """Read metrics.json, records.parquet and bpb.parquet of one evaluate partition."""
+    import pyarrow.parquet as pq
+
+    from .evaluate import per_item_scores
+
+    summary = json.loads((path / "metrics.json").read_text())
+    info = EvalInfo(
+        eval_stage,
+        summary.get("model_stage") or manifest.get("partition") or "?",
+        version,
+        path,
+        manifest,
+        summary,
+    )
+    k = int(summary.get("samples") or 0)
+    rec_file = path / "records.parquet"
+    if rec_file.is_file():
+        recs = pq.read_table(rec_file).to_pylist()
+        for key, sc in per_item_scores(recs, k).items():
+            ik = f"{key[0]}/{key[1]}"
+            for name, v in sc.items():
+                name = {
+                    "greedy_correct": "greedy_accuracy",
+                    "format_ok": "format_rate",
+                    "response_tokens": "mean_response_tokens",
+                }.get(name, name)
+                if k and name in (f"pass@{k}", f"maj@{k}") and k != 1:
+                    name = name.split("@")[0] + "@k"
+                info.item_scores.setdefault(name, {})[ik] = v
+    bpb_file = path / "bpb.parquet"
+    if bpb_file.is_file():
+        import math
+
+        for r in pq.read_table(bpb_file).to_pylist():
+            info.item_scores.setdefault("bits_per_byte", {})[r["doc_id"]] = (
+                r["nll_nats"] / math.log(2) / r["n_bytes"]
+            )
+    return info
+
+
+def model_metric(info: EvalInfo, key: str) -> dict[str, Any] | None:
+    ov = info.summary.get("overall") or {}
+    k = info.summary.get("samples") or 0
+    if key == "bits_per_byte":
+        return info.summary.get("bits_per_byte")
+    if key in ("pass@k", "maj@k"):
+        return ov.get(key.replace("@k", f"@{k}")) if k and k != 1 else None
+    return ov.get(key)
+
+
+# ---- structure of the run -------------------------------------------------------------------------------------
+def _strip_seed(cfg: Any) -> Any:
+    if isinstance(cfg, dict):
+        return {k: _strip_seed(v) for k, v in cfg.items() if k != "seed"}
+    return cfg
+
+
+def seed_groups(models: list[str], stages: dict[str, StageInfo]) -> list[list[str]]:
+    """Model stages that differ only by seed (same kind, same config apart from ``seed``, same inputs)."""
+    from resources.fingerprint import stable_hash
+
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        st = stages.get(m)
+        if st is None:
+            continue
+        inputs = {
+            f: sorted(a.get("version", "") for a in arts)
+            for f, arts in (st.manifest.get("inputs") or {}).items()
+        }
+        key = stable_hash(
+            {"kind": st.kind, "config": _strip_seed(st.manifest.get("config") or {}), "inputs": inputs}
+        )
+        groups.setdefault(key, []).append(m)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def parent_model(model: str, evaluated: set[str], stages: dict[str, StageInfo]) -> str | None:
+    """The nearest evaluated model stage this model was derived from (breadth-first up the lineage)."""
+    st = stages.get(model)
+    if st is None:
+        return None
+    frontier = [a.get("stage") for arts in (st.manifest.get("inputs") or {}).values() for a in arts]
+    seen: set[str] = set()
+    while frontier:
+        nxt = []
+        for s in frontier:
+            if not s or s in seen:
+                continue
+            seen.add(s)
+            if s in evaluated and s != model:
+                return s
+            up = stages.get(s)
+            if up is not None:
+                nxt += [a.get("stage") for arts in (up.manifest.get("inputs") or {}).values() for a in arts]
+        frontier = nxt
+    return None
+
+
+def compare(
+    parent: EvalInfo, child: EvalInfo, key: str, seed_values: dict[str, list[float]] | None = None
+) -> dict[str, Any] | None:
+    """Paired change ``child - parent`` of one metric over shared items, with the beyond-noise decision."""
+    a, b = parent.item_scores.get(key) or {}, child.item_scores.get(key) or {}
+    shared = sorted(set(a) & set(b))
+    if len(shared) < 2:
+        return None
+    res = M.paired_difference([a[i] for i in shared], [b[i] for i in shared])
+    res.update(
+        {"metric": key, "parent": parent.model_stage, "child": child.model_stage, "paired_items": len(shared)}
+    )
+    if seed_values:
+        pv, cv = seed_values.get(parent.model_stage), seed_values.get(child.model_stage)
+        if pv and cv and (len(pv) > 1 or len(cv) > 1):
+            # seed replicates: the change must also exceed seed-to-seed variation
+            sd = max(M.seed_spread(pv)["sd"], M.seed_spread(cv)["sd"])
+            res["seed_sd"] = sd
+            res["beyond_noise"] = bool(res["beyond_noise"] and abs(res["diff"]) > M.Z95 * sd)
+    return res
+
+
+# ---- environment ---------------------------------------------------------------------------------------------
+PACKAGES = (
+    "lmforge",
+    "dagster",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "datatrove",
+    "pyarrow",
+    "duckdb",
+    "numpy",
+    "pydantic",
+    "matplotlib",
+)
+
+
+def environment() -> dict[str, Any]:
+    import os
+    from importlib import metadata
+
+    from resources.store import git_state
+
+    pkgs = {}
+    for p in PACKAGES:
+        try:
+            pkgs[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pkgs[p] = None
+    hw: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        hw["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        hw["memory_gib"] = None
+    try:
+        import torch
+
+        hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no torch / no driver: report none
+        hw["gpus"] = []
+    return {
+        "git": git_state(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": pkgs,
+        "hardware": hw,
+    }
+
+
+# ---- building -------------------------------------------------------------------------------------------------
+def _fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
+    if not m or m.get("value") is None:
+        return "–"
+    v = f"{m['value']:.{digits}f}"
+    if m.get("low") is None or m.get("high") is None:
+        return v
+    return f"{v} [{m['low']:.{digits}f}, {m['high']:.{digits}f}]"
+
+
+def build(
+    *,
+    title: str,
+    evals: list[EvalInfo],
+    stages: dict[str, StageInfo],
+    out: Path,
+    hourly_price: float,
+    currency: str = "USD",
+    env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write report.md, report.json and PNGs into ``out``; return the report.json content."""
+    env = env if env is not None else environment()
+    evals = list(evals)
+    by_model = {e.model_stage: e for e in evals}
+    evaluated = set(by_model)
+    models = [e.model_stage for e in evals]
+
+    # per-model metrics and seed spread
+    model_rows: dict[str, dict[str, Any]] = {}
+    for e in evals:
+        model_rows[e.model_stage] = {key: model_metric(e, key) for key, _, _ in MODEL_METRICS}
+    groups = seed_groups(models, stages)
+    spread: dict[str, dict[str, Any]] = {}
+    seed_values: dict[str, dict[str, list[float]]] = {}
+    for g in groups:
+        for key, _, _ in MODEL_METRICS:
+            vals = [
+                model_rows[m][key]["value"]
+                for m in g
+                if model_rows[m].get(key) and model_rows[m][key].get("value") is not None
+            ]
+            if len(vals) > 1:
+                s = M.seed_spread(vals)
+                for m in g:
+                    spread.setdefault(m, {})[key] = s
+                    seed_values.setdefault(key, {})[m] = vals
+
+    # parent -> child comparisons
+    comparisons = []
+    for m in models:
+        p = parent_model(m, evaluated, stages)
+        if p is None:
+            continue
+        for key, _, _ in MODEL_METRICS:
+            c = compare(by_model[p], by_model[m], key, seed_values.get(key))
+            if c is not None:
+                comparisons.append(c)
+
+    ledger = _ledger(stages, evals, hourly_price)
+    audit = {e.model_stage: (e.summary.get("audit") or {}) for e in evals}
+    report_json = {
+        "title": title,
+        "stages": {
+            n: {"kind": s.kind, "version": s.version, "metrics": s.manifest.get("metrics") or {}}
+            for n, s in stages.items()
+        },
+        "models": {
+            m: {
+                "version": by_model[m].manifest.get("inputs", {}).get("models", [{}])[0].get("version"),
+                "eval_version": by_model[m].version,
+                "n_items": by_model[m].summary.get("n_items"),
+                "samples": by_model[m].summary.get("samples"),
+                "metrics": model_rows[m],
+                "seed_spread": spread.get(m, {}),
+                "budget_curve": by_model[m].summary.get("budget_curve") or [],
+                "wait_curve": by_model[m].summary.get("wait_curve") or [],
+                "unbudgeted": by_model[m].summary.get("unbudgeted"),
+            }
+            for m in models
+        },
+        "seed_groups": groups,
+        "comparisons": comparisons,
+        "ledger": ledger,
+        "price": {"hourly": hourly_price, "currency": currency},
+        "audit": audit,
+        "environment": env,
+    }
+    pngs = _plots(report_json, out)
+    report_json["images"] = pngs
+    (out / "report.json").write_text(json.dumps(report_json, indent=1, default=str))
+    (out / "report.md").write_text(_markdown(report_json, stages))
+    return report_json
+
+
+def _ledger(stages: dict[str, StageInfo], evals: list[EvalInfo], price: float) -> list[dict[str, Any]]:
+    rows = []
+    for n, s in stages.items():
+        m = s.manifest
+        wall = float(m.get("wall_time_s") or 0.0)
+        rows.append(
+            {
+                "stage": n,
+                "kind": s.kind,
+                "version": s.version,
+                "wall_time_s": round(wall, 3),
+                "tokens": m.get("tokens"),
+                "flops": m.get("flops"),
+                "cost": round(wall / 3600 * price, 6),
+            }
+        )
+    return rows
+
+
+def _markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
+    L: list[str] = [f"# {r['title']}", ""]
+    env = r["environment"]
+    git = env.get("git") or {}
+    L += [
+        f"Generated from stored artifacts. Git commit `{git.get('commit') or 'unknown'}`"
+        f"{' (dirty working tree)' if git.get('dirty') else ''}.",
+        "",
+    ]
+    # metrics table
+    L += [
+        "## Model metrics",
+        "",
+        "Each cell: value [95% interval from the eval set size]; ± s.d. over seeds where seed replicates ran.",
+        "pass@k and maj@k use the k samples per item; bits/byte is on the held-out corpus (lower is better).",
+        "",
+    ]
+    L.append("| model | items | " + " | ".join(lbl for _, lbl, _ in MODEL_METRICS) + " |")
+    L.append("|---|---|" + "---|" * len(MODEL_METRICS))
+    for m, d in r["models"].items():
+        cells = []
+        for key, _, _ in MODEL_METRICS:
+            c = _fmt(d["metrics"].get(key))
+            sp = d["seed_spread"].get(key)
+            if sp:
+                c += f" ±{sp['sd']:.3f} (seeds n={sp['n']})"
+            cells.append(c)
+        L.append(f"| {m} | {d['n_items']} | " + " | ".join(cells) + " |")
+    L.append("")
+    if r["seed_groups"]:
+        L += ["Seed replicates: " + "; ".join(", ".join(g) for g in r["seed_groups"]), ""]
+    # comparisons
+    L += [
+        "## Stage-to-stage changes",
+        "",
+        "Each model is compared with the nearest evaluated model it was derived from, paired on the same eval "
+        "items (documents for bits/byte). **beyond noise** = the 95% interval of the paired difference "
+        "excludes 0 (and exceeds 1.96 × the seed s.d. where seeds ran); otherwise the change is not "
+        "distinguishable from noise at this eval size.",
+        "",
+    ]
+    if r["comparisons"]:
+        L += ["| parent → child | metric | change [95% CI] | items | verdict |", "|---|---|---|---|---|"]
+        for c in r["comparisons"]:
+            ci = f"[{c['low']:+.3f}, {c['high']:+.3f}]" if c.get("low") is not None else ""
+            verdict = "**beyond noise**" if c["beyond_noise"] else "within noise"
+            L.append(
+                f"| {c['parent']} → {c['child']} | {c['metric']} | {c['diff']:+.3f} {ci} | "
+                f"{c['paired_items']} | {verdict} |"
+            )
+    else:
+        L.append("No evaluated model descends from another evaluated model; nothing to compare.")
+    L.append("")
+    # budget forcing
+    L += ["## Test-time scaling (budget forcing, Wait)", ""]
+    if "budget_curves.png" in r.get("images", []):
+        L += ["![budget curves](budget_curves.png)", ""]
+    any_curve = False
+    for m, d in r["models"].items():
+        pts = [(f"budget {p['budget']}", p) for p in d["budget_curve"]] + [
+            (f"wait ×{p['wait_extensions']}", p) for p in d["wait_curve"]
+        ]
+        if d.get("unbudgeted"):
+            pts.append(("unbudgeted", d["unbudgeted"]))
+        if not pts:
+            continue
+        any_curve = True
+        L.append(
+            f"- **{m}**: "
+            + "; ".join(
+                f"{lbl}: {p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] @ {p['mean_thinking_tokens']:.1f} tokens"
+                for lbl, p in pts
+            )
+        )
+    if not any_curve:
+        L.append("No budget sweep was run.")
+    L.append("")
+    # audit
+    L += ["## Decontamination audit", ""]
+    for m, a in r["audit"].items():
+        if not a:
+            continue
+        L.append(
+            f"- **{m}**: {a.get('n_flagged', 0)} of {a.get('n_items', 0)} eval items flagged "
+            f"({a.get('ngram')}-gram overlap ≥ {a.get('threshold')}) against "
+            f"{len(a.get('datasets') or [])} upstream training datasets"
+            + (
+                ": "
+                + ", ".join(
+                    f"`{f['task']}/{f['item_id']}` ({f['overlap']:.2f} in {', '.join(f['matched'])})"
+                    for f in (a.get("flagged") or [])[:20]
+                )
+                if a.get("flagged")
+                else ""
+            )
+        )
+    L.append("")
+    # ledger
+    price = r["price"]
+    L += [
+        "## Cost ledger",
+        "",
+        f"Estimated cost at {price['hourly']:.2f} {price['currency']} per machine-hour.",
+        "",
+        "| stage | kind | version | wall time (s) | tokens | FLOPs | est. cost |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    tw = tc = 0.0
+    for row in r["ledger"]:
+        tw += row["wall_time_s"]
+        tc += row["cost"]
+        fl = f"{row['flops']:.3g}" if row.get("flops") else "–"
+        L.append(
+            f"| {row['stage']} | {row['kind']} | `{row['version'][:10]}` | {row['wall_time_s']:.1f} | "
+            f"{row['tokens'] if row.get('tokens') is not None else '–'} | {fl} | {row['cost']:.4f} |"
+        )
+    L += [f"| **total** | | | {tw:.1f} | | | {tc:.4f} |", ""]
+    if "cost.png" in r.get("images", []):
+        L += ["![cost](cost.png)", ""]
+    # lineage
+    L += ["## Lineage", "", "```"]
+    for n, s in stages.items():
+        ins = sorted(
+            {
+                a.get("stage") + (f"/{a['partition']}" if a.get("partition") else "")
+                for arts in (s.manifest.get("inputs") or {}).values()
+                for a in arts
+                if a.get("stage")
+            }
+        )
+        L.append(f"{n} ({s.kind} {s.version[:10]})" + (f" <- {', '.join(ins)}" if ins else ""))
+    L += ["```", ""]
+    # environment
+    hw = env.get("hardware") or {}
+    L += [
+        "## Environment",
+        "",
+        f"- git: `{git.get('commit')}`, dirty: {git.get('dirty')}",
+        f"- python {env.get('python')} on {env.get('platform')}",
+        f"- hardware: {hw.get('cpu_count')} CPUs ({hw.get('cpu')}), {hw.get('memory_gib')} GiB, "
+        f"GPUs: {', '.join(hw.get('gpus') or []) or 'none'}",
+        "- packages: " + ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v),
+        "",
+    ]
+    if "metrics.png" in r.get("images", []):
+        L += ["![metrics](metrics.png)", ""]
+    return "\n".join(L)
+
+
+def _plots(r: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    models = list(r["models"])
+    # per-model metrics with 95% intervals, one panel per metric
+    keys = [
+        (k, lbl)
+        for k, lbl, _ in MODEL_METRICS
+        if any((r["models"][m]["metrics"].get(k) or {}).get("value") is not None for m in models)
+    ]
+    if keys and models:
+        fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 3.2), dpi=100, squeeze=False)
+        for ax, (k, lbl) in zip(axes[0], keys):
+            vals, lo, hi = [], [], []
+            for m in models:
+                d = r["models"][m]["metrics"].get(k) or {}
+                v = d.get("value")
+                vals.append(v if v is not None else 0.0)
+                lo.append(max(0.0, v - d["low"]) if v is not None and d.get("low") is not None else 0.0)
+                hi.append(max(0.0, d["high"] - v) if v is not None and d.get("high") is not None else 0.0)
+            ax.bar(range(len(models)), vals, yerr=[lo, hi], capsize=3, color="#4c72b0")
+            ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=7)
+            ax.set_title(lbl, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "metrics.png")
+        plt.close(fig)
+        written.append("metrics.png")
+    # budget curves of all models
+    curves = {m: d for m, d in r["models"].items() if d["budget_curve"] or d["wait_curve"]}
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for m, d in curves.items():
+            pts = sorted(
+                d["budget_curve"] + d["wait_curve"] + ([d["unbudgeted"]] if d.get("unbudgeted") else []),
+                key=lambda p: p["mean_thinking_tokens"],
+            )
+            ax.errorbar(
+                [p["mean_thinking_tokens"] for p in pts],
+                [p["accuracy"] for p in pts],
+                yerr=[
+                    [max(0.0, p["accuracy"] - p["low"]) for p in pts],
+                    [max(0.0, p["high"] - p["accuracy"]) for p in pts],
+                ],
+                fmt="o-",
+                capsize=2,
+                label=m,
+            )
+        ax.set_xlabel("mean thinking tokens")
+        ax.set_ylabel("accuracy (95% CI)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("accuracy vs thinking tokens (budget forcing / Wait)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "budget_curves.png")
+        plt.close(fig)
+        written.append("budget_curves.png")
+    # cost ledger
+    rows = [x for x in r["ledger"] if x["wall_time_s"] > 0]
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2), dpi=100)
+        ax.barh([x["stage"] for x in rows], [x["wall_time_s"] for x in rows], color="#dd8452")
+        ax.invert_yaxis()
+        ax.set_xlabel("wall time (s)")
+        ax.set_title(
+            f"cost ledger (total {sum(x['cost'] for x in rows):.4f} {r['price']['currency']})", fontsize=9
+        )
+        fig.tight_layout()
+        fig.savefig(out / "cost.png")
+        plt.close(fig)
+        written.append("cost.png")
+    return written
