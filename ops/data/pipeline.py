@@ -45,7 +45,20 @@ def run_local(
         logging_dir=str(logging_dir),
         start_method=start_method,
     )
-    ex.run()
+    # datatrove's extractor runs each document in a forked helper that it stops with SIGTERM. A helper that
+    # inherited a host's SIGTERM handler (Dagster installs one that raises) prints a spurious traceback, so
+    # children are forked with the default handler; the host's handler is restored afterwards.
+    import signal
+    import threading
+
+    prev = None
+    if threading.current_thread() is threading.main_thread():
+        prev = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        ex.run()
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGTERM, prev)
     return read_stats(logging_dir)
 
 
