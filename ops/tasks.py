@@ -198,21 +198,27 @@ _ITEMS = [
     "toys",
 ]
 
-# difficulty -> (min ops, max ops, max operand, max intermediate value)
-DIFFICULTY: dict[int, tuple[int, int, int, int]] = {
-    1: (1, 2, 20, 200),
-    2: (2, 3, 99, 999),
-    3: (3, 4, 99, 9999),
-    4: (4, 5, 999, 99999),
+# difficulty -> (min ops, max ops, max operand, max intermediate value, operations)
+DIFFICULTY: dict[int, tuple[int, int, int, int, tuple[str, ...]]] = {
+    1: (1, 2, 20, 99, ("add", "sub")),
+    2: (2, 3, 99, 999, ("add", "sub", "mul", "div")),
+    3: (3, 4, 99, 9999, ("add", "sub", "mul", "div")),
+    4: (4, 5, 999, 99999, ("add", "sub", "mul", "div")),
 }
 
 
 def _step(
-    rng: random.Random, cur: int, max_operand: int, max_value: int, who: str, item: str
+    rng: random.Random,
+    cur: int,
+    max_operand: int,
+    max_value: int,
+    who: str,
+    item: str,
+    allowed: tuple[str, ...],
 ) -> tuple[str, str, int] | None:
     """One operation on the running total: (sentence, equation, new total) or None if none fits."""
     p = _PRONOUN[who]
-    ops = ["add", "sub", "mul", "div"]
+    ops = list(allowed)
     rng.shuffle(ops)
     for op in ops:
         if op == "add":
@@ -262,13 +268,13 @@ def generate_task(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
     ``"12+5=17. 17*3=51."``, and the answer the final value."""
     if difficulty not in DIFFICULTY:
         raise ValueError(f"unknown difficulty {difficulty}; choose one of {sorted(DIFFICULTY)}")
-    lo, hi, max_operand, max_value = DIFFICULTY[difficulty]
+    lo, hi, max_operand, max_value, allowed = DIFFICULTY[difficulty]
     who, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     cur = rng.randint(2, max_operand)
     sentences = [f"{who} has {cur} {item}."]
     eqs = []
     for _ in range(rng.randint(lo, hi)):
-        st = _step(rng, cur, max_operand, max_value, who, item)
+        st = _step(rng, cur, max_operand, max_value, who, item, allowed)
         if st is None:
             break
         s, e, cur = st

@@ -30,9 +30,11 @@ def _replay(solution: str) -> int:
 
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4])
 def test_generated_answers_are_exact_and_solutions_replay(difficulty):
-    lo, hi, _, max_value = T.DIFFICULTY[difficulty]
+    lo, hi, _, max_value, allowed = T.DIFFICULTY[difficulty]
     for t in T.generate_tasks(200, seed=3, difficulties=[difficulty]):
         assert int(t.answer) == _replay(t.solution)
+        symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+        assert set(re.findall(r"[-+*/]", t.solution)) <= {symbols[o] for o in allowed}
         assert 0 <= int(t.answer) <= max_value
         assert t.question.startswith(t.question.split()[0] + " has ")
         assert t.difficulty == difficulty

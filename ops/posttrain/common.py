@@ -1,0 +1,227 @@
+"""Shared pieces of the post-training objectives: training examples from artifacts, chat encoding with an
+assistant-only label mask, packing, collation, and task accuracy of a model.
+
+Key design choice: a training example is always ``(question, response)`` text rendered through the
+tokenizer's chat template; the prompt and the response are tokenized separately and concatenated, so the
+label mask falls exactly on the assistant tokens (response + ``<|im_end|>``) whatever the BPE merges.
+Packing puts several examples in one row with a block-diagonal causal mask and per-example position ids,
+so a packed row computes exactly what the examples would compute alone (tested).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ops.generate import chat_prompts, generate, require_chat_template
+from ops.tasks import Task, extract_answer, format_ok, is_correct, read_tasks
+
+IM_END = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    question: str
+    response: str  # assistant content without the closing <|im_end|>
+    answer: str = ""
+    parent_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+def examples_from_artifact(produces: str, path: Path, split: str = "train") -> list[Example]:
+    """SFT examples from a "tasks" (worked solutions), "sft_data" or "rollouts" (accuracy == 1 only)
+    artifact directory."""
+    import pyarrow.parquet as pq
+
+    if produces == "tasks":
+        return [
+            Example(t.id, t.question, t.response, t.answer, (t.id,))
+            for t in read_tasks(path / f"{split}.parquet")
+        ]
+    if produces == "sft_data":
+        rows = pq.read_table(path / "sft.parquet").to_pylist()
+        return [
+            Example(
+                r["id"], r["prompt"], r["response"], r.get("answer") or "", tuple(r.get("parent_ids") or ())
+            )
+            for r in rows
+        ]
+    if produces == "rollouts":
+        rows = pq.read_table(path / "rollouts.parquet").to_pylist()
+        return [
+            Example(r["id"], r["prompt"], strip_stop(r["completion"]), r["answer"], (r["id"],))
+            for r in rows
+            if r.get("reward_accuracy", 0.0) >= 1.0
+        ]
+    raise ValueError(f"cannot train on artifact type {produces!r}")
+
+
+def strip_stop(text: str) -> str:
+    for s in (IM_END, "<|endoftext|>"):
+        if text.endswith(s):
+            return text[: -len(s)]
+    return text
+
+
+def encode_example(tok: Any, question: str, response: str, max_len: int) -> tuple[list[int], int] | None:
+    """``(ids, n_prompt)`` for one conversation (response + ``<|im_end|>``); None if longer than ``max_len``."""
+    p = chat_prompts(tok, [question])[0]
+    r = tok(strip_stop(response) + IM_END, add_special_tokens=False)["input_ids"]
+    ids = p + list(r)
+    return (ids, len(p)) if len(ids) <= max_len else None
+
+
+def encode_all(tok: Any, examples: list[Example], max_len: int) -> tuple[list[tuple[list[int], int]], int]:
+    """Encode every example; returns ``(encoded, n_dropped_too_long)``."""
+    require_chat_template(tok)
+    if not examples:
+        return [], 0
+    prompts = chat_prompts(tok, [e.question for e in examples])
+    resp = tok([strip_stop(e.response) + IM_END for e in examples], add_special_tokens=False)["input_ids"]
+    out, dropped = [], 0
+    for p, r in zip(prompts, resp):
+        ids = p + list(r)
+        if len(ids) > max_len:
+            dropped += 1
+        else:
+            out.append((ids, len(p)))
+    return out, dropped
+
+
+def pack(encoded: list[tuple[list[int], int]], seq_len: int) -> list[list[tuple[list[int], int]]]:
+    """First-fit packing of whole examples into rows of at most ``seq_len`` tokens (order kept)."""
+    rows: list[list[tuple[list[int], int]]] = []
+    cur: list[tuple[list[int], int]] = []
+    used = 0
+    for e in encoded:
+        if cur and used + len(e[0]) > seq_len:
+            rows.append(cur)
+            cur, used = [], 0
+        cur.append(e)
+        used += len(e[0])
+    if cur:
+        rows.append(cur)
+    return rows
+
+
+def collate(
+    rows: list[list[tuple[list[int], int]]], pad_id: int, *, train_prompt: bool = False
+) -> dict[str, Any]:
+    """Tensors for a batch of rows, each a list of ``(ids, n_prompt)`` segments (1 segment = unpacked).
+
+    ``labels`` are the ids on assistant tokens and ``-100`` elsewhere (``train_prompt=True`` also labels the
+    prompt). With several segments per row the attention mask is 4-D block-diagonal causal and positions
+    restart at 0 in each segment; otherwise a 2-D padding mask. Padding is on the right.
+    """
+    import torch
+
+    T = max(sum(len(s[0]) for s in r) for r in rows)
+    B = len(rows)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    seg = torch.full((B, T), -1, dtype=torch.long)
+    packed = any(len(r) > 1 for r in rows)
+    for b, r in enumerate(rows):
+        o = 0
+        for k, (s, n_p) in enumerate(r):
+            n = len(s)
+            t = torch.tensor(s, dtype=torch.long)
+            ids[b, o : o + n] = t
+            lab = t.clone()
+            if not train_prompt:
+                lab[:n_p] = -100
+            labels[b, o : o + n] = lab
+            pos[b, o : o + n] = torch.arange(n)
+            seg[b, o : o + n] = k
+            o += n
+    if packed:
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+        # padding rows attend to themselves only, so no row of the mask is empty (NaN-free softmax)
+        eye = torch.eye(T, dtype=torch.bool)[None]
+        attn = ((same & causal) | eye)[:, None]
+    else:
+        attn = (seg >= 0).long()
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": attn,
+        "position_ids": pos,
+        "tokens": int((labels != -100).sum()),
+    }
+
+
+def epoch_batches(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of the batch for ``step``: a fresh seeded permutation per epoch (pure function of the step)."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, k = divmod(step, per_epoch)
+    perm = list(range(n))
+    random.Random(seed * 100003 + epoch).shuffle(perm)
+    if n < batch_size:
+        return [perm[i % n] for i in range(batch_size)]
+    return perm[k * batch_size : (k + 1) * batch_size]
+
+
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+
+
+def task_accuracy(
+    model: Any,
+    tok: Any,
+    tasks: list[Task],
+    *,
+    samples: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Greedy (``temperature=0``) or sampled accuracy on ``tasks``.
+
+    Returns ``accuracy`` (mean over all samples), ``pass_at_k`` (share of tasks with >= 1 correct of
+    ``samples``), ``parse_rate`` (an ``<answer>`` was found), ``format_rate`` (:func:`ops.tasks.format_ok`),
+    ``mean_tokens``.
+    """
+    if not tasks:
+        return {"accuracy": 0.0, "pass_at_k": 0.0, "parse_rate": 0.0, "format_rate": 0.0, "mean_tokens": 0.0}
+    out = generate(
+        model,
+        tok,
+        [t.question for t in tasks],
+        n=samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    ok = [is_correct(s.text, tasks[i // samples].answer) for i, s in enumerate(out)]
+    per_task = [any(ok[i * samples : (i + 1) * samples]) for i in range(len(tasks))]
+    return {
+        "accuracy": sum(ok) / len(ok),
+        "pass_at_k": sum(per_task) / len(tasks),
+        "parse_rate": sum(extract_answer(s.text) is not None for s in out) / len(out),
+        "format_rate": sum(format_ok(s.text) for s in out) / len(out),
+        "mean_tokens": sum(s.n_tokens for s in out) / len(out),
+    }
+
+
+def load_policy(path: Path | str, device: str | None = None) -> tuple[Any, Any]:
+    """A model artifact and its tokenizer; a tokenizer without the chat template is an error here."""
+    from ops.model import load_model
+    from ops.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(path)
+    require_chat_template(tok, where=str(path))
+    return load_model(path, device=device), tok
+
+
+def device_for(pref: str = "auto") -> str:
+    import torch
+
+    if pref == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return pref

@@ -1,0 +1,229 @@
+"""Reward model: Bradley-Terry pairwise training of a scalar head on preference pairs.
+
+Key design choice: the reward model is a plain ``Qwen2ForSequenceClassification`` (``num_labels=1``)
+initialised from the policy's weights (the score head is new), so ``AutoModelForSequenceClassification``
+loads the artifact without custom code; the reward of a conversation is the head's output at its last
+non-pad token. Pairs come from rollouts (for each prompt, a verified-correct completion is "chosen" over an
+incorrect one) or from a user "pairs" Parquet. Held-out pairs are split by prompt, never by pair, so no
+held-out prompt was seen in training; a length-only baseline (longer-wins or shorter-wins, whichever is
+better on the held-out pairs) is reported beside the model's accuracy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ops.losses import bradley_terry_loss
+from ops.posttrain.common import IM_END, encode_all, epoch_batches, strip_stop
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    parent_ids: tuple[str, ...] = ()
+
+
+def pairs_from_rollouts(rows: list[dict], max_per_prompt: int = 4, seed: int = 0) -> list[Pair]:
+    """Correct-vs-incorrect pairs within each prompt's samples (distinct texts), at most ``max_per_prompt``."""
+    rng = random.Random(seed)
+    by_prompt: dict[str, list[dict]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    out = []
+    for pid in sorted(by_prompt):
+        rs = by_prompt[pid]
+        good = list({strip_stop(r["completion"]): r for r in rs if r.get("reward_accuracy", 0) >= 1}.values())
+        bad = list({strip_stop(r["completion"]): r for r in rs if r.get("reward_accuracy", 0) < 1}.values())
+        combos = [(g, b) for g in good for b in bad]
+        rng.shuffle(combos)
+        for g, b in combos[:max_per_prompt]:
+            out.append(
+                Pair(
+                    f"pair-{g['id']}-{b['id']}",
+                    g["prompt"],
+                    strip_stop(g["completion"]),
+                    strip_stop(b["completion"]),
+                    (g["id"], b["id"]),
+                )
+            )
+    return out
+
+
+def pairs_from_table(rows: list[dict]) -> list[Pair]:
+    return [
+        Pair(
+            str(r["id"]),
+            r["prompt"],
+            strip_stop(r["chosen"]),
+            strip_stop(r["rejected"]),
+            tuple(r.get("parent_ids") or ()),
+        )
+        for r in rows
+    ]
+
+
+def split_pairs(pairs: list[Pair], held_out: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Split by prompt text (a held-out prompt never appears in training)."""
+    prompts = sorted({p.prompt for p in pairs})
+    random.Random(seed).shuffle(prompts)
+    n = int(round(len(prompts) * held_out))
+    held = set(prompts[:n])
+    return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
+
+
+def init_reward_model(policy_dir: Path | str) -> Any:
+    """A sequence-classification model with one output, initialised from a causal-LM artifact."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        rm = AutoModelForSequenceClassification.from_pretrained(
+            str(policy_dir), num_labels=1, local_files_only=True
+        )
+    return rm
+
+
+def _encode(tok, prompts, responses, max_len):
+    from ops.posttrain.common import Example
+
+    ex = [Example(str(i), q, r) for i, (q, r) in enumerate(zip(prompts, responses))]
+    enc, _ = encode_all(tok, ex, max_len=10**9)
+    return [ids[-max_len:] for ids, _ in enc]
+
+
+def _rewards(rm: Any, seqs: list[list[int]], pad_id: int) -> Any:
+    """Scalar reward per sequence: the head at the last real token (right padding, explicit index)."""
+    import torch
+
+    dev = next(rm.parameters()).device
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+    ids, att = ids.to(dev), att.to(dev)
+    hidden = rm.model(input_ids=ids, attention_mask=att).last_hidden_state
+    last = att.sum(1) - 1
+    h = hidden[torch.arange(len(seqs), device=dev), last]
+    return rm.score(h).squeeze(-1).float()
+
+
+def score_texts(
+    rm: Any, tok: Any, prompts: list[str], responses: list[str], batch_size: int = 128, max_len: int = 512
+) -> list[float]:
+    import torch
+
+    seqs = _encode(tok, prompts, responses, max_len)
+    out: list[float] = []
+    was = rm.training
+    rm.eval()
+    with torch.no_grad():
+        for s in range(0, len(seqs), batch_size):
+            out += _rewards(rm, seqs[s : s + batch_size], tok.pad_token_id).tolist()
+    rm.train(was)
+    return out
+
+
+def pair_accuracy(rm: Any, tok: Any, pairs: list[Pair]) -> dict[str, float]:
+    """Held-out accuracy of the reward model and of the length-only baseline (best direction)."""
+    if not pairs:
+        return {"accuracy": float("nan"), "length_baseline": float("nan"), "pairs": 0}
+    rc = score_texts(rm, tok, [p.prompt for p in pairs], [p.chosen for p in pairs])
+    rr = score_texts(rm, tok, [p.prompt for p in pairs], [p.rejected for p in pairs])
+    acc = sum((a > b) + 0.5 * (a == b) for a, b in zip(rc, rr)) / len(pairs)
+    lc = [len(tok(p.chosen, add_special_tokens=False)["input_ids"]) for p in pairs]
+    lr = [len(tok(p.rejected, add_special_tokens=False)["input_ids"]) for p in pairs]
+    longer = sum((a > b) + 0.5 * (a == b) for a, b in zip(lc, lr)) / len(pairs)
+    return {
+        "accuracy": acc,
+        "length_baseline": max(longer, 1 - longer),
+        "pairs": len(pairs),
+        "margin": sum(a - b for a, b in zip(rc, rr)) / len(pairs),
+    }
+
+
+@dataclass
+class RMParams:
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 32
+    warmup_steps: int = 10
+    max_len: int = 256
+    seed: int = 0
+    grad_clip: float = 1.0
+
+
+def train_reward_model(
+    rm: Any,
+    tok: Any,
+    train_pairs: list[Pair],
+    p: RMParams,
+    *,
+    work_dir: Path | None,
+    fingerprint: dict | None = None,
+    eval_fn: Callable | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    from ops.train.core import TrainConfig, train
+
+    if not train_pairs:
+        raise ValueError(
+            "no training pairs: the rollouts have no prompt with both a correct and an incorrect sample"
+        )
+    ch = _encode(tok, [q.prompt for q in train_pairs], [q.chosen + "" for q in train_pairs], p.max_len)
+    rj = _encode(tok, [q.prompt for q in train_pairs], [q.rejected for q in train_pairs], p.max_len)
+    pad = tok.pad_token_id
+
+    def batch_fn(step: int, micro: int) -> dict:
+        idx = epoch_batches(len(ch), p.batch_size, step, p.seed)
+        return {"chosen": [ch[i] for i in idx], "rejected": [rj[i] for i in idx]}
+
+    def loss_fn(model, batch):
+        n = len(batch["chosen"])
+        r = _rewards(model, batch["chosen"] + batch["rejected"], pad)
+        loss, st = bradley_terry_loss(r[:n], r[n:])
+        return loss, {**st, "tokens": sum(map(len, batch["chosen"] + batch["rejected"]))}
+
+    cfg = TrainConfig(
+        steps=p.steps,
+        lr=p.lr,
+        warmup_steps=p.warmup_steps,
+        seed=p.seed,
+        grad_clip=p.grad_clip,
+        log_every=max(p.steps // 20, 1),
+    )
+    out = train(
+        rm,
+        loss_fn,
+        batch_fn,
+        cfg,
+        work_dir=work_dir,
+        fingerprint=fingerprint,
+        eval_fn=eval_fn,
+        log=log,
+        progress=False,
+    )
+    return {"curve": out.curve, "losses": out.losses, "wall_s": out.wall_s, "final_eval": out.final_eval}
+
+
+__all__ = [
+    "IM_END",
+    "Pair",
+    "pairs_from_rollouts",
+    "pairs_from_table",
+    "split_pairs",
+    "init_reward_model",
+    "score_texts",
+    "pair_accuracy",
+    "RMParams",
+    "train_reward_model",
+]

@@ -1,0 +1,146 @@
+"""Supervised fine-tuning on chat examples: loss on assistant tokens only, optional packing, full or LoRA.
+
+Key design choice: SFT is the shared training core (``ops.train.core.train``) with an SFT batch builder and
+``ops.losses.sft_loss``; nothing here is a loop. LoRA wraps the model with ``peft`` before training and
+returns both a merged plain model (loadable without peft) and the adapter (saved beside it), so downstream
+stages never need peft.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ops.losses import sft_loss
+from ops.posttrain.common import Example, collate, encode_all, epoch_batches, pack, to_device
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class SFTParams:
+    steps: int = 300
+    lr: float = 2e-3
+    batch_size: int = 32  # examples per step (unpacked) or rows per step (packed)
+    max_len: int = 256  # longer examples are dropped (counted)
+    pack: bool = False
+    seq_len: int = 512  # packed row length
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    lora_r: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    eval_every: int = 0
+
+
+def make_batches(tok: Any, examples: list[Example], p: SFTParams) -> tuple[Callable[[int, int], dict], dict]:
+    """``batch_fn(step, micro)`` (pure function of the step) and data stats."""
+    enc, dropped = encode_all(tok, examples, p.max_len)
+    if not enc:
+        raise ValueError(f"no SFT example fits max_len={p.max_len} ({dropped} dropped)")
+    units = pack(enc, p.seq_len) if p.pack else [[e] for e in enc]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def batch_fn(step: int, micro: int) -> dict:
+        idx = epoch_batches(len(units), p.batch_size, step, p.seed)
+        return collate([units[i] for i in idx], pad)
+
+    stats = {
+        "examples": len(enc),
+        "dropped_too_long": dropped,
+        "rows": len(units),
+        "assistant_tokens": sum(len(ids) - n for ids, n in enc),
+    }
+    return batch_fn, stats
+
+
+def sft_loss_fn(model: Any, batch: dict) -> tuple[Any, dict]:
+    dev = next(model.parameters()).device
+    b = to_device(batch, dev)
+    logits = model(
+        input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"]
+    ).logits
+    loss, st = sft_loss(logits, b["labels"])
+    return loss, st
+
+
+def add_lora(model: Any, p: SFTParams) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=p.lora_r,
+        lora_alpha=p.lora_alpha,
+        lora_dropout=p.lora_dropout,
+        target_modules=list(LORA_TARGETS),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    return get_peft_model(model, cfg)
+
+
+def train_sft(
+    model: Any,
+    tok: Any,
+    examples: list[Example],
+    p: SFTParams,
+    *,
+    work_dir: Path | None,
+    fingerprint: dict | None = None,
+    eval_fn: Callable[[Any, int], dict] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[Any, Any, dict]:
+    """Train and return ``(plain_model, peft_model_or_None, info)``; ``info`` has the curve and data stats.
+
+    With ``lora_r > 0`` only the adapter trains; the returned plain model has the adapter merged in.
+    """
+    from ops.train.core import TrainConfig, train
+
+    batch_fn, stats = make_batches(tok, examples, p)
+    peft_model = add_lora(model, p) if p.lora_r > 0 else None
+    net = peft_model if peft_model is not None else model
+    trainable = [q for q in net.parameters() if q.requires_grad]
+    cfg = TrainConfig(
+        steps=p.steps,
+        lr=p.lr,
+        warmup_steps=p.warmup_steps,
+        schedule=p.schedule,
+        min_lr_ratio=p.min_lr_ratio,
+        weight_decay=p.weight_decay,
+        grad_clip=p.grad_clip,
+        seed=p.seed,
+        eval_every=p.eval_every,
+        log_every=max(p.steps // 20, 1),
+    )
+    outcome = train(
+        net,
+        sft_loss_fn,
+        batch_fn,
+        cfg,
+        work_dir=work_dir,
+        fingerprint=fingerprint,
+        eval_fn=eval_fn,
+        log=log,
+        trainable_params=trainable,
+        progress=False,
+    )
+    info = {
+        "curve": outcome.curve,
+        "losses": outcome.losses,
+        "tokens": outcome.tokens,
+        "wall_s": outcome.wall_s,
+        "final_eval": outcome.final_eval,
+        "trainable_params": sum(q.numel() for q in trainable),
+        **stats,
+    }
+    if peft_model is not None:
+        import copy
+
+        merged = copy.deepcopy(peft_model).merge_and_unload()
+        return merged, peft_model, info
+    return model, None, info

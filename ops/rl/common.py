@@ -1,0 +1,120 @@
+"""What GRPO and PPO share: prompt selection, rollout scoring, sequence tensors for a batch of samples,
+per-token log-probabilities of completions, and the rollout record schema.
+
+Key design choice: a rollout is kept as token ids exactly as sampled (never re-tokenized), and every
+rollout becomes one row of the "rollouts" Parquet artifact with its reward components, advantage and the
+policy version that produced it, so later stages (reward model pairs, rejection sampling, SFT) reuse them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pyarrow as pa
+
+from ops.generate import Sample
+
+ROLLOUT_SCHEMA_BASE = [
+    ("id", pa.string()),
+    ("prompt_id", pa.string()),
+    ("prompt", pa.string()),
+    ("answer", pa.string()),
+    ("completion", pa.string()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("finished", pa.bool_()),
+    ("group", pa.int64()),
+    ("reward", pa.float64()),
+    ("advantage", pa.float64()),
+    ("policy_version", pa.int32()),
+    ("stage", pa.string()),
+]
+
+
+def rollout_schema(reward_names: list[str]) -> pa.Schema:
+    return pa.schema(ROLLOUT_SCHEMA_BASE + [(f"reward_{n}", pa.float64()) for n in reward_names])
+
+
+def write_rollouts(rows: list[dict], reward_names: list[str], path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    schema = rollout_schema(reward_names)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, compression="zstd")
+
+
+def pick_prompts(n_tasks: int, k: int, step: int, seed: int) -> list[int]:
+    """``k`` task indices for ``step``: walks a seeded permutation epoch by epoch (pure function of step)."""
+    per_epoch = max(n_tasks // k, 1)
+    epoch, j = divmod(step, per_epoch)
+    perm = list(range(n_tasks))
+    random.Random(seed * 7919 + epoch).shuffle(perm)
+    if n_tasks < k:
+        return [perm[i % n_tasks] for i in range(k)]
+    return perm[j * k : (j + 1) * k]
+
+
+def completion_tensors(samples: list[Sample], pad_id: int, device: Any) -> dict[str, Any]:
+    """Right-padded ``prompt + completion`` ids with the completion mask aligned for log-prob gathering.
+
+    Returns ``input_ids [N, T]``, ``attention_mask [N, T]``, ``start`` (prompt lengths), ``comp_ids [N, L]``,
+    ``comp_mask [N, L]`` (L = longest completion): ``comp_ids[i, j]`` is predicted by position
+    ``start[i] + j - 1`` of ``input_ids``.
+    """
+    import torch
+
+    N = len(samples)
+    T = max(len(s.prompt_ids) + len(s.ids) for s in samples)
+    L = max(max(len(s.ids) for s in samples), 1)
+    ids = torch.full((N, T), pad_id, dtype=torch.long)
+    att = torch.zeros((N, T), dtype=torch.long)
+    comp = torch.full((N, L), pad_id, dtype=torch.long)
+    cmask = torch.zeros((N, L), dtype=torch.float32)
+    start = torch.zeros(N, dtype=torch.long)
+    for i, s in enumerate(samples):
+        seq = s.prompt_ids + s.ids
+        ids[i, : len(seq)] = torch.tensor(seq)
+        att[i, : len(seq)] = 1
+        comp[i, : len(s.ids)] = torch.tensor(s.ids, dtype=torch.long)
+        cmask[i, : len(s.ids)] = 1
+        start[i] = len(s.prompt_ids)
+    return {
+        k: v.to(device)
+        for k, v in {
+            "input_ids": ids,
+            "attention_mask": att,
+            "comp_ids": comp,
+            "comp_mask": cmask,
+            "start": start,
+        }.items()
+    }
+
+
+def gather_completion(x: Any, t: dict[str, Any]) -> Any:
+    """Pick ``x[i, start[i] - 1 + j]`` for every completion position j: ``[N, T, ...] -> [N, L, ...]``."""
+    import torch
+
+    N, L = t["comp_ids"].shape
+    idx = (t["start"][:, None] - 1 + torch.arange(L, device=x.device)[None]).clamp(max=x.shape[1] - 1)
+    if x.dim() == 2:
+        return x.gather(1, idx)
+    return x.gather(1, idx[..., None].expand(N, L, x.shape[-1]))
+
+
+def completion_logprobs(
+    model: Any, t: dict[str, Any], temperature: float = 1.0, with_hidden: bool = False
+) -> Any:
+    """Per-token ``log pi(comp_ids | ...)`` ``[N, L]`` under ``softmax(logits / temperature)`` (the
+    distribution the sampler drew from); with ``with_hidden`` also the last hidden states ``[N, L, d]``."""
+    from ops.losses import token_logprobs
+
+    out = model(
+        input_ids=t["input_ids"], attention_mask=t["attention_mask"], output_hidden_states=with_hidden
+    )
+    logits = gather_completion(out.logits, t)
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp = token_logprobs(logits, t["comp_ids"]) * t["comp_mask"]
+    if with_hidden:
+        return lp, gather_completion(out.hidden_states[-1], t)
+    return lp

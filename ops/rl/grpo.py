@@ -1,0 +1,241 @@
+"""GRPO with rule rewards (DeepSeekMath / DeepSeek-R1): a group of samples per prompt, group-normalised
+advantages (no critic), clipped ratio, k3 KL to a frozen reference inside the loss.
+
+Key design choice: one step = sample -> score -> update, written out plainly so each phase is timed. It
+reuses the training core's optimizer and LR-schedule helpers (``ops.train.core``) rather than a second
+trainer. The defaults follow what the measured miniature runs taught (see
+``/work/shared/reference/measured-facts.md``): fully on-policy (one update per batch, the old log-probs are
+the current ones detached, so the ratio is exactly 1 at the update), lr <= 5e-5 with warm-up, groups whose
+rewards have std <= 1e-6 are dropped from the update (no spurious advantage from float noise, and no compute
+spent on them), and many prompts per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ops.generate import chat_prompts, pad_token_id, sample, stop_token_ids
+from ops.losses import group_advantages, grpo_loss
+from ops.rewards import RewardBatch, RewardSpec, score
+from ops.rl.common import completion_logprobs, completion_tensors, pick_prompts
+from ops.tasks import Task
+
+
+@dataclass
+class GRPOParams:
+    steps: int = 30
+    prompts_per_step: int = 32
+    group_size: int = 8
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    lr: float = 3e-5
+    warmup_steps: int = 5
+    beta: float = 0.04  # k3 KL coefficient (0 = no reference model)
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # DAPO's clip-higher; None = symmetric
+    norm: str = "token"  # token | sequence | unbiased (Dr. GRPO)
+    scale_rewards: bool = True  # False = Dr. GRPO advantages (no std division)
+    updates_per_batch: int = 1  # > 1 re-uses each rollout batch (off-policy after the first)
+    minibatch_size: int = 0  # samples per optimizer step inside an update; 0 = whole batch
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    min_std: float = 1e-6
+    gen_batch_size: int = 512
+    fixed_prompts: int = 0  # > 0: always train on the same first N prompts (a unit check)
+
+
+@dataclass
+class GRPOState:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rollouts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_grpo(
+    policy: Any,
+    ref: Any | None,
+    tok: Any,
+    tasks: list[Task],
+    specs: list[RewardSpec],
+    p: GRPOParams,
+    *,
+    eval_fn: Callable[[Any, int], dict] | None = None,
+    eval_every: int = 0,
+    log: Callable[[str], None] = print,
+    keep_rollouts: bool = True,
+    stage: str = "grpo",
+) -> GRPOState:
+    """Run ``p.steps`` GRPO steps on ``policy`` in place; returns per-step history and rollout rows."""
+    import torch
+
+    from ops.train.core import TrainConfig, make_optimizer, schedule_lr
+
+    if not tasks:
+        raise ValueError("GRPO needs at least one training prompt")
+    dev = next(policy.parameters()).device
+    torch.manual_seed(p.seed)
+    cfg = TrainConfig(
+        steps=p.steps,
+        lr=p.lr,
+        warmup_steps=p.warmup_steps,
+        schedule="constant",
+        weight_decay=p.weight_decay,
+        grad_clip=p.grad_clip,
+        seed=p.seed,
+    )
+    params = [q for q in policy.parameters() if q.requires_grad]
+    opt = make_optimizer(params, cfg)
+    if ref is not None:
+        ref.eval().requires_grad_(False)
+    pool = tasks[: p.fixed_prompts] if p.fixed_prompts else tasks
+    prompt_ids = chat_prompts(tok, [t.question for t in pool])
+    stop, pad = stop_token_ids(tok), pad_token_id(tok)
+    names = [s.name for s in specs]
+    st = GRPOState()
+    if eval_fn is not None:
+        st.history.append({"step": 0, **eval_fn(policy, 0)})
+    for step in range(p.steps):
+        t0 = time.perf_counter()
+        idx = pick_prompts(len(pool), p.prompts_per_step, step, p.seed)
+        rep = [prompt_ids[i] for i in idx for _ in range(p.group_size)]
+        samples = sample(
+            policy,
+            rep,
+            max_new_tokens=p.max_new_tokens,
+            stop_ids=stop,
+            pad_id=pad,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            seed=p.seed * 1_000_003 + step,
+            batch_size=p.gen_batch_size,
+            return_logprobs=p.updates_per_batch > 1,
+        )
+        t_gen = time.perf_counter() - t0
+        texts = tok.batch_decode([s.ids for s in samples], skip_special_tokens=False)
+        answers = [pool[i].answer for i in idx for _ in range(p.group_size)]
+        total, comps = score(specs, RewardBatch(texts, answers, [s.n_tokens for s in samples], p.group_size))
+        rewards = torch.tensor(total)
+        adv, live = group_advantages(rewards, p.group_size, scale=p.scale_rewards, min_std=p.min_std)
+        keep = [i for i in range(len(samples)) if bool(live[i])]
+        t1 = time.perf_counter()
+        stats: dict[str, float] = {}
+        if keep:
+            stats = _update(
+                policy,
+                ref,
+                opt,
+                params,
+                [samples[i] for i in keep],
+                adv[keep],
+                p,
+                pad,
+                dev,
+                lr=schedule_lr(step, cfg),
+            )
+        t_upd = time.perf_counter() - t1
+        n_tok = sum(s.n_tokens for s in samples)
+        rec = {
+            "step": step + 1,
+            "reward": float(rewards.mean()),
+            **{f"reward_{n}": sum(v) / len(v) for n, v in comps.items()},
+            "live_groups": len(keep) / len(samples),
+            "completion_tokens": n_tok / len(samples),
+            "gen_s": t_gen,
+            "update_s": t_upd,
+            "step_s": time.perf_counter() - t0,
+            "gen_tokens_per_s": n_tok / max(t_gen, 1e-9),
+            **stats,
+        }
+        if eval_fn is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < p.steps:
+            rec.update(eval_fn(policy, step + 1))
+        if eval_fn is not None and step + 1 == p.steps:
+            rec.update(eval_fn(policy, step + 1))
+        st.history.append(rec)
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+        if keep_rollouts:
+            for j, s in enumerate(samples):
+                task = pool[idx[j // p.group_size]]
+                st.rollouts.append(
+                    {
+                        "id": f"{stage}-s{step + 1}-{j}",
+                        "prompt_id": task.id,
+                        "prompt": task.question,
+                        "answer": task.answer,
+                        "completion": texts[j],
+                        "prompt_tokens": len(s.prompt_ids),
+                        "completion_tokens": s.n_tokens,
+                        "finished": s.finished,
+                        "group": step * p.prompts_per_step + j // p.group_size,
+                        "reward": total[j],
+                        "advantage": float(adv[j]),
+                        "policy_version": step,
+                        "stage": stage,
+                        **{f"reward_{n}": comps[n][j] for n in names},
+                    }
+                )
+    return st
+
+
+def _update(policy, ref, opt, params, samples, adv, p: GRPOParams, pad, dev, lr: float) -> dict[str, float]:
+    import torch
+
+    from ops.train.core import clip_grads, set_lr
+
+    set_lr(opt, lr)
+    n = len(samples)
+    mb = p.minibatch_size or n
+    ref_lp_all = None
+    if ref is not None and p.beta > 0:
+        with torch.no_grad():
+            ref_lp_all = [
+                completion_logprobs(ref, completion_tensors(samples[s : s + mb], pad, dev), p.temperature)
+                for s in range(0, n, mb)
+            ]
+    agg: dict[str, float] = {}
+    cnt = 0
+    max_len = p.max_new_tokens
+    for _epoch in range(p.updates_per_batch):
+        for k, s in enumerate(range(0, n, mb)):
+            chunk = samples[s : s + mb]
+            t = completion_tensors(chunk, pad, dev)
+            lp = completion_logprobs(policy, t, p.temperature)
+            if p.updates_per_batch > 1:
+                old = torch.zeros_like(lp)
+                for i, smp in enumerate(chunk):
+                    old[i, : len(smp.logprobs)] = torch.tensor(smp.logprobs, device=dev)
+            else:
+                old = lp.detach()
+            ref_lp = ref_lp_all[k] if ref_lp_all is not None else None
+            loss, st = grpo_loss(
+                lp,
+                old,
+                ref_lp,
+                adv[s : s + mb].to(dev),
+                t["comp_mask"],
+                clip_eps=p.clip_eps,
+                beta=p.beta,
+                norm=p.norm,
+                max_len=max_len,
+                clip_eps_high=p.clip_eps_high,
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"GRPO loss is {float(loss)}; stopping before the update")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = clip_grads(params, p.grad_clip)
+            opt.step()
+            for key, v in {"loss": float(loss), "grad_norm": gn, **st}.items():
+                agg[key] = agg.get(key, 0.0) + v
+            cnt += 1
+    return {k: v / cnt for k, v in agg.items()}
+
+
+def save_policy(policy: Any, tok: Any, out: Path) -> None:
+    from ops.model import save_model
+
+    save_model(policy, tok, out)
