@@ -60,10 +60,10 @@ def _ancestors(run: StageRun) -> dict[str, InputArtifact]:
 
     from .testing import as_input
 
-    out: dict[str, InputArtifact] = dict(run.upstream)
-    for arts in run.inputs.values():
-        for a in arts:
-            out.setdefault(f"{a.stage}/{a.partition}" if a.partition else a.stage, a)
+    out: dict[str, InputArtifact] = {}
+    # keyed by stage (and partition): every partition of a partitioned stage is its own ledger row
+    for a in [*run.upstream.values(), *(x for arts in run.inputs.values() for x in arts)]:
+        out.setdefault(f"{a.stage}/{a.partition}" if a.partition else a.stage, a)
     store = ArtifactStore(run.home)
     stack = [a.manifest for a in out.values()]
     seen = {a.version for a in out.values()}

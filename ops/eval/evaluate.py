@@ -106,27 +106,30 @@ def generate_records(
 
     prompts = chat_prompts(tok, [it.question for it in items])
     prompt_texts = [tok.decode(p, skip_special_tokens=False) for p in prompts]
-    runs: list[tuple[str, int | None, int, int, float]] = [("greedy", None, 0, 0, 0.0)]
-    runs += [("sample", None, 0, j, s.temperature) for j in range(s.samples)]
-    runs += [("budget", b, 0, 0, 0.0) for b in s.budgets]
-    runs += [("wait", None, w, 0, 0.0) for w in s.wait_extensions]
+    # (mode, budget, wait count, number of samples, temperature); the k samples of an item are decoded in one
+    # batch (prompts repeated k times), which keeps the decode loop's batch wide on small eval sets
+    runs: list[tuple[str, int | None, int, int, float]] = [("greedy", None, 0, 1, 0.0)]
+    if s.samples:
+        runs.append(("sample", None, 0, s.samples, s.temperature))
+    runs += [("budget", b, 0, 1, 0.0) for b in s.budgets]
+    runs += [("wait", None, w, 1, 0.0) for w in s.wait_extensions]
     out: list[dict[str, Any]] = []
-    for mode, budget, n_wait, j, temp in runs:
-        # each sample index has its own seed, so sample j is the same whatever ``samples`` is
+    for mode, budget, n_wait, reps, temp in runs:
+        rows = [(it, ptxt, j) for j in range(reps) for it, ptxt in zip(items, prompt_texts)]
         gens = generate_with_budget(
             model,
             tok,
-            prompts,
+            [p for _ in range(reps) for p in prompts],
             budget=budget,
             max_think_tokens=s.max_think_tokens,
             max_answer_tokens=s.max_answer_tokens,
             wait_extensions=n_wait,
             wait_text=s.wait_text,
             temperature=temp,
-            seed=s.seed * 1000 + j,
+            seed=s.seed,
             batch_size=s.batch_size,
         )
-        for it, ptxt, g in zip(items, prompt_texts, gens):
+        for (it, ptxt, j), g in zip(rows, gens):
             pred = extract_answer(g.completion)
             out.append(
                 {
@@ -153,7 +156,7 @@ def generate_records(
                     "finished": g.finished,
                 }
             )
-        log(f"evaluate {model_stage}: {mode} budget={budget} wait={n_wait} sample={j}: {len(gens)} items")
+        log(f"evaluate {model_stage}: {mode} budget={budget} wait={n_wait}: {len(gens)} generations")
     return out
 
 

@@ -85,7 +85,8 @@ def test_wait_extension_thinks_longer_on_the_same_prompts(tiny):
     for i in closed_itself:
         assert waited[i].waits_used >= 1
         assert waited[i].thinking_tokens > base[i].thinking_tokens
-        assert "Wait" in waited[i].completion
+        if not waited[i].forced_end:  # (a cap reached mid-"Wait" drops the rest of its tokens)
+            assert "Wait" in waited[i].completion
     assert all(w.thinking_tokens >= b.thinking_tokens for b, w in zip(base, waited))
     assert all(w.waits_used <= 2 for w in waited)
 
