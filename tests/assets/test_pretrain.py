@@ -17,7 +17,7 @@ import pytest
 
 from assets.testing import run_kind
 from ops.train.core import NonFiniteError, ResumeRefused
-from tests.ops.test_tokenizer import pydoc_paragraphs, store_documents
+from tests.ops.test_tokenizer import pydoc_paragraphs, stdlib_docstrings, store_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,9 +41,10 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def base_home(tmp_path_factory) -> Path:
-    """A home holding documents, a 4096-token tokenizer and token shards (built once per module)."""
+    """A home holding documents (~1.1 MB of Python's own prose: language-reference topics and stdlib
+    docstrings, the same kind of text the default crawl yields), a 4096-token tokenizer and token shards."""
     home = tmp_path_factory.mktemp("pretrain_home")
-    docs = store_documents(home, pydoc_paragraphs())
+    docs = store_documents(home, pydoc_paragraphs() + stdlib_docstrings())
     tok, _ = run_kind(
         "train_tokenizer",
         {"from": "corpus", "vocab_size": 4096},

@@ -27,6 +27,27 @@ def pydoc_paragraphs(min_len: int = 200) -> list[tuple[str, str]]:
     return out
 
 
+def stdlib_docstrings(min_len: int = 200) -> list[tuple[str, str]]:
+    """Docstrings of the standard library's top-level modules (read with ``ast``: nothing is imported)."""
+    import ast
+    import sysconfig
+
+    out, seen = [], set()
+    for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node)
+                key = f"{f.stem}:{getattr(node, 'name', '')}:{getattr(node, 'lineno', 0)}"
+                if doc and len(doc) > min_len and key not in seen:
+                    seen.add(key)
+                    out.append((key, doc))
+    return out
+
+
 def store_documents(home: Path, docs: list[tuple[str, str]], version: str = "docs1", columns=("id", "text")):
     store = ArtifactStore(home)
     with store.writer("extract", version) as tmp:
