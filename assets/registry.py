@@ -179,7 +179,8 @@ class StageKind:
     pool: str | None = None               # "gpu" for stages that train or generate with a model
     partition_field: str | None = None    # a ref field with one Dagster partition per referenced stage
     validate: Callable[[Any, dict[str, str]], list[tuple[str, str]]] | None = None
-    """Extra validation: (config, {ref stage name: its kind}) -> [(field, message)]; runs before compute."""
+    """Extra validation before compute: ``(config, {ref stage: its kind name}[, {ref stage: its config}])``
+    -> ``[(field, message)]``. A validator taking three parameters also receives the referenced configs."""
     fingerprint: Callable[[Any], Any] | None = None
     """Identity of external inputs named by the config (user files); hashed into the version."""
     resources: tuple[str, ...] = ()       # names of lmforge resources the kind needs (e.g. "site")

@@ -12,6 +12,7 @@ that ``extends:`` another and changes one late stage shares every unchanged stag
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,7 +297,11 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
     for st in stages.values():
         if st.kind.validate is not None and all(d in stages for d in st.deps):
             try:
-                problems = st.kind.validate(st.config, {d: stages[d].kind.name for d in st.deps})
+                kinds_of = {d: stages[d].kind.name for d in st.deps}
+                if len(inspect.signature(st.kind.validate).parameters) >= 3:
+                    problems = st.kind.validate(st.config, kinds_of, {d: stages[d].config for d in st.deps})
+                else:
+                    problems = st.kind.validate(st.config, kinds_of)
             except Exception as e:  # a validator must not crash the compiler
                 problems = [(None, f"validation failed: {e}")]
             for fld, msg in problems or []:
