@@ -1003,6 +1003,19 @@ def _run_distill(run: StageRun) -> StageResult:
     c: DistillConfig = run.config
     _check_template(run, "teacher")
     teacher, tok = _load_policy(run, "teacher")
+    # the student's size is checked before any sampling or training (an oversized student is a config error)
+    try:
+        student = build_model(
+            c.student, len(tok), seed=c.seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+        )
+    except ValueError as e:
+        raise PostTrainError(f"stage {run.stage!r}, field 'student': {e}") from None
+    n_s, n_t = count_params(student), count_params(teacher)
+    if n_s * 2 > n_t:
+        raise PostTrainError(
+            f"stage {run.stage!r}, field 'student': {n_s:,} parameters is more than half the teacher's "
+            f"{n_t:,} (limit {n_t // 2:,}); make d_model/layers smaller"
+        )
     examples = []
     for a in run.inputs.get("data", []):
         examples += examples_from_artifact(a.produces, a.path)
@@ -1012,13 +1025,6 @@ def _run_distill(run: StageRun) -> StageResult:
         )
     if not examples:
         raise PostTrainError(f"stage {run.stage!r}, field 'data': no examples")
-    try:
-        student = build_model(
-            c.student, len(tok), seed=c.seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
-        )
-    except ValueError as e:
-        raise PostTrainError(f"stage {run.stage!r}, field 'student': {e}") from None
-    n_s, n_t = count_params(student), count_params(teacher)
     ev = _eval_tasks(run, ("data",), c.eval_problems)
     sp = SFTParams(steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=c.seed)
     info = train_distill(
