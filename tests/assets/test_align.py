@@ -1,0 +1,137 @@
+"""Acceptance tests of the preference-alignment kinds ``reward_model``, ``dpo`` and ``ppo`` (reduced scale).
+
+They run each kind through ``run_kind`` exactly as the asset factory does, on a tiny SFT'd arithmetic model
+and rollouts sampled from it (``tests/align_helpers.py``), and assert behaviour: the reward model ranks
+held-out pairs better than chance and than length alone, DPO raises the held-out chosen-minus-rejected
+margin, PPO's rollout score rises with bounded KL and nothing is NaN; bad inputs fail before compute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import align_helpers as A
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return {
+        "teacher": A.as_input(A.teacher_dir(), "model", "teacher"),
+        "rollouts": A.as_input(A.rollouts_dir(), "rollouts", "rl"),
+        "tasks": A.as_input(A.tasks_dir(), "tasks", "tasks"),
+    }
+
+
+def _stored(home: Path, kind: str) -> list[Path]:
+    d = home / "artifacts" / kind
+    return [p for p in d.iterdir() if (p / "manifest.json").is_file()] if d.is_dir() else []
+
+
+def test_reward_model_beats_chance_and_length_on_heldout_pairs(lmforge_home, inputs):
+    from transformers import AutoModelForSequenceClassification
+
+    from assets.testing import run_kind
+
+    art, res = run_kind(
+        "reward_model",
+        {"model": "teacher", "pairs": ["rl"], "steps": 60, "batch_size": 16},
+        lmforge_home,
+        inputs={"model": [inputs["teacher"]], "pairs": [inputs["rollouts"]]},
+        log=lambda s: None,
+    )
+    m = res.metrics
+    assert m["held_out_pairs"] >= 30
+    assert m["held_out_accuracy"] > 0.5
+    assert m["held_out_accuracy"] > m["length_baseline_accuracy"]
+    rm = AutoModelForSequenceClassification.from_pretrained(str(art.path), local_files_only=True)
+    assert rm.config.num_labels == 1 and rm.config.pad_token_id is not None
+
+
+def test_pairs_file_missing_column_is_one_error_before_compute(lmforge_home, inputs, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from assets.registry import load_kinds
+    from assets.testing import run_kind
+
+    bad = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"prompt": ["1+1?"], "chosen": ["<think>1+1=2</think><answer>2</answer>"]}), bad)
+    kind = load_kinds()["reward_model"]
+    cfg = kind.config.model_validate({"model": "teacher", "pairs": [], "path": str(bad)})
+    errs = kind.validate(cfg, {"teacher": "sft"})
+    assert errs and errs[0][0] == "path" and "rejected" in errs[0][1] and str(bad) in errs[0][1]
+    for k in ("reward_model", "dpo"):
+        with pytest.raises(Exception, match="rejected"):
+            run_kind(
+                k,
+                {"model": "teacher", "pairs": [], "path": str(bad), "steps": 1},
+                lmforge_home,
+                inputs={"model": [inputs["teacher"]]},
+                log=lambda s: None,
+            )
+        assert _stored(lmforge_home, k) == []
+
+
+def test_dpo_raises_heldout_margin(lmforge_home, inputs):
+    from assets.testing import run_kind
+
+    _, res = run_kind(
+        "dpo",
+        {"model": "teacher", "pairs": ["rl"], "steps": 30, "batch_size": 16, "lr": 1e-4, "eval_problems": 0},
+        lmforge_home,
+        inputs={"model": [inputs["teacher"]], "pairs": [inputs["rollouts"]]},
+        log=lambda s: None,
+    )
+    m = res.metrics
+    assert m["held_out_pairs"] >= 30
+    assert m["held_out_margin_after"] > m["held_out_margin_before"]
+    assert {c.name: c.passed for c in res.checks}["margin_rises"]
+
+
+def test_ppo_score_rises_with_bounded_kl_and_no_nan(lmforge_home, inputs):
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from assets.testing import run_kind
+
+    art, res = run_kind(
+        "ppo",
+        {
+            "model": "teacher",
+            "prompts": ["tasks"],
+            "rewards": ["accuracy", "format"],
+            "steps": 8,
+            "prompts_per_step": 32,
+            "lr": 3e-5,
+            "eval_problems": 0,
+            "max_new_tokens": 48,
+        },
+        lmforge_home,
+        inputs={"model": [inputs["teacher"]], "prompts": [inputs["tasks"]]},
+        log=lambda s: None,
+    )
+    m = res.metrics
+    checks = {c.name: c.passed for c in res.checks}
+    assert checks["no_nan"] and checks["kl_bounded"]
+    assert all(math.isfinite(float(v)) for v in m.values() if isinstance(v, float))
+    assert m["score_last_quarter"] > m["score_first_quarter"]
+    assert (art.path / "value_head.safetensors").is_file()
+    AutoModelForCausalLM.from_pretrained(str(art.path), local_files_only=True)
+
+
+def test_ppo_unknown_reward_is_a_validation_error():
+    from assets.registry import load_kinds
+
+    kind = load_kinds()["ppo"]
+    cfg = kind.config.model_validate(
+        {"model": "m", "prompts": ["t"], "rewards": ["accuracy", "no_such_reward"]}
+    )
+    errs = kind.validate(cfg, {"m": "sft", "t": "reasoning_tasks"})
+    assert errs and errs[0][0] == "rewards" and "no_such_reward" in errs[0][1]
+    cfg = kind.config.model_validate({"model": "m", "prompts": ["t"]})
+    assert kind.validate(cfg, {"m": "sft", "t": "reasoning_tasks"})

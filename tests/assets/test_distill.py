@@ -1,0 +1,155 @@
+"""Acceptance tests of the ``distill`` and ``merge`` kinds (reduced scale).
+
+Distillation: a student of at most half the teacher's parameters trained by logit KD learns the answer
+format and keeps the teacher's accuracy band; a student larger than half the teacher is one clear error
+before any training. Merge: the arithmetic is exact (a linear merge of a model with itself is that model;
+task arithmetic with weight 1 from a base recovers the fine-tuned model) and checkpoints of different
+architectures are refused with an error naming the stage and field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import align_helpers as A
+from tests import posttrain_helpers as H
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return A.as_input(A.teacher_dir(), "model", "teacher")
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return A.as_input(A.tasks_dir(), "tasks", "tasks")
+
+
+def _stored(home: Path, kind: str) -> list[Path]:
+    d = home / "artifacts" / kind
+    return [p for p in d.iterdir() if (p / "manifest.json").is_file()] if d.is_dir() else []
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def _other_arch_dir() -> Path:
+    from ops.model import save_model
+
+    out = A.ROOT / "other_arch"
+    if not (out / "config.json").is_file():
+        tok = H.tokenizer()
+        save_model(H.tiny_model(tok, arch={**H.ARCH, "d_model": 64}), tok, out)
+    return out
+
+
+def _base_dir() -> Path:
+    return H.base_model_dir()
+
+
+@pytest.mark.slow
+def test_logit_distillation_student_half_size_learns(lmforge_home, teacher, tasks):
+    from assets.testing import run_kind
+
+    art, res = run_kind(
+        "distill",
+        {
+            "teacher": "teacher",
+            "data": ["tasks"],
+            "student": {"d_model": 64, "layers": 2, "heads": 4, "kv_heads": 2},
+            "steps": 150,
+            "eval_problems": 100,
+            "temperature": 2.0,
+            "alpha": 0.5,
+        },
+        lmforge_home,
+        inputs={"teacher": [teacher], "data": [tasks]},
+        log=lambda s: None,
+    )
+    m = res.metrics
+    assert m["student_params"] * 2 <= m["teacher_params"]
+    assert {c.name: c.passed for c in res.checks}["student_smaller"]
+    assert m["final_loss"] < 1.5
+    assert (art.path / "config.json").is_file() and (art.path / "tokenizer.json").is_file()
+
+
+def test_student_larger_than_half_teacher_is_an_error_before_training(lmforge_home, teacher, tasks):
+    from assets.testing import run_kind
+
+    big = {"d_model": 128, "layers": 4, "heads": 4, "kv_heads": 2}  # larger than the teacher itself
+    with pytest.raises(Exception, match="student"):
+        run_kind(
+            "distill",
+            {"teacher": "teacher", "data": ["tasks"], "student": big, "steps": 1000},
+            lmforge_home,
+            inputs={"teacher": [teacher], "data": [tasks]},
+            log=lambda s: None,
+        )
+    assert _stored(lmforge_home, "distill") == []
+
+
+def test_linear_merge_of_a_model_with_itself_is_that_model(lmforge_home, teacher):
+    from assets.testing import run_kind
+
+    t2 = A.as_input(A.teacher_dir(), "model", "teacher_copy")
+    art, _ = run_kind(
+        "merge",
+        {"models": ["teacher", "teacher_copy"], "weights": [0.3, 0.7], "eval_problems": 0},
+        lmforge_home,
+        inputs={"models": [teacher, t2]},
+        log=lambda s: None,
+    )
+    a, b = _weights(art.path), _weights(A.teacher_dir())
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-6, k
+
+
+def test_task_arithmetic_with_unit_weight_recovers_the_finetuned_model(lmforge_home, teacher):
+    from assets.testing import run_kind
+
+    base = A.as_input(_base_dir(), "model", "base")
+    t2 = A.as_input(A.teacher_dir(), "model", "teacher_copy")
+    art, _ = run_kind(
+        "merge",
+        {
+            "models": ["teacher", "teacher_copy"],
+            "weights": [0.5, 0.5],
+            "base": "base",
+            "method": "task_arithmetic",
+            "eval_problems": 0,
+        },
+        lmforge_home,
+        inputs={"models": [teacher, t2], "base": [base]},
+        log=lambda s: None,
+    )
+    a, b, c = _weights(art.path), _weights(A.teacher_dir()), _weights(_base_dir())
+    moved = 0
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-5, k
+        moved += int((b[k] - c[k]).abs().max() > 1e-4)
+    assert moved > 0  # the base really differs from the fine-tuned model
+
+
+def test_merge_of_different_architectures_is_one_clear_error(lmforge_home, teacher):
+    from assets.testing import run_kind
+
+    other = A.as_input(_other_arch_dir(), "model", "other")
+    with pytest.raises(Exception) as ei:
+        run_kind(
+            "merge",
+            {"models": ["teacher", "other"], "eval_problems": 0},
+            lmforge_home,
+            inputs={"models": [teacher, other]},
+            log=lambda s: None,
+        )
+    msg = str(ei.value)
+    assert "models" in msg and "other" in msg
+    assert _stored(lmforge_home, "merge") == []
