@@ -168,6 +168,7 @@ def _sample_batch(model, chunk, max_new, stop, pad_id, temperature, top_p, gen, 
     past, logits = _cache(res), res.logits[:, -1]
     last_pos = pos[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    ck = _cache_kwarg(model)
     toks, lps = [], []
     for _ in range(max_new):
         nxt, lp = sample_next(logits, temperature, top_p, gen if dev.type == "cpu" else None)
@@ -183,8 +184,8 @@ def _sample_batch(model, chunk, max_new, stop, pad_id, temperature, top_p, gen, 
             input_ids=nxt[:, None],
             attention_mask=mask,
             position_ids=last_pos[:, None],
-            cache=past,
             use_cache=True,
+            **{ck: past},
         )
         past, logits = _cache(res), res.logits[:, -1]
     T = torch.stack(toks, 1).cpu() if toks else torch.zeros((B, 0), dtype=torch.long)
@@ -200,6 +201,13 @@ def _sample_batch(model, chunk, max_new, stop, pad_id, temperature, top_p, gen, 
                 break
         out.append(Sample(list(chunk[i]), row[:n], fin, "", L[i, :n].tolist() if want_lp else []))
     return out
+
+
+def _cache_kwarg(model: Any) -> str:
+    # transformers >= 5.2x names the KV-cache argument ``cache``; earlier versions ``past_key_values``.
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _cache(res: Any) -> Any:

@@ -57,3 +57,39 @@ def _base_model_dir() -> Path:
     out = ROOT / "base_model"
     save_model(tiny_model(tok), tok, out)
     return out
+
+
+SFT_STEPS = 250
+
+
+@functools.lru_cache(maxsize=1)
+def sft_model_dir() -> Path:
+    """A tiny model SFT'd from random init on easy problems (trained once per test process, ~1 min idle)."""
+    import torch
+
+    from ops.model import save_model
+    from ops.posttrain.common import Example
+    from ops.posttrain.sft import SFTParams, train_sft
+    from ops.tasks import make_splits
+
+    torch.manual_seed(0)
+    tok = tokenizer()
+    train, _ = make_splits(3000, 100, seed=0, difficulties=DIFFICULTIES)
+    ex = [Example(t.id, t.question, t.response, t.answer) for t in train]
+    model, _, _ = train_sft(
+        tiny_model(tok),
+        tok,
+        ex,
+        SFTParams(steps=SFT_STEPS, lr=3e-3, batch_size=32),
+        work_dir=None,
+        log=lambda s: None,
+    )
+    out = ROOT / "sft_model"
+    save_model(model, tok, out)
+    return out
+
+
+def task_splits():
+    from ops.tasks import make_splits
+
+    return make_splits(3000, 100, seed=0, difficulties=DIFFICULTIES)
