@@ -1,0 +1,188 @@
+"""GRPO step time and rollout tokens/s: lmforge's loop vs TRL's ``GRPOTrainer`` on the same tiny model,
+prompts, group size and completion length, in the same process.
+
+``run(out_dir) -> dict``. Key design choice: both sides get an identical randomly initialised Qwen2 and the
+same tokenizer (trained here from generated task text; nothing is downloaded), the same prompts, group size,
+``max_completion_length`` and one update per batch; TRL is a bench-only extra (``pip install lmforge[bench]``)
+and any failure to import or run it is reported in the result instead of a number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+PROMPTS, GROUP, MAX_NEW, STEPS = 8, 8, 48, 4
+
+
+def _setup(tmp: Path):
+    from ops.model import build_model, save_model
+    from ops.tasks import make_splits
+    from ops.tokenizer import chat_prompt, chat_response, save_tokenizer, train_bpe
+
+    train, _ = make_splits(2000, 10, seed=0, difficulties=(1,))
+    tok = save_tokenizer(
+        train_bpe(
+            [chat_prompt(t.question) + chat_response(t.solution, t.answer) for t in train], vocab_size=400
+        ),
+        tmp / "tok",
+    )
+    arch = {"arch": "qwen2", "d_model": 96, "layers": 3, "heads": 4, "kv_heads": 2, "max_seq_len": 256}
+    model = build_model(arch, len(tok), seed=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    save_model(model, tok, tmp / "model")
+    return train, tmp / "model"
+
+
+def _ours(train, model_dir) -> dict:
+    from ops.posttrain.common import load_policy
+    from ops.rewards import parse_specs
+    from ops.rl.grpo import GRPOParams, train_grpo
+
+    policy, tok = load_policy(model_dir)
+    ref, _ = load_policy(model_dir)
+    st = train_grpo(
+        policy,
+        ref,
+        tok,
+        train,
+        parse_specs(["accuracy", "format"]),
+        GRPOParams(
+            steps=STEPS,
+            prompts_per_step=PROMPTS,
+            group_size=GROUP,
+            max_new_tokens=MAX_NEW,
+            lr=1e-5,
+            warmup_steps=0,
+        ),
+        log=lambda s: None,
+        keep_rollouts=False,
+    )
+    h = st.history[1:]  # the first step includes one-off warm-up
+    step = sum(x["step_s"] for x in h) / len(h)
+    gen = sum(x["gen_s"] for x in h) / len(h)
+    toks = sum(x["completion_tokens"] * PROMPTS * GROUP for x in h)
+    return {
+        "step_s": step,
+        "gen_share": gen / step,
+        "rollout_tokens_per_s": toks / sum(x["gen_s"] for x in h),
+    }
+
+
+def _trl(train, model_dir, tmp: Path) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ops.tasks import format_ok, is_correct
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    ds = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": t.question}], "answer": t.answer}
+            for t in train[: PROMPTS * STEPS]
+        ]
+    )
+
+    def accuracy(completions, answer, **kw):
+        return [
+            float(is_correct(c[0]["content"] if isinstance(c, list) else c, a))
+            for c, a in zip(completions, answer)
+        ]
+
+    def fmt(completions, **kw):
+        return [float(format_ok(c[0]["content"] if isinstance(c, list) else c)) for c in completions]
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    cfg = GRPOConfig(
+        output_dir=str(tmp / "trl"),
+        per_device_train_batch_size=PROMPTS * GROUP,
+        num_generations=GROUP,
+        max_completion_length=MAX_NEW,
+        max_steps=STEPS,
+        learning_rate=1e-5,
+        beta=0.04,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        bf16=False,
+        temperature=1.0,
+    )
+    tr = GRPOTrainer(
+        model=model,
+        reward_funcs=[accuracy, fmt],
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        callbacks=[Timer()],
+    )
+    tr.train()
+    logs = [x for x in tr.state.log_history if "completions/mean_length" in x]
+    step = sum(times[1:]) / max(len(times) - 1, 1)
+    mean_len = sum(x["completions/mean_length"] for x in logs[1:]) / max(len(logs) - 1, 1)
+    return {
+        "step_s": step,
+        "mean_completion_tokens": mean_len,
+        "tokens_per_s_of_step": mean_len * PROMPTS * GROUP / step,
+    }
+
+
+def run(out_dir: str | Path) -> dict:
+    import tempfile
+
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
+    torch.manual_seed(0)
+    train, model_dir = _setup(tmp)
+    res: dict = {
+        "prompts": PROMPTS,
+        "group_size": GROUP,
+        "max_new_tokens": MAX_NEW,
+        "steps": STEPS,
+        "threads": torch.get_num_threads(),
+    }
+    res["lmforge"] = _ours(train, model_dir)
+    try:
+        import trl
+
+        res["trl_version"] = trl.__version__
+        res["trl"] = _trl(train, model_dir, tmp)
+        res["speedup_step"] = res["trl"]["step_s"] / res["lmforge"]["step_s"]
+    except Exception as e:  # noqa: BLE001 - the honest answer when TRL cannot run here
+        res["trl_error"] = f"{type(e).__name__}: {e}"
+        res["trl_traceback"] = traceback.format_exc()[-2000:]
+    (out / "bench_grpo.json").write_text(json.dumps(res, indent=1))
+    lines = [
+        "| system | step s | notes |",
+        "|---|---|---|",
+        f"| lmforge | {res['lmforge']['step_s']:.3f} | gen share {res['lmforge']['gen_share']:.2f}, "
+        f"rollout {res['lmforge']['rollout_tokens_per_s']:.0f} tok/s |",
+    ]
+    if "trl" in res:
+        lines.append(
+            f"| TRL {res['trl_version']} | {res['trl']['step_s']:.3f} | speedup {res['speedup_step']:.2f}x |"
+        )
+    else:
+        lines.append(f"| TRL | - | {res['trl_error'][:120]} |")
+    (out / "bench_grpo.md").write_text("\n".join(lines) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    print(json.dumps(run("bench_out"), indent=1)[:3000])
