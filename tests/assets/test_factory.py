@@ -191,3 +191,33 @@ def test_watch_sensor_notices_new_files(lmforge_home, tmp_path):
         assert isinstance(sensor(ctx2), dg.SkipReason)          # nothing new
         (inbox / "second.txt").write_text("again")
         assert isinstance(sensor(ctx2), dg.RunRequest)
+
+
+def test_adding_a_partition_computes_only_it(lmforge_home, tmp_path):
+    p = tmp_path / "parts.yaml"
+    p.write_text("pipeline: parts\nstages:\n  a: {kind: toy_text, words: [x]}\n  b: {kind: toy_text, words: [y, z]}\n"
+                 "  count: {kind: toy_count, docs: [a]}\n")
+    with dg.instance_for_test() as inst:
+        spec = load_spec(p)
+        defs = build_spec_definitions(spec)
+        res = dg.materialize(list(defs.assets), selection=[dg.AssetKey(["parts", s]) for s in ("a", "b")],
+                             instance=inst, resources={"lmforge": LmforgeResource(home=str(lmforge_home))})
+        assert res.success
+        res = dg.materialize(list(defs.assets), selection=[dg.AssetKey(["parts", "count"])], partition_key="a",
+                             instance=inst, resources={"lmforge": LmforgeResource(home=str(lmforge_home))})
+        assert res.success
+        p.write_text(p.read_text().replace("docs: [a]", "docs: [a, b]"))
+        spec2 = load_spec(p)
+        assert spec2.stages["count"].partition_versions["a"] == spec.stages["count"].partition_versions["a"]
+        store = ArtifactStore(lmforge_home)
+        from pipelines.spec import plan
+
+        rows = {r["partition"]: r["stored"] for r in plan(spec2, store) if r["stage"] == "count"}
+        assert rows == {"a": True, "b": False}
+        defs2 = build_spec_definitions(spec2)
+        hits = {}
+        for part in ("a", "b"):
+            r = dg.materialize(list(defs2.assets), selection=[dg.AssetKey(["parts", "count"])], partition_key=part,
+                               instance=inst, resources={"lmforge": LmforgeResource(home=str(lmforge_home))})
+            hits[part] = r.asset_materializations_for_node("parts__count")[0].metadata["lmforge/cache_hit"].value
+        assert hits == {"a": True, "b": False}

@@ -61,3 +61,20 @@ if "toy_text" not in __import__("assets.registry", fromlist=["KINDS"]).KINDS:
     register(StageKind("toy_upper", ToyUpperConfig, "documents", "1", _toy_upper, "test kind: upper-case",
                        checks=(CheckSpec("non_empty", "at least one row", blocking=True),)))
     register(StageKind("toy_join", ToyJoinConfig, "documents", "1", _toy_join, "test kind: concatenate"))
+
+
+class ToyCountConfig(StageConfig):
+    docs: list[str] = ref("documents", many=True, description="one partition per documents stage")
+    label: str = Field("n", description="metric name")
+
+
+def _toy_count(run):
+    (art,) = run.inputs["docs"]
+    n = pq.read_metadata(art.path / "documents.parquet").num_rows
+    pq.write_table(pa.Table.from_pylist([{"stage": run.partition, "rows": n}]), run.out / "records.parquet")
+    return StageResult(metrics={run.config.label: n})
+
+
+if "toy_count" not in __import__("assets.registry", fromlist=["KINDS"]).KINDS:
+    register(StageKind("toy_count", ToyCountConfig, "eval", "1", _toy_count, "test kind: partitioned count",
+                       partition_field="docs"))
