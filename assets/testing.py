@@ -13,7 +13,7 @@ from typing import Any
 from resources.fingerprint import stable_hash
 from resources.store import ArtifactStore, StoredArtifact
 
-from .registry import KINDS, InputArtifact, StageResult, StageRun, load_kinds
+from .registry import InputArtifact, StageResult, StageRun, load_kinds
 
 
 def as_input(art: StoredArtifact, stage: str | None = None, partition: str | None = None) -> InputArtifact:

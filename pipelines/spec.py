@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from assets.registry import KINDS, StageKind, load_kinds, ref_fields
+from assets.registry import StageKind, load_kinds, ref_fields
 from resources.fingerprint import UnhashableValue, stable_hash
 
 SPEC_DIR = Path(__file__).resolve().parent

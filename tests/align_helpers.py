@@ -112,3 +112,26 @@ def as_input(path: Path, produces: str, stage: str):
         path=Path(path),
         manifest={"stage": stage, "produces": produces},
     )
+
+
+@functools.lru_cache(maxsize=1)
+def fixed_prompts_dir(n: int = 16) -> Path:
+    """A tasks artifact of ``n`` training prompts on which the teacher's T=1 samples are sometimes right and
+    sometimes wrong (from :func:`rollouts_dir`), so a correct RL update visibly raises their accuracy."""
+    import collections
+
+    import pyarrow.parquet as pq
+
+    from ops.tasks import write_tasks
+
+    acc: dict[str, list[float]] = collections.defaultdict(list)
+    for r in pq.read_table(rollouts_dir() / "rollouts.parquet").to_pylist():
+        acc[r["prompt_id"]].append(r["reward_accuracy"])
+    mixed = {k for k, v in acc.items() if 0 < sum(v) < len(v)}
+    train, ev = splits()
+    chosen = [t for t in train if t.id in mixed][:n]
+    out = ROOT / "fixed_prompts"
+    out.mkdir(parents=True, exist_ok=True)
+    write_tasks(chosen, out / "train.parquet")
+    write_tasks(ev[:10], out / "eval.parquet")
+    return out

