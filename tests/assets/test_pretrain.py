@@ -79,52 +79,8 @@ def _pretrain(home: Path, cfg: dict, **kw):
     return run_kind("pretrain", cfg, home, inputs=_inputs(home), stage="base", log=lambda s: None, **kw)
 
 
-@pytest.mark.slow
-def test_tiny_pretrain_beats_unigram_and_writes_a_loadable_model(base_home, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    home = _home_copy(base_home, tmp_path / "h")
-    # Measured on this corpus (loaded 2-core machine): 520k tokens at batch 16 x 64, lr 1e-2 -> val/unigram 0.88
-    # and still falling; this run trains ~2x the tokens with a 2x larger batch.
-    cfg = {
-        **TINY,
-        "model": {"d_model": 128, "layers": 2, "heads": 4, "kv_heads": 2},
-        "batch_size": 32,
-        "lr": 6e-3,
-        "warmup_steps": 30,
-        "tokens": 1e6,
-        "eval_every": 100,
-        "ckpt_every": 100,
-        "eval_tokens": 8192,
-        "threads": None,
-        "sample_tokens": 24,
-        "prompts": ["The ", "In Python, "],
-    }
-    art, res = _pretrain(home, cfg)
-    m = res.metrics
-    assert m["val_loss_vs_unigram"] <= 0.8, m  # acceptance: >= 20% below unigram entropy
-    assert {c.name: c.passed for c in res.checks} == {
-        "finite_loss": True,
-        "reloads": True,
-        "beats_unigram": True,
-    }
-    gens = res.metadata["generations"].records
-    assert len(gens) == 2 and all(g["completion"].strip() for g in gens)
-    assert m["generation_corpus_word_frac"] >= 0.7  # words of the corpus, not noise
-    assert m["flops_actual"] == pytest.approx(m["flops_estimated"], rel=1e-9)
-    for f in (
-        "model.safetensors",
-        "config.json",
-        "tokenizer.json",
-        "curve.parquet",
-        "loss_curve.png",
-        "training_state/model.safetensors",
-        "training_state/optimizer.pt",
-    ):
-        assert (art.path / f).is_file(), f
-    model = AutoModelForCausalLM.from_pretrained(str(art.path), local_files_only=True)
-    tok = AutoTokenizer.from_pretrained(str(art.path), local_files_only=True)
-    assert tok.chat_template and model.config.vocab_size == len(tok) == 4096
+# The quality bar (val loss >= 20% below the unigram entropy) is asserted on the tiny default itself, through
+# the CLI and Dagster: tests/e2e/test_default_pretrain.py.
 
 
 _CHILD = """
