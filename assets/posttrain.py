@@ -1041,9 +1041,10 @@ def _run_distill(run: StageRun) -> StageResult:
     _keep_training_state(run)
     t_acc = _accuracy(teacher, tok, ev, 0, c.max_new_tokens)
     s_acc = _accuracy(student, tok, ev, 0, c.max_new_tokens)
-    keep = (
-        s_acc.get("eval_accuracy", 0.0) / max(t_acc.get("eval_accuracy", 0.0), 1e-9) if ev else float("nan")
-    )
+    # The share of the teacher's accuracy the student keeps is undefined when the teacher scores 0: reported
+    # as missing (None) and the check fails, rather than a huge ratio.
+    t_a = t_acc.get("eval_accuracy") or 0.0
+    keep = s_acc.get("eval_accuracy", 0.0) / t_a if ev and t_a > 0 else None
     metrics = {
         "student_params": n_s,
         "teacher_params": n_t,
@@ -1061,7 +1062,11 @@ def _run_distill(run: StageRun) -> StageResult:
         checks=[
             CheckOutcome("student_smaller", n_s * 2 <= n_t, f"student {n_s} params vs teacher {n_t}"),
             CheckOutcome(
-                "keeps_accuracy", keep >= 0.8, f"student keeps {keep:.2f} of the teacher's accuracy"
+                "keeps_accuracy",
+                keep is not None and keep >= 0.8,
+                f"student keeps {keep:.2f} of the teacher's accuracy"
+                if keep is not None
+                else "undefined: the teacher scored 0 on the held-out problems",
             ),
         ],
     )
@@ -1072,7 +1077,7 @@ DISTILL = register(
         name="distill",
         config=DistillConfig,
         produces="model",
-        code_version="1",
+        code_version="2",
         run=_run_distill,
         pool="gpu",
         description="Distil a teacher into a smaller student (logit KD with temperature, or SFT on teacher samples)",
