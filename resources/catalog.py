@@ -95,26 +95,32 @@ class Catalog:
 
     def _views_for(self, con, art: StoredArtifact, pipeline: str | None, stage: str | None,
                    partition: str | None) -> None:
+        fnames = []
         for pq in sorted(art.path.rglob("*.parquet")):
             rel = pq.relative_to(art.path).with_suffix("").as_posix()
             fname = _ident(rel)
+            fnames.append(fname)
             src = f"read_parquet('{pq.as_posix()}')"
             con.execute(f'CREATE OR REPLACE VIEW "a_{art.version}_{fname}" AS SELECT * FROM {src}')
             if pipeline and stage:
                 suffix = f"__{_ident(partition)}" if partition else ""
                 con.execute(f'CREATE OR REPLACE VIEW "{_ident(pipeline)}__{_ident(stage)}{suffix}__{fname}" '
                             f"AS SELECT * FROM {src}")
-            self._union_view(con, fname)
+        if fnames:
+            self._union_views(con, set(fnames))
 
-    def _union_view(self, con, fname: str) -> None:
+    def _union_views(self, con, fnames: set[str]) -> None:
+        """Recreate ``all_<file>`` for each file name in ``fnames`` (one scan of the stored artifacts)."""
+        parts: dict[str, list[str]] = {f: [] for f in fnames}
         rows = con.execute("SELECT version, path FROM artifacts ORDER BY created_at").fetchall()
-        parts = []
         for version, path in rows:
             for pq in sorted(Path(path).rglob("*.parquet")):
-                if _ident(pq.relative_to(path).with_suffix("").as_posix()) == fname:
-                    parts.append(f"SELECT '{version}' AS artifact_version, * FROM read_parquet('{pq.as_posix()}')")
-        if parts:
-            con.execute(f'CREATE OR REPLACE VIEW "all_{fname}" AS ' + " UNION ALL BY NAME ".join(parts))
+                f = _ident(pq.relative_to(path).with_suffix("").as_posix())
+                if f in parts:
+                    parts[f].append(f"SELECT '{version}' AS artifact_version, * FROM read_parquet('{pq.as_posix()}')")
+        for f, ps in parts.items():
+            if ps:
+                con.execute(f'CREATE OR REPLACE VIEW "all_{f}" AS ' + " UNION ALL BY NAME ".join(ps))
 
     def rebuild(self, store: ArtifactStore) -> int:
         """Drop and recreate everything from the manifests in the store. Returns the artifact count."""
