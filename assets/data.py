@@ -313,7 +313,7 @@ register(
         name="load_documents",
         config=LoadDocumentsConfig,
         produces="documents",
-        code_version="1",
+        code_version="2",
         run=_run_load,
         description="Parquet/JSONL document sets with a text column -> documents.parquet",
         checks=(CheckSpec("non_empty", "at least one document was loaded", blocking=True),),
@@ -372,7 +372,7 @@ register(
         name="extract",
         config=ExtractConfig,
         produces="documents",
-        code_version="1",
+        code_version="2",
         run=_run_extract,
         description="HTML -> text with trafilatura through datatrove; stable ids, host, language, source record",
         checks=(
@@ -485,7 +485,7 @@ register(
         name="filter",
         config=FilterConfig,
         produces="documents",
-        code_version="1",
+        code_version="2",
         run=_run_filter,
         description="Quality filters (datatrove Gopher, C4, FineWeb), offline language ID, URL block list",
         checks=(
@@ -568,7 +568,7 @@ register(
         name="dedupe",
         config=DedupeConfig,
         produces="documents",
-        code_version="1",
+        code_version="2",
         run=_run_dedupe,
         description="Exact (normalised hash) and MinHash-LSH near-duplicate removal (datatrove)",
         checks=(
@@ -664,7 +664,7 @@ register(
         name="decontaminate",
         config=DecontaminateConfig,
         produces="documents",
-        code_version="1",
+        code_version="2",
         run=_run_decontaminate,
         description="Drop documents sharing a word n-gram with any eval item of the named task stages "
         "(dropped.parquet says which item and n-gram)",

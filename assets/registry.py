@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # Artifact types and their on-disk layout (relative to the artifact directory). Stages agree on these.
 ARTIFACT_TYPES: dict[str, str] = {
     "warc": "warc/*.warc.gz (WARC/1.1 response records) + fetch_log.parquet",
-    "documents": "documents.parquet: id, url, host, text, language, source, source_record, parent_ids",
+    "documents": "documents.parquet: id, url, host, text, language, language_score, source, source_record, parent_ids",
     "tasks": "train.parquet + eval.parquet: id, question, answer, solution, difficulty, source",
     "tokenizer": "a transformers tokenizer directory (tokenizer.json, tokenizer_config.json w/ chat template)",
     "tokens": "train/val token shards (see ops/tokens.py) + index parquet with document ids",

@@ -241,6 +241,39 @@ class TokenizeConfig(StageConfig):
         description="fraction of documents (by id hash) held out as the validation split",
     )
     seed: int = Field(0, description="salt of the document-id hash that decides the split")
+    tasks: list[str] = ref(
+        "tasks",
+        many=True,
+        optional=True,
+        description="task stages whose training problems are mixed into the train split as plain text "
+        "(question, worked solution, answer: a math-heavy pretraining mix, without the chat format); "
+        "eval problems are never used and the validation split stays the corpus's",
+    )
+    tasks_repeat: int = Field(
+        1, ge=1, le=100, description="how many times each task document is repeated in the train split"
+    )
+
+
+def _read_task_docs(art_path: Path, stage: str, field: str) -> tuple[list[str], list[str]]:
+    """``(ids, texts)`` of a tasks artifact's training split as plain documents (no chat template):
+    ``question\nsolution The answer is X.``"""
+    import pyarrow.parquet as pq
+
+    f = art_path / "train.parquet"
+    if not f.is_file():
+        raise ValueError(f"stage {stage!r}, field {field!r}: {f} does not exist (not a tasks artifact)")
+    t = pq.read_table(f)
+    missing = [c for c in ("id", "question", "answer") if c not in t.column_names]
+    if missing:
+        raise ValueError(f"stage {stage!r}, field {field!r}: {f} lacks column(s) {missing}")
+    sol = t.column("solution").to_pylist() if "solution" in t.column_names else [""] * t.num_rows
+    ids, texts = [], []
+    for i, q, a, s in zip(
+        t.column("id").to_pylist(), t.column("question").to_pylist(), t.column("answer").to_pylist(), sol
+    ):
+        ids.append(f"task:{i}")
+        texts.append(f"{q}\n{(s + ' ') if s else ''}The answer is {a}.")
+    return ids, texts
 
 
 def _run_tokenize(run: StageRun) -> StageResult:
@@ -265,8 +298,24 @@ def _run_tokenize(run: StageRun) -> StageResult:
         raise ValueError(
             f"stage {run.stage!r}, field 'from': {docs.path / 'documents.parquet'} has duplicate ids"
         )
+    n_corpus = len(ids)
+    n_task_docs = 0
+    for art in run.inputs.get("tasks", []):
+        t_ids, t_texts = _read_task_docs(art.path, run.stage, "tasks")
+        for r in range(cfg.tasks_repeat):
+            ids += [f"{i}#{r}" if r else i for i in t_ids]
+            texts += t_texts
+        n_task_docs += len(t_ids) * cfg.tasks_repeat
     t0 = time.perf_counter()
-    rep = tokenize_documents(ids, texts, tj, run.out, val_frac=cfg.val_frac, seed=cfg.seed)
+    rep = tokenize_documents(
+        ids,
+        texts,
+        tj,
+        run.out,
+        val_frac=cfg.val_frac,
+        seed=cfg.seed,
+        train_only=set(range(n_corpus, len(ids))),
+    )
     dt = time.perf_counter() - t0
     val = TokenStream(run.out, "val")
     h_val = unigram_entropy(val.tokens) if len(val) else float("nan")
@@ -281,6 +330,8 @@ def _run_tokenize(run: StageRun) -> StageResult:
         "tokens_per_s": round(total / max(dt, 1e-9)),
         "vocab_size": rep.vocab_size,
         "max_id": rep.max_id,
+        "task_docs": n_task_docs,
+        "task_tokens": rep.train_only_tokens,
     }
     checks = [
         CheckOutcome(
@@ -304,8 +355,13 @@ def _run_tokenize(run: StageRun) -> StageResult:
             ]
         ),
         "summary": Markdown(
-            f"{total} tokens from {len(ids)} documents "
-            f"({rep.docs['val']} held out by document id hash) in {dt:.2f} s; "
+            f"{total} tokens from {n_corpus} documents"
+            + (
+                f" + {n_task_docs} task documents ({rep.train_only_tokens} tokens, train only)"
+                if n_task_docs
+                else ""
+            )
+            + f" ({rep.docs['val']} held out by document id hash) in {dt:.2f} s; "
             f"unigram entropy of val tokens {h_val:.3f} nats."
         ),
     }
@@ -317,7 +373,7 @@ TOKENIZE = register(
         name="tokenize",
         config=TokenizeConfig,
         produces="tokens",
-        code_version="1",
+        code_version="2",
         run=_run_tokenize,
         description="Documents -> packed uint16/uint32 token shards with a by-document validation split",
         checks=(

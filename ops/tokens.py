@@ -59,6 +59,7 @@ class TokenizeReport:
     max_id: int
     vocab_size: int
     empty_docs: int
+    train_only_tokens: int = 0
 
 
 def tokenize_documents(
@@ -71,8 +72,10 @@ def tokenize_documents(
     seed: int = 0,
     batch_size: int = 512,
     min_val_docs: int = 1,
+    train_only: set[int] | None = None,
 ) -> TokenizeReport:
-    """Tokenize documents into ``out`` (layout in the module docstring)."""
+    """Tokenize documents into ``out`` (layout in the module docstring). Documents whose index is in
+    ``train_only`` (a pretraining mix added to a corpus) always go to the train split."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -84,10 +87,18 @@ def tokenize_documents(
     if eos is None:
         raise ValueError(f"{tokenizer_json}: tokenizer has no <|endoftext|> token")
     dtype = np.uint16 if vocab <= 65535 else np.uint32
-    split = ["val" if is_val(i, val_frac, seed) else "train" for i in ids]
-    if val_frac > 0 and split.count("val") < min_val_docs and len(ids) > min_val_docs:
+    train_only = train_only or set()
+    split = [
+        "train" if k in train_only else ("val" if is_val(i, val_frac, seed) else "train")
+        for k, i in enumerate(ids)
+    ]
+    eligible = len(ids) - len(train_only)
+    if val_frac > 0 and split.count("val") < min_val_docs and eligible > min_val_docs:
         # tiny corpora: take the documents with the smallest hashes so the choice is still id-determined
-        order = sorted(range(len(ids)), key=lambda k: hashlib.sha1(f"{seed}:{ids[k]}".encode()).digest())
+        order = sorted(
+            (k for k in range(len(ids)) if k not in train_only),
+            key=lambda k: hashlib.sha1(f"{seed}:{ids[k]}".encode()).digest(),
+        )
         for k in order[:min_val_docs]:
             split[k] = "val"
     if split.count("train") == 0:
@@ -95,7 +106,7 @@ def tokenize_documents(
 
     writers = {s: _ShardWriter(out / s, dtype) for s in ("train", "val")}
     rows: dict[str, list] = {k: [] for k in ("doc_id", "split", "shard", "offset", "n_tokens", "n_bytes")}
-    max_id, empty = -1, 0
+    max_id, empty, train_only_tokens = -1, 0, 0
     for b in range(0, len(texts), batch_size):
         encs = tok.encode_batch(texts[b : b + batch_size], add_special_tokens=False)
         for j, enc in enumerate(encs):
@@ -110,6 +121,8 @@ def tokenize_documents(
             rows["shard"].append(shard)
             rows["offset"].append(offset)
             rows["n_tokens"].append(len(arr))
+            if k in train_only:
+                train_only_tokens += len(arr)
             rows["n_bytes"].append(len(texts[k].encode("utf-8")))
     totals = {s: w.close() for s, w in writers.items()}
     schema = pa.schema(
@@ -140,7 +153,13 @@ def tokenize_documents(
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return TokenizeReport(
-        docs=docs, tokens=totals, bytes=nbytes, max_id=max_id, vocab_size=vocab, empty_docs=empty
+        docs=docs,
+        tokens=totals,
+        bytes=nbytes,
+        max_id=max_id,
+        vocab_size=vocab,
+        empty_docs=empty,
+        train_only_tokens=train_only_tokens,
     )
 
 

@@ -49,7 +49,7 @@ class FinalizeDocuments(PipelineStep):
                 m["parent_ids"] = [record_id] if record_id else []
                 doc.id = doc_id(m.get("url"), doc.text)
                 m["host"] = host_of(m.get("url"))
-                m["language"] = language_of(doc.text)[0]
+                m["language"], m["language_score"] = language_of(doc.text)
                 m["source"] = self.source_version
                 self.stat_update("finalized")
             yield doc

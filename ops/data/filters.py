@@ -45,18 +45,34 @@ def load_blocklist(path: Path) -> list[str]:
 
 
 class LanguageFilter(BaseFilter):
-    """Keeps documents whose py3langid language is in ``languages`` with probability >= ``min_score``."""
+    """Keeps documents whose py3langid language is in ``languages`` with probability >= ``min_score``.
+
+    With ``reuse=True`` a document that already carries ``language`` and ``language_score`` (set by extract)
+    is not classified again, provided its text is the one they were computed on: the id is a hash of URL and
+    text, so a text an earlier filter edited no longer matches its id and is classified afresh.
+    """
 
     name = "🌍 language (py3langid)"
 
-    def __init__(self, languages: list[str], min_score: float = 0.65, exclusion_writer=None):
+    def __init__(self, languages: list[str], min_score: float = 0.65, exclusion_writer=None, reuse=True):
         super().__init__(exclusion_writer)
         self.languages = set(languages)
         self.min_score = min_score
+        self.reuse = reuse
 
     def filter(self, doc):
-        lang, score = language_of(doc.text)
-        doc.metadata["language"] = lang
+        m = doc.metadata
+        if (
+            self.reuse
+            and m.get("language")
+            and m.get("language_score") is not None
+            and doc.id == doc_id(m.get("url"), doc.text)
+        ):
+            lang, score = m["language"], float(m["language_score"])
+            self.stat_update("language_reused")
+        else:
+            lang, score = language_of(doc.text)
+        m["language"], m["language_score"] = lang, score
         if lang not in self.languages:
             return False, f"language_{lang}"
         if score < self.min_score:
@@ -99,7 +115,7 @@ class ReidentifyEdited(PipelineStep):
             yield doc
 
 
-def _make_filter(name: str, params: dict[str, Any], exclusion_writer: Any) -> Any:
+def _make_filter(name: str, params: dict[str, Any], exclusion_writer: Any, bare: bool = False) -> Any:
     from datatrove.pipeline.filters import (
         C4QualityFilter,
         FineWebQualityFilter,
@@ -120,7 +136,7 @@ def _make_filter(name: str, params: dict[str, Any], exclusion_writer: Any) -> An
         "fineweb": FineWebQualityFilter,
     }.get(name)
     if name == "language":
-        return LanguageFilter(exclusion_writer=exclusion_writer, **p)
+        return LanguageFilter(exclusion_writer=exclusion_writer, reuse=not bare, **p)
     assert cls is not None
     return cls(exclusion_writer=exclusion_writer, **p)
 
@@ -149,7 +165,7 @@ def filter_pipeline(
         steps.append(BlocklistFilter(blocklist, exclusion_writer=excl("url_blocklist")))
         names.append("url_blocklist")
     for name, params in chain:
-        steps.append(_make_filter(name, params, excl(name)))
+        steps.append(_make_filter(name, params, excl(name), bare=bare))
         names.append(name)
     if bare:
         return (

@@ -76,6 +76,7 @@ def load_documents(
                     "host": host_of(url),
                     "text": text,
                     "language": None,
+                    "language_score": None,
                     "source": source,
                     "source_record": f"{f.name}:{n}",
                     "parent_ids": [parent],

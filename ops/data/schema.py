@@ -4,7 +4,8 @@ Key design choice: one schema, written by every stage that produces documents (e
 filter, dedupe, decontaminate), so a later stage or a DuckDB query never guesses column types. A document's
 ``id`` is a hash of its URL and text: the same page extracted twice gets the same id, so lineage and
 caches agree across runs; ``parent_ids`` names the records it came from (the WARC record id for extracted
-pages, the source row id for loaded documents).
+pages, the source row id for loaded documents). ``language`` and ``language_score`` are py3langid's answer,
+computed once at extraction and reused by the language filter.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DOCUMENTS_FILE = "documents.parquet"
-COLUMNS = ("id", "url", "host", "text", "language", "source", "source_record", "parent_ids")
+COLUMNS = ("id", "url", "host", "text", "language", "language_score", "source", "source_record", "parent_ids")
 
 
 def documents_schema():
@@ -28,6 +29,7 @@ def documents_schema():
             ("host", pa.string()),
             ("text", pa.string()),
             ("language", pa.string()),
+            ("language_score", pa.float32()),
             ("source", pa.string()),
             ("source_record", pa.string()),
             ("parent_ids", pa.list_(pa.string())),
@@ -66,7 +68,11 @@ def write_documents(rows_or_table: Any, out_dir: Path) -> int:
 
     schema = documents_schema()
     if isinstance(rows_or_table, pa.Table):
-        table = rows_or_table.select(list(COLUMNS)).cast(schema)
+        table = rows_or_table
+        for f in schema:  # a table written before a column existed gets it as nulls
+            if f.name not in table.column_names:
+                table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+        table = table.select(list(COLUMNS)).cast(schema)
     else:
         table = pa.Table.from_pylist(list(rows_or_table), schema=schema)
     pq.write_table(table, out_dir / DOCUMENTS_FILE, compression="zstd")
@@ -82,6 +88,7 @@ def doc_to_row(writer: Any, document: Any) -> dict[str, Any]:
         "host": m.get("host"),
         "text": document.text,
         "language": m.get("language"),
+        "language_score": m.get("language_score"),
         "source": m.get("source"),
         "source_record": m.get("source_record"),
         "parent_ids": list(m.get("parent_ids") or []),

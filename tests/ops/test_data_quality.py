@@ -289,3 +289,39 @@ def test_truncated_warc_and_broken_encodings(lmforge_home, tmp_path):
         kind.config.model_validate({"source": "warc", "warc": [str(tmp_path / "x*.warc.gz")]}), {}
     )
     assert errs and errs[0][0] == "warc" and "no file matches" in errs[0][1]
+
+
+def test_language_filter_reuses_extract_language_only_for_unedited_text():
+    """extract stores py3langid's (language, score); the filter reuses them while the text is the one they were
+    computed on (its id still matches), and classifies again when the text changed."""
+    from datatrove.data import Document
+
+    from ops.data.extract import language_of
+    from ops.data.filters import LanguageFilter
+
+    prose = _prose_pages()[0]
+    lang, score = language_of(prose)
+    assert lang == "en"
+    url = "http://x.test/a"
+    f = LanguageFilter(["en"])
+    # stored answer on unchanged text: reused (a wrong stored label proves no re-classification happened)
+    kept = Document(
+        text=prose, id=doc_id(url, prose), metadata={"url": url, "language": "de", "language_score": 0.99}
+    )
+    assert f.filter(kept) == (False, "language_de")
+    assert f.stats["language_reused"].total == 1
+    # same stored label, but the text was edited after extraction: classified again -> English, kept
+    edited = Document(
+        text=prose,
+        id=doc_id(url, "other text"),
+        metadata={"url": url, "language": "de", "language_score": 0.99},
+    )
+    assert f.filter(edited) is True and edited.metadata["language"] == "en"
+    # no stored score (loaded documents): classified
+    fresh = Document(
+        text=JUNK["german"], id="x", metadata={"url": url, "language": None, "language_score": None}
+    )
+    assert f.filter(fresh) == (False, "language_de")
+    assert f.stats["language_reused"].total == 1
+    # the bare benchmark reference never reuses
+    assert LanguageFilter(["en"], reuse=False).filter(kept) is True

@@ -173,6 +173,38 @@ def test_train_tokenizer_and_tokenize_kinds(lmforge_home):
     assert all(c.passed for c in res2.checks)
     assert res2.metrics["val_docs"] > 0 and res2.metrics["max_id"] < 4096
     assert (toks.path / "index.parquet").is_file() and (toks.path / "train" / "shard-00000.bin").is_file()
+    assert res2.metrics["task_docs"] == 0
+
+    # a math-heavy mix: the tasks' training problems join the train split as plain text (twice); the
+    # validation split is the corpus's, unchanged, and no eval problem is read
+    mixed, res3 = run_kind(
+        "tokenize",
+        {"from": "corpus", "tokenizer": "tokenizer", "val_frac": 0.1, "tasks": ["tasks"], "tasks_repeat": 2},
+        lmforge_home,
+        inputs={"from_": [docs], "tokenizer": [art], "tasks": [tasks]},
+        stage="tokens",
+    )
+    assert all(c.passed for c in res3.checks)
+    assert res3.metrics["task_docs"] == 2 * len(train_tasks)
+    assert res3.metrics["val_tokens"] == res2.metrics["val_tokens"]
+    assert res3.metrics["train_tokens"] == res2.metrics["train_tokens"] + res3.metrics["task_tokens"]
+    idx = pq.read_table(mixed.path / "index.parquet").to_pylist()
+    task_rows = [r for r in idx if r["doc_id"].startswith("task:")]
+    assert len(task_rows) == 2 * len(train_tasks) and {r["split"] for r in task_rows} == {"train"}
+    first = next(r for r in task_rows if r["doc_id"] == f"task:{train_tasks[0].id}")
+    seg = TokenStream(mixed.path, "train").tokens[first["offset"] : first["offset"] + first["n_tokens"] - 1]
+    text = fast.decode(list(map(int, seg)))
+    assert text.startswith(train_tasks[0].question) and text.endswith(f"The answer is {train_tasks[0].answer}.")
+    assert "<|im_start|>" not in text
+    # a tasks input that is not a tasks artifact: one clear error naming the stage and field, nothing stored
+    with pytest.raises(ValueError, match=r"stage 'tokens2', field 'tasks': .*train.parquet does not exist"):
+        run_kind(
+            "tokenize",
+            {"from": "corpus", "tokenizer": "tokenizer", "tasks": ["corpus"]},
+            lmforge_home,
+            inputs={"from_": [docs], "tokenizer": [art], "tasks": [docs]},
+            stage="tokens2",
+        )
 
 
 @pytest.mark.integration
