@@ -148,6 +148,7 @@ def filter_pipeline(
     chain: list[tuple[str, dict[str, Any]]],
     blocklist: list[str] | None = None,
     bare: bool = False,
+    glob_pattern: str = "documents.parquet",
 ) -> tuple[list[Any], list[str]]:
     """``(pipeline, names of the filter steps in order)``. ``bare=True``: the same datatrove filters
     between datatrove's own ParquetReader and ParquetWriter (the benchmark's reference)."""
@@ -170,13 +171,13 @@ def filter_pipeline(
     if bare:
         return (
             [
-                ParquetReader(str(src_dir), glob_pattern="documents.parquet"),
+                ParquetReader(str(src_dir), glob_pattern=glob_pattern),
                 *steps,
                 ParquetWriter(str(out_dir), output_filename="${rank}.parquet"),
             ],
             names,
         )
-    reader = ParquetReader(str(src_dir), glob_pattern="documents.parquet", adapter=row_to_doc)
+    reader = ParquetReader(str(src_dir), glob_pattern=glob_pattern, adapter=row_to_doc)
     writer = ParquetWriter(
         str(out_dir), output_filename="${rank}.parquet", adapter=doc_to_row, schema=documents_schema()
     )
@@ -196,9 +197,14 @@ def run_filters(
     """Filter ``src_dir/documents.parquet`` into ``out/documents.parquet``; returns the funnel."""
     shards = fresh_dir(work / "filter_shards")
     dropped = fresh_dir(work / "dropped")
-    pipeline, names = filter_pipeline(src_dir, shards, dropped, chain, blocklist)
+    glob = "documents.parquet"
+    if tasks > 1:
+        # datatrove shards its input by file: split the one documents file into `tasks` row ranges so every
+        # task (and worker) gets a share; shards merge back in rank order, i.e. the input's order
+        src_dir, glob = split_documents(src_dir, work / "filter_input", tasks), "*.parquet"
+    pipeline, names = filter_pipeline(src_dir, shards, dropped, chain, blocklist, glob_pattern=glob)
     stats = step_counts(run_local(pipeline, work / "filter_logs", tasks=tasks, workers=workers))
-    n_out = merge_shards(shards, out, sort_by="")
+    n_out = merge_shards(shards, out, sort_by="")  # rank-numbered shards of consecutive rows: input order
     reader = stats[0] if stats else {}
     n_in = reader.get("documents", 0)
     funnel = []
@@ -225,6 +231,20 @@ def run_filters(
         "edited_documents": edited,
         "examples": dropped_examples(dropped, names, examples_per_filter),
     }
+
+
+def split_documents(src_dir: Path, out_dir: Path, n: int) -> Path:
+    """Write ``src_dir``'s documents as ``n`` Parquet files of consecutive rows (``00000.parquet``...)."""
+    import pyarrow.parquet as pq
+
+    from .schema import read_documents
+
+    table = read_documents(src_dir)
+    out = fresh_dir(out_dir)
+    size = -(-table.num_rows // n) if table.num_rows else 0
+    for i in range(n):
+        pq.write_table(table.slice(i * size, size) if size else table, out / f"{i:05d}.parquet")
+    return out
 
 
 def dropped_examples(dropped_dir: Path, names: list[str], k: int) -> list[dict[str, Any]]:

@@ -57,3 +57,38 @@ def test_default_data_chain_on_local_docs(lmforge_home):
     }
     again, res2 = run_kind("dedupe", {"from": "clean"}, lmforge_home, inputs={"from_": [clean]})
     assert res2 is None and again.version == corpus.version  # cache hit
+
+
+def test_parallel_tasks_and_workers_give_the_same_documents(tmp_path):
+    """extract over several WARC files and filter over a split input, with 3 datatrove tasks on 2 forked
+    workers, write exactly the documents (and order) of one in-process task."""
+    from ops.data.crawl import CrawlSettings, crawl
+    from ops.data.extract import extract
+    from ops.data.filter_spec import DEFAULT_CHAIN, normalize_chain
+    from ops.data.filters import run_filters
+
+    site = make_resource(tmp_path / "home")
+    with site.serve() as base:
+        s = CrawlSettings(
+            seeds=["http://docs.python.local/index.html"],
+            local=True,
+            max_pages=30,
+            warc_file_max_bytes=20_000,
+            connect_map={"docs.python.local": base.split("/")[2]},
+        )
+        crawl(s, tmp_path / "cw", tmp_path / "crawl", log=lambda m: None)
+    warc = tmp_path / "crawl" / "warc"
+    assert len(list(warc.glob("*.warc.gz"))) >= 3
+    for d in ("ex1", "ex3", "f1", "f3"):
+        (tmp_path / d).mkdir()
+    one = extract(warc, tmp_path / "ex1", tmp_path / "w1", "v")
+    par = extract(warc, tmp_path / "ex3", tmp_path / "w3", "v", tasks=3, workers=2)
+    t1, t3 = read_documents(tmp_path / "ex1"), read_documents(tmp_path / "ex3")
+    assert one["documents"] == par["documents"] > 20 and t1.equals(t3)
+
+    chain = normalize_chain(list(DEFAULT_CHAIN))
+    f1 = run_filters(tmp_path / "ex1", tmp_path / "f1", tmp_path / "fw1", chain)
+    f3 = run_filters(tmp_path / "ex1", tmp_path / "f3", tmp_path / "fw3", chain, tasks=3, workers=2)
+    assert f1["documents_in"] == f3["documents_in"] == one["documents"]
+    assert f1["funnel"] == f3["funnel"] and 0 < f3["documents_out"] < f3["documents_in"]
+    assert read_documents(tmp_path / "f1").equals(read_documents(tmp_path / "f3"))
