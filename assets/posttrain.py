@@ -977,7 +977,13 @@ class DistillConfig(StageConfig):
     student: dict[str, Any] = Field(
         {"d_model": 64, "layers": 2},
         description="student architecture "
-        "(ops.model.build_model keys: arch, d_model, layers, heads, kv_heads, ...)",
+        "(ops.model.build_model keys: arch, d_model, layers, heads, kv_heads, ...); ignored with student_init",
+    )
+    student_init: str | None = ref(
+        *MODEL,
+        optional=True,
+        description="start the student from this (smaller, pretrained) model instead of a random "
+        "`student` architecture; it must use the teacher's tokenizer",
     )
     mode: Literal["logit", "sequence"] = Field(
         "logit",
@@ -1004,16 +1010,25 @@ def _run_distill(run: StageRun) -> StageResult:
     _check_template(run, "teacher")
     teacher, tok = _load_policy(run, "teacher")
     # the student's size is checked before any sampling or training (an oversized student is a config error)
-    try:
-        student = build_model(
-            c.student, len(tok), seed=c.seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
-        )
-    except ValueError as e:
-        raise PostTrainError(f"stage {run.stage!r}, field 'student': {e}") from None
+    s_field = "student_init" if c.student_init else "student"
+    if c.student_init:
+        student, s_tok = _load_policy(run, "student_init")
+        if s_tok.get_vocab() != tok.get_vocab():
+            raise PostTrainError(
+                f"stage {run.stage!r}, field 'student_init': {run.input('student_init').path} uses a different "
+                f"tokenizer than the teacher {run.input('teacher').path}; distillation needs a shared vocabulary"
+            )
+    else:
+        try:
+            student = build_model(
+                c.student, len(tok), seed=c.seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+            )
+        except ValueError as e:
+            raise PostTrainError(f"stage {run.stage!r}, field 'student': {e}") from None
     n_s, n_t = count_params(student), count_params(teacher)
     if n_s * 2 > n_t:
         raise PostTrainError(
-            f"stage {run.stage!r}, field 'student': {n_s:,} parameters is more than half the teacher's "
+            f"stage {run.stage!r}, field {s_field!r}: {n_s:,} parameters is more than half the teacher's "
             f"{n_t:,} (limit {n_t // 2:,}); make d_model/layers smaller"
         )
     examples = []
