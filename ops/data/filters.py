@@ -80,6 +80,34 @@ class LanguageFilter(BaseFilter):
         return True
 
 
+class DroppedSampler:
+    """A filter's exclusion writer that keeps only the first ``k`` dropped documents of each rank (as JSON
+    lines in ``folder/<rank>.jsonl``). The stage shows a few examples per filter; writing every dropped
+    document (gzipped, into the work directory, which is not kept) was work nobody read."""
+
+    def __init__(self, folder: Path, k: int):
+        self.folder, self.k = Path(folder), k
+        self._fh: Any = None
+        self._n = 0
+
+    def __enter__(self):
+        return self
+
+    def write(self, doc: Any, rank: int = 0) -> None:
+        if self._n >= self.k:
+            return
+        if self._fh is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.folder / f"{rank:05d}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._fh.write(json.dumps({"text": doc.text, "metadata": dict(doc.metadata)}, default=str) + "\n")
+        self._n += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
 class BlocklistFilter(BaseFilter):
     name = "⛔ url block list"
 
@@ -149,16 +177,17 @@ def filter_pipeline(
     blocklist: list[str] | None = None,
     bare: bool = False,
     glob_pattern: str = "documents.parquet",
+    examples_per_filter: int = 3,
 ) -> tuple[list[Any], list[str]]:
     """``(pipeline, names of the filter steps in order)``. ``bare=True``: the same datatrove filters
     between datatrove's own ParquetReader and ParquetWriter (the benchmark's reference)."""
     from datatrove.pipeline.readers import ParquetReader
-    from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
+    from datatrove.pipeline.writers import ParquetWriter
 
     def excl(name: str) -> Any:
         if dropped_dir is None:
             return None
-        return JsonlWriter(str(dropped_dir / name), output_filename="${rank}.jsonl.gz")
+        return DroppedSampler(dropped_dir / name, examples_per_filter)
 
     steps: list[Any] = []
     names: list[str] = []
@@ -202,7 +231,9 @@ def run_filters(
         # datatrove shards its input by file: split the one documents file into `tasks` row ranges so every
         # task (and worker) gets a share; shards merge back in rank order, i.e. the input's order
         src_dir, glob = split_documents(src_dir, work / "filter_input", tasks), "*.parquet"
-    pipeline, names = filter_pipeline(src_dir, shards, dropped, chain, blocklist, glob_pattern=glob)
+    pipeline, names = filter_pipeline(
+        src_dir, shards, dropped, chain, blocklist, glob_pattern=glob, examples_per_filter=examples_per_filter
+    )
     stats = step_counts(run_local(pipeline, work / "filter_logs", tasks=tasks, workers=workers))
     n_out = merge_shards(shards, out, sort_by="")  # rank-numbered shards of consecutive rows: input order
     reader = stats[0] if stats else {}
@@ -248,14 +279,13 @@ def split_documents(src_dir: Path, out_dir: Path, n: int) -> Path:
 
 
 def dropped_examples(dropped_dir: Path, names: list[str], k: int) -> list[dict[str, Any]]:
-    import gzip
 
     out = []
     for name in names:
-        files = sorted((dropped_dir / name).glob("*.jsonl.gz"))
+        files = sorted((dropped_dir / name).glob("*.jsonl"))
         n = 0
         for f in files:
-            with gzip.open(f, "rt", encoding="utf-8") as fh:
+            with open(f, encoding="utf-8") as fh:
                 for line in fh:
                     d = json.loads(line)
                     m = d.get("metadata") or {}
