@@ -156,3 +156,64 @@ def test_merge_of_different_architectures_is_one_clear_error(lmforge_home, teach
     msg = str(ei.value)
     assert "models" in msg and "other" in msg
     assert _stored(lmforge_home, "merge") == []
+
+
+def _small_dir(name: str, other_tokenizer: bool = False) -> Path:
+    """A small model (d=32, 1 layer) with the test tokenizer, or with a different BPE of its own."""
+    from ops.model import save_model
+
+    out = A.ROOT / name
+    if not (out / "config.json").is_file():
+        tok = H.tokenizer()
+        if other_tokenizer:
+            from ops.tasks import make_splits
+            from ops.tokenizer import chat_prompt, chat_response, to_transformers, train_bpe
+
+            train, _ = make_splits(300, 5, seed=5, difficulties=(1,))
+            tok = to_transformers(
+                train_bpe([chat_prompt(t.question) + chat_response(t.solution, t.answer) for t in train], 320)
+            )
+        arch = {**H.ARCH, "d_model": 32, "layers": 1, "heads": 2, "kv_heads": 1}
+        save_model(H.tiny_model(tok, arch=arch), tok, out)
+    return out
+
+
+def test_student_init_starts_from_a_given_smaller_model_and_bad_ones_are_refused(
+    lmforge_home, teacher, tasks
+):
+    from assets.testing import run_kind
+
+    cfg = {"teacher": "teacher", "data": ["tasks"], "student_init": "small", "steps": 3, "eval_problems": 4}
+    small = A.as_input(_small_dir("student_init_small"), "model", "small")
+    art, res = run_kind(
+        "distill",
+        cfg,
+        lmforge_home,
+        inputs={"teacher": [teacher], "data": [tasks], "student_init": [small]},
+        log=lambda s: None,
+    )
+    import json
+
+    assert json.loads((art.path / "config.json").read_text())["hidden_size"] == 32  # the given model, trained
+    assert res.metrics["student_params"] * 2 <= res.metrics["teacher_params"]
+    n_stored = len(_stored(lmforge_home, "distill"))
+    # a student_init with another tokenizer: one clear error naming the field, before training, nothing stored
+    other = A.as_input(_small_dir("student_init_other_tok", other_tokenizer=True), "model", "other")
+    with pytest.raises(Exception, match=r"field 'student_init': .*different tokenizer"):
+        run_kind(
+            "distill",
+            {**cfg, "student_init": "other"},
+            lmforge_home,
+            inputs={"teacher": [teacher], "data": [tasks], "student_init": [other]},
+            log=lambda s: None,
+        )
+    # the teacher itself as the student: more than half the teacher's parameters
+    with pytest.raises(Exception, match=r"field 'student_init': .*more than half the teacher's"):
+        run_kind(
+            "distill",
+            {**cfg, "student_init": "teacher"},
+            lmforge_home,
+            inputs={"teacher": [teacher], "data": [tasks], "student_init": [teacher]},
+            log=lambda s: None,
+        )
+    assert len(_stored(lmforge_home, "distill")) == n_stored
