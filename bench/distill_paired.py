@@ -1,7 +1,8 @@
 """Does logit distillation beat SFT on the same data? A paired experiment over seeds, from a stored teacher.
 
-``python bench/distill_paired.py OUT TEACHER_DIR TASKS_DIR [steps] [seeds]``: for each seed, the same
-randomly initialised student (same seed, same architecture, at most half the teacher's parameters) is trained
+``python bench/distill_paired.py OUT TEACHER_DIR TASKS_DIR [steps] [seeds] [STUDENT_INIT_DIR]``: for each
+seed, the same student (randomly initialised with that seed, or loaded from STUDENT_INIT_DIR, e.g. the default
+pipeline's ``small_base``; at most half the teacher's parameters) is trained
 twice on the tasks' training split with the distill stage's code (``ops.posttrain.distill.train_distill``):
 once with logit KD (KL on temperature-softened distributions x T^2, mixed 50/50 with cross-entropy), once
 with ``alpha=0`` (plain SFT, the only difference). Both are scored greedily on the tasks' held-out split, as
@@ -37,6 +38,7 @@ def run(
     alpha: float = 0.5,
     lr: float = 3e-3,
     batch_size: int = 64,
+    student_init: Path | str | None = None,
 ) -> dict:
     import torch
 
@@ -58,7 +60,8 @@ def run(
         "tasks": str(tasks_dir),
         "teacher_params": count_params(teacher),
         "teacher_accuracy": t_acc,
-        "student_arch": arch,
+        "student_arch": arch if student_init is None else None,
+        "student_init": str(student_init) if student_init else None,
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,
@@ -107,5 +110,5 @@ def run(
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    r = run(a[0], a[1], a[2], *(int(x) for x in a[3:5]))
+    r = run(a[0], a[1], a[2], *(int(x) for x in a[3:5]), student_init=a[5] if len(a) > 5 else None)
     print(json.dumps({k: v for k, v in r.items() if k != "runs"}, indent=1))
