@@ -31,8 +31,6 @@ from .registry import (
     register,
 )
 
-LOCAL_DOCS_HOST = "docs.python.local"
-
 
 def _file_identity(paths: list[Path]) -> list[dict[str, Any]]:
     out = []
@@ -182,23 +180,11 @@ def _run_crawl(run: StageRun) -> StageResult:
     kw = c.model_dump(exclude={"source", "seeds", "warc", "snapshot"})
     kw["content_types"] = ("text/html", "application/xhtml+xml")
     if c.source == "local_docs":
-        site = run.resources.get("site")
-        if site is None:
-            from resources.site import make_resource
+        from resources.site import local_docs_crawl_settings, make_resource
 
-            site = make_resource(run.home)
+        site = run.resources.get("site") or make_resource(run.home)
         with site.serve() as base:
-            served = base.split("/")[2]
-            s = CrawlSettings(
-                seeds=[f"http://{LOCAL_DOCS_HOST}/index.html"],
-                **{
-                    **kw,
-                    "allowed_hosts": [LOCAL_DOCS_HOST],
-                    "local": True,
-                    "connect_map": {LOCAL_DOCS_HOST: served},
-                },
-            )
-            summary = crawl(s, run.work, run.out, run.log)
+            summary = crawl(local_docs_crawl_settings(base, **kw), run.work, run.out, run.log)
     else:
         summary = crawl(CrawlSettings(seeds=list(c.seeds), **kw), run.work, run.out, run.log)
     pages = summary["pages"]

@@ -28,12 +28,24 @@ from .metadata import to_dagster
 from .registry import InputArtifact
 from .testing import as_input, execute_stage
 
-KIND_TAGS = {"warc": {"warc"}, "documents": {"parquet"}, "tasks": {"parquet"}, "tokenizer": {"huggingface"},
-             "tokens": {"numpy"}, "model": {"pytorch", "huggingface"}, "sft_data": {"parquet"},
-             "rollouts": {"parquet"}, "pairs": {"parquet"}, "eval": {"parquet"}, "report": {"markdown"}}
+KIND_TAGS = {
+    "warc": {"warc"},
+    "documents": {"parquet"},
+    "tasks": {"parquet"},
+    "tokenizer": {"huggingface"},
+    "tokens": {"numpy"},
+    "model": {"pytorch", "huggingface"},
+    "sft_data": {"parquet"},
+    "rollouts": {"parquet"},
+    "pairs": {"parquet"},
+    "eval": {"parquet"},
+    "report": {"markdown"},
+}
 
 
-def _input_handles(spec, stage, store, partition: str | None) -> tuple[dict[str, list[InputArtifact]], dict[str, InputArtifact]]:
+def _input_handles(
+    spec, stage, store, partition: str | None
+) -> tuple[dict[str, list[InputArtifact]], dict[str, InputArtifact]]:
     """Find every referenced artifact in the store by version; fail clearly if one is missing."""
     inputs: dict[str, list[InputArtifact]] = {}
     pf = stage.kind.partition_field
@@ -50,14 +62,15 @@ def _input_handles(spec, stage, store, partition: str | None) -> tuple[dict[str,
                 if art is None:
                     raise dg.Failure(
                         description=f"stage '{stage.name}' needs '{n}'{f' partition {p}' if p else ''} "
-                                    f"(version {v}), which is not materialized yet; materialize it first "
-                                    f"(e.g. select '+{spec.name}/{stage.name}').")
+                        f"(version {v}), which is not materialized yet; materialize it first "
+                        f"(e.g. select '+{spec.name}/{stage.name}')."
+                    )
                 arts.append(as_input(art, stage=n, partition=p))
         inputs[fname] = arts
     upstream: dict[str, InputArtifact] = {}
     for a in spec.ancestors(stage.name):
         up = spec.stages[a]
-        for p in (up.partitions if up.partitions is not None else [None]):
+        for p in up.partitions if up.partitions is not None else [None]:
             v = up.partition_versions[p] if p is not None else up.version
             art = store.get(up.kind.name, v)
             if art is not None:
@@ -107,14 +120,22 @@ def _result(stage, art, result_or_none, partition: str | None) -> dg.Materialize
         passed = bool(c and c["passed"])
         cmeta = {"description": dg.MetadataValue.text((c or {}).get("description") or spec_.description)}
         for k, v in ((c or {}).get("metadata") or {}).items():
-            cmeta[k] = dg.MetadataValue.json(v) if isinstance(v, dict | list) else dg.MetadataValue.text(str(v))
+            cmeta[k] = (
+                dg.MetadataValue.json(v) if isinstance(v, dict | list) else dg.MetadataValue.text(str(v))
+            )
         if c is None:
             cmeta["error"] = dg.MetadataValue.text("the stage did not evaluate this check")
-        checks.append(dg.AssetCheckResult(
-            check_name=spec_.name, passed=passed, metadata=cmeta,
-            severity=dg.AssetCheckSeverity.ERROR if spec_.blocking else dg.AssetCheckSeverity.WARN))
-    return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(m["data_version"]),
-                                check_results=checks)
+        checks.append(
+            dg.AssetCheckResult(
+                check_name=spec_.name,
+                passed=passed,
+                metadata=cmeta,
+                severity=dg.AssetCheckSeverity.ERROR if spec_.blocking else dg.AssetCheckSeverity.WARN,
+            )
+        )
+    return dg.MaterializeResult(
+        metadata=md, data_version=dg.DataVersion(m["data_version"]), check_results=checks
+    )
 
 
 def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
@@ -125,16 +146,26 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
     condition = None
     if auto.get("eager"):
         condition = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-    check_specs = [dg.AssetCheckSpec(c.name, asset=key, description=c.description, blocking=c.blocking)
-                   for c in kind.checks]
+    check_specs = [
+        dg.AssetCheckSpec(c.name, asset=key, description=c.description, blocking=c.blocking)
+        for c in kind.checks
+    ]
     description = f"{kind.name}: {kind.description}\n\nversion {stage.version}"
 
-    @dg.asset(key=key, group_name=spec.name, code_version=stage.version,
-              deps=[dg.AssetKey([spec.name, d]) for d in stage.deps], partitions_def=partitions_def,
-              pool=kind.pool, check_specs=check_specs or None, kinds=KIND_TAGS.get(kind.produces),
-              description=description, automation_condition=condition,
-              tags={"lmforge/kind": kind.name, "lmforge/produces": kind.produces},
-              metadata={"lmforge/spec": str(spec.path), "lmforge/produces": kind.produces})
+    @dg.asset(
+        key=key,
+        group_name=spec.name,
+        code_version=stage.version,
+        deps=[dg.AssetKey([spec.name, d]) for d in stage.deps],
+        partitions_def=partitions_def,
+        pool=kind.pool,
+        check_specs=check_specs or None,
+        kinds=KIND_TAGS.get(kind.produces),
+        description=description,
+        automation_condition=condition,
+        tags={"lmforge/kind": kind.name, "lmforge/produces": kind.produces},
+        metadata={"lmforge/spec": str(spec.path), "lmforge/produces": kind.produces},
+    )
     def _stage_asset(context, lmforge: LmforgeResource):
         store = lmforge.store()
         live = copy.deepcopy(spec)
@@ -147,16 +178,28 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
         version = st.partition_versions[partition] if partition else st.version
         inputs, upstream = _input_handles(live, st, store, partition)
         home = lmforge.home_path()
-        context.log.info(f"{spec.name}/{stage.name}: kind {kind.name}, version {version}"
-                         + (" (stored: cache hit)" if store.exists(kind.name, version) else " (computing)"))
+        context.log.info(
+            f"{spec.name}/{stage.name}: kind {kind.name}, version {version}"
+            + (" (stored: cache hit)" if store.exists(kind.name, version) else " (computing)")
+        )
         art, result = execute_stage(
-            store, pipeline=spec.name, stage=stage.name, kind_name=kind.name, config=st.config,
-            version=version, inputs=inputs, log=context.log.info, partition=partition,
-            resources=_stage_resources(kind, context, home), upstream=upstream,
-            input_versions={f: [a.version for a in arts] for f, arts in inputs.items()})
+            store,
+            pipeline=spec.name,
+            stage=stage.name,
+            kind_name=kind.name,
+            config=st.config,
+            version=version,
+            inputs=inputs,
+            log=context.log.info,
+            partition=partition,
+            resources=_stage_resources(kind, context, home),
+            upstream=upstream,
+            input_versions={f: [a.version for a in arts] for f, arts in inputs.items()},
+        )
         try:
-            lmforge.catalog().register(art, pipeline=spec.name, stage=stage.name, partition=partition,
-                                       cache_hit=result is None)
+            lmforge.catalog().register(
+                art, pipeline=spec.name, stage=stage.name, partition=partition, cache_hit=result is None
+            )
         except Exception as e:  # the catalog is an index; the artifact is already safely stored
             context.log.warning(f"catalog registration failed (rebuild with `lmforge catalog rebuild`): {e}")
         return _result(st, art, result, partition)
@@ -169,23 +212,29 @@ def _watch_sensor(spec, stage_name: str, watch: Any) -> dg.SensorDefinition:
     pattern = "*" if isinstance(watch, str) else watch.get("pattern", "*")
     key = dg.AssetKey([spec.name, stage_name])
 
-    @dg.sensor(name=f"{spec.name}__{stage_name}__watch", target=dg.AssetSelection.assets(key),
-               minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Materializes {spec.name}/{stage_name} when files matching {pattern!r} "
-                           f"appear or change in {folder}")
+    @dg.sensor(
+        name=f"{spec.name}__{stage_name}__watch",
+        target=dg.AssetSelection.assets(key),
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Materializes {spec.name}/{stage_name} when files matching {pattern!r} "
+        f"appear or change in {folder}",
+    )
     def _sensor(context):
         if not folder.is_dir():
             return dg.SkipReason(f"{folder} does not exist")
         files = sorted(p for p in folder.rglob("*") if p.is_file() and fnmatch.fnmatch(p.name, pattern))
-        state = hashlib.sha256("\n".join(f"{p}|{p.stat().st_size}|{p.stat().st_mtime_ns}"
-                                          for p in files).encode()).hexdigest()[:16]
+        state = hashlib.sha256(
+            "\n".join(f"{p}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in files).encode()
+        ).hexdigest()[:16]
         if not files:
             return dg.SkipReason(f"no files matching {pattern!r} in {folder}")
         if state == context.cursor:
             return dg.SkipReason("no new or changed files")
         context.update_cursor(state)
-        return dg.RunRequest(run_key=f"{stage_name}-{state}", asset_selection=[key],
-                             tags={"lmforge/trigger": "new-files"})
+        return dg.RunRequest(
+            run_key=f"{stage_name}-{state}", asset_selection=[key], tags={"lmforge/trigger": "new-files"}
+        )
 
     return _sensor
 
@@ -196,18 +245,32 @@ def build_spec_definitions(spec) -> dg.Definitions:
     eager = False
     for sname, auto in spec.automation.items():
         if "cron" in auto:
-            schedules.append(dg.ScheduleDefinition(
-                name=f"{spec.name}__{sname}__cron", cron_schedule=auto["cron"], execution_timezone="UTC",
-                target=dg.AssetSelection.assets(dg.AssetKey([spec.name, sname])),
-                default_status=dg.DefaultScheduleStatus.RUNNING,
-                description=f"Re-materializes {spec.name}/{sname} on '{auto['cron']}'"))
+            schedules.append(
+                dg.ScheduleDefinition(
+                    name=f"{spec.name}__{sname}__cron",
+                    cron_schedule=auto["cron"],
+                    execution_timezone="UTC",
+                    target=dg.AssetSelection.assets(dg.AssetKey([spec.name, sname])),
+                    default_status=dg.DefaultScheduleStatus.RUNNING,
+                    description=f"Re-materializes {spec.name}/{sname} on '{auto['cron']}'",
+                )
+            )
         if "watch" in auto:
             sensors.append(_watch_sensor(spec, sname, auto["watch"]))
         eager = eager or bool(auto.get("eager"))
     if eager:
-        sensors.append(dg.AutomationConditionSensorDefinition(
-            f"{spec.name}__automation", target=dg.AssetSelection.groups(spec.name),
-            default_status=dg.DefaultSensorStatus.RUNNING))
-    jobs = [dg.define_asset_job(f"{spec.name}__all", selection=dg.AssetSelection.groups(spec.name),
-                                description=f"Materialize every stage of {spec.name}")]
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                f"{spec.name}__automation",
+                target=dg.AssetSelection.groups(spec.name),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+            )
+        )
+    jobs = [
+        dg.define_asset_job(
+            f"{spec.name}__all",
+            selection=dg.AssetSelection.groups(spec.name),
+            description=f"Materialize every stage of {spec.name}",
+        )
+    ]
     return dg.Definitions(assets=assets, schedules=schedules, sensors=sensors, jobs=jobs)

@@ -34,7 +34,7 @@ ARTIFACT_TYPES: dict[str, str] = {
     "tokenizer": "a transformers tokenizer directory (tokenizer.json, tokenizer_config.json w/ chat template)",
     "tokens": "train/val token shards (see ops/tokens.py) + index parquet with document ids",
     "model": "a save_pretrained directory (safetensors, config, tokenizer w/ chat template) "
-             "+ training_state/ + curve.parquet",
+    "+ training_state/ + curve.parquet",
     "sft_data": "sft.parquet: id, prompt, response, answer, parent_ids",
     "rollouts": "rollouts.parquet: prompt id, completion, token counts, rewards, advantage, policy version",
     "pairs": "pairs.parquet: id, prompt, chosen, rejected, parent_ids",
@@ -53,8 +53,14 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
-def ref(*types: str, many: bool = False, optional: bool = False, description: str = "", default: Any = ...,
-        alias: str | None = None) -> Any:
+def ref(
+    *types: str,
+    many: bool = False,
+    optional: bool = False,
+    description: str = "",
+    default: Any = ...,
+    alias: str | None = None,
+) -> Any:
     """A config field naming upstream stage(s) whose artifact type is one of ``types``.
 
     ``many=True`` accepts a stage name or a list of names (normalised to a list by the compiler).
@@ -125,13 +131,13 @@ class CheckOutcome:
 class InputArtifact:
     """A stored upstream artifact handed to a stage (a handle: nothing is loaded)."""
 
-    stage: str          # the upstream stage's name in this pipeline
+    stage: str  # the upstream stage's name in this pipeline
     kind: str
-    produces: str       # its artifact type
+    produces: str  # its artifact type
     version: str
     path: Path
     manifest: dict[str, Any]
-    partition: str | None = None   # for partitioned upstream stages (e.g. evaluate, one per model)
+    partition: str | None = None  # for partitioned upstream stages (e.g. evaluate, one per model)
 
 
 @dataclass
@@ -140,28 +146,30 @@ class StageRun:
     stage: str
     kind: str
     version: str
-    config: Any                          # the kind's StageConfig instance
-    out: Path                            # write the artifact here
-    work: Path                           # persistent, resumable scratch for this version
+    config: Any  # the kind's StageConfig instance
+    out: Path  # write the artifact here
+    work: Path  # persistent, resumable scratch for this version
     inputs: dict[str, list[InputArtifact]]
-    home: Path                           # $LMFORGE_HOME
+    home: Path  # $LMFORGE_HOME
     log: Callable[[str], None] = print
     partition: str | None = None
-    resources: dict[str, Any] = field(default_factory=dict)   # e.g. "site": a running local doc server
-    upstream: dict[str, InputArtifact] = field(default_factory=dict)   # every ancestor, by stage name
+    resources: dict[str, Any] = field(default_factory=dict)  # e.g. "site": a running local doc server
+    upstream: dict[str, InputArtifact] = field(default_factory=dict)  # every ancestor, by stage name
 
     def input(self, name: str) -> InputArtifact:
         """The single artifact behind reference field ``name`` (error if absent or several)."""
         arts = self.inputs.get(name) or []
         if len(arts) != 1:
-            raise ValueError(f"stage {self.stage!r}: field {name!r} expected exactly one input, got {len(arts)}")
+            raise ValueError(
+                f"stage {self.stage!r}: field {name!r} expected exactly one input, got {len(arts)}"
+            )
         return arts[0]
 
 
 @dataclass
 class StageResult:
-    metrics: dict[str, Any] = field(default_factory=dict)       # numbers/strings: manifest + Dagster metadata
-    metadata: dict[str, Any] = field(default_factory=dict)      # Markdown/Image/Table/Json or plain values
+    metrics: dict[str, Any] = field(default_factory=dict)  # numbers/strings: manifest + Dagster metadata
+    metadata: dict[str, Any] = field(default_factory=dict)  # Markdown/Image/Table/Json or plain values
     checks: list[CheckOutcome] = field(default_factory=list)
     flops: float | None = None
     tokens: int | None = None
@@ -176,14 +184,14 @@ class StageKind:
     run: Callable[[StageRun], StageResult]
     description: str
     checks: tuple[CheckSpec, ...] = ()
-    pool: str | None = None               # "gpu" for stages that train or generate with a model
-    partition_field: str | None = None    # a ref field with one Dagster partition per referenced stage
+    pool: str | None = None  # "gpu" for stages that train or generate with a model
+    partition_field: str | None = None  # a ref field with one Dagster partition per referenced stage
     validate: Callable[[Any, dict[str, str]], list[tuple[str, str]]] | None = None
     """Extra validation before compute: ``(config, {ref stage: its kind name}[, {ref stage: its config}])``
     -> ``[(field, message)]``. A validator taking three parameters also receives the referenced configs."""
     fingerprint: Callable[[Any], Any] | None = None
     """Identity of external inputs named by the config (user files); hashed into the version."""
-    resources: tuple[str, ...] = ()       # names of lmforge resources the kind needs (e.g. "site")
+    resources: tuple[str, ...] = ()  # names of lmforge resources the kind needs (e.g. "site")
 
 
 KINDS: dict[str, StageKind] = {}

@@ -22,8 +22,20 @@ def _direct(home: Path) -> float:
     out = home / "direct"
     out.mkdir(parents=True)
     t0 = time.perf_counter()
-    kind.run(StageRun(pipeline="bench", stage="tasks", kind=kind.name, version="direct", config=cfg, out=out,
-                      work=home / "work", inputs={}, home=home, log=lambda *_: None))
+    kind.run(
+        StageRun(
+            pipeline="bench",
+            stage="tasks",
+            kind=kind.name,
+            version="direct",
+            config=cfg,
+            out=out,
+            work=home / "work",
+            inputs={},
+            home=home,
+            log=lambda *_: None,
+        )
+    )
     return time.perf_counter() - t0
 
 
@@ -54,7 +66,10 @@ def run(out_dir: Path) -> dict:
 
         spec = load_spec("tiny_r1")
         store = ArtifactStore(default_home())
-        if all(r for r in (store.exists(s.kind.name, v) for s in spec.stages.values() for v in s.output_versions())):
+        if all(
+            r
+            for r in (store.exists(s.kind.name, v) for s in spec.stages.values() for v in s.output_versions())
+        ):
             t0 = time.perf_counter()
             assert materialize("tiny_r1", None, default_home(), quiet=True)
             res["tiny_r1_noop_rematerialize_s"] = round(time.perf_counter() - t0, 2)

@@ -24,9 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     only = (argv if argv is not None else sys.argv[1:]) or MODULES
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                 "platform": platform.platform()},
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     for name in only:
         t0 = time.time()
         try:
@@ -34,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = mod.run(out)
         except Exception as e:
             results[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
-        results[name]["bench_wall_s"] = round(time.time() - t0, 1) if isinstance(results[name], dict) else None
+        results[name]["bench_wall_s"] = (
+            round(time.time() - t0, 1) if isinstance(results[name], dict) else None
+        )
         print(f"{name}: {json.dumps(results[name], default=str)[:400]}", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     lines = ["# lmforge benchmark", "", f"Machine: {results['machine']}", ""]

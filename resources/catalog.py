@@ -67,8 +67,15 @@ class Catalog:
         raise RuntimeError("unreachable")
 
     # ---------------------------------------------------------------------------------------------
-    def register(self, art: StoredArtifact, *, pipeline: str | None = None, stage: str | None = None,
-                 partition: str | None = None, cache_hit: bool = False) -> None:
+    def register(
+        self,
+        art: StoredArtifact,
+        *,
+        pipeline: str | None = None,
+        stage: str | None = None,
+        partition: str | None = None,
+        cache_hit: bool = False,
+    ) -> None:
         m = art.manifest
         con = self._connect()
         try:
@@ -76,25 +83,55 @@ class Catalog:
             con.execute("DELETE FROM artifacts WHERE version = ?", [art.version])
             con.execute(
                 "INSERT INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [art.version, art.kind, m.get("produces"), m.get("pipeline"), m.get("stage"),
-                 m.get("partition"), str(art.path), m.get("data_version"), m.get("created_at"),
-                 m.get("wall_time_s"), m.get("flops"), m.get("tokens"),
-                 json.dumps(m.get("metrics", {}), default=str), json.dumps(m.get("config", {}), default=str)])
+                [
+                    art.version,
+                    art.kind,
+                    m.get("produces"),
+                    m.get("pipeline"),
+                    m.get("stage"),
+                    m.get("partition"),
+                    str(art.path),
+                    m.get("data_version"),
+                    m.get("created_at"),
+                    m.get("wall_time_s"),
+                    m.get("flops"),
+                    m.get("tokens"),
+                    json.dumps(m.get("metrics", {}), default=str),
+                    json.dumps(m.get("config", {}), default=str),
+                ],
+            )
             con.execute("DELETE FROM lineage WHERE version = ?", [art.version])
             for fld, ins in (m.get("inputs") or {}).items():
                 for i in ins:
-                    con.execute("INSERT INTO lineage VALUES (?,?,?,?)", [art.version, i["version"], fld, i.get("stage")])
-            con.execute("INSERT INTO stage_runs VALUES (?,?,?,?,?,?)",
-                        [pipeline or m.get("pipeline"), stage or m.get("stage"), partition or m.get("partition"),
-                         art.version, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cache_hit])
-            self._views_for(con, art, pipeline or m.get("pipeline"), stage or m.get("stage"),
-                            partition or m.get("partition"))
+                    con.execute(
+                        "INSERT INTO lineage VALUES (?,?,?,?)",
+                        [art.version, i["version"], fld, i.get("stage")],
+                    )
+            con.execute(
+                "INSERT INTO stage_runs VALUES (?,?,?,?,?,?)",
+                [
+                    pipeline or m.get("pipeline"),
+                    stage or m.get("stage"),
+                    partition or m.get("partition"),
+                    art.version,
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    cache_hit,
+                ],
+            )
+            self._views_for(
+                con,
+                art,
+                pipeline or m.get("pipeline"),
+                stage or m.get("stage"),
+                partition or m.get("partition"),
+            )
             con.execute("COMMIT")
         finally:
             con.close()
 
-    def _views_for(self, con, art: StoredArtifact, pipeline: str | None, stage: str | None,
-                   partition: str | None) -> None:
+    def _views_for(
+        self, con, art: StoredArtifact, pipeline: str | None, stage: str | None, partition: str | None
+    ) -> None:
         fnames = []
         for pq in sorted(art.path.rglob("*.parquet")):
             rel = pq.relative_to(art.path).with_suffix("").as_posix()
@@ -104,8 +141,10 @@ class Catalog:
             con.execute(f'CREATE OR REPLACE VIEW "a_{art.version}_{fname}" AS SELECT * FROM {src}')
             if pipeline and stage:
                 suffix = f"__{_ident(partition)}" if partition else ""
-                con.execute(f'CREATE OR REPLACE VIEW "{_ident(pipeline)}__{_ident(stage)}{suffix}__{fname}" '
-                            f"AS SELECT * FROM {src}")
+                con.execute(
+                    f'CREATE OR REPLACE VIEW "{_ident(pipeline)}__{_ident(stage)}{suffix}__{fname}" '
+                    f"AS SELECT * FROM {src}"
+                )
         if fnames:
             self._union_views(con, set(fnames))
 
@@ -117,7 +156,9 @@ class Catalog:
             for pq in sorted(Path(path).rglob("*.parquet")):
                 f = _ident(pq.relative_to(path).with_suffix("").as_posix())
                 if f in parts:
-                    parts[f].append(f"SELECT '{version}' AS artifact_version, * FROM read_parquet('{pq.as_posix()}')")
+                    parts[f].append(
+                        f"SELECT '{version}' AS artifact_version, * FROM read_parquet('{pq.as_posix()}')"
+                    )
         for f, ps in parts.items():
             if ps:
                 con.execute(f'CREATE OR REPLACE VIEW "all_{f}" AS ' + " UNION ALL BY NAME ".join(ps))

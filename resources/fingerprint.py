@@ -43,8 +43,10 @@ def canonical(value: Any, path: str = "$") -> Any:
         return [canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if hasattr(value, "model_dump"):  # pydantic model
         return canonical(value.model_dump(mode="python", by_alias=False), path)
-    raise UnhashableValue(f"{path}: value of type {type(value).__name__} has no stable identity; "
-                          "use plain data (numbers, strings, lists, mappings)")
+    raise UnhashableValue(
+        f"{path}: value of type {type(value).__name__} has no stable identity; "
+        "use plain data (numbers, strings, lists, mappings)"
+    )
 
 
 def stable_hash(value: Any, n: int = 16) -> str:

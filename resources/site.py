@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 RENDERER_VERSION = "1"
 
@@ -308,6 +309,26 @@ class LocalDocsSite:
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
+
+
+LOCAL_DOCS_HOST = "docs.python.local"
+
+
+def local_docs_crawl_settings(served: str, **kw: Any) -> Any:
+    """``CrawlSettings`` for the site that :meth:`LocalDocsSite.serve` serves at ``served``: seeded at its index
+    under the canonical host ``docs.python.local``, allowed only that host, connecting to the local server.
+    ``kw`` are the other crawl settings (limits, delays...)."""
+    from ops.data.crawl import CrawlSettings
+
+    return CrawlSettings(
+        **{
+            **kw,
+            "seeds": [f"http://{LOCAL_DOCS_HOST}/index.html"],
+            "allowed_hosts": [LOCAL_DOCS_HOST],
+            "local": True,
+            "connect_map": {LOCAL_DOCS_HOST: served.split("/")[2]},
+        }
+    )
 
 
 def make_resource(home: Path) -> LocalDocsSite:

@@ -49,10 +49,18 @@ def git_state() -> dict[str, Any]:
     """The commit and dirty flag of the lmforge checkout, when it is a git checkout."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit or None, "dirty": dirty if commit else None}
@@ -166,8 +174,14 @@ class ArtifactStore:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def commit(self, tmp: Path, kind: str, version: str, manifest: dict[str, Any],
-               metadata: dict[str, Any] | None = None) -> StoredArtifact:
+    def commit(
+        self,
+        tmp: Path,
+        kind: str,
+        version: str,
+        manifest: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+    ) -> StoredArtifact:
         """Write metadata, then ``manifest.json`` last, then rename ``tmp`` to its final place.
 
         If another process stored the same version meanwhile, its copy wins (same inputs, same version)

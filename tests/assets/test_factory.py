@@ -26,8 +26,13 @@ pytestmark = pytest.mark.integration
 def _materialize(spec, home, instance, selection=None):
     defs = build_spec_definitions(spec)
     keys = [dg.AssetKey([spec.name, s]) for s in (selection or spec.stages)]
-    return dg.materialize(list(defs.assets), selection=keys, instance=instance,
-                          resources={"lmforge": LmforgeResource(home=str(home))}, raise_on_error=False)
+    return dg.materialize(
+        list(defs.assets),
+        selection=keys,
+        instance=instance,
+        resources={"lmforge": LmforgeResource(home=str(home))},
+        raise_on_error=False,
+    )
 
 
 def test_materialize_reads_back_and_registers(lmforge_home):
@@ -40,8 +45,20 @@ def test_materialize_reads_back_and_registers(lmforge_home):
         rows = pq.read_table(joined.path / "documents.parquet").to_pylist()
         assert sorted(r["text"] for r in rows) == ["ALPHA", "BETA", "GAMMA", "delta", "delta"]
         m = joined.manifest
-        for k in ("kind", "version", "pipeline", "stage", "config", "inputs", "code_version", "metrics",
-                  "git", "host", "wall_time_s", "data_version"):
+        for k in (
+            "kind",
+            "version",
+            "pipeline",
+            "stage",
+            "config",
+            "inputs",
+            "code_version",
+            "metrics",
+            "git",
+            "host",
+            "wall_time_s",
+            "data_version",
+        ):
             assert k in m
         assert [i["stage"] for i in m["inputs"]["parts"]] == ["upper", "more"]
         mats = res.asset_materializations_for_node("toy__joined")
@@ -74,8 +91,10 @@ def test_variant_recomputes_only_changed_stage(lmforge_home):
     with dg.instance_for_test() as inst:
         assert _materialize(base, lmforge_home, inst).success
         res = _materialize(var, lmforge_home, inst)
-        hits = {s: res.asset_materializations_for_node(f"toy_variant__{s}")[0].metadata["lmforge/cache_hit"].value
-                for s in var.stages}
+        hits = {
+            s: res.asset_materializations_for_node(f"toy_variant__{s}")[0].metadata["lmforge/cache_hit"].value
+            for s in var.stages
+        }
         assert hits == {"words": True, "more": True, "upper": True, "joined": False}
 
 
@@ -90,8 +109,10 @@ def test_crash_mid_write_leaves_nothing_visible(lmforge_home, tmp_path):
     assert not store.exists("toy_text", spec.stages["w"].version)
     assert list(store.all()) == []
     # a hard kill (no cleanup code runs) leaves only an invisible .tmp- directory
-    code = ("import tests.pipelines.toy_kinds; from assets.testing import run_kind; "
-            f"run_kind('toy_text', {{'words': ['x'], 'crash_after_rows': 0}}, {str(lmforge_home)!r})")
+    code = (
+        "import tests.pipelines.toy_kinds; from assets.testing import run_kind; "
+        f"run_kind('toy_text', {{'words': ['x'], 'crash_after_rows': 0}}, {str(lmforge_home)!r})"
+    )
     env = {"LMFORGE_TEST_HARD_CRASH": "1", "PATH": ""}
     p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env)
     assert p.returncode == 3
@@ -126,8 +147,9 @@ def test_staleness_after_config_change_and_data_versions(lmforge_home, tmp_path)
 
 def test_blocking_check_stops_downstream(lmforge_home, tmp_path):
     spec_path = tmp_path / "empty.yaml"
-    spec_path.write_text("pipeline: empty\nstages:\n  w: {kind: toy_text, words: []}\n"
-                         "  u: {kind: toy_upper, from: w}\n")
+    spec_path.write_text(
+        "pipeline: empty\nstages:\n  w: {kind: toy_text, words: []}\n  u: {kind: toy_upper, from: w}\n"
+    )
     spec = load_spec(spec_path)
     with dg.instance_for_test() as inst:
         res = _materialize(spec, lmforge_home, inst)
@@ -138,12 +160,16 @@ def test_blocking_check_stops_downstream(lmforge_home, tmp_path):
 
 def test_automation_schedule_eager_and_sensor(lmforge_home, tmp_path):
     spec = load_spec(SPECS / "toy.yaml")
-    defs = dg.Definitions.merge(build_spec_definitions(spec),
-                                dg.Definitions(resources={"lmforge": LmforgeResource(home=str(lmforge_home))}))
+    defs = dg.Definitions.merge(
+        build_spec_definitions(spec),
+        dg.Definitions(resources={"lmforge": LmforgeResource(home=str(lmforge_home))}),
+    )
     sched = defs.resolve_schedule_def("toy__words__cron")
     assert sched.cron_schedule == "0 3 * * 0" and sched.default_status == dg.DefaultScheduleStatus.RUNNING
     with dg.instance_for_test() as inst:
-        tick = sched.evaluate_tick(dg.build_schedule_context(instance=inst, repository_def=defs.get_repository_def()))
+        tick = sched.evaluate_tick(
+            dg.build_schedule_context(instance=inst, repository_def=defs.get_repository_def())
+        )
         assert len(tick.run_requests) == 1
         job = defs.resolve_job_def(sched.job_name)
         assert job.asset_layer.selected_asset_keys == {dg.AssetKey(["toy", "words"])}
@@ -158,14 +184,18 @@ def test_automation_schedule_eager_and_sensor(lmforge_home, tmp_path):
 
 def test_blocking_check_holds_back_eager_downstream(lmforge_home, tmp_path):
     spec_path = tmp_path / "b.yaml"
-    spec_path.write_text("pipeline: b\nstages:\n  w: {kind: toy_text, words: []}\n"
-                         "  u: {kind: toy_upper, from: w}\nautomation:\n  u: {eager: true}\n")
+    spec_path.write_text(
+        "pipeline: b\nstages:\n  w: {kind: toy_text, words: []}\n"
+        "  u: {kind: toy_upper, from: w}\nautomation:\n  u: {eager: true}\n"
+    )
     spec = load_spec(spec_path)
-    defs = dg.Definitions.merge(build_spec_definitions(spec),
-                                dg.Definitions(resources={"lmforge": LmforgeResource(home=str(lmforge_home))}))
+    defs = dg.Definitions.merge(
+        build_spec_definitions(spec),
+        dg.Definitions(resources={"lmforge": LmforgeResource(home=str(lmforge_home))}),
+    )
     with dg.instance_for_test() as inst:
         r0 = dg.evaluate_automation_conditions(defs=defs, instance=inst)
-        _materialize(spec, lmforge_home, inst, ["w"])          # its blocking check fails
+        _materialize(spec, lmforge_home, inst, ["w"])  # its blocking check fails
         assert inst.get_latest_materialization_event(dg.AssetKey(["b", "w"])) is not None
         r1 = dg.evaluate_automation_conditions(defs=defs, instance=inst, cursor=r0.cursor)
         assert r1.total_requested == 0
@@ -175,10 +205,14 @@ def test_watch_sensor_notices_new_files(lmforge_home, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     spec_path = tmp_path / "w.yaml"
-    spec_path.write_text("pipeline: w\nstages:\n  a: {kind: toy_text, words: [x]}\n"
-                         f"automation:\n  a: {{watch: {{path: {json.dumps(str(inbox))}, pattern: '*.txt'}}}}\n")
-    defs = dg.Definitions.merge(build_spec_definitions(load_spec(spec_path)),
-                                dg.Definitions(resources={"lmforge": LmforgeResource(home=str(lmforge_home))}))
+    spec_path.write_text(
+        "pipeline: w\nstages:\n  a: {kind: toy_text, words: [x]}\n"
+        f"automation:\n  a: {{watch: {{path: {json.dumps(str(inbox))}, pattern: '*.txt'}}}}\n"
+    )
+    defs = dg.Definitions.merge(
+        build_spec_definitions(load_spec(spec_path)),
+        dg.Definitions(resources={"lmforge": LmforgeResource(home=str(lmforge_home))}),
+    )
     sensor = defs.resolve_sensor_def("w__a__watch")
     with dg.instance_for_test() as inst:
         ctx = dg.build_sensor_context(instance=inst)
@@ -188,23 +222,34 @@ def test_watch_sensor_notices_new_files(lmforge_home, tmp_path):
         req = sensor(ctx)
         assert isinstance(req, dg.RunRequest) and req.asset_selection == [dg.AssetKey(["w", "a"])]
         ctx2 = dg.build_sensor_context(instance=inst, cursor=ctx.cursor)
-        assert isinstance(sensor(ctx2), dg.SkipReason)          # nothing new
+        assert isinstance(sensor(ctx2), dg.SkipReason)  # nothing new
         (inbox / "second.txt").write_text("again")
         assert isinstance(sensor(ctx2), dg.RunRequest)
 
 
 def test_adding_a_partition_computes_only_it(lmforge_home, tmp_path):
     p = tmp_path / "parts.yaml"
-    p.write_text("pipeline: parts\nstages:\n  a: {kind: toy_text, words: [x]}\n  b: {kind: toy_text, words: [y, z]}\n"
-                 "  count: {kind: toy_count, docs: [a]}\n")
+    p.write_text(
+        "pipeline: parts\nstages:\n  a: {kind: toy_text, words: [x]}\n  b: {kind: toy_text, words: [y, z]}\n"
+        "  count: {kind: toy_count, docs: [a]}\n"
+    )
     with dg.instance_for_test() as inst:
         spec = load_spec(p)
         defs = build_spec_definitions(spec)
-        res = dg.materialize(list(defs.assets), selection=[dg.AssetKey(["parts", s]) for s in ("a", "b")],
-                             instance=inst, resources={"lmforge": LmforgeResource(home=str(lmforge_home))})
+        res = dg.materialize(
+            list(defs.assets),
+            selection=[dg.AssetKey(["parts", s]) for s in ("a", "b")],
+            instance=inst,
+            resources={"lmforge": LmforgeResource(home=str(lmforge_home))},
+        )
         assert res.success
-        res = dg.materialize(list(defs.assets), selection=[dg.AssetKey(["parts", "count"])], partition_key="a",
-                             instance=inst, resources={"lmforge": LmforgeResource(home=str(lmforge_home))})
+        res = dg.materialize(
+            list(defs.assets),
+            selection=[dg.AssetKey(["parts", "count"])],
+            partition_key="a",
+            instance=inst,
+            resources={"lmforge": LmforgeResource(home=str(lmforge_home))},
+        )
         assert res.success
         p.write_text(p.read_text().replace("docs: [a]", "docs: [a, b]"))
         spec2 = load_spec(p)
@@ -217,7 +262,14 @@ def test_adding_a_partition_computes_only_it(lmforge_home, tmp_path):
         defs2 = build_spec_definitions(spec2)
         hits = {}
         for part in ("a", "b"):
-            r = dg.materialize(list(defs2.assets), selection=[dg.AssetKey(["parts", "count"])], partition_key=part,
-                               instance=inst, resources={"lmforge": LmforgeResource(home=str(lmforge_home))})
-            hits[part] = r.asset_materializations_for_node("parts__count")[0].metadata["lmforge/cache_hit"].value
+            r = dg.materialize(
+                list(defs2.assets),
+                selection=[dg.AssetKey(["parts", "count"])],
+                partition_key=part,
+                instance=inst,
+                resources={"lmforge": LmforgeResource(home=str(lmforge_home))},
+            )
+            hits[part] = (
+                r.asset_materializations_for_node("parts__count")[0].metadata["lmforge/cache_hit"].value
+            )
         assert hits == {"a": True, "b": False}

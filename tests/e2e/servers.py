@@ -29,14 +29,21 @@ def dagster_server(args: list[str], home: Path, log: Path, dev: bool = False, ti
     dh = home / "dagster"
     dh.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "dagster.yaml", dh / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(dh), "LMFORGE_HOME": str(home), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dh),
+        "LMFORGE_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     if dev:
         cmd = [sys.executable, "-m", "dagster", "dev", *args, "-h", "127.0.0.1", "-p", str(port)]
     else:
         cmd = [sys.executable, "-m", "dagster_webserver", *args, "-h", "127.0.0.1", "-p", str(port)]
     with log.open("w") as lf:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -65,8 +72,11 @@ def dagster_server(args: list[str], home: Path, log: Path, dev: bool = False, ti
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     import json
 
-    req = urllib.request.Request(url + "/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         out = json.loads(r.read())
     if "errors" in out:

@@ -15,15 +15,28 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chromium not installed (make test installs it)")
+@pytest.mark.skipif(
+    not shutil.which("chromium"), reason="Debian chromium not installed (make test installs it)"
+)
 def test_ui_materializes_tiny_pipeline(lmforge_home, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    with dagster_server(["-f", "tests/e2e/toy_defs.py"], lmforge_home, tmp_path / "dev.log", dev=True) as url, \
-            sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+    with (
+        dagster_server(["-f", "tests/e2e/toy_defs.py"], lmforge_home, tmp_path / "dev.log", dev=True) as url,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--headless",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{url}/asset-groups/toy", wait_until="domcontentloaded")

@@ -23,14 +23,24 @@ def test_tiny_default_base_beats_unigram_and_loads(tmp_path: Path):
     spec = load_spec("tiny_r1")
     art = ArtifactStore(home).get("pretrain", spec.stages["base"].version)
     m = art.manifest["metrics"]
-    assert m["val_loss_vs_unigram"] <= 0.8, m                      # >= 20% below unigram entropy
-    assert {c["name"]: c["passed"] for c in art.manifest["checks"]} == \
-        {"finite_loss": True, "reloads": True, "beats_unigram": True}
-    assert m["generation_corpus_word_frac"] >= 0.7                # generations use the corpus's words
+    assert m["val_loss_vs_unigram"] <= 0.8, m  # >= 20% below unigram entropy
+    assert {c["name"]: c["passed"] for c in art.manifest["checks"]} == {
+        "finite_loss": True,
+        "reloads": True,
+        "beats_unigram": True,
+    }
+    assert m["generation_corpus_word_frac"] >= 0.7  # generations use the corpus's words
     gens = art.metadata()["generations"]["value"]
     assert len(gens) == len(spec.stages["base"].config.prompts) and all(g["completion"].strip() for g in gens)
-    for f in ("model.safetensors", "config.json", "tokenizer.json", "curve.parquet", "loss_curve.png",
-              "training_state/model.safetensors", "training_state/optimizer.pt"):
+    for f in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "curve.parquet",
+        "loss_curve.png",
+        "training_state/model.safetensors",
+        "training_state/optimizer.pt",
+    ):
         assert (art.path / f).is_file(), f
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

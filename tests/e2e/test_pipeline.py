@@ -64,9 +64,11 @@ def test_report_covers_every_model_stage(smoke_home, capsys):
 
 
 def test_catalog_follows_lineage_from_crawl_to_eval(smoke_home, capsys):
-    q = ("WITH RECURSIVE up(v) AS (SELECT version FROM artifacts WHERE stage = 'eval' AND pipeline = 'tiny_r1_smoke' "
-         "UNION SELECT l.input_version FROM lineage l JOIN up ON l.version = up.v) "
-         "SELECT DISTINCT a.kind FROM artifacts a JOIN up ON a.version = up.v ORDER BY 1")
+    q = (
+        "WITH RECURSIVE up(v) AS (SELECT version FROM artifacts WHERE stage = 'eval' AND pipeline = 'tiny_r1_smoke' "
+        "UNION SELECT l.input_version FROM lineage l JOIN up ON l.version = up.v) "
+        "SELECT DISTINCT a.kind FROM artifacts a JOIN up ON a.version = up.v ORDER BY 1"
+    )
     assert main(["--home", str(smoke_home), "sql", q, "--json"]) == 0
     kinds = {r["kind"] for r in json.loads(capsys.readouterr().out)}
     assert {"crawl", "extract", "filter", "dedupe", "pretrain", "sft", "grpo", "evaluate"} <= kinds
@@ -76,9 +78,19 @@ def test_second_materialization_is_all_cache_hits(smoke_home, capsys):
     assert main(["--home", str(smoke_home), "plan", str(SMOKE)]) == 0
     assert "to compute" not in capsys.readouterr().out
     assert main(["--home", str(smoke_home), "materialize", str(SMOKE)]) == 0
-    assert main(["--home", str(smoke_home), "sql",
-                 "SELECT count(*) AS n FROM stage_runs WHERE pipeline = 'tiny_r1_smoke' AND NOT cache_hit", "--json"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(smoke_home),
+                "sql",
+                "SELECT count(*) AS n FROM stage_runs WHERE pipeline = 'tiny_r1_smoke' AND NOT cache_hit",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    n_computed = json.loads(out[out.rindex("["):])[0]["n"]
+    n_computed = json.loads(out[out.rindex("[") :])[0]["n"]
     spec = load_spec(SMOKE)
     assert n_computed == sum(len(st.output_versions()) for st in spec.stages.values())

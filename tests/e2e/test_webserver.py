@@ -32,8 +32,9 @@ def test_definitions_load_and_every_spec_validates():
 def test_webserver_serves_lineage(lmforge_home, tmp_path):
     with dagster_server(["-m", "pipelines.definitions"], lmforge_home, tmp_path / "web.log") as url:
         locs = graphql(url, LOCATIONS)["workspaceOrError"]["locationEntries"]
-        assert [(loc["loadStatus"], loc["locationOrLoadError"]["__typename"]) for loc in locs] == \
-            [("LOADED", "RepositoryLocation")], locs
+        assert [(loc["loadStatus"], loc["locationOrLoadError"]["__typename"]) for loc in locs] == [
+            ("LOADED", "RepositoryLocation")
+        ], locs
         nodes = {tuple(n["assetKey"]["path"]): n for n in graphql(url, NODES)["assetNodes"]}
     spec = load_spec("tiny_r1")
     for st in spec.stages.values():

@@ -194,7 +194,9 @@ def test_train_tokenizer_and_tokenize_kinds(lmforge_home):
     first = next(r for r in task_rows if r["doc_id"] == f"task:{train_tasks[0].id}")
     seg = TokenStream(mixed.path, "train").tokens[first["offset"] : first["offset"] + first["n_tokens"] - 1]
     text = fast.decode(list(map(int, seg)))
-    assert text.startswith(train_tasks[0].question) and text.endswith(f"The answer is {train_tasks[0].answer}.")
+    assert text.startswith(train_tasks[0].question) and text.endswith(
+        f"The answer is {train_tasks[0].answer}."
+    )
     assert "<|im_start|>" not in text
     # a tasks input that is not a tasks artifact: one clear error naming the stage and field, nothing stored
     with pytest.raises(ValueError, match=r"stage 'tokens2', field 'tasks': .*train.parquet does not exist"):

@@ -39,7 +39,12 @@ def test_plan_materialize_variant_sql(lmforge_home, capsys, monkeypatch):
     assert lines["joined"].endswith("to compute")
     assert main([*home, "materialize", str(SPECS / "toy_variant.yaml"), "--stages", "joined"]) == 0
     capsys.readouterr()
-    assert main([*home, "sql", "SELECT pipeline, stage, cache_hit FROM stage_runs ORDER BY recorded_at", "--json"]) == 0
+    assert (
+        main(
+            [*home, "sql", "SELECT pipeline, stage, cache_hit FROM stage_runs ORDER BY recorded_at", "--json"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert '"pipeline": "toy_variant"' in out and '"cache_hit": false' in out
     # the same instance the UI uses holds the runs
@@ -47,7 +52,7 @@ def test_plan_materialize_variant_sql(lmforge_home, capsys, monkeypatch):
 
     inst = dg.DagsterInstance.from_config(str(lmforge_home / "dagster"))
     assert len(inst.get_run_records()) >= 2
-    assert main([*home, "report", str(SPECS / "toy.yaml")]) == 2    # toy has no report stage
+    assert main([*home, "report", str(SPECS / "toy.yaml")]) == 2  # toy has no report stage
 
 
 def test_readme_spec_example_validates(tmp_path):
@@ -63,11 +68,14 @@ def test_readme_names_real_commands():
     text = (ROOT / "README.md").read_text()
     mk = (ROOT / "Makefile").read_text()
     for target in re.findall(r"^make (\w+)", text, re.M):
-        assert re.search(rf"^{target}:", mk, re.M), f"README mentions `make {target}` but the Makefile lacks it"
+        assert re.search(rf"^{target}:", mk, re.M), (
+            f"README mentions `make {target}` but the Makefile lacks it"
+        )
     import subprocess
     import sys
 
-    helptext = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True,
-                              cwd=ROOT).stdout
+    helptext = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
     for cmd in re.findall(r"^lmforge (\w+)", text, re.M):
         assert cmd in helptext, cmd

@@ -40,49 +40,61 @@ def test_toy_spec_loads_in_topological_order():
 
 
 def test_unknown_kind(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         pipeline: bad
         stages:
           a: {kind: toy_text, words: [x]}
           b: {kind: no_such_kind, from: a}
-        """)
+        """,
+    )
     issue, msg = one_issue(p)
     assert (issue.stage, issue.field, issue.line) == ("b", "kind", 5)
     assert "unknown kind 'no_such_kind'" in msg and f"{p}:5" in msg
 
 
 def test_unknown_field(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         pipeline: bad
         stages:
           a:
             kind: toy_text
             words: [x]
             wordz: [y]
-        """)
+        """,
+    )
     issue, msg = one_issue(p)
     assert (issue.stage, issue.field, issue.line) == ("a", "wordz", 7)
     assert "unknown field for kind 'toy_text'" in msg and "words" in msg
 
 
 def test_mistyped_field(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         pipeline: bad
         stages:
           a: {kind: toy_text, words: [x], repeat: many}
-        """)
+        """,
+    )
     issue, msg = one_issue(p)
     assert (issue.stage, issue.field) == ("a", "repeat")
     assert "integer" in msg and "'many'" in msg
 
 
 def test_missing_reference(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         pipeline: bad
         stages:
           a: {kind: toy_text, words: [x]}
           b: {kind: toy_upper, from: nope}
-        """)
+        """,
+    )
     issue, msg = one_issue(p)
     assert (issue.stage, issue.field, issue.line) == ("b", "from", 5)
     assert "missing stage 'nope'" in msg
@@ -99,25 +111,31 @@ def test_wrong_reference_type(tmp_path):
 
     if "toy_needs_model" not in KINDS:
         register(StageKind("toy_needs_model", NeedsModel, "eval", "1", lambda r: StageResult(), "test"))
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         pipeline: bad
         stages:
           a: {kind: toy_text, words: [x]}
           b: {kind: toy_needs_model, model: a}
-        """)
+        """,
+    )
     issue, msg = one_issue(p)
     assert (issue.stage, issue.field) == ("b", "model")
     assert "producing documents" in msg and "expects model" in msg
 
 
 def test_cycle(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         pipeline: bad
         stages:
           a: {kind: toy_upper, from: c}
           b: {kind: toy_upper, from: a}
           c: {kind: toy_upper, from: b}
-        """)
+        """,
+    )
     with pytest.raises(SpecError) as ei:
         load_spec(p)
     msgs = [str(i) for i in ei.value.issues]
@@ -125,7 +143,9 @@ def test_cycle(tmp_path):
 
 
 def test_bad_automation_and_top_level(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         pipeline: bad
         stagez: {}
         stages:
@@ -133,7 +153,8 @@ def test_bad_automation_and_top_level(tmp_path):
         automation:
           a: {cron: "every day"}
           zz: {eager: true}
-        """)
+        """,
+    )
     with pytest.raises(SpecError) as ei:
         load_spec(p)
     msgs = "\n".join(str(i) for i in ei.value.issues)
@@ -149,10 +170,18 @@ def test_invalid_yaml_names_line(tmp_path):
 
 def test_versions_stable_across_processes():
     spec = load_spec(SPECS / "toy.yaml")
-    code = ("import tests.pipelines.toy_kinds; from pipelines.spec import load_spec; "
-            f"s = load_spec({str(SPECS / 'toy.yaml')!r}); print(' '.join(st.version for st in s.stages.values()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2], env={"PYTHONHASHSEED": "123", "PATH": ""})
+    code = (
+        "import tests.pipelines.toy_kinds; from pipelines.spec import load_spec; "
+        f"s = load_spec({str(SPECS / 'toy.yaml')!r}); print(' '.join(st.version for st in s.stages.values()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
     assert out.stdout.split() == [st.version for st in spec.stages.values()]
 
 
@@ -165,8 +194,16 @@ def test_config_change_reversions_exactly_stage_and_descendants(tmp_path):
 
 
 def test_equivalent_spellings_hash_the_same(tmp_path):
-    a = load_spec(write(tmp_path, "pipeline: a\nstages:\n  w: {kind: toy_text, words: [x], repeat: 1}\n", "a.yaml"))
-    b = load_spec(write(tmp_path, "pipeline: b\nstages:\n  renamed:\n    repeat: 1.0\n    words: [x]\n    kind: toy_text\n", "b.yaml"))
+    a = load_spec(
+        write(tmp_path, "pipeline: a\nstages:\n  w: {kind: toy_text, words: [x], repeat: 1}\n", "a.yaml")
+    )
+    b = load_spec(
+        write(
+            tmp_path,
+            "pipeline: b\nstages:\n  renamed:\n    repeat: 1.0\n    words: [x]\n    kind: toy_text\n",
+            "b.yaml",
+        )
+    )
     assert a.stages["w"].version == b.stages["renamed"].version
 
 

@@ -26,8 +26,10 @@ def _toy_text(run):
         if os.environ.get("LMFORGE_TEST_HARD_CRASH"):
             os._exit(3)
         raise RuntimeError("injected crash while writing")
-    return StageResult(metrics={"rows": len(rows)},
-                       checks=[CheckOutcome("non_empty", bool(rows), metadata={"rows": len(rows)})])
+    return StageResult(
+        metrics={"rows": len(rows)},
+        checks=[CheckOutcome("non_empty", bool(rows), metadata={"rows": len(rows)})],
+    )
 
 
 class ToyUpperConfig(StageConfig):
@@ -37,10 +39,11 @@ class ToyUpperConfig(StageConfig):
 
 def _toy_upper(run):
     t = pq.read_table(run.input("from_").path / "documents.parquet").to_pylist()
-    rows = [{"id": r["id"], "text": r["text"].upper() + run.config.suffix, "parent_ids": [r["id"]]} for r in t]
+    rows = [
+        {"id": r["id"], "text": r["text"].upper() + run.config.suffix, "parent_ids": [r["id"]]} for r in t
+    ]
     pq.write_table(pa.Table.from_pylist(rows), run.out / "documents.parquet")
-    return StageResult(metrics={"rows": len(rows)},
-                       checks=[CheckOutcome("non_empty", bool(rows))])
+    return StageResult(metrics={"rows": len(rows)}, checks=[CheckOutcome("non_empty", bool(rows))])
 
 
 class ToyJoinConfig(StageConfig):
@@ -56,10 +59,28 @@ def _toy_join(run):
 
 
 if "toy_text" not in __import__("assets.registry", fromlist=["KINDS"]).KINDS:
-    register(StageKind("toy_text", ToyTextConfig, "documents", "1", _toy_text, "test kind: words as documents",
-                       checks=(CheckSpec("non_empty", "at least one row", blocking=True),)))
-    register(StageKind("toy_upper", ToyUpperConfig, "documents", "1", _toy_upper, "test kind: upper-case",
-                       checks=(CheckSpec("non_empty", "at least one row", blocking=True),)))
+    register(
+        StageKind(
+            "toy_text",
+            ToyTextConfig,
+            "documents",
+            "1",
+            _toy_text,
+            "test kind: words as documents",
+            checks=(CheckSpec("non_empty", "at least one row", blocking=True),),
+        )
+    )
+    register(
+        StageKind(
+            "toy_upper",
+            ToyUpperConfig,
+            "documents",
+            "1",
+            _toy_upper,
+            "test kind: upper-case",
+            checks=(CheckSpec("non_empty", "at least one row", blocking=True),),
+        )
+    )
     register(StageKind("toy_join", ToyJoinConfig, "documents", "1", _toy_join, "test kind: concatenate"))
 
 
@@ -76,5 +97,14 @@ def _toy_count(run):
 
 
 if "toy_count" not in __import__("assets.registry", fromlist=["KINDS"]).KINDS:
-    register(StageKind("toy_count", ToyCountConfig, "eval", "1", _toy_count, "test kind: partitioned count",
-                       partition_field="docs"))
+    register(
+        StageKind(
+            "toy_count",
+            ToyCountConfig,
+            "eval",
+            "1",
+            _toy_count,
+            "test kind: partitioned count",
+            partition_field="docs",
+        )
+    )
