@@ -48,24 +48,30 @@ def _read_documents(art_path: Path, stage: str, field: str) -> tuple[list[str], 
     return ids, texts
 
 
-def _read_task_texts(art_path: Path, stage: str, field: str) -> list[str]:
-    """Chat-formatted training tasks (prompt + reference response); eval tasks are never read."""
+def _train_task_rows(art_path: Path, stage: str, field: str, required: tuple[str, ...]) -> list[dict]:
+    """Rows of a tasks artifact's training split (eval tasks are never read); a missing file or column is
+    an error naming the stage and field. ``solution`` is "" when the column is absent or null."""
     import pyarrow.parquet as pq
-
-    from ops.tokenizer import chat_prompt, chat_response
 
     f = art_path / "train.parquet"
     if not f.is_file():
         raise ValueError(f"stage {stage!r}, field {field!r}: {f} does not exist (not a tasks artifact)")
     t = pq.read_table(f)
-    missing = [c for c in ("question", "answer") if c not in t.column_names]
+    missing = [c for c in required if c not in t.column_names]
     if missing:
         raise ValueError(f"stage {stage!r}, field {field!r}: {f} lacks column(s) {missing}")
-    sol = t.column("solution").to_pylist() if "solution" in t.column_names else [""] * t.num_rows
-    return [
-        chat_prompt(q) + chat_response(s or "", a)
-        for q, a, s in zip(t.column("question").to_pylist(), t.column("answer").to_pylist(), sol)
-    ]
+    rows = t.to_pylist()
+    for r in rows:
+        r["solution"] = r.get("solution") or ""
+    return rows
+
+
+def _read_task_texts(art_path: Path, stage: str, field: str) -> list[str]:
+    """Chat-formatted training tasks (prompt + reference response)."""
+    from ops.tokenizer import chat_prompt, chat_response
+
+    rows = _train_task_rows(art_path, stage, field, ("question", "answer"))
+    return [chat_prompt(r["question"]) + chat_response(r["solution"], r["answer"]) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------- train_tokenizer
@@ -257,22 +263,12 @@ class TokenizeConfig(StageConfig):
 def _read_task_docs(art_path: Path, stage: str, field: str) -> tuple[list[str], list[str]]:
     """``(ids, texts)`` of a tasks artifact's training split as plain documents (no chat template):
     ``question\nsolution The answer is X.``"""
-    import pyarrow.parquet as pq
-
-    f = art_path / "train.parquet"
-    if not f.is_file():
-        raise ValueError(f"stage {stage!r}, field {field!r}: {f} does not exist (not a tasks artifact)")
-    t = pq.read_table(f)
-    missing = [c for c in ("id", "question", "answer") if c not in t.column_names]
-    if missing:
-        raise ValueError(f"stage {stage!r}, field {field!r}: {f} lacks column(s) {missing}")
-    sol = t.column("solution").to_pylist() if "solution" in t.column_names else [""] * t.num_rows
-    ids, texts = [], []
-    for i, q, a, s in zip(
-        t.column("id").to_pylist(), t.column("question").to_pylist(), t.column("answer").to_pylist(), sol
-    ):
-        ids.append(f"task:{i}")
-        texts.append(f"{q}\n{(s + ' ') if s else ''}The answer is {a}.")
+    rows = _train_task_rows(art_path, stage, field, ("id", "question", "answer"))
+    ids = [f"task:{r['id']}" for r in rows]
+    texts = [
+        f"{r['question']}\n{r['solution'] + ' ' if r['solution'] else ''}The answer is {r['answer']}."
+        for r in rows
+    ]
     return ids, texts
 
 
