@@ -18,6 +18,11 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
+def _num(t: torch.Tensor) -> float:
+    """A statistic as a plain float, detached from the graph."""
+    return float(t.detach())
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
@@ -71,7 +76,7 @@ def bradley_terry_loss(
     """
     diff = r_chosen.float() - r_rejected.float()
     loss = -F.logsigmoid(diff - margin).mean()
-    return loss, {"accuracy": float((diff > 0).float().mean()), "margin": float(diff.mean())}
+    return loss, {"accuracy": _num((diff > 0).float().mean()), "margin": _num(diff.mean())}
 
 
 # ------------------------------------------------------------------------------------------------ DPO
@@ -95,10 +100,10 @@ def dpo_loss(
     z = r_c - r_r
     loss = (-(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)).mean()
     return loss, {
-        "accuracy": float((z > 0).float().mean()),
-        "margin": float(z.mean()),
-        "chosen_reward": float(r_c.mean()),
-        "rejected_reward": float(r_r.mean()),
+        "accuracy": _num((z > 0).float().mean()),
+        "margin": _num(z.mean()),
+        "chosen_reward": _num(r_c.mean()),
+        "rejected_reward": _num(r_r.mean()),
     }
 
 
@@ -156,8 +161,8 @@ def ppo_policy_loss(
     with torch.no_grad():
         clipped = ((ratio - 1).abs() > clip_eps).float()
         stats = {
-            "clip_frac": float(_masked_mean(clipped, mask)),
-            "approx_kl": float(_masked_mean(old_logp - logp, mask)),
+            "clip_frac": _num(_masked_mean(clipped, mask)),
+            "approx_kl": _num(_masked_mean(old_logp - logp, mask)),
         }
     return loss, stats
 
@@ -178,7 +183,7 @@ def ppo_value_loss(
     l1 = (values - returns) ** 2
     l2 = (v_clip - returns) ** 2
     loss = 0.5 * _masked_mean(torch.max(l1, l2), mask)
-    return loss, {"value_clip_frac": float(_masked_mean((l2 > l1).float(), mask))}
+    return loss, {"value_clip_frac": _num(_masked_mean((l2 > l1).float(), mask))}
 
 
 # ------------------------------------------------------------------------------------------------ GRPO
@@ -250,9 +255,9 @@ def grpo_loss(
         loss = (per_tok * m).sum() / (m.shape[0] * L)
     with torch.no_grad():
         stats = {
-            "kl": float(_masked_mean(kl, m)),
-            "clip_frac": float(_masked_mean(((ratio - 1).abs() > clip_eps).float(), m)),
-            "ratio": float(_masked_mean(ratio, m)),
+            "kl": _num(_masked_mean(kl, m)),
+            "clip_frac": _num(_masked_mean(((ratio - 1).abs() > clip_eps).float(), m)),
+            "ratio": _num(_masked_mean(ratio, m)),
         }
     return loss, stats
 
@@ -285,4 +290,4 @@ def kd_loss(
     kl = _masked_mean(kl_tok, mask)
     ce = -_masked_mean(token_logprobs(s, lb), mask)
     loss = alpha * temperature**2 * kl + (1 - alpha) * ce
-    return loss, {"kl": float(kl), "ce": float(ce)}
+    return loss, {"kl": _num(kl), "ce": _num(ce)}

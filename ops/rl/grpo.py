@@ -229,7 +229,7 @@ def _update(policy, ref, opt, params, samples, adv, p: GRPOParams, pad, dev, lr:
             loss.backward()
             gn = clip_grads(params, p.grad_clip)
             opt.step()
-            for key, v in {"loss": float(loss), "grad_norm": gn, **st}.items():
+            for key, v in {"loss": float(loss.detach()), "grad_norm": gn, **st}.items():
                 agg[key] = agg.get(key, 0.0) + v
             cnt += 1
     return {k: v / cnt for k, v in agg.items()}
