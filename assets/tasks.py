@@ -12,7 +12,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from .registry import CheckOutcome, CheckSpec, StageConfig, StageKind, StageResult, StageRun, Table, register
+from .registry import (
+    CheckOutcome,
+    CheckSpec,
+    StageConfig,
+    StageKind,
+    StageResult,
+    StageRun,
+    Table,
+    ref,
+    register,
+)
 
 
 class ReasoningTasksConfig(StageConfig):
@@ -31,6 +41,13 @@ class ReasoningTasksConfig(StageConfig):
         None, description="generator=parquet: training Parquet with question/answer columns"
     )
     eval_path: str | None = Field(None, description="generator=parquet: held-out Parquet (same columns)")
+    exclude: list[str] = ref(
+        "tasks",
+        many=True,
+        optional=True,
+        description="task stages whose questions (train and eval) this stage never contains: a prompt set for "
+        "RL or distillation that stays disjoint from another stage's held-out problems and SFT data",
+    )
 
 
 def _validate(cfg: ReasoningTasksConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
@@ -67,18 +84,40 @@ def _fingerprint(cfg: ReasoningTasksConfig):
     return out
 
 
+def _excluded_questions(run: StageRun) -> set[str]:
+    from ops.tasks import TaskFileError, read_tasks
+
+    out: set[str] = set()
+    for a in run.inputs.get("exclude", []):
+        for split in ("train", "eval"):
+            p = a.path / f"{split}.parquet"
+            try:
+                out |= {t.question for t in read_tasks(p)}
+            except Exception as e:  # noqa: BLE001
+                raise TaskFileError(f"stage {run.stage!r}, field 'exclude': cannot read {p} ({e})") from e
+    return out
+
+
 def _run(run: StageRun) -> StageResult:
     from ops.tasks import TaskFileError, load_task_parquet, make_splits, write_tasks
 
     cfg: ReasoningTasksConfig = run.config
+    excluded = _excluded_questions(run)
+    dropped = 0
     if cfg.generator == "parquet":
         errs = _validate(cfg, {})
         if errs:
             raise TaskFileError(f"stage {run.stage!r}: " + "; ".join(f"{f}: {m}" for f, m in errs))
         train = load_task_parquet(Path(cfg.path).expanduser())
         ev = load_task_parquet(Path(cfg.eval_path).expanduser()) if cfg.eval_path else []
+        n = len(train) + len(ev)
+        train = [t for t in train if t.question not in excluded]
+        ev = [t for t in ev if t.question not in excluded]
+        dropped = n - len(train) - len(ev)
     else:
-        train, ev = make_splits(cfg.train, cfg.eval, cfg.seed, cfg.difficulties)
+        train, ev = make_splits(cfg.train, cfg.eval, cfg.seed, cfg.difficulties, exclude=excluded)
+    if excluded:
+        run.log(f"excluding {len(excluded)} questions of {run.config.exclude}; {dropped} user rows dropped")
     write_tasks(train, run.out / "train.parquet")
     write_tasks(ev, run.out / "eval.parquet")
     overlap = len({t.question for t in train} & {t.question for t in ev})
@@ -87,7 +126,7 @@ def _run(run: StageRun) -> StageResult:
     for t in train:
         by_d[t.difficulty] = by_d.get(t.difficulty, 0) + 1
     return StageResult(
-        metrics={"train": len(train), "eval": len(ev), "overlap": overlap},
+        metrics={"train": len(train), "eval": len(ev), "overlap": overlap, "excluded_rows_dropped": dropped},
         metadata={
             "samples": Table(
                 [

@@ -320,16 +320,24 @@ def generate_tasks(
 
 
 def make_splits(
-    n_train: int, n_eval: int, seed: int, difficulties: tuple[int, ...] | list[int] = (2,)
+    n_train: int,
+    n_eval: int,
+    seed: int,
+    difficulties: tuple[int, ...] | list[int] = (2,),
+    exclude: set[str] | None = None,
 ) -> tuple[list[Task], list[Task]]:
-    """Disjoint train/eval splits: eval comes from its own seed stream and never repeats a train question."""
-    train = generate_tasks(n_train, seed=seed * 2 + 0, difficulties=difficulties, id_prefix="train")
+    """Disjoint train/eval splits: eval comes from its own seed stream and never repeats a train question;
+    neither split contains a question in ``exclude`` (e.g. another task set's problems)."""
+    ex = set(exclude or ())
+    train = generate_tasks(
+        n_train, seed=seed * 2 + 0, difficulties=difficulties, id_prefix="train", exclude=ex
+    )
     ev = generate_tasks(
         n_eval,
         seed=seed * 2 + 1,
         difficulties=difficulties,
         id_prefix="eval",
-        exclude={t.question for t in train},
+        exclude=ex | {t.question for t in train},
     )
     return train, ev
 

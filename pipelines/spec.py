@@ -349,12 +349,16 @@ def compute_versions(spec: Spec, *, fingerprints: bool = True) -> None:
         kind = st.kind
         pf = kind.partition_field
         inputs = {fname: [v for n in names for v in spec.stages[n].output_versions()]
-                  for fname, names in st.refs.items() if fname != pf}
+                  for fname, names in st.refs.items() if fname != pf and names}
         external = None
         if fingerprints and kind.fingerprint is not None:
             external = kind.fingerprint(st.config)
         try:
-            cfg = st.config.model_dump(mode="json", exclude=set(st.refs) | ({pf} if pf else set()))
+            # every reference field stays out of the canonical config: a set one enters as its inputs'
+            # versions, an unset optional one is absent (so adding an optional reference field to a kind
+            # does not re-version the stages that do not use it)
+            cfg = st.config.model_dump(mode="json", exclude=set(ref_fields(type(st.config))) | set(st.refs)
+                                       | ({pf} if pf else set()))
             st.version = stable_hash({"kind": kind.name, "code": kind.code_version, "config": cfg,
                                       "inputs": inputs, "external": external})
         except UnhashableValue as e:

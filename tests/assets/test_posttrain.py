@@ -70,6 +70,63 @@ def test_reasoning_tasks_user_parquet(lmforge_home, tmp_path):
 
 
 @pytest.mark.unit
+def test_reasoning_tasks_exclude_keeps_another_task_set_out(lmforge_home, tmp_path):
+    """A second prompt set (e.g. for RL or distillation) never contains the first set's questions, generated or
+    from a user file; an unreadable excluded artifact is one error naming the field, and nothing is stored."""
+    first, _ = run_kind("reasoning_tasks", {"train": 300, "eval": 50, "difficulties": [1]}, lmforge_home)
+    seen = {
+        r["question"]
+        for s in ("train", "eval")
+        for r in pq.read_table(first.path / f"{s}.parquet").to_pylist()
+    }
+    # the same seed would regenerate exactly the first set; with exclude it must draw other problems
+    second, res = run_kind(
+        "reasoning_tasks",
+        {"train": 300, "eval": 10, "difficulties": [1], "exclude": ["first"]},
+        lmforge_home,
+        inputs={"exclude": [first]},
+    )
+    got = [
+        r["question"]
+        for s in ("train", "eval")
+        for r in pq.read_table(second.path / f"{s}.parquet").to_pylist()
+    ]
+    assert len(got) == 310 and not (set(got) & seen) and res.metrics["overlap"] == 0
+    user = tmp_path / "user.parquet"
+    old_q = sorted(seen)[0]
+    pq.write_table(pa.table({"question": [old_q, "What is 2+3?"], "answer": ["1", "5"]}), user)
+    third, res = run_kind(
+        "reasoning_tasks",
+        {"generator": "parquet", "path": str(user), "exclude": ["first"]},
+        lmforge_home,
+        inputs={"exclude": [first]},
+    )
+    assert [r["question"] for r in pq.read_table(third.path / "train.parquet").to_pylist()] == [
+        "What is 2+3?"
+    ]
+    assert res.metrics["excluded_rows_dropped"] == 1
+
+    from ops.tasks import TaskFileError
+
+    broken = tmp_path / "broken_art"
+    broken.mkdir()
+    (broken / "train.parquet").write_text("not parquet")
+    before = sorted(p.name for p in (lmforge_home / "artifacts" / "reasoning_tasks").glob("[!.]*"))
+    with pytest.raises(TaskFileError, match="field 'exclude': cannot read .*train.parquet"):
+        run_kind(
+            "reasoning_tasks",
+            {"train": 10, "eval": 0, "seed": 5, "exclude": ["x"]},
+            lmforge_home,
+            inputs={
+                "exclude": [
+                    StoredArtifact("reasoning_tasks", "x", broken, {"stage": "x", "produces": "tasks"})
+                ]
+            },
+        )
+    assert sorted(p.name for p in (lmforge_home / "artifacts" / "reasoning_tasks").glob("[!.]*")) == before
+
+
+@pytest.mark.unit
 def test_unknown_reward_name_is_a_validation_error():
     from assets.registry import KINDS
 
