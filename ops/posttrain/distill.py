@@ -78,9 +78,13 @@ def train_distill(
         kw = dict(
             input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"]
         )
-        with torch.no_grad():
-            t_logits = teacher(**kw).logits
         s_logits = model(**kw).logits
+        if p.alpha == 0:
+            # plain SFT through the same loss: the KD term has weight 0, so the teacher's forward is skipped
+            t_logits = s_logits.detach()
+        else:
+            with torch.no_grad():
+                t_logits = teacher(**kw).logits
         loss, st = kd_loss(s_logits, t_logits, b["labels"], temperature=p.temperature, alpha=p.alpha)
         return loss, {**st, "tokens": batch["tokens"]}
 

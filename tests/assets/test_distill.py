@@ -217,3 +217,35 @@ def test_student_init_starts_from_a_given_smaller_model_and_bad_ones_are_refused
             log=lambda s: None,
         )
     assert len(_stored(lmforge_home, "distill")) == n_stored
+
+
+def test_sft_arm_of_distillation_never_runs_the_teacher():
+    """``alpha=0`` (the SFT arm of the paired KD-vs-SFT comparison) trains through the same loss without the
+    teacher's forward pass, and gives the same weights as alpha=0 with the teacher run."""
+    import copy
+
+    import torch
+
+    from ops.posttrain.common import Example
+    from ops.posttrain.distill import DistillParams, train_distill
+    from ops.posttrain.sft import SFTParams
+    from ops.tasks import make_splits
+
+    tok = H.tokenizer()
+    train, _ = make_splits(40, 0, seed=3, difficulties=(1,))
+    ex = [Example(t.id, t.question, t.response, t.answer) for t in train]
+    student = H.tiny_model(tok, seed=1, arch={**H.ARCH, "d_model": 64, "layers": 1})
+    teacher = H.tiny_model(tok, seed=2)
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    p = DistillParams("logit", 2.0, 0.0, SFTParams(steps=3, lr=1e-3, batch_size=8, seed=0, warmup_steps=0))
+    s1 = copy.deepcopy(student)
+    train_distill(s1, teacher, tok, ex, p, work_dir=None, log=lambda s: None)
+    assert calls == []
+    # with a tiny positive weight the teacher runs; the CE part of the update is the same code path
+    p2 = DistillParams("logit", 2.0, 1e-12, p.sft)
+    s2 = copy.deepcopy(student)
+    train_distill(s2, teacher, tok, ex, p2, work_dir=None, log=lambda s: None)
+    assert calls
+    for a, b in zip(s1.parameters(), s2.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
