@@ -73,7 +73,9 @@ def _eval_tasks(run: StageRun, fields: tuple[str, ...], n: int):
     for f in fields:
         for a in run.inputs.get(f, []):
             if a.produces == "tasks" and (a.path / "eval.parquet").is_file():
-                return read_tasks(a.path / "eval.parquet")[:n]
+                ev = read_tasks(a.path / "eval.parquet")
+                if ev:  # a prompt set generated with eval: 0 has an empty held-out split: try the next
+                    return ev[:n]
     return []
 
 

@@ -35,7 +35,7 @@ class GRPOParams:
     top_p: float = 1.0
     lr: float = 3e-5
     warmup_steps: int = 5
-    beta: float = 0.04  # k3 KL coefficient (0 = no reference model)
+    beta: float = 0.04  # k3 KL coefficient in the loss (0: KL to the reference measured, not penalised)
     clip_eps: float = 0.2
     clip_eps_high: float | None = None  # DAPO's clip-higher; None = symmetric
     norm: str = "token"  # token | sequence | unbiased (Dr. GRPO)
@@ -190,7 +190,9 @@ def _update(policy, ref, opt, params, samples, adv, p: GRPOParams, pad, dev, lr:
     n = len(samples)
     mb = p.minibatch_size or n
     ref_lp_all = None
-    if ref is not None and p.beta > 0:
+    # with a reference the k3 KL is always measured (the stage's "bounded KL" check reads it); beta = 0 only
+    # drops it from the loss (DAPO / Dr. GRPO style)
+    if ref is not None:
         with torch.no_grad():
             ref_lp_all = [
                 completion_logprobs(ref, completion_tensors(samples[s : s + mb], pad, dev), p.temperature)

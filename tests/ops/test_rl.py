@@ -121,3 +121,23 @@ def test_ppo_runs_with_finite_stats_and_bounded_kl(sft):
         assert all(math.isfinite(v) for v in h.values() if isinstance(v, float))
     assert max(h["kl"] for h in st.history) < 10
     assert any(p.abs().sum() > 0 for p in vh.parameters())  # the value head learned something
+
+
+def test_grpo_without_kl_penalty_still_measures_kl_to_the_reference(sft):
+    """beta=0 drops the KL term from the loss (DAPO / Dr. GRPO) but the k3 KL to the reference is still
+    measured, so a run's "bounded KL" check means something; without a reference there is nothing to measure."""
+    from ops.rewards import parse_specs
+    from ops.rl.grpo import GRPOParams, train_grpo
+
+    model, tok = sft
+    train, _ = H.task_splits()
+    p = GRPOParams(steps=3, prompts_per_step=16, group_size=8, lr=1e-3, warmup_steps=0, beta=0.0, seed=3)
+    specs = parse_specs(["accuracy"])
+    st = train_grpo(
+        copy.deepcopy(model).train(), copy.deepcopy(model), tok, train, specs, p, log=lambda s: None
+    )
+    kls = [h["kl"] for h in st.history if h["step"] > 0]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6)  # first update: the policy still equals the reference
+    assert max(kls[1:]) > 1e-4  # after an update at lr 1e-3 the policy has moved, and it is measured
+    st = train_grpo(copy.deepcopy(model).train(), None, tok, train, specs, p, log=lambda s: None)
+    assert all(h.get("kl", 0.0) == 0.0 for h in st.history)
