@@ -43,16 +43,13 @@ def _mixed_outcome_prompts(model, tok, tasks, n: int = 16, k: int = 8, max_rate:
     raise AssertionError(f"only {len(picked)} training prompts with mixed outcomes")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="does not hold at this reduced scale (d=96, 3 layers, 250 SFT steps from random init, difficulty 1). "
-    "On the first 16 prompts: 0.15 -> 0.20 in 30 steps (lr 1e-4..3e-4, beta 0/0.04). On 16 prompts with mixed "
-    "outcomes (this test): lr 1e-4: 0.15 -> 0.25; lr 2e-4 x2 updates: 0.18 -> 0.30; 5e-4 x2: 0.19 -> 0.37; 8e-4 x2 "
-    "doubled for seed 1 but not seed 2 (0.19 -> 0.28, KL 6.6). At the tiny default's policy size "
-    "(bench/reference/grpo_regime_cpu_mid.json: d=128, 4 layers, 1000 SFT steps, difficulty 2) the same update "
-    "took 0.24 -> 0.70 in 30 steps. Kept asserting the acceptance so that XPASS shows when it starts to hold.",
-)
 def test_grpo_doubles_sampled_accuracy_on_16_fixed_prompts(sft):
+    """The update is right: on 16 fixed prompts the policy solves sometimes, sampled accuracy at least doubles
+    within 30 steps. Groups of 16 samples (a less noisy group baseline than 8), three updates per rollout batch,
+    lr 2e-4, no KL term (KL still measured and asserted bounded). Measured on this reduced model (mean of the
+    first 5 -> last 5 steps): seed 1 (this test) 0.20 -> 0.48, max KL 0.44; seed 2 0.19 -> 0.52, max KL 0.93.
+    Two updates per batch: 0.20 -> 0.40 and 0.17 -> 0.36 (KL 0.41, 0.46). With groups of 8 (lr 1e-4..5e-4, one
+    or two updates) it did not reliably double (0.15 -> 0.25 .. 0.19 -> 0.37, or doubled with KL 1.1-3.6)."""
     import torch
 
     from ops.rewards import parse_specs
@@ -72,10 +69,12 @@ def test_grpo_doubles_sampled_accuracy_on_16_fixed_prompts(sft):
         GRPOParams(
             steps=30,
             prompts_per_step=16,
-            group_size=8,
+            group_size=16,
+            updates_per_batch=3,
             fixed_prompts=16,
-            lr=1e-4,
+            lr=2e-4,
             warmup_steps=3,
+            beta=0.0,
             max_new_tokens=48,
             seed=1,
         ),
@@ -96,7 +95,7 @@ def test_grpo_doubles_sampled_accuracy_on_16_fixed_prompts(sft):
         "advantage",
         "policy_version",
     } <= set(r)
-    assert len(st.rollouts) == 30 * 16 * 8
+    assert len(st.rollouts) == 30 * 16 * 16
 
 
 def test_ppo_runs_with_finite_stats_and_bounded_kl(sft):
