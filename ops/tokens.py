@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,11 +108,17 @@ def tokenize_documents(
     writers = {s: _ShardWriter(out / s, dtype) for s in ("train", "val")}
     rows: dict[str, list] = {k: [] for k in ("doc_id", "split", "shard", "offset", "n_tokens", "n_bytes")}
     max_id, empty, train_only_tokens = -1, 0, 0
+    # a text that occurs more than once (a repeated pretraining-mix document) is encoded once
+    repeated = {t for t, c in Counter(texts).items() if c > 1}
+    cache: dict[str, list[int]] = {}
     for b in range(0, len(texts), batch_size):
-        encs = tok.encode_batch(texts[b : b + batch_size], add_special_tokens=False)
-        for j, enc in enumerate(encs):
+        chunk = texts[b : b + batch_size]
+        todo = sorted({t for t in chunk if t not in cache})
+        fresh = dict(zip(todo, (e.ids for e in tok.encode_batch(todo, add_special_tokens=False))))
+        cache.update((t, v) for t, v in fresh.items() if t in repeated)
+        for j, text in enumerate(chunk):
             k = b + j
-            arr = np.asarray(enc.ids + [eos], dtype=np.int64)
+            arr = np.asarray(list(fresh[text] if text in fresh else cache[text]) + [eos], dtype=np.int64)
             if len(arr) == 1:
                 empty += 1
             max_id = max(max_id, int(arr.max()))

@@ -147,6 +147,37 @@ def test_token_shards_split_by_document(tmp_path):
     assert 0 < unigram_entropy(val.tokens) < np.log(1024)
 
 
+def test_repeated_texts_are_encoded_once_with_the_same_tokens(tmp_path, monkeypatch):
+    """A repeated document (``tasks_repeat`` > 1) is encoded once and stored with the same tokens each time,
+    also when its copies fall into different encode batches."""
+    from tokenizers import Tokenizer
+
+    docs = pydoc_paragraphs()[:20]
+    tok = T.train_bpe([t for _, t in docs], 512)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    ids = [a for a, _ in docs] + [f"{a}#1" for a, _ in docs[:5]] + ["empty", "empty#1"]
+    texts = [b for _, b in docs] + [b for _, b in docs[:5]] + ["", ""]
+    seen: list[str] = []
+    real = Tokenizer.encode_batch
+
+    def counting(self, batch, *a, **kw):
+        seen.extend(batch)
+        return real(self, batch, *a, **kw)
+
+    monkeypatch.setattr(Tokenizer, "encode_batch", counting)
+    tokenize_documents(ids, texts, tmp_path / "tokenizer.json", tmp_path / "out", val_frac=0.0, batch_size=7)
+    assert sorted(seen) == sorted(set(texts))
+    idx = {r["doc_id"]: r for r in pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()}
+    train = TokenStream(tmp_path / "out", "train").tokens
+
+    def seg(d):
+        return list(train[idx[d]["offset"] : idx[d]["offset"] + idx[d]["n_tokens"]])
+
+    for a, text in docs[:5]:
+        assert seg(f"{a}#1") == seg(a) and tok.decode(list(map(int, seg(a)[:-1]))) == text
+    assert seg("empty") == seg("empty#1") == [0]
+
+
 @pytest.mark.integration
 def test_train_tokenizer_and_tokenize_kinds(lmforge_home):
     docs = store_documents(lmforge_home, pydoc_paragraphs())
