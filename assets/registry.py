@@ -87,6 +87,13 @@ def ref_fields(config_cls: type[BaseModel]) -> dict[str, tuple[list[str], bool, 
     return out
 
 
+def canonical_config(config: BaseModel) -> dict[str, Any]:
+    """A stage config as hashed into its version: the JSON-mode dump without any reference field. A set
+    reference enters the version as its inputs' versions instead; an unset optional one adds nothing, so
+    adding an optional reference field to a kind does not re-version the stages that leave it unset."""
+    return config.model_dump(mode="json", exclude=set(ref_fields(type(config))))
+
+
 # ---- metadata values: plain objects the factory turns into Dagster metadata and stores in metadata.json
 @dataclass(frozen=True)
 class Markdown:

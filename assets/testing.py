@@ -13,7 +13,7 @@ from typing import Any
 from resources.fingerprint import stable_hash
 from resources.store import ArtifactStore, StoredArtifact
 
-from .registry import InputArtifact, StageResult, StageRun, load_kinds
+from .registry import InputArtifact, StageResult, StageRun, canonical_config, load_kinds
 
 
 def as_input(art: StoredArtifact, stage: str | None = None, partition: str | None = None) -> InputArtifact:
@@ -125,13 +125,13 @@ def run_kind(
     ins: dict[str, list[InputArtifact]] = {}
     for f, arts in (inputs or {}).items():
         ins[f] = [a if isinstance(a, InputArtifact) else as_input(a) for a in arts]
-    iv = {f: [a.version for a in arts] for f, arts in ins.items()}
+    iv = {f: [a.version for a in arts] for f, arts in ins.items() if arts}
     fp = kind.fingerprint(cfg) if kind.fingerprint else None
     version = stable_hash(
         {
             "kind": kind.name,
             "code": kind.code_version,
-            "config": cfg.model_dump(mode="json", exclude=set(iv)),
+            "config": canonical_config(cfg),
             "inputs": iv,
             "partition": partition,
             "external": fp,

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from assets.registry import StageKind, load_kinds, ref_fields
+from assets.registry import StageKind, canonical_config, load_kinds, ref_fields
 from resources.fingerprint import UnhashableValue, stable_hash
 
 SPEC_DIR = Path(__file__).resolve().parent
@@ -354,12 +354,8 @@ def compute_versions(spec: Spec, *, fingerprints: bool = True) -> None:
         if fingerprints and kind.fingerprint is not None:
             external = kind.fingerprint(st.config)
         try:
-            # every reference field stays out of the canonical config: a set one enters as its inputs'
-            # versions, an unset optional one is absent (so adding an optional reference field to a kind
-            # does not re-version the stages that do not use it)
-            cfg = st.config.model_dump(mode="json", exclude=set(ref_fields(type(st.config))) | set(st.refs)
-                                       | ({pf} if pf else set()))
-            st.version = stable_hash({"kind": kind.name, "code": kind.code_version, "config": cfg,
+            st.version = stable_hash({"kind": kind.name, "code": kind.code_version,
+                                      "config": canonical_config(st.config),
                                       "inputs": inputs, "external": external})
         except UnhashableValue as e:
             raise SpecError([SpecIssue(str(spec.path), st.name, None, str(e))]) from None
