@@ -14,7 +14,6 @@ to ``OUT/grpo_paired.json`` after every seed, so a run cut short keeps what it m
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,8 @@ def run(
 
     import torch
 
-    from ops.posttrain.common import load_policy, task_accuracy
+    from bench.grpo_regime import heldout_scores, paired_gains
+    from ops.posttrain.common import load_policy
     from ops.rewards import parse_specs
     from ops.rl.grpo import GRPOParams, train_grpo
     from ops.tasks import generate_tasks, read_tasks
@@ -53,14 +53,12 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     start_model, tok = load_policy(sft_dir)
     train = read_tasks(Path(tasks_dir) / "train.parquet")
-    ev = read_tasks(Path(tasks_dir) / "eval.parquet")[:n_eval]
+    all_eval = read_tasks(Path(tasks_dir) / "eval.parquet")
+    ev = all_eval[:n_eval]
     sft_seen = len(train)
     if fresh:
         # RL prompts the SFT stage never saw (as R1's RL prompts are not its cold-start data): new problems of
         # the same difficulties, excluding every training and held-out question of the tasks artifact
-        from ops.tasks import read_tasks as _rt
-
-        all_eval = _rt(Path(tasks_dir) / "eval.parquet")
         train = generate_tasks(
             fresh,
             seed=7919,
@@ -71,16 +69,7 @@ def run(
     specs = parse_specs(list(rewards))
 
     def score(m) -> dict:
-        g = task_accuracy(m, tok, ev, temperature=0.0, max_new_tokens=64, batch_size=1024)
-        s = task_accuracy(
-            m, tok, ev, samples=samples, temperature=1.0, max_new_tokens=64, seed=1, batch_size=1024
-        )
-        return {
-            "greedy": g["accuracy"],
-            "parse": g["parse_rate"],
-            "sampled": s["accuracy"],
-            f"pass@{samples}": s["pass_at_k"],
-        }
+        return heldout_scores(m, tok, ev, ev, samples, seed=1)
 
     start = score(start_model)
     res: dict = {
@@ -139,16 +128,7 @@ def run(
             "kl_max": max(x.get("kl", 0.0) for x in h),
         }
         res["runs"].append(row)
-        for key in ("greedy", "sampled"):
-            gains = [r["after"][key] - start[key] for r in res["runs"]]
-            m = statistics.mean(gains)
-            se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else None
-            res[f"gain_{key}"] = {
-                "mean": m,
-                "se": se,
-                "gains": gains,
-                "significant": se is not None and len(gains) >= 3 and m > 2 * se,
-            }
+        res.update(paired_gains(res["runs"], start))
         (out / "grpo_paired.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(row), flush=True)
     return res

@@ -75,9 +75,44 @@ SCALES = {
 
 
 def _mean_se(xs):
+    """Mean and standard error over seeds (``None`` with a single seed)."""
     m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
-    return m, sd / math.sqrt(len(xs))
+    if len(xs) < 2:
+        return m, None
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) / math.sqrt(len(xs))
+
+
+def heldout_scores(model, tok, greedy_tasks, sampled_tasks, k: int, seed: int = 0) -> dict:
+    """Greedy accuracy and parse rate on ``greedy_tasks``; sampled accuracy (T=1, ``k`` samples per problem,
+    R1's pass@1) and pass@k on ``sampled_tasks``."""
+    from ops.posttrain.common import task_accuracy
+
+    g = task_accuracy(model, tok, greedy_tasks, temperature=0.0, max_new_tokens=64, batch_size=1024)
+    s = task_accuracy(
+        model, tok, sampled_tasks, samples=k, temperature=1.0, max_new_tokens=64, seed=seed, batch_size=1024
+    )
+    return {
+        "greedy": g["accuracy"],
+        "parse": g["parse_rate"],
+        "sampled": s["accuracy"],
+        f"pass@{k}": s["pass_at_k"],
+    }
+
+
+def paired_gains(runs: list[dict], start: dict, keys=("greedy", "sampled")) -> dict:
+    """``{"gain_<key>": mean, se, per-seed gains, significant}``: each run's ``after[key]`` minus the shared
+    start's; significant = at least 3 seeds and mean gain above twice its standard error."""
+    out = {}
+    for key in keys:
+        gains = [r["after"][key] - start[key] for r in runs]
+        m, se = _mean_se(gains)
+        out[f"gain_{key}"] = {
+            "mean": m,
+            "se": se,
+            "gains": gains,
+            "significant": se is not None and len(gains) >= 3 and m > 2 * se,
+        }
+    return out
 
 
 def run(out_dir: str | Path, scale: str = "gpu", budget_s: float = 480.0) -> dict:
@@ -86,7 +121,7 @@ def run(out_dir: str | Path, scale: str = "gpu", budget_s: float = 480.0) -> dic
     import torch
 
     from ops.model import build_model
-    from ops.posttrain.common import Example, task_accuracy
+    from ops.posttrain.common import Example
     from ops.posttrain.sft import SFTParams, train_sft
     from ops.rewards import parse_specs
     from ops.rl.grpo import GRPOParams, train_grpo
@@ -124,16 +159,7 @@ def run(out_dir: str | Path, scale: str = "gpu", budget_s: float = 480.0) -> dic
     evn, sn, k = ev[: S["eval_n"]], ev[: S["samp_n"]], S["samp_k"]
 
     def acc(m, seed=0):
-        g = task_accuracy(m, tok, evn, temperature=0.0, max_new_tokens=64, batch_size=1024)
-        s = task_accuracy(
-            m, tok, sn, samples=k, temperature=1.0, max_new_tokens=64, seed=seed, batch_size=1024
-        )
-        return {
-            "greedy": g["accuracy"],
-            "parse": g["parse_rate"],
-            "sampled": s["accuracy"],
-            f"pass@{k}": s["pass_at_k"],
-        }
+        return heldout_scores(m, tok, evn, sn, k, seed)
 
     ckpts = {}
 
@@ -231,15 +257,7 @@ def run(out_dir: str | Path, scale: str = "gpu", budget_s: float = 480.0) -> dic
             }
         )
         res["rl_runs"] = runs
-        for key in ("greedy", "sampled"):
-            gains = [r["after"][key] - start[key] for r in runs]
-            m, se = _mean_se(gains)
-            res[f"gain_{key}"] = {
-                "mean": m,
-                "se": se,
-                "gains": gains,
-                "significant": len(gains) >= 3 and m > 2 * se,
-            }
+        res.update(paired_gains(runs, start))
         save()
     return res
 
