@@ -113,12 +113,12 @@ def tokenize_documents(
     cache: dict[str, list[int]] = {}
     for b in range(0, len(texts), batch_size):
         chunk = texts[b : b + batch_size]
-        todo = sorted({t for t in chunk if t not in cache})
+        todo = list(dict.fromkeys(t for t in chunk if t not in cache))
         fresh = dict(zip(todo, (e.ids for e in tok.encode_batch(todo, add_special_tokens=False))))
         cache.update((t, v) for t, v in fresh.items() if t in repeated)
         for j, text in enumerate(chunk):
             k = b + j
-            arr = np.asarray(list(fresh[text] if text in fresh else cache[text]) + [eos], dtype=np.int64)
+            arr = np.asarray((fresh[text] if text in fresh else cache[text]) + [eos], dtype=np.int64)
             if len(arr) == 1:
                 empty += 1
             max_id = max(max_id, int(arr.max()))
