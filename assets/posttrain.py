@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .registry import (
     CheckOutcome,
@@ -973,6 +973,16 @@ PPO = register(
 
 
 # ------------------------------------------------------------------------------------------ distill
+class PruneConfig(BaseModel):
+    """How the teacher is pruned into the student (``ops.posttrain.prune``); an axis left out is kept whole."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    layers: int | None = Field(None, ge=1, description="decoder layers kept (largest block influence)")
+    d_model: int | None = Field(None, ge=1, description="residual channels kept (largest mean |RMSNorm(x)|)")
+    ffn: int | None = Field(None, ge=1, description="MLP neurons kept per layer (largest mean activation)")
+    calibration_batches: int = Field(8, ge=1, description="batches of the distillation data scored")
+
+
 class DistillConfig(StageConfig):
     teacher: str = ref(*MODEL, description="the teacher model (its tokenizer is shared by the student)")
     data: list[str] = ref("tasks", "sft_data", "rollouts", many=True, description="examples to distil on")
@@ -986,6 +996,12 @@ class DistillConfig(StageConfig):
         optional=True,
         description="start the student from this (smaller, pretrained) model instead of a random "
         "`student` architecture; it must use the teacher's tokenizer",
+    )
+    prune: PruneConfig | None = Field(
+        None,
+        description="start the student by pruning the teacher (Minitron): keep the most important "
+        "layers / residual channels / MLP neurons by activations on the distillation data; "
+        "instead of `student` or `student_init`",
     )
     mode: Literal["logit", "sequence"] = Field(
         "logit",
@@ -1002,6 +1018,18 @@ class DistillConfig(StageConfig):
     max_new_tokens: int = Field(96, ge=1, description="generation budget (evaluation and teacher samples)")
 
 
+def _validate_distill(cfg, refs):
+    errs = []
+    if cfg.prune is not None:
+        if cfg.student_init:
+            errs.append(
+                ("prune", "give either prune (start from the pruned teacher) or student_init, not both")
+            )
+        if cfg.prune.layers is None and cfg.prune.d_model is None and cfg.prune.ffn is None:
+            errs.append(("prune", "name at least one of layers, d_model, ffn to prune"))
+    return errs
+
+
 def _run_distill(run: StageRun) -> StageResult:
     from ops.model import build_model, count_params, save_model
     from ops.posttrain.common import examples_from_artifact
@@ -1012,8 +1040,17 @@ def _run_distill(run: StageRun) -> StageResult:
     _check_template(run, "teacher")
     teacher, tok = _load_policy(run, "teacher")
     # the student's size is checked before any sampling or training (an oversized student is a config error)
-    s_field = "student_init" if c.student_init else "student"
-    if c.student_init:
+    s_field = "student_init" if c.student_init else "prune" if c.prune else "student"
+    prune_sizes = c.prune.model_dump(exclude={"calibration_batches"}) if c.prune else {}
+    student = None
+    if c.prune:
+        from ops.posttrain.prune import pruned_params
+
+        try:
+            n_s = pruned_params(teacher, **prune_sizes)
+        except ValueError as e:
+            raise PostTrainError(f"stage {run.stage!r}, field 'prune': {e}") from None
+    elif c.student_init:
         student, s_tok = _load_policy(run, "student_init")
         if s_tok.get_vocab() != tok.get_vocab():
             raise PostTrainError(
@@ -1027,11 +1064,12 @@ def _run_distill(run: StageRun) -> StageResult:
             )
         except ValueError as e:
             raise PostTrainError(f"stage {run.stage!r}, field 'student': {e}") from None
-    n_s, n_t = count_params(student), count_params(teacher)
+    n_s = count_params(student) if student is not None else n_s
+    n_t = count_params(teacher)
     if n_s * 2 > n_t:
         raise PostTrainError(
             f"stage {run.stage!r}, field {s_field!r}: {n_s:,} parameters is more than half the teacher's "
-            f"{n_t:,} (limit {n_t // 2:,}); make d_model/layers smaller"
+            f"{n_t:,} (limit {n_t // 2:,}); make d_model/layers{'/ffn' if c.prune else ''} smaller"
         )
     examples = []
     for a in run.inputs.get("data", []):
@@ -1044,6 +1082,22 @@ def _run_distill(run: StageRun) -> StageResult:
         raise PostTrainError(f"stage {run.stage!r}, field 'data': no examples")
     ev = _eval_tasks(run, ("data",), c.eval_problems)
     sp = SFTParams(steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=c.seed)
+    prune_md: dict[str, Any] = {}
+    if c.prune:
+        from ops.posttrain.prune import importance, prune
+        from ops.posttrain.sft import make_batches
+
+        # importance from the teacher's activations on the data the student is distilled on
+        calib_fn, _ = make_batches(tok, examples, sp)
+        imp = importance(teacher, (calib_fn(i, 0) for i in range(c.prune.calibration_batches)))
+        student, kept = prune(teacher, imp, **prune_sizes)
+        pruning = {"sizes": prune_sizes, **kept, "block_influence": imp["block_influence"]}
+        prune_md = {
+            "pruned_layers_kept": json.dumps(kept["layers"]),
+            "block_influence": json.dumps([round(x, 4) for x in imp["block_influence"]]),
+            "calibration_tokens": imp["tokens"],
+            "accuracy_after_pruning": _accuracy(student, tok, ev, 0, c.max_new_tokens).get("eval_accuracy"),
+        }
     info = train_distill(
         student,
         teacher,
@@ -1055,6 +1109,9 @@ def _run_distill(run: StageRun) -> StageResult:
         log=run.log,
     )
     save_model(student, tok, run.out)
+    if c.prune:
+        # which layers, channels and neurons of the teacher the student started from
+        (run.out / "pruning.json").write_text(json.dumps(pruning))
     _keep_training_state(run)
     t_acc = _accuracy(teacher, tok, ev, 0, c.max_new_tokens)
     s_acc = _accuracy(student, tok, ev, 0, c.max_new_tokens)
@@ -1071,6 +1128,7 @@ def _run_distill(run: StageRun) -> StageResult:
         "accuracy_kept": keep,
         "final_loss": info["losses"][-1],
         "examples": info["examples"],
+        **prune_md,
     }
     md = _write_curve(run.out, info["curve"], ["loss", "kl", "ce"])
     return StageResult(
@@ -1096,6 +1154,7 @@ DISTILL = register(
         produces="model",
         code_version="2",
         run=_run_distill,
+        validate=_validate_distill,
         pool="gpu",
         description="Distil a teacher into a smaller student (logit KD with temperature, or SFT on teacher samples)",
         checks=(

@@ -249,3 +249,71 @@ def test_sft_arm_of_distillation_never_runs_the_teacher():
     assert calls
     for a, b in zip(s1.parameters(), s2.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_student_pruned_from_the_teacher_starts_near_it_and_bad_prune_sizes_are_refused(
+    lmforge_home, teacher, tasks, tmp_path
+):
+    """``prune:`` (Minitron): the student is the teacher with its least active residual channels and MLP
+    neurons removed, then distilled. Before any training it is already far closer to the teacher than a random
+    model of the same shape; it is stored as a plain checkpoint with a record of what was kept."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from assets.testing import run_kind
+    from ops.losses import kd_loss
+    from ops.posttrain.common import examples_from_artifact, load_policy
+    from ops.posttrain.prune import importance, prune
+    from ops.posttrain.sft import SFTParams, make_batches
+
+    sizes = {"d_model": 64, "ffn": 128}
+    cfg = {"teacher": "teacher", "data": ["tasks"], "prune": sizes, "steps": 20, "eval_problems": 10}
+    art, res = run_kind(
+        "distill", cfg, lmforge_home, inputs={"teacher": [teacher], "data": [tasks]}, log=lambda s: None
+    )
+    conf = json.loads((art.path / "config.json").read_text())
+    assert (conf["hidden_size"], conf["intermediate_size"], conf["num_hidden_layers"]) == (64, 128, 3)
+    kept = json.loads((art.path / "pruning.json").read_text())
+    assert len(kept["channels"]) == 64 and kept["layers"] == [0, 1, 2] and len(kept["block_influence"]) == 3
+    assert res.metrics["param_ratio"] <= 0.5 and "accuracy_after_pruning" in res.metrics
+    AutoModelForCausalLM.from_pretrained(str(art.path), local_files_only=True)  # loads without lmforge
+
+    # the pruned start vs a random init of the same shape: KL to the teacher on the distillation data
+    t, tok = load_policy(A.teacher_dir())
+    batch_fn, _ = make_batches(tok, examples_from_artifact("tasks", A.tasks_dir()), SFTParams(batch_size=32))
+    b = batch_fn(0, 0)
+    pruned, _ = prune(t, importance(t, [batch_fn(i, 0) for i in range(4)]), **sizes)
+    torch.manual_seed(0)
+    rand = AutoModelForCausalLM.from_config(pruned.config)
+
+    def kl(m):
+        with torch.no_grad():
+            kw = {k: b[k] for k in ("input_ids", "attention_mask", "position_ids")}
+            return kd_loss(m(**kw).logits, t(**kw).logits, b["labels"], temperature=1.0, alpha=1.0)[0].item()
+
+    assert kl(pruned) < 0.5 * kl(rand)
+
+    n_stored = len(_stored(lmforge_home, "distill"))
+    # a size the teacher does not have, and a pruned student over half the teacher: one error naming the field
+    for bad, msg in (({"d_model": 200}, "d_model: 200 is outside 1..96"), ({"ffn": 200}, "more than half")):
+        with pytest.raises(Exception, match=rf"field 'prune': .*{msg}"):
+            run_kind(
+                "distill",
+                {**cfg, "prune": bad},
+                lmforge_home,
+                inputs={"teacher": [teacher], "data": [tasks]},
+                log=lambda s: None,
+            )
+    assert len(_stored(lmforge_home, "distill")) == n_stored
+    # prune together with student_init, or a prune that removes nothing: refused when the spec is checked
+    from assets.registry import KINDS
+
+    kind = KINDS["distill"]
+    both = kind.config.model_validate({**cfg, "student_init": "small"})
+    assert "not both" in dict(kind.validate(both, {}))["prune"]
+    empty = kind.config.model_validate({**cfg, "prune": {"calibration_batches": 2}})
+    assert "at least one of" in dict(kind.validate(empty, {}))["prune"]
+    with pytest.raises(Exception, match="prune.width"):
+        kind.config.model_validate({**cfg, "prune": {"width": 3}})
