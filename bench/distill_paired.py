@@ -1,9 +1,12 @@
 """Does logit distillation beat SFT on the same data? A paired experiment over seeds, from a stored teacher.
 
-``python bench/distill_paired.py OUT TEACHER_DIR TASKS_DIR [steps] [seeds] [STUDENT_INIT_DIR]``: for each
-seed, the same student (randomly initialised with that seed, or loaded from STUDENT_INIT_DIR, e.g. the default
-pipeline's ``small_base``; at most half the teacher's parameters) is trained
-twice on the tasks' training split with the distill stage's code (``ops.posttrain.distill.train_distill``):
+``python bench/distill_paired.py OUT TEACHER_DIR TASKS_DIR [steps] [seeds] [STUDENT_INIT_DIR | prune:K=V,...]
+[EXTRA_DATA_DIR ...]``: for each seed, the same student (randomly initialised with that seed, loaded from
+STUDENT_INIT_DIR, a smaller pretrained model, or pruned from the teacher with importance
+measured on that seed's first batches, e.g. ``prune:d_model=96,ffn=128`` as the default pipeline's
+``student``; at most half the teacher's parameters) is trained
+twice on the tasks' training split (plus any EXTRA_DATA_DIR: an ``sft.parquet`` of a rejection_sample
+stage) with the distill stage's code (``ops.posttrain.distill.train_distill``):
 once with logit KD (KL on temperature-softened distributions x T^2, mixed 50/50 with cross-entropy), once
 with ``alpha=0`` (plain SFT, the only difference). Both are scored greedily on the tasks' held-out split, as
 is the teacher. Reported: per-seed accuracies, the paired gain KD - SFT with its standard error over seeds,
@@ -39,13 +42,17 @@ def run(
     lr: float = 3e-3,
     batch_size: int = 64,
     student_init: Path | str | None = None,
+    prune: dict | None = None,
+    extra_data: list[Path | str] = (),
 ) -> dict:
     import torch
 
     from ops.model import build_model, count_params
     from ops.posttrain.common import examples_from_artifact, load_policy, task_accuracy
     from ops.posttrain.distill import DistillParams, train_distill
-    from ops.posttrain.sft import SFTParams
+    from ops.posttrain.prune import importance
+    from ops.posttrain.prune import prune as prune_model
+    from ops.posttrain.sft import SFTParams, make_batches
     from ops.tasks import read_tasks
 
     out = Path(out_dir)
@@ -53,6 +60,8 @@ def run(
     arch = dict(student or STUDENT)
     teacher, tok = load_policy(teacher_dir)
     train_ex = examples_from_artifact("tasks", Path(tasks_dir))
+    for d in extra_data:
+        train_ex += examples_from_artifact("sft_data", Path(d))
     ev = read_tasks(Path(tasks_dir) / "eval.parquet")[:n_eval]
     t_acc = task_accuracy(teacher, tok, ev)["accuracy"]
     res: dict = {
@@ -60,8 +69,10 @@ def run(
         "tasks": str(tasks_dir),
         "teacher_params": count_params(teacher),
         "teacher_accuracy": t_acc,
-        "student_arch": arch if student_init is None else None,
+        "student_arch": arch if student_init is None and prune is None else None,
         "student_init": str(student_init) if student_init else None,
+        "prune": prune,
+        "extra_data": [str(d) for d in extra_data],
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,
@@ -74,15 +85,23 @@ def run(
     }
     for seed in range(seeds):
         row: dict = {"seed": seed}
+        sp = SFTParams(steps=steps, lr=lr, batch_size=batch_size, seed=seed, warmup_steps=20)
+        if prune:
+            batch_fn, _ = make_batches(tok, train_ex, sp)
+            imp = importance(teacher, [batch_fn(i, 0) for i in range(8)])
         for name, a in (("kd", alpha), ("sft", 0.0)):
-            st = build_model(
-                arch, len(tok), seed=seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
-            )
+            if prune:
+                st, _ = prune_model(teacher, imp, **prune)
+            elif student_init:
+                st, _ = load_policy(student_init)
+            else:
+                st = build_model(
+                    arch, len(tok), seed=seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+                )
             res["student_params"] = count_params(st)
             if 2 * res["student_params"] > res["teacher_params"]:
                 raise ValueError(f"student {res['student_params']} params is more than half the teacher's")
             t0 = time.time()
-            sp = SFTParams(steps=steps, lr=lr, batch_size=batch_size, seed=seed, warmup_steps=20)
             info = train_distill(
                 st,
                 teacher,
@@ -110,5 +129,10 @@ def run(
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    r = run(a[0], a[1], a[2], *(int(x) for x in a[3:5]), student_init=a[5] if len(a) > 5 else None)
+    init = a[5] if len(a) > 5 else None
+    pr = None
+    if init and init.startswith("prune:"):
+        pr = {k: int(v) for k, v in (kv.split("=") for kv in init[len("prune:") :].split(","))}
+        init = None
+    r = run(a[0], a[1], a[2], *(int(x) for x in a[3:5]), student_init=init, prune=pr, extra_data=a[6:])
     print(json.dumps({k: v for k, v in r.items() if k != "runs"}, indent=1))
