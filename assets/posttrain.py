@@ -1016,6 +1016,11 @@ class DistillConfig(StageConfig):
     seed: int = Field(0, description="student initialisation and order seed")
     eval_problems: int = Field(100, ge=0, description="held-out problems for teacher and student accuracy")
     max_new_tokens: int = Field(96, ge=1, description="generation budget (evaluation and teacher samples)")
+    max_examples: int | None = Field(
+        None,
+        ge=1,
+        description="distil on only the first N examples of `data`, in the order its stages are listed",
+    )
 
 
 def _validate_distill(cfg, refs):
@@ -1074,6 +1079,7 @@ def _run_distill(run: StageRun) -> StageResult:
     examples = []
     for a in run.inputs.get("data", []):
         examples += examples_from_artifact(a.produces, a.path)
+    examples = examples[: c.max_examples]
     if c.mode == "sequence":
         examples = teacher_samples(
             teacher, tok, sorted({e.question for e in examples}), max_new_tokens=c.max_new_tokens

@@ -5,7 +5,8 @@
 STUDENT_INIT_DIR, a smaller pretrained model, or pruned from the teacher with importance
 measured on that seed's first batches, e.g. ``prune:d_model=96,ffn=128`` as the default pipeline's
 ``student``; at most half the teacher's parameters) is trained
-twice on the tasks' training split (``train_on_tasks=False`` leaves it out) plus any EXTRA_DATA_DIR (an
+twice on the tasks' training split (``train_on_tasks=False`` leaves it out, ``max_tasks`` keeps its first
+rows) plus any EXTRA_DATA_DIR (an
 ``sft.parquet`` of a rejection_sample stage) with the distill stage's code (``ops.posttrain.distill.train_distill``):
 once with logit KD (KL on temperature-softened distributions x T^2, mixed 50/50 with cross-entropy), once
 with ``alpha=0`` (plain SFT, the only difference). Both are scored greedily on the tasks' held-out split, as
@@ -45,6 +46,7 @@ def run(
     prune: dict | None = None,
     extra_data: list[Path | str] = (),
     train_on_tasks: bool = True,
+    max_tasks: int | None = None,
 ) -> dict:
     import torch
 
@@ -60,7 +62,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     arch = dict(student or STUDENT)
     teacher, tok = load_policy(teacher_dir)
-    train_ex = examples_from_artifact("tasks", Path(tasks_dir)) if train_on_tasks else []
+    train_ex = examples_from_artifact("tasks", Path(tasks_dir))[:max_tasks] if train_on_tasks else []
     for d in extra_data:
         train_ex += examples_from_artifact("sft_data", Path(d))
     ev = read_tasks(Path(tasks_dir) / "eval.parquet")[:n_eval]
@@ -75,6 +77,7 @@ def run(
         "prune": prune,
         "extra_data": [str(d) for d in extra_data],
         "train_on_tasks": train_on_tasks,
+        "max_tasks": max_tasks,
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,

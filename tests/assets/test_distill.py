@@ -269,7 +269,14 @@ def test_student_pruned_from_the_teacher_starts_near_it_and_bad_prune_sizes_are_
     from ops.posttrain.sft import SFTParams, make_batches
 
     sizes = {"d_model": 64, "ffn": 128}
-    cfg = {"teacher": "teacher", "data": ["tasks"], "prune": sizes, "steps": 20, "eval_problems": 10}
+    cfg = {
+        "teacher": "teacher",
+        "data": ["tasks"],
+        "prune": sizes,
+        "steps": 20,
+        "eval_problems": 10,
+        "max_examples": 200,
+    }
     art, res = run_kind(
         "distill", cfg, lmforge_home, inputs={"teacher": [teacher], "data": [tasks]}, log=lambda s: None
     )
@@ -278,6 +285,7 @@ def test_student_pruned_from_the_teacher_starts_near_it_and_bad_prune_sizes_are_
     kept = json.loads((art.path / "pruning.json").read_text())
     assert len(kept["channels"]) == 64 and kept["layers"] == [0, 1, 2] and len(kept["block_influence"]) == 3
     assert res.metrics["param_ratio"] <= 0.5 and "accuracy_after_pruning" in res.metrics
+    assert res.metrics["examples"] == 200  # max_examples: the first 200 of the data
     AutoModelForCausalLM.from_pretrained(str(art.path), local_files_only=True)  # loads without lmforge
 
     # the pruned start vs a random init of the same shape: KL to the teacher on the distillation data
@@ -317,3 +325,5 @@ def test_student_pruned_from_the_teacher_starts_near_it_and_bad_prune_sizes_are_
     assert "at least one of" in dict(kind.validate(empty, {}))["prune"]
     with pytest.raises(Exception, match="prune.width"):
         kind.config.model_validate({**cfg, "prune": {"width": 3}})
+    with pytest.raises(Exception, match="max_examples"):
+        kind.config.model_validate({**cfg, "max_examples": 0})
