@@ -202,6 +202,10 @@ def cmd_catalog(args) -> int:
 
 def cmd_kinds(args) -> int:
     """Print every stage kind with its fields (the spec language's reference, generated from the code)."""
+    import typing
+
+    from pydantic import BaseModel
+
     from assets.registry import load_kinds, ref_fields
 
     kinds = load_kinds()
@@ -217,6 +221,11 @@ def cmd_kinds(args) -> int:
                 typ = f"ref({'|'.join(refs[fname][0])}{', many' if refs[fname][1] else ''})"
             else:
                 typ = getattr(f.annotation, "__name__", str(f.annotation)).replace("typing.", "")
+                # a nested settings block (e.g. distill's prune): show its keys, not the class path
+                sub = [a for a in typing.get_args(f.annotation) or (f.annotation,) if isinstance(a, type)]
+                sub = [a for a in sub if issubclass(a, BaseModel)]
+                if sub:
+                    typ = "{" + ", ".join(sub[0].model_fields) + "}"
             default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
             print(f"    {key:<22} {typ:<28} {default}: {f.description or ''}")
         for c in k.checks:

@@ -79,3 +79,11 @@ def test_readme_names_real_commands():
     ).stdout
     for cmd in re.findall(r"^lmforge (\w+)", text, re.M):
         assert cmd in helptext, cmd
+
+
+def test_kinds_lists_fields_and_shows_a_nested_block_by_its_keys(capsys):
+    assert main(["kinds", "distill"]) == 0
+    out = capsys.readouterr().out
+    assert "distill  -> model" in out and "max_examples" in out
+    prune = next(line for line in out.splitlines() if line.strip().startswith("prune "))
+    assert "{layers, d_model, ffn, calibration_batches}" in prune and "PruneConfig" not in prune
