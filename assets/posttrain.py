@@ -1047,8 +1047,7 @@ def _run_distill(run: StageRun) -> StageResult:
     # the student's size is checked before any sampling or training (an oversized student is a config error)
     s_field = "student_init" if c.student_init else "prune" if c.prune else "student"
     prune_sizes = c.prune.model_dump(exclude={"calibration_batches"}) if c.prune else {}
-    student = None
-    if c.prune:
+    if c.prune:  # the pruned student is built after the data are read (importance is measured on them)
         from ops.posttrain.prune import pruned_params
 
         try:
@@ -1062,6 +1061,7 @@ def _run_distill(run: StageRun) -> StageResult:
                 f"stage {run.stage!r}, field 'student_init': {run.input('student_init').path} uses a different "
                 f"tokenizer than the teacher {run.input('teacher').path}; distillation needs a shared vocabulary"
             )
+        n_s = count_params(student)
     else:
         try:
             student = build_model(
@@ -1069,7 +1069,7 @@ def _run_distill(run: StageRun) -> StageResult:
             )
         except ValueError as e:
             raise PostTrainError(f"stage {run.stage!r}, field 'student': {e}") from None
-    n_s = count_params(student) if student is not None else n_s
+        n_s = count_params(student)
     n_t = count_params(teacher)
     if n_s * 2 > n_t:
         raise PostTrainError(
@@ -1090,12 +1090,10 @@ def _run_distill(run: StageRun) -> StageResult:
     sp = SFTParams(steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=c.seed)
     prune_md: dict[str, Any] = {}
     if c.prune:
-        from ops.posttrain.prune import importance, prune
-        from ops.posttrain.sft import make_batches
+        from ops.posttrain.prune import importance_on, prune
 
         # importance from the teacher's activations on the data the student is distilled on
-        calib_fn, _ = make_batches(tok, examples, sp)
-        imp = importance(teacher, (calib_fn(i, 0) for i in range(c.prune.calibration_batches)))
+        imp = importance_on(teacher, tok, examples, sp, c.prune.calibration_batches)
         student, kept = prune(teacher, imp, **prune_sizes)
         pruning = {"sizes": prune_sizes, **kept, "block_influence": imp["block_influence"]}
         prune_md = {

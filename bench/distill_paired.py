@@ -4,9 +4,8 @@
 [EXTRA_DATA_DIR ...]``: for each seed, the same student (randomly initialised with that seed, loaded from
 STUDENT_INIT_DIR, a smaller pretrained model, or pruned from the teacher with importance
 measured on that seed's first batches, e.g. ``prune:d_model=96,ffn=128`` as the default pipeline's
-``student``; at most half the teacher's parameters) is trained
-twice on the tasks' training split (``train_on_tasks=False`` leaves it out, ``max_tasks`` keeps its first
-rows) plus any EXTRA_DATA_DIR (an
+``student``; at most half the teacher's parameters) is trained twice on the tasks' training split
+(``train_on_tasks=False`` leaves it out, ``max_tasks`` keeps its first rows) plus any EXTRA_DATA_DIR (an
 ``sft.parquet`` of a rejection_sample stage) with the distill stage's code (``ops.posttrain.distill.train_distill``):
 once with logit KD (KL on temperature-softened distributions x T^2, mixed 50/50 with cross-entropy), once
 with ``alpha=0`` (plain SFT, the only difference). Both are scored greedily on the tasks' held-out split, as
@@ -53,9 +52,9 @@ def run(
     from ops.model import build_model, count_params
     from ops.posttrain.common import examples_from_artifact, load_policy, task_accuracy
     from ops.posttrain.distill import DistillParams, train_distill
-    from ops.posttrain.prune import importance
+    from ops.posttrain.prune import importance_on
     from ops.posttrain.prune import prune as prune_model
-    from ops.posttrain.sft import SFTParams, make_batches
+    from ops.posttrain.sft import SFTParams
     from ops.tasks import read_tasks
 
     out = Path(out_dir)
@@ -92,8 +91,7 @@ def run(
         row: dict = {"seed": seed}
         sp = SFTParams(steps=steps, lr=lr, batch_size=batch_size, seed=seed, warmup_steps=20)
         if prune:
-            batch_fn, _ = make_batches(tok, train_ex, sp)
-            imp = importance(teacher, [batch_fn(i, 0) for i in range(8)])
+            imp = importance_on(teacher, tok, train_ex, sp)
         for name, a in (("kd", alpha), ("sft", 0.0)):
             if prune:
                 st, _ = prune_model(teacher, imp, **prune)

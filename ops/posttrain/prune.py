@@ -45,12 +45,11 @@ def importance(model: Any, batches: Iterable[dict]) -> dict[str, Any]:
     channels = torch.zeros(d, dtype=torch.float64)
     neurons = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
     bi_sum = [0.0] * len(layers)
-    state: dict[str, Any] = {"mask": None, "tokens": 0}
+    state: dict[str, Any] = {"mask": None, "tokens": 0}  # the mask is set before every forward
     handles = []
 
     def masked(x):  # [B, T, C] -> [N, C] over the real (unpadded) tokens
-        m = state["mask"]
-        return x.reshape(-1, x.shape[-1])[m.reshape(-1)] if m is not None else x.reshape(-1, x.shape[-1])
+        return x.reshape(-1, x.shape[-1])[state["mask"].reshape(-1)]
 
     def norm_hook(_mod, _inp, out):
         channels.add_(masked(out).abs().sum(0).double())
@@ -105,10 +104,31 @@ def importance(model: Any, batches: Iterable[dict]) -> dict[str, Any]:
     }
 
 
+def importance_on(model: Any, tok: Any, examples: list, params: Any, n_batches: int = 8) -> dict[str, Any]:
+    """:func:`importance` over the first ``n_batches`` SFT batches of ``examples`` (``params``: the
+    ``SFTParams`` the student is then trained with, so the calibration data are its first batches)."""
+    from ops.posttrain.sft import make_batches
+
+    batch_fn, _ = make_batches(tok, examples, params)
+    return importance(model, (batch_fn(i, 0) for i in range(n_batches)))
+
+
 def _top(scores: Any, k: int) -> Any:
     import torch
 
     return torch.sort(torch.topk(scores, k).indices).values
+
+
+def _check_sizes(model: Any, layers: int | None, d_model: int | None, ffn: int | None) -> None:
+    _check(model)
+    cfg = model.config
+    for name, v, hi in (
+        ("layers", layers, cfg.num_hidden_layers),
+        ("d_model", d_model, cfg.hidden_size),
+        ("ffn", ffn, cfg.intermediate_size),
+    ):
+        if v is not None and not 1 <= v <= hi:
+            raise ValueError(f"{name}: {v} is outside 1..{hi} (the model has {hi})")
 
 
 def pruned_config(
@@ -121,12 +141,9 @@ def pruned_config(
 ) -> Any:
     """The config of ``model`` pruned to the given sizes (``head_dim`` made explicit); raises ``ValueError``
     for an unsupported model or a size outside 1..current."""
-    _check(model)
+    _check_sizes(model, layers, d_model, ffn)
     cfg = model.config
     n_layers, d, f = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
-    for name, v, hi in (("layers", layers, n_layers), ("d_model", d_model, d), ("ffn", ffn, f)):
-        if v is not None and not 1 <= v <= hi:
-            raise ValueError(f"{name}: {v} is outside 1..{hi} (the model has {hi})")
     keep = keep_layers if keep_layers is not None else list(range(layers or n_layers))
     new_cfg = copy.deepcopy(cfg)
     new_cfg.head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
@@ -166,7 +183,7 @@ def prune(
 
     cfg = model.config
     n_layers, d, f = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
-    pruned_config(model, layers=layers, d_model=d_model, ffn=ffn)  # sizes checked before anything is built
+    _check_sizes(model, layers, d_model, ffn)  # before topk, which fails on its own terms
     keep_layers = (
         sorted(torch.topk(torch.tensor(imp["block_influence"]), layers).indices.tolist())
         if layers is not None
