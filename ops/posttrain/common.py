@@ -154,6 +154,69 @@ def collate(
     }
 
 
+# Architectures whose causal-LM head is a plain ``lm_head(hidden)`` (no logit scaling or soft-capping), so the
+# head may be applied to a subset of positions and give exactly those positions' logits.
+PLAIN_HEAD = ("qwen2", "qwen3", "llama", "mistral", "qwen2_moe", "qwen3_moe", "deepseek_v3")
+
+
+def head_on_subset_ok(model: Any) -> bool:
+    """Whether ``model`` (a transformers causal LM, or a peft model around one) may be run as decoder + head
+    on selected positions: single process (DDP/FSDP hooks live on the wrapper's forward) and a plain head."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    return (
+        getattr(cfg, "model_type", None) in PLAIN_HEAD
+        and hasattr(base, "get_decoder")
+        and hasattr(base, "get_output_embeddings")
+    )
+
+
+def labelled_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """The logits at the positions that predict a label, as one row ``([1, N+1, V], [1, N+1])``.
+
+    Only about a third of an SFT batch's positions carry a label (the assistant tokens); the vocabulary head
+    and every ``[.., V]`` loss tensor on the others is wasted work. Row position ``i < N`` holds the logits
+    that predict label ``i + 1``; the last logit row is zeros and label 0 is ``-100``, so the losses' shift
+    convention (``logits[:, :-1]`` predicts ``labels[:, 1:]``) pairs them exactly and the SFT and KD losses
+    are unchanged (token-level means over the same positions; tested against the full forward). Models
+    for which :func:`head_on_subset_ok` is false take the full forward and the same selection.
+    """
+    import torch
+
+    from ops.losses import IGNORE
+
+    tgt = batch["labels"][:, 1:]
+    sel = tgt != IGNORE
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if head_on_subset_ok(model):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = base.get_decoder()(**kw).last_hidden_state
+        logits = base.get_output_embeddings()(hidden[:, :-1][sel])
+    else:
+        logits = model(**kw).logits[:, :-1][sel]
+    y = tgt[sel]
+    logits = torch.cat([logits, logits.new_zeros(1, logits.shape[-1])])[None]
+    labels = torch.cat([y.new_full((1,), IGNORE), y])[None]
+    return logits, labels
+
+
+def labelled_sequence_logprobs(model: Any, batch: dict[str, Any]) -> Any:
+    """``sum_t log p(label_t)`` over each row's labelled tokens, ``[B]`` (as ``ops.losses.sequence_logprobs``
+    on the full logits), with the head only on labelled positions (:func:`labelled_logits`)."""
+    import torch
+
+    from ops.losses import IGNORE, token_logprobs
+
+    logits, labels = labelled_logits(model, batch)
+    lp = token_logprobs(logits[0, :-1], labels[0, 1:])
+    rows = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
+    return torch.zeros(batch["labels"].shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
+
+
 def epoch_batches(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     """Indices of the batch for ``step``: a fresh seeded permutation per epoch (pure function of the step)."""
     per_epoch = max(n // batch_size, 1)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.losses import kd_loss
-from ops.posttrain.common import Example, to_device
+from ops.posttrain.common import Example, labelled_logits, to_device
 from ops.posttrain.sft import SFTParams, make_batches, sft_loss_fn
 
 
@@ -75,17 +75,15 @@ def train_distill(
 
         dev = next(model.parameters()).device
         b = to_device(batch, dev)
-        kw = dict(
-            input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"]
-        )
-        s_logits = model(**kw).logits
+        # both models' logits only where a label is predicted (same positions, same order)
+        s_logits, labels = labelled_logits(model, b)
         if p.alpha == 0:
             # plain SFT through the same loss: the KD term has weight 0, so the teacher's forward is skipped
             t_logits = s_logits.detach()
         else:
             with torch.no_grad():
-                t_logits = teacher(**kw).logits
-        loss, st = kd_loss(s_logits, t_logits, b["labels"], temperature=p.temperature, alpha=p.alpha)
+                t_logits, _ = labelled_logits(teacher, b)
+        loss, st = kd_loss(s_logits, t_logits, labels, temperature=p.temperature, alpha=p.alpha)
         return loss, {**st, "tokens": batch["tokens"]}
 
     loss_fn = kd_fn if p.mode == "logit" else sft_loss_fn

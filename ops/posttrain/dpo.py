@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.losses import dpo_loss, sequence_logprobs
-from ops.posttrain.common import Example, collate, encode_all, epoch_batches, to_device
+from ops.losses import dpo_loss
+from ops.posttrain.common import (
+    Example,
+    collate,
+    encode_all,
+    epoch_batches,
+    labelled_sequence_logprobs,
+    to_device,
+)
 from ops.posttrain.rm import Pair
 
 
@@ -44,8 +51,7 @@ def _seq_lp(model, enc: list, pad: int, batch_size: int = 64) -> Any:
     outs = []
     for s in range(0, len(enc), batch_size):
         b = to_device(collate([[e] for e in enc[s : s + batch_size]], pad), dev)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        outs.append(sequence_logprobs(logits, b["labels"]))
+        outs.append(labelled_sequence_logprobs(model, b))
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -95,8 +101,7 @@ def train_dpo(
     def loss_fn(model, batch):
         dev = next(model.parameters()).device
         b = to_device(batch, dev)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        lp = sequence_logprobs(logits, b["labels"])
+        lp = labelled_sequence_logprobs(model, b)
         n = lp.shape[0] // 2
         loss, st = dpo_loss(
             lp[:n], lp[n:], b["ref_c"], b["ref_r"], beta=p.beta, label_smoothing=p.label_smoothing

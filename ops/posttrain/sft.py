@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.losses import sft_loss
-from ops.posttrain.common import Example, collate, encode_all, epoch_batches, pack, to_device
+from ops.posttrain.common import Example, collate, encode_all, epoch_batches, labelled_logits, pack, to_device
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -62,12 +62,8 @@ def make_batches(tok: Any, examples: list[Example], p: SFTParams) -> tuple[Calla
 
 def sft_loss_fn(model: Any, batch: dict) -> tuple[Any, dict]:
     dev = next(model.parameters()).device
-    b = to_device(batch, dev)
-    logits = model(
-        input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"]
-    ).logits
-    loss, st = sft_loss(logits, b["labels"])
-    return loss, st
+    logits, labels = labelled_logits(model, to_device(batch, dev))
+    return sft_loss(logits, labels)
 
 
 def add_lora(model: Any, p: SFTParams) -> Any:

@@ -107,14 +107,21 @@ def completion_logprobs(
     """Per-token ``log pi(comp_ids | ...)`` ``[N, L]`` under ``softmax(logits / temperature)`` (the
     distribution the sampler drew from); with ``with_hidden`` also the last hidden states ``[N, L, d]``."""
     from ops.losses import token_logprobs
+    from ops.posttrain.common import head_on_subset_ok
 
-    out = model(
-        input_ids=t["input_ids"], attention_mask=t["attention_mask"], output_hidden_states=with_hidden
-    )
-    logits = gather_completion(out.logits, t)
+    kw = {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
+    if head_on_subset_ok(model):
+        # the vocabulary head only on the completion positions (the prompt's logits are never used)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = gather_completion(base.get_decoder()(**kw).last_hidden_state, t)
+        logits = base.get_output_embeddings()(hidden)
+    else:
+        out = model(**kw, output_hidden_states=with_hidden)
+        logits = gather_completion(out.logits, t)
+        hidden = gather_completion(out.hidden_states[-1], t) if with_hidden else None
     if temperature != 1.0:
         logits = logits / temperature
     lp = token_logprobs(logits, t["comp_ids"]) * t["comp_mask"]
     if with_hidden:
-        return lp, gather_completion(out.hidden_states[-1], t)
+        return lp, hidden
     return lp
