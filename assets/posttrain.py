@@ -499,11 +499,9 @@ def _run_rejection(run: StageRun) -> StageResult:
     model, tok = _load_policy(run, "model")
     rm = None
     if run.inputs.get("reward_model"):
-        from transformers import AutoModelForSequenceClassification
+        from ops.posttrain.rm import load_reward_model
 
-        rm = AutoModelForSequenceClassification.from_pretrained(
-            str(run.input("reward_model").path), local_files_only=True
-        )
+        rm = load_reward_model(run.input("reward_model").path)
     p = RejectionParams(
         samples=c.samples,
         keep=c.keep,
@@ -580,9 +578,15 @@ class RewardModelConfig(StageConfig):
     )
     held_out: float = Field(0.2, gt=0, lt=1, description="share of prompts held out for pair accuracy")
     max_pairs_per_prompt: int = Field(4, ge=1, description="pairs built from each prompt's samples")
-    steps: int = Field(200, ge=1, description="optimizer updates")
-    lr: float = Field(1e-3, gt=0, description="learning rate")
-    batch_size: int = Field(32, ge=1, description="pairs per update")
+    head: Literal["classifier", "likelihood"] = Field(
+        "classifier",
+        description="classifier: a score head at the last token, trunk and head trained by Bradley-Terry "
+        "(a sequence-classification checkpoint); likelihood: the trunk's mean log-likelihood of the "
+        "response times a Bradley-Terry-fitted scale, trunk untrained (a causal-LM checkpoint + reward.json)",
+    )
+    steps: int = Field(200, ge=1, description="optimizer updates (classifier head)")
+    lr: float = Field(1e-3, gt=0, description="learning rate (classifier head)")
+    batch_size: int = Field(32, ge=1, description="pairs per update (classifier head)")
     seed: int = Field(0, description="split and order seed")
 
 
@@ -606,9 +610,16 @@ def _pairs_problems(path: Path) -> list[str]:
 
 
 def _validate_rm(cfg, refs):
+    errs = []
+    if getattr(cfg, "head", "classifier") == "likelihood":  # dpo shares this validator
+        errs += [
+            (f, f"head 'likelihood' does not train the trunk (it fits one scale); remove {f!r}")
+            for f in ("steps", "lr", "batch_size")
+            if f in cfg.model_fields_set
+        ]
     if cfg.path:
-        return [("path", m) for m in _pairs_problems(Path(cfg.path).expanduser())]
-    return []
+        errs += [("path", m) for m in _pairs_problems(Path(cfg.path).expanduser())]
+    return errs
 
 
 def _fp_path(cfg):
@@ -651,6 +662,9 @@ def _run_rm(run: StageRun) -> StageResult:
     from ops.posttrain.rm import RMParams, init_reward_model, pair_accuracy, split_pairs, train_reward_model
 
     c: RewardModelConfig = run.config
+    errs = _validate_rm(c, {})
+    if errs:
+        raise PostTrainError(f"stage {run.stage!r}, field {errs[0][0]!r}: {errs[0][1]}")
     _check_template(run, "model")
     pairs = _collect_pairs(run, "pairs", c.max_pairs_per_prompt, c.seed, c.path)
     train_p, held = split_pairs(pairs, c.held_out, c.seed)
@@ -659,7 +673,9 @@ def _run_rm(run: StageRun) -> StageResult:
             f"stage {run.stage!r}, field 'pairs': no training pairs (need prompts with both a "
             "correct and an incorrect sample)"
         )
-    _, tok = _load_policy(run, "model")
+    lm, tok = _load_policy(run, "model")
+    if c.head == "likelihood":
+        return _run_likelihood_rm(run, lm, tok, train_p, held)
     rm = init_reward_model(run.input("model").path)
     rm.config.pad_token_id = tok.pad_token_id
     before = pair_accuracy(rm, tok, held)
@@ -702,6 +718,68 @@ def _run_rm(run: StageRun) -> StageResult:
             ),
         ],
     )
+
+
+def _rm_checks(acc: dict) -> list[CheckOutcome]:
+    return [
+        CheckOutcome(
+            "beats_chance", acc["accuracy"] > 0.6, f"held-out pair accuracy {acc['accuracy']:.3f} > 0.6"
+        ),
+        CheckOutcome(
+            "beats_length_baseline",
+            acc["accuracy"] > acc["length_baseline"],
+            f"{acc['accuracy']:.3f} vs length-only {acc['length_baseline']:.3f}",
+        ),
+    ]
+
+
+def _run_likelihood_rm(run: StageRun, lm, tok, train_p, held) -> StageResult:
+    from ops.posttrain.rm import fit_likelihood_reward, pair_accuracy, score_texts
+
+    rm, fit = fit_likelihood_reward(lm, tok, train_p)
+    after = pair_accuracy(rm, tok, held)
+    rm.save(tok, run.out)
+    md: dict[str, Any] = {}
+    if held:
+        prompts = [q.prompt for q in held]
+        rc = score_texts(rm, tok, prompts, [q.chosen for q in held])
+        rr = score_texts(rm, tok, prompts, [q.rejected for q in held])
+        md.update(_reward_histogram(run.out, rc, rr))
+    metrics = {
+        "train_pairs": len(train_p),
+        "held_out_pairs": len(held),
+        "held_out_accuracy": after["accuracy"],
+        "train_accuracy": fit["train_accuracy"],
+        "length_baseline_accuracy": after["length_baseline"],
+        "held_out_margin": after.get("margin", float("nan")),
+        "scale": fit["scale"],
+        "center": fit["center"],
+    }
+    return StageResult(metrics=metrics, metadata=md, checks=_rm_checks(after))
+
+
+def _reward_histogram(out: Path, chosen: list[float], rejected: list[float]) -> dict:
+    """A PNG of the held-out chosen and rejected rewards (how far apart the two distributions are)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3))
+        lo, hi = min(chosen + rejected), max(chosen + rejected)
+        bins = [lo + (hi - lo) * i / 40 for i in range(41)] if hi > lo else 10
+        ax.hist(chosen, bins=bins, alpha=0.6, label="chosen (correct)")
+        ax.hist(rejected, bins=bins, alpha=0.6, label="rejected (incorrect)")
+        ax.set_xlabel("reward")
+        ax.set_ylabel("held-out responses")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "rewards.png", dpi=80)
+        plt.close(fig)
+        return {"rewards_plot": Image("rewards.png")}
+    except Exception as e:  # noqa: BLE001 - a missing plot never fails a stage
+        return {"rewards_plot_error": str(e)}
 
 
 REWARD_MODEL = register(
@@ -881,12 +959,9 @@ def _run_ppo(run: StageRun) -> StageResult:
     ref, _ = _load_policy(run, "model")
     rm = None
     if run.inputs.get("reward_model"):
-        from transformers import AutoModelForSequenceClassification
+        from ops.posttrain.rm import load_reward_model
 
-        rm = AutoModelForSequenceClassification.from_pretrained(
-            str(run.input("reward_model").path), local_files_only=True
-        )
-        rm.eval()
+        rm = load_reward_model(run.input("reward_model").path)
     p = PPOParams(
         steps=c.steps,
         prompts_per_step=c.prompts_per_step,

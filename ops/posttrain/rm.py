@@ -7,10 +7,20 @@ non-pad token. Pairs come from rollouts (for each prompt, a verified-correct com
 incorrect one) or from a user "pairs" Parquet. Held-out pairs are split by prompt, never by pair, so no
 held-out prompt was seen in training; a length-only baseline (longer-wins or shorter-wins, whichever is
 better on the held-out pairs) is reported beside the model's accuracy.
+
+A second head, ``likelihood`` (:class:`LikelihoodReward`), is a generative reward: the trunk's mean per-token
+log-likelihood of the response, ``r(x, y) = s * (mean_t log p(y_t | x, y_<t) - c)``, with the scale ``s``
+fitted by Bradley-Terry maximum likelihood on the training pairs and ``c`` centring the training responses'
+rewards at 0. The trunk is not trained: a model that solves the task finds a wrong step surprising, and on
+correct-vs-incorrect samples that signal is what a small classifier head fails to learn from a few thousand
+pairs (measured on the default pipeline; the README's reward-model section). Its artifact is the causal LM
+(``AutoModelForCausalLM``) plus ``reward.json`` with ``s`` and ``c``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +101,114 @@ def init_reward_model(policy_dir: Path | str) -> Any:
     return rm
 
 
+HEADS = ("classifier", "likelihood")
+REWARD_FILE = "reward.json"
+
+
+@dataclass
+class LikelihoodReward:
+    """``r(x, y) = scale * (mean_t log p_lm(y_t | x, y_<t) - center)`` over the response's tokens (the
+    assistant turn, closing ``<|im_end|>`` included), under the causal LM ``lm``."""
+
+    lm: Any
+    scale: float = 1.0
+    center: float = 0.0
+
+    def mean_logprobs(
+        self, tok: Any, prompts: list[str], responses: list[str], batch_size: int = 128, max_len: int = 512
+    ) -> list[float]:
+        import torch
+
+        from ops.posttrain.common import Example, collate, labelled_sequence_logprobs, to_device
+
+        ex = [Example(str(i), q, r) for i, (q, r) in enumerate(zip(prompts, responses))]
+        enc, _ = encode_all(tok, ex, max_len=10**9)
+        # keep the last max_len tokens (the response and as much of the prompt as fits)
+        enc = [(ids[-max_len:], max(n_p - max(len(ids) - max_len, 0), 0)) for ids, n_p in enc]
+        dev = next(self.lm.parameters()).device
+        out: list[float] = []
+        was = self.lm.training
+        self.lm.eval()
+        with torch.no_grad():
+            for s in range(0, len(enc), batch_size):
+                b = to_device(collate([[e] for e in enc[s : s + batch_size]], tok.pad_token_id), dev)
+                n = (b["labels"][:, 1:] != -100).sum(1).clamp(min=1)
+                out += (labelled_sequence_logprobs(self.lm, b) / n).float().tolist()
+        self.lm.train(was)
+        return out
+
+    def score(self, tok: Any, prompts: list[str], responses: list[str], **kw: Any) -> list[float]:
+        return [self.scale * (m - self.center) for m in self.mean_logprobs(tok, prompts, responses, **kw)]
+
+    def save(self, tok: Any, out_dir: Path | str) -> None:
+        from ops.model import save_model
+
+        save_model(self.lm, tok, out_dir)
+        (Path(out_dir) / REWARD_FILE).write_text(
+            json.dumps(
+                {
+                    "head": "likelihood",
+                    "scale": self.scale,
+                    "center": self.center,
+                    "formula": "scale * (mean over response tokens of log p(token | prefix) - center)",
+                },
+                indent=1,
+            )
+        )
+
+
+def fit_bt_scale(diffs: list[float], l2: float = 1e-4, iters: int = 100) -> float:
+    """Bradley-Terry maximum likelihood of one scale ``s >= 0``: ``P(chosen > rejected) = sigma(s * d_i)``.
+
+    Minimises ``-(1/n) sum_i log sigma(s d_i) + (l2 / 2) s^2`` (convex; the small ridge keeps ``s`` finite
+    when the pairs are separable) by Newton's method; ``d_i`` is the feature's chosen-minus-rejected value.
+    """
+    if not diffs:
+        return 1.0
+    n = len(diffs)
+    s = 1.0
+    for _ in range(iters):
+        sig = [1.0 / (1.0 + math.exp(min(s * d, 50.0))) for d in diffs]  # sigma(-s d)
+        g = -sum(d * q for d, q in zip(diffs, sig)) / n + l2 * s
+        h = sum(d * d * q * (1 - q) for d, q in zip(diffs, sig)) / n + l2
+        step = g / h
+        s = max(s - step, 0.0)
+        if abs(step) < 1e-9 * max(s, 1.0):
+            break
+    return s
+
+
+def fit_likelihood_reward(lm: Any, tok: Any, train_pairs: list[Pair]) -> tuple[LikelihoodReward, dict]:
+    """The likelihood head's two numbers from the training pairs: the BT scale and the centre."""
+    rm = LikelihoodReward(lm)
+    prompts = [q.prompt for q in train_pairs]
+    mc = rm.mean_logprobs(tok, prompts, [q.chosen for q in train_pairs])
+    mr = rm.mean_logprobs(tok, prompts, [q.rejected for q in train_pairs])
+    rm.scale = fit_bt_scale([a - b for a, b in zip(mc, mr)])
+    rm.center = (sum(mc) + sum(mr)) / max(len(mc) + len(mr), 1)
+    train_acc = sum((a > b) + 0.5 * (a == b) for a, b in zip(mc, mr)) / max(len(mc), 1)
+    return rm, {"train_accuracy": train_acc, "scale": rm.scale, "center": rm.center}
+
+
+def load_reward_model(path: Path | str) -> Any:
+    """A reward-model artifact: ``LikelihoodReward`` when ``reward.json`` says so, else the sequence
+    classifier (``AutoModelForSequenceClassification``)."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    spec = path / REWARD_FILE
+    if spec.is_file():
+        meta = json.loads(spec.read_text())
+        if meta.get("head") == "likelihood":
+            from ops.model import load_model
+
+            return LikelihoodReward(load_model(path), float(meta["scale"]), float(meta["center"]))
+        raise ValueError(f"{spec}: unknown reward head {meta.get('head')!r}; expected one of {HEADS}")
+    rm = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+    rm.eval()
+    return rm
+
+
 def _encode(tok, prompts, responses, max_len):
     from ops.posttrain.common import Example
 
@@ -122,6 +240,8 @@ def score_texts(
 ) -> list[float]:
     import torch
 
+    if isinstance(rm, LikelihoodReward):
+        return rm.score(tok, prompts, responses, batch_size=batch_size, max_len=max_len)
     seqs = _encode(tok, prompts, responses, max_len)
     out: list[float] = []
     was = rm.training
@@ -222,6 +342,10 @@ __all__ = [
     "pairs_from_table",
     "split_pairs",
     "init_reward_model",
+    "LikelihoodReward",
+    "fit_bt_scale",
+    "fit_likelihood_reward",
+    "load_reward_model",
     "score_texts",
     "pair_accuracy",
     "RMParams",

@@ -51,6 +51,60 @@ def test_reward_model_beats_chance_and_length_on_heldout_pairs(lmforge_home, inp
     assert rm.config.num_labels == 1 and rm.config.pad_token_id is not None
 
 
+def test_likelihood_reward_model_ranks_heldout_pairs_and_loads_in_transformers(lmforge_home, inputs):
+    """The likelihood head: the teacher's mean log-likelihood of a response, a BT-fitted scale; its artifact is
+    a causal LM + reward.json whose formula, computed by hand with transformers, gives the stage's scores."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assets.testing import run_kind
+    from ops.posttrain.rm import LikelihoodReward, load_reward_model, score_texts
+
+    art, res = run_kind(
+        "reward_model",
+        {"model": "teacher", "pairs": ["rl"], "head": "likelihood"},
+        lmforge_home,
+        inputs={"model": [inputs["teacher"]], "pairs": [inputs["rollouts"]]},
+        log=lambda s: None,
+    )
+    m = res.metrics
+    assert m["held_out_pairs"] >= 30
+    assert m["held_out_accuracy"] > 0.6
+    assert m["held_out_accuracy"] > m["length_baseline_accuracy"]
+    assert m["scale"] > 0
+    assert {c.name: c.passed for c in res.checks}["beats_chance"]
+    spec = json.loads((art.path / "reward.json").read_text())
+    assert spec["head"] == "likelihood"
+    rm = load_reward_model(art.path)
+    assert isinstance(rm, LikelihoodReward)
+    lm = AutoModelForCausalLM.from_pretrained(str(art.path), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(art.path), local_files_only=True)
+    q, a = "What is 2 + 3?", "<think>2 + 3 = 5</think><answer>5</answer>"
+    prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + r_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm(input_ids=ids).logits[0, :-1].float(), -1)
+    tgt = ids[0, 1:]
+    lp = logp[torch.arange(len(tgt)), tgt][len(p_ids) - 1 :]
+    by_hand = spec["scale"] * (float(lp.mean()) - spec["center"])
+    assert abs(score_texts(rm, tok, [q], [a])[0] - by_hand) < 1e-3 * max(1.0, abs(by_hand))
+
+
+def test_likelihood_head_refuses_trunk_training_settings():
+    from assets.registry import load_kinds
+
+    kind = load_kinds()["reward_model"]
+    cfg = kind.config.model_validate({"model": "teacher", "pairs": ["rl"], "head": "likelihood", "steps": 300})
+    errs = kind.validate(cfg, {"teacher": "sft", "rl": "grpo"})
+    assert [f for f, _ in errs] == ["steps"] and "likelihood" in errs[0][1]
+    with pytest.raises(Exception, match="head"):
+        kind.config.model_validate({"model": "teacher", "pairs": ["rl"], "head": "pooled"})
+
+
 def test_pairs_file_missing_column_is_one_error_before_compute(lmforge_home, inputs, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
