@@ -237,7 +237,8 @@ def test_sft_arm_of_distillation_never_runs_the_teacher():
     student = H.tiny_model(tok, seed=1, arch={**H.ARCH, "d_model": 64, "layers": 1})
     teacher = H.tiny_model(tok, seed=2)
     calls = []
-    teacher.register_forward_hook(lambda *a: calls.append(1))
+    # on the decoder: the KD loss runs decoder + head on the labelled positions, not the model's forward()
+    teacher.get_decoder().register_forward_hook(lambda *a: calls.append(1))
     p = DistillParams("logit", 2.0, 0.0, SFTParams(steps=3, lr=1e-3, batch_size=8, seed=0, warmup_steps=0))
     s1 = copy.deepcopy(student)
     train_distill(s1, teacher, tok, ex, p, work_dir=None, log=lambda s: None)
