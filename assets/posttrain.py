@@ -790,7 +790,7 @@ REWARD_MODEL = register(
         code_version="1",
         run=_run_rm,
         pool="gpu",
-        description="Bradley-Terry reward model (sequence classifier, 1 label) on preference pairs",
+        description="Bradley-Terry reward model on preference pairs: a sequence classifier (1 label) or a likelihood head",
         checks=(
             CheckSpec("beats_chance", "held-out pair accuracy above 60%"),
             CheckSpec("beats_length_baseline", "better than preferring the longer/shorter response"),
