@@ -33,7 +33,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-RENDERER_VERSION = "1"
+RENDERER_VERSION = (
+    "2"  # 2: no object addresses, environment or install paths (they differed per process/machine)
+)
 
 # Pure-Python standard-library modules that are safe to import (no side effects, no GUI, no network at
 # import) and whose docstrings carry prose. Never add antigravity, this, tkinter, idlelib, turtle.
@@ -166,6 +168,27 @@ def _prose_html_doc():
 
 
 _HREF = re.compile(r'<a href="([^"]*)">(.*?)</a>', re.S)
+# reprs of default values such as ``<object object at 0x7f...>``: the address differs in every process, so
+# it would make the site (and everything trained on it) differ between two renders of the same version
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# ``os.environ``'s value would put the renderer's environment (tokens, keys, paths) into the corpus
+_ENVIRON = re.compile(r"environ\(\{[^<]*?\}\)")
+
+
+def _portable(page: str) -> str:
+    """A module page that depends only on the Python version: no object addresses, no environment, no
+    interpreter path, and standard-library paths relative to the installation (``Lib/os.py``, as in
+    CPython's source tree)."""
+    import sysconfig
+
+    page = _ENVIRON.sub("environ({...})", _ADDRESS.sub("", page))
+    if sys.executable:  # default values such as platform.architecture(executable=sys.executable)
+        page = page.replace(sys.executable, "python")
+    for key in ("stdlib", "platstdlib"):
+        root = sysconfig.get_paths().get(key)
+        if root:
+            page = page.replace(root.rstrip("/") + "/", "Lib/")
+    return page
 
 
 def _fix_links(page: str, rendered: set[str]) -> str:
@@ -222,7 +245,7 @@ def render_site(dest: Path, modules: tuple[str, ...] = MODULES) -> dict[str, int
             continue
     names = set(rendered)
     for name, mod in rendered.items():
-        page = doc.page(pydoc.describe(mod), doc.document(mod, name))
+        page = _portable(doc.page(pydoc.describe(mod), doc.document(mod, name)))
         (dest / f"{name}.html").write_text(_fix_links(page, names), encoding="utf-8")
 
     topic_texts = pydoc_data.topics.topics
