@@ -253,8 +253,9 @@ def score_texts(
     return out
 
 
-def pair_accuracy(rm: Any, tok: Any, pairs: list[Pair]) -> dict[str, float]:
-    """Held-out accuracy of the reward model and of the length-only baseline (best direction)."""
+def pair_accuracy(rm: Any, tok: Any, pairs: list[Pair], with_rewards: bool = False) -> dict[str, Any]:
+    """Held-out accuracy of the reward model and of the length-only baseline (best direction); with
+    ``with_rewards`` also the per-pair rewards (``chosen_rewards``, ``rejected_rewards``)."""
     if not pairs:
         return {"accuracy": float("nan"), "length_baseline": float("nan"), "pairs": 0}
     rc = score_texts(rm, tok, [p.prompt for p in pairs], [p.chosen for p in pairs])
@@ -263,12 +264,15 @@ def pair_accuracy(rm: Any, tok: Any, pairs: list[Pair]) -> dict[str, float]:
     lc = [len(tok(p.chosen, add_special_tokens=False)["input_ids"]) for p in pairs]
     lr = [len(tok(p.rejected, add_special_tokens=False)["input_ids"]) for p in pairs]
     longer = sum((a > b) + 0.5 * (a == b) for a, b in zip(lc, lr)) / len(pairs)
-    return {
+    out: dict[str, Any] = {
         "accuracy": acc,
         "length_baseline": max(longer, 1 - longer),
         "pairs": len(pairs),
         "margin": sum(a - b for a, b in zip(rc, rr)) / len(pairs),
     }
+    if with_rewards:
+        out.update(chosen_rewards=rc, rejected_rewards=rr)
+    return out
 
 
 @dataclass
