@@ -609,14 +609,18 @@ def _pairs_problems(path: Path) -> list[str]:
     return out
 
 
+def _head_problems(cfg) -> list[tuple[str, str]]:
+    if getattr(cfg, "head", "classifier") != "likelihood":  # dpo shares _validate_rm and has no head
+        return []
+    return [
+        (f, f"head 'likelihood' does not train the trunk (it fits one scale); remove {f!r}")
+        for f in ("steps", "lr", "batch_size")
+        if f in cfg.model_fields_set
+    ]
+
+
 def _validate_rm(cfg, refs):
-    errs = []
-    if getattr(cfg, "head", "classifier") == "likelihood":  # dpo shares this validator
-        errs += [
-            (f, f"head 'likelihood' does not train the trunk (it fits one scale); remove {f!r}")
-            for f in ("steps", "lr", "batch_size")
-            if f in cfg.model_fields_set
-        ]
+    errs = _head_problems(cfg)
     if cfg.path:
         errs += [("path", m) for m in _pairs_problems(Path(cfg.path).expanduser())]
     return errs
@@ -662,7 +666,7 @@ def _run_rm(run: StageRun) -> StageResult:
     from ops.posttrain.rm import RMParams, init_reward_model, pair_accuracy, split_pairs, train_reward_model
 
     c: RewardModelConfig = run.config
-    errs = _validate_rm(c, {})
+    errs = _head_problems(c)  # also when run directly, not through a compiled spec
     if errs:
         raise PostTrainError(f"stage {run.stage!r}, field {errs[0][0]!r}: {errs[0][1]}")
     _check_template(run, "model")

@@ -33,9 +33,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-RENDERER_VERSION = (
-    "2"  # 2: no object addresses, environment or install paths (they differed per process/machine)
-)
+# 2: no object addresses, environment or install paths (they differed per process and machine)
+RENDERER_VERSION = "2"
 
 # Pure-Python standard-library modules that are safe to import (no side effects, no GUI, no network at
 # import) and whose docstrings carry prose. Never add antigravity, this, tkinter, idlelib, turtle.

@@ -175,6 +175,15 @@ def head_on_subset_ok(model: Any) -> bool:
     )
 
 
+def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """``(decoder, output head)`` of ``model`` (through a peft wrapper, whose adapters live inside them) when
+    :func:`head_on_subset_ok`, else ``None`` (then only the model's own forward may be used)."""
+    if not head_on_subset_ok(model):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
 def labelled_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     """The logits at the positions that predict a label, as one row ``([1, N+1, V], [1, N+1])``.
 
@@ -192,10 +201,10 @@ def labelled_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     tgt = batch["labels"][:, 1:]
     sel = tgt != IGNORE
     kw = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    if head_on_subset_ok(model):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        hidden = base.get_decoder()(**kw).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][sel])
+    parts = decoder_and_head(model)
+    if parts is not None:
+        decoder, head = parts
+        logits = head(decoder(**kw).last_hidden_state[:, :-1][sel])
     else:
         logits = model(**kw).logits[:, :-1][sel]
     y = tgt[sel]

@@ -119,6 +119,7 @@ class LikelihoodReward:
     ) -> list[float]:
         import torch
 
+        from ops.losses import IGNORE
         from ops.posttrain.common import Example, collate, labelled_sequence_logprobs, to_device
 
         ex = [Example(str(i), q, r) for i, (q, r) in enumerate(zip(prompts, responses))]
@@ -132,7 +133,7 @@ class LikelihoodReward:
         with torch.no_grad():
             for s in range(0, len(enc), batch_size):
                 b = to_device(collate([[e] for e in enc[s : s + batch_size]], tok.pad_token_id), dev)
-                n = (b["labels"][:, 1:] != -100).sum(1).clamp(min=1)
+                n = (b["labels"][:, 1:] != IGNORE).sum(1).clamp(min=1)
                 out += (labelled_sequence_logprobs(self.lm, b) / n).float().tolist()
         self.lm.train(was)
         return out
@@ -155,6 +156,11 @@ class LikelihoodReward:
                 indent=1,
             )
         )
+
+
+def win_rate(a: list[float], b: list[float]) -> float:
+    """Share of pairs where ``a`` beats ``b``, ties counting half."""
+    return sum((x > y) + 0.5 * (x == y) for x, y in zip(a, b)) / max(len(a), 1)
 
 
 def fit_bt_scale(diffs: list[float], l2: float = 1e-4, iters: int = 100) -> float:
@@ -186,8 +192,7 @@ def fit_likelihood_reward(lm: Any, tok: Any, train_pairs: list[Pair]) -> tuple[L
     mr = rm.mean_logprobs(tok, prompts, [q.rejected for q in train_pairs])
     rm.scale = fit_bt_scale([a - b for a, b in zip(mc, mr)])
     rm.center = (sum(mc) + sum(mr)) / max(len(mc) + len(mr), 1)
-    train_acc = sum((a > b) + 0.5 * (a == b) for a, b in zip(mc, mr)) / max(len(mc), 1)
-    return rm, {"train_accuracy": train_acc, "scale": rm.scale, "center": rm.center}
+    return rm, {"train_accuracy": win_rate(mc, mr), "scale": rm.scale, "center": rm.center}
 
 
 def load_reward_model(path: Path | str) -> Any:
@@ -260,10 +265,10 @@ def pair_accuracy(rm: Any, tok: Any, pairs: list[Pair], with_rewards: bool = Fal
         return {"accuracy": float("nan"), "length_baseline": float("nan"), "pairs": 0}
     rc = score_texts(rm, tok, [p.prompt for p in pairs], [p.chosen for p in pairs])
     rr = score_texts(rm, tok, [p.prompt for p in pairs], [p.rejected for p in pairs])
-    acc = sum((a > b) + 0.5 * (a == b) for a, b in zip(rc, rr)) / len(pairs)
+    acc = win_rate(rc, rr)
     lc = [len(tok(p.chosen, add_special_tokens=False)["input_ids"]) for p in pairs]
     lr = [len(tok(p.rejected, add_special_tokens=False)["input_ids"]) for p in pairs]
-    longer = sum((a > b) + 0.5 * (a == b) for a, b in zip(lc, lr)) / len(pairs)
+    longer = win_rate(lc, lr)
     out: dict[str, Any] = {
         "accuracy": acc,
         "length_baseline": max(longer, 1 - longer),

@@ -107,14 +107,15 @@ def completion_logprobs(
     """Per-token ``log pi(comp_ids | ...)`` ``[N, L]`` under ``softmax(logits / temperature)`` (the
     distribution the sampler drew from); with ``with_hidden`` also the last hidden states ``[N, L, d]``."""
     from ops.losses import token_logprobs
-    from ops.posttrain.common import head_on_subset_ok
+    from ops.posttrain.common import decoder_and_head
 
     kw = {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
-    if head_on_subset_ok(model):
+    parts = decoder_and_head(model)
+    if parts is not None:
         # the vocabulary head only on the completion positions (the prompt's logits are never used)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        hidden = gather_completion(base.get_decoder()(**kw).last_hidden_state, t)
-        logits = base.get_output_embeddings()(hidden)
+        decoder, head = parts
+        hidden = gather_completion(decoder(**kw).last_hidden_state, t)
+        logits = head(hidden)
     else:
         out = model(**kw, output_hidden_states=with_hidden)
         logits = gather_completion(out.logits, t)
