@@ -344,6 +344,9 @@ def run(r: StageRun) -> StageResult:
         "n_items": len(hits),
         "n_flagged": len(flagged),
         "flagged": flagged,
+        "by_contamination": E.accuracy_by_contamination(
+            records, {(f["task"], f["item_id"]) for f in flagged}, cfg.samples
+        ),
     }
     pq.write_table(
         pa.Table.from_pylist(
@@ -421,6 +424,9 @@ def _flat_metrics(summary: dict[str, Any]) -> dict[str, Any]:
         out[f"wait_{p['wait_extensions']}_accuracy"] = round(p["accuracy"], 6)
         out[f"wait_{p['wait_extensions']}_thinking_tokens"] = round(p["mean_thinking_tokens"], 3)
     out["contaminated_items"] = (summary.get("audit") or {}).get("n_flagged", 0)
+    clean = ((summary.get("audit") or {}).get("by_contamination") or {}).get("greedy_accuracy")
+    if clean and clean["unflagged"]["value"] is not None:
+        out["greedy_accuracy_unflagged"] = round(clean["unflagged"]["value"], 6)
     return out
 
 
@@ -459,6 +465,11 @@ def _summary_md(summary: dict[str, Any]) -> str:
         f"Decontamination audit ({a.get('ngram')}-grams over {len(a.get('datasets', []))} upstream "
         f"training datasets): {a.get('n_flagged', 0)} of {a.get('n_items', 0)} items flagged.",
     ]
+    from ops.eval.evaluate import contamination_text
+
+    split = contamination_text(a.get("by_contamination") or {})
+    if split:
+        lines[-1] += f" {split[0].upper()}{split[1:]}."
     return "\n".join(lines)
 
 

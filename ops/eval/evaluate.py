@@ -241,6 +241,46 @@ def summarize(records: list[dict[str, Any]], s: EvalSettings) -> dict[str, Any]:
     return summary
 
 
+def accuracy_by_contamination(
+    records: list[dict[str, Any]], flagged: set[tuple[str, str]], k: int
+) -> dict[str, Any]:
+    """Greedy accuracy and pass@1 on the eval items the decontamination audit flagged vs the rest, and the
+    difference flagged - unflagged (Welch interval; different items, so unpaired). A contaminated benchmark
+    shows up as flagged items scoring beyond noise above the clean ones; the clean subset's accuracy is the
+    number to trust when some items are flagged."""
+    items = per_item_scores(records, k)
+    out: dict[str, Any] = {}
+    for metric, key in (("greedy_accuracy", "greedy_correct"), ("pass@1", "pass@1")):
+        dirty = [v[key] for i, v in items.items() if key in v and i in flagged]
+        clean = [v[key] for i, v in items.items() if key in v and i not in flagged]
+        if not dirty and not clean:
+            continue
+        out[metric] = {
+            "unflagged": M.proportion(clean),
+            "flagged": M.proportion(dirty),
+            "flagged_minus_unflagged": M.unpaired_difference(clean, dirty),
+        }
+    return out
+
+
+def contamination_text(by_contamination: dict[str, Any]) -> str:
+    """One sentence for the report: greedy accuracy on unflagged vs flagged items and their difference."""
+    g = (by_contamination or {}).get("greedy_accuracy")
+    if not g or not g["flagged"]["n"] or not g["unflagged"]["n"]:
+        return ""
+    c, f, d = g["unflagged"], g["flagged"], g["flagged_minus_unflagged"]
+    if d["diff"] is None:
+        diff = "too few items for an interval"
+    else:
+        diff = f"flagged - unflagged {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], " + (
+            "beyond noise" if d["beyond_noise"] else "within noise"
+        )
+    return (
+        f"greedy accuracy on the {c['n']} unflagged items {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}], "
+        f"on the {f['n']} flagged {f['value']:.3f} ({diff})"
+    )
+
+
 def _point(recs: list[dict[str, Any]]) -> dict[str, Any]:
     acc = M.proportion([float(r["correct"]) for r in recs])
     th = [r["thinking_tokens"] for r in recs]

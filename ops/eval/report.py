@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics as M
+from .evaluate import contamination_text
 
 # metrics shown per model, in order: (key in metrics.json "overall", label, higher is better)
 MODEL_METRICS = [
@@ -430,6 +431,11 @@ def _markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
                     for f in (a.get("flagged") or [])[:20]
                 )
                 if a.get("flagged")
+                else ""
+            )
+            + (
+                f". {split[0].upper()}{split[1:]}"
+                if (split := contamination_text(a.get("by_contamination")))
                 else ""
             )
         )

@@ -174,6 +174,15 @@ def test_audit_flags_eval_item_planted_in_upstream_corpus(lmforge_home, model_sr
     assert [f["item_id"] for f in m["audit"]["flagged"]] == [planted.id]
     assert m["audit"]["flagged"][0]["matched"][0].startswith("corpus_dirty@")  # found two hops up the lineage
     assert res.metrics["contaminated_items"] == 1
+    # accuracy split by the audit: the one flagged item vs the five others, from the greedy records
+    recs = pq.read_table(art.path / "records.parquet").to_pylist()
+    by_item = {r["item_id"]: float(r["correct"]) for r in recs if r["mode"] == "greedy"}
+    split = m["audit"]["by_contamination"]["greedy_accuracy"]
+    assert split["flagged"]["n"] == 1 and split["flagged"]["value"] == by_item[planted.id]
+    others = [v for k, v in by_item.items() if k != planted.id]
+    assert split["unflagged"]["n"] == 5 and split["unflagged"]["value"] == pytest.approx(sum(others) / 5)
+    assert res.metrics["greedy_accuracy_unflagged"] == pytest.approx(sum(others) / 5)
+    assert "5 unflagged items" in res.metadata["summary"].text
     assert {c.name: c.passed for c in res.checks}["no_contamination"] is False
 
 

@@ -93,3 +93,43 @@ def test_bits_per_byte_counts_only_scored_bytes_when_truncated():
     model = build_model({"arch": "qwen2", "d_model": 16, "layers": 1, "heads": 2, "kv_heads": 1}, len(tok))
     (sc,) = score_documents(model, tok, [text], max_tokens=10)
     assert sc.n_tokens == 10 and sc.n_bytes == 10  # digits are single tokens
+
+
+def _rec(item: str, mode: str, correct: bool, i: int = 0) -> dict:
+    return {
+        "task": "t",
+        "item_id": item,
+        "mode": mode,
+        "correct": correct,
+        "format_ok": True,
+        "response_tokens": 5,
+        "sample_index": i,
+        "gold_answer": "1",
+        "extracted_answer": "1" if correct else "2",
+    }
+
+
+def test_accuracy_split_by_contamination_against_hand_computation():
+    from ops.eval.evaluate import accuracy_by_contamination, contamination_text
+
+    # 4 flagged items all greedy-correct; 6 clean items, 2 correct; one sample each (pass@1 = its correctness)
+    flagged = {("t", f"f{i}") for i in range(4)}
+    greedy = {**{f"f{i}": True for i in range(4)}, **{f"c{i}": i < 2 for i in range(6)}}
+    recs = [_rec(k, "greedy", v) for k, v in greedy.items()]
+    recs += [_rec(k, "sample", not v) for k, v in greedy.items()]  # samples: the opposite
+    out = accuracy_by_contamination(recs, flagged, k=1)
+    g = out["greedy_accuracy"]
+    assert (g["flagged"]["value"], g["flagged"]["n"]) == (1.0, 4)
+    assert (g["unflagged"]["value"], g["unflagged"]["n"]) == (pytest.approx(2 / 6), 6)
+    # Welch: flagged variance 0, clean sample variance (2 * (2/3)^2 + 4 * (1/3)^2) / 5 = 4/15
+    d = g["flagged_minus_unflagged"]
+    assert d["diff"] == pytest.approx(1 - 2 / 6)
+    assert d["se"] == pytest.approx(math.sqrt(4 / 15 / 6))
+    assert d["beyond_noise"] is (d["low"] > 0)
+    p = out["pass@1"]
+    assert p["flagged"]["value"] == 0.0 and p["unflagged"]["value"] == pytest.approx(4 / 6)
+    text = contamination_text(out)
+    assert "6 unflagged items 0.333" in text and "4 flagged 1.000" in text
+    # nothing flagged: the split has no flagged side and no sentence
+    none = accuracy_by_contamination(recs, set(), k=1)
+    assert none["greedy_accuracy"]["flagged"]["n"] == 0 and contamination_text(none) == ""
