@@ -1,11 +1,13 @@
 """Does GRPO raise held-out accuracy on the default pipeline's own SFT checkpoint? A paired experiment over seeds.
 
-``python bench/grpo_paired.py OUT SFT_DIR TASKS_DIR [steps] [seeds] [prompts_per_step] [lr] [fresh] [updates_per_batch] [beta]``: the same stored
+``python bench/grpo_paired.py OUT SFT_DIR TASKS_DIR [--steps N] [--seeds N] [--first-seed N] [--prompts-per-step N] [--lr X]
+[--fresh N] [--updates-per-batch N] [--beta X] [--temperature T] [--eval-tasks DIR]``: the same stored
 SFT checkpoint (e.g. the default pipeline's ``cold_sft``) is the start and the KL reference of every run; each
 seed runs the grpo stage's code (``ops.rl.grpo.train_grpo``) with the default ``rl1`` settings (rewards
 accuracy + format + 0.1 language, group 8, beta 0.04) unless overridden, and is scored on the tasks' held-out
 split (``fresh`` > 0: RL on that many newly generated problems the SFT never saw, instead of the tasks' training
-split): greedy accuracy over ``n_eval`` problems and sampled accuracy (T=1, 8 samples each, R1's pass@1) over the same problems.
+split; ``--eval-tasks``: score on that tasks artifact's held-out split instead, e.g. RL on the default's
+``rl_prompts`` and score on its benchmark ``tasks``): greedy accuracy over ``n_eval`` problems and sampled accuracy (T=1, 8 samples each, R1's pass@1) over the same problems.
 Reported: the start's scores, per-seed scores, training reward and KL, and the paired gains (after - start)
 with their standard error over seeds; ``significant`` means mean gain > 2 SE with at least 3 seeds. Results go
 to ``OUT/grpo_paired.json`` after every seed, so a run cut short keeps what it measured.
@@ -38,6 +40,9 @@ def run(
     fresh: int = 0,
     updates_per_batch: int = 1,
     rewards: tuple = ("accuracy", "format", {"language": {"weight": 0.1}}),
+    eval_tasks_dir: Path | str | None = None,
+    first_seed: int = 0,
+    temperature: float = 1.0,
 ) -> dict:
     import copy
 
@@ -53,7 +58,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     start_model, tok = load_policy(sft_dir)
     train = read_tasks(Path(tasks_dir) / "train.parquet")
-    all_eval = read_tasks(Path(tasks_dir) / "eval.parquet")
+    all_eval = read_tasks(Path(eval_tasks_dir or tasks_dir) / "eval.parquet")
     ev = all_eval[:n_eval]
     sft_seen = len(train)
     if fresh:
@@ -75,6 +80,7 @@ def run(
     res: dict = {
         "sft": str(sft_dir),
         "tasks": str(tasks_dir),
+        "eval_tasks": str(eval_tasks_dir or tasks_dir),
         "config": {
             "steps": steps,
             "prompts_per_step": prompts_per_step,
@@ -82,6 +88,7 @@ def run(
             "lr": lr,
             "beta": beta,
             "updates_per_batch": updates_per_batch,
+            "temperature": temperature,
             "rewards": list(rewards),
             "n_eval": len(ev),
             "samples": samples,
@@ -91,7 +98,7 @@ def run(
         "start": start,
         "runs": [],
     }
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         pol = copy.deepcopy(start_model).train().requires_grad_(True)
         t0 = time.time()
         torch.manual_seed(seed)
@@ -111,6 +118,7 @@ def run(
                 seed=seed,
                 gen_batch_size=1024,
                 updates_per_batch=updates_per_batch,
+                temperature=temperature,
             ),
             log=lambda s: None,
             keep_rollouts=False,
@@ -135,21 +143,38 @@ def run(
 
 
 if __name__ == "__main__":
-    a = sys.argv[1:]
-    kw = {}
-    for i, (name, cast) in enumerate(
-        (
-            ("steps", int),
-            ("seeds", int),
-            ("prompts_per_step", int),
-            ("lr", float),
-            ("fresh", int),
-            ("updates_per_batch", int),
-            ("beta", float),
-        ),
-        start=3,
-    ):
-        if len(a) > i:
-            kw[name] = cast(a[i])
-    r = run(a[0], a[1], a[2], **kw)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("sft_dir")
+    ap.add_argument("tasks_dir")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--prompts-per-step", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--fresh", type=int, default=0)
+    ap.add_argument("--updates-per-batch", type=int, default=1)
+    ap.add_argument("--beta", type=float, default=0.04)
+    ap.add_argument("--eval-tasks", default=None)
+    ap.add_argument(
+        "--temperature", type=float, default=1.0, help="rollout sampling temperature (also the log-probs')"
+    )
+    ns = ap.parse_args()
+    r = run(
+        ns.out,
+        ns.sft_dir,
+        ns.tasks_dir,
+        steps=ns.steps,
+        seeds=ns.seeds,
+        first_seed=ns.first_seed,
+        prompts_per_step=ns.prompts_per_step,
+        lr=ns.lr,
+        fresh=ns.fresh,
+        updates_per_batch=ns.updates_per_batch,
+        beta=ns.beta,
+        eval_tasks_dir=ns.eval_tasks,
+        temperature=ns.temperature,
+    )
     print(json.dumps({k: v for k, v in r.items() if k != "runs"}, indent=1))
