@@ -9,7 +9,9 @@ split (``fresh`` > 0: RL on that many newly generated problems the SFT never saw
 split; ``--eval-tasks``: score on that tasks artifact's held-out split instead, e.g. RL on the default's
 ``rl_prompts`` and score on its benchmark ``tasks``): greedy accuracy over ``n_eval`` problems and sampled accuracy (T=1, 8 samples each, R1's pass@1) over the same problems.
 Reported: the start's scores, per-seed scores, training reward and KL, and the paired gains (after - start)
-with their standard error over seeds; ``significant`` means mean gain > 2 SE with at least 3 seeds. Results go
+with their standard error over seeds; ``significant`` means mean gain > 2 SE with at least 3 seeds; and the
+item-level paired difference (each item's score averaged over seeds minus the start's), whose interval says
+whether the gain would hold on other problems of the same distribution. Results go
 to ``OUT/grpo_paired.json`` after every seed, so a run cut short keeps what it measured.
 """
 
@@ -48,7 +50,7 @@ def run(
 
     import torch
 
-    from bench.grpo_regime import heldout_scores, paired_gains
+    from bench.grpo_regime import heldout_scores, item_level_gains, paired_gains
     from ops.posttrain.common import load_policy
     from ops.rewards import parse_specs
     from ops.rl.grpo import GRPOParams, train_grpo
@@ -137,9 +139,17 @@ def run(
         }
         res["runs"].append(row)
         res.update(paired_gains(res["runs"], start))
+        res.update(item_level_gains(res["runs"], start))
         (out / "grpo_paired.json").write_text(json.dumps(res, indent=1))
-        print(json.dumps(row), flush=True)
+        print(
+            json.dumps({k: v for k, v in row.items() if k != "after"} | {"after": _scalars(row["after"])}),
+            flush=True,
+        )
     return res
+
+
+def _scalars(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not isinstance(v, list)}
 
 
 if __name__ == "__main__":
@@ -177,4 +187,4 @@ if __name__ == "__main__":
         eval_tasks_dir=ns.eval_tasks,
         temperature=ns.temperature,
     )
-    print(json.dumps({k: v for k, v in r.items() if k != "runs"}, indent=1))
+    print(json.dumps({k: _scalars(v) if k == "start" else v for k, v in r.items() if k != "runs"}, indent=1))

@@ -87,15 +87,27 @@ def heldout_scores(model, tok, greedy_tasks, sampled_tasks, k: int, seed: int = 
     R1's pass@1) and pass@k on ``sampled_tasks``."""
     from ops.posttrain.common import task_accuracy
 
-    g = task_accuracy(model, tok, greedy_tasks, temperature=0.0, max_new_tokens=64, batch_size=1024)
+    g = task_accuracy(
+        model, tok, greedy_tasks, temperature=0.0, max_new_tokens=64, batch_size=1024, per_item=True
+    )
     s = task_accuracy(
-        model, tok, sampled_tasks, samples=k, temperature=1.0, max_new_tokens=64, seed=seed, batch_size=1024
+        model,
+        tok,
+        sampled_tasks,
+        samples=k,
+        temperature=1.0,
+        max_new_tokens=64,
+        seed=seed,
+        batch_size=1024,
+        per_item=True,
     )
     return {
         "greedy": g["accuracy"],
         "parse": g["parse_rate"],
         "sampled": s["accuracy"],
         f"pass@{k}": s["pass_at_k"],
+        "greedy_items": g["per_item"],
+        "sampled_items": s["per_item"],
     }
 
 
@@ -112,6 +124,24 @@ def paired_gains(runs: list[dict], start: dict, keys=("greedy", "sampled")) -> d
             "gains": gains,
             "significant": se is not None and len(gains) >= 3 and m > 2 * se,
         }
+    return out
+
+
+def item_level_gains(runs: list[dict], start: dict, keys=("greedy", "sampled")) -> dict:
+    """``{"items_<key>": paired difference over items}``: each held-out item's score averaged over the seeds'
+    runs minus the start's on the same item (McNemar-style normal interval, ``ops.eval.metrics``). The seed SE of
+    :func:`paired_gains` measures RL's run-to-run spread on fixed items; this one measures whether the gain
+    would hold on other items of the same distribution."""
+    from ops.eval.metrics import paired_difference
+
+    out = {}
+    for key in keys:
+        per_run = [r["after"].get(f"{key}_items") for r in runs]
+        before = start.get(f"{key}_items")
+        if not per_run or before is None or any(x is None for x in per_run):
+            continue
+        after = [sum(col) / len(col) for col in zip(*per_run)]
+        out[f"items_{key}"] = paired_difference(before, after)
     return out
 
 

@@ -251,12 +251,14 @@ def task_accuracy(
     max_new_tokens: int = 96,
     seed: int = 0,
     batch_size: int = 256,
-) -> dict[str, float]:
+    per_item: bool = False,
+) -> dict[str, Any]:
     """Greedy (``temperature=0``) or sampled accuracy on ``tasks``.
 
     Returns ``accuracy`` (mean over all samples), ``pass_at_k`` (share of tasks with >= 1 correct of
     ``samples``), ``parse_rate`` (an ``<answer>`` was found), ``format_rate`` (:func:`ops.tasks.format_ok`),
-    ``mean_tokens``.
+    ``mean_tokens``; with ``per_item``, also ``per_item``: each task's share of correct samples, in order
+    (for paired comparisons over items).
     """
     if not tasks:
         return {"accuracy": 0.0, "pass_at_k": 0.0, "parse_rate": 0.0, "format_rate": 0.0, "mean_tokens": 0.0}
@@ -272,13 +274,16 @@ def task_accuracy(
     )
     ok = [is_correct(s.text, tasks[i // samples].answer) for i, s in enumerate(out)]
     per_task = [any(ok[i * samples : (i + 1) * samples]) for i in range(len(tasks))]
-    return {
+    res: dict[str, Any] = {
         "accuracy": sum(ok) / len(ok),
         "pass_at_k": sum(per_task) / len(tasks),
         "parse_rate": sum(extract_answer(s.text) is not None for s in out) / len(out),
         "format_rate": sum(format_ok(s.text) for s in out) / len(out),
         "mean_tokens": sum(s.n_tokens for s in out) / len(out),
     }
+    if per_item:
+        res["per_item"] = [sum(ok[i * samples : (i + 1) * samples]) / samples for i in range(len(tasks))]
+    return res
 
 
 def load_policy(path: Path | str, device: str | None = None) -> tuple[Any, Any]:
