@@ -469,7 +469,7 @@ def _summary_md(summary: dict[str, Any]) -> str:
 
     split = contamination_text(a.get("by_contamination") or {})
     if split:
-        lines[-1] += f" {split[0].upper()}{split[1:]}."
+        lines[-1] += f" {split}."
     return "\n".join(lines)
 
 

@@ -16,10 +16,14 @@ import traceback
 from pathlib import Path
 
 PROMPTS, GROUP, MAX_NEW, STEPS = 8, 8, 48, 4
+SFT_STEPS = 150  # a short SFT first: from a random init every reward is 0, every group is skipped and a step
+# is generation only (lmforge skips the update while TRL still back-propagates), which is not a comparison
 
 
 def _setup(tmp: Path):
     from ops.model import build_model, save_model
+    from ops.posttrain.common import Example
+    from ops.posttrain.sft import SFTParams, train_sft
     from ops.tasks import make_splits
     from ops.tokenizer import chat_prompt, chat_response, save_tokenizer, train_bpe
 
@@ -32,7 +36,15 @@ def _setup(tmp: Path):
     )
     arch = {"arch": "qwen2", "d_model": 96, "layers": 3, "heads": 4, "kv_heads": 2, "max_seq_len": 256}
     model = build_model(arch, len(tok), seed=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    save_model(model, tok, tmp / "model")
+    train_sft(
+        model,
+        tok,
+        [Example(t.id, t.question, t.response, t.answer) for t in train],
+        SFTParams(steps=SFT_STEPS, lr=2e-3, batch_size=32, warmup_steps=10),
+        work_dir=None,
+        log=lambda s: None,
+    )
+    save_model(model.eval(), tok, tmp / "model")
     return train, tmp / "model"
 
 
@@ -68,6 +80,10 @@ def _ours(train, model_dir) -> dict:
         "step_s": step,
         "gen_share": gen / step,
         "rollout_tokens_per_s": toks / sum(x["gen_s"] for x in h),
+        "mean_completion_tokens": sum(x["completion_tokens"] for x in h) / len(h),
+        "mean_reward": sum(x["reward"] for x in h) / len(h),
+        # share of samples in groups with reward spread: the ones that get a gradient
+        "live_share": sum(x["live_groups"] for x in h) / len(h),
     }
 
 
@@ -132,10 +148,13 @@ def _trl(train, model_dir, tmp: Path) -> dict:
     logs = [x for x in tr.state.log_history if "completions/mean_length" in x]
     step = sum(times[1:]) / max(len(times) - 1, 1)
     mean_len = sum(x["completions/mean_length"] for x in logs[1:]) / max(len(logs) - 1, 1)
+    zero = [x["frac_reward_zero_std"] for x in logs[1:] if "frac_reward_zero_std" in x]
     return {
         "step_s": step,
         "mean_completion_tokens": mean_len,
         "tokens_per_s_of_step": mean_len * PROMPTS * GROUP / step,
+        "mean_reward": sum(x.get("reward", 0.0) for x in logs[1:]) / max(len(logs) - 1, 1),
+        "live_share": 1 - sum(zero) / len(zero) if zero else None,
     }
 
 
@@ -172,11 +191,14 @@ def run(out_dir: str | Path) -> dict:
         "| system | step s | notes |",
         "|---|---|---|",
         f"| lmforge | {res['lmforge']['step_s']:.3f} | gen share {res['lmforge']['gen_share']:.2f}, "
-        f"rollout {res['lmforge']['rollout_tokens_per_s']:.0f} tok/s |",
+        f"rollout {res['lmforge']['rollout_tokens_per_s']:.0f} tok/s, "
+        f"{res['lmforge']['mean_completion_tokens']:.1f} tokens/completion, reward {res['lmforge']['mean_reward']:.2f}, "
+        f"live {res['lmforge']['live_share']:.2f} |",
     ]
     if "trl" in res:
         lines.append(
-            f"| TRL {res['trl_version']} | {res['trl']['step_s']:.3f} | speedup {res['speedup_step']:.2f}x |"
+            f"| TRL {res['trl_version']} | {res['trl']['step_s']:.3f} | speedup {res['speedup_step']:.2f}x, "
+            f"{res['trl']['mean_completion_tokens']:.1f} tokens/completion, reward {res['trl']['mean_reward']:.2f} |"
         )
     else:
         lines.append(f"| TRL | - | {res['trl_error'][:120]} |")

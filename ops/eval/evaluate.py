@@ -264,7 +264,8 @@ def accuracy_by_contamination(
 
 
 def contamination_text(by_contamination: dict[str, Any]) -> str:
-    """One sentence for the report: greedy accuracy on unflagged vs flagged items and their difference."""
+    """One sentence (no final stop) for the report: greedy accuracy on unflagged vs flagged items and their
+    difference; empty when one side has no items."""
     g = (by_contamination or {}).get("greedy_accuracy")
     if not g or not g["flagged"]["n"] or not g["unflagged"]["n"]:
         return ""
@@ -276,7 +277,7 @@ def contamination_text(by_contamination: dict[str, Any]) -> str:
             "beyond noise" if d["beyond_noise"] else "within noise"
         )
     return (
-        f"greedy accuracy on the {c['n']} unflagged items {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}], "
+        f"Greedy accuracy on the {c['n']} unflagged items {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}], "
         f"on the {f['n']} flagged {f['value']:.3f} ({diff})"
     )
 

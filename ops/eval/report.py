@@ -433,11 +433,7 @@ def _markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
                 if a.get("flagged")
                 else ""
             )
-            + (
-                f". {split[0].upper()}{split[1:]}"
-                if (split := contamination_text(a.get("by_contamination")))
-                else ""
-            )
+            + (f". {split}" if (split := contamination_text(a.get("by_contamination"))) else "")
         )
     L.append("")
     # ledger
