@@ -93,6 +93,7 @@ def _trl(train, model_dir, tmp: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from ops.tasks import format_ok, is_correct
+    from ops.tokenizer import IM_END
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
@@ -103,14 +104,16 @@ def _trl(train, model_dir, tmp: Path) -> dict:
         ]
     )
 
-    def accuracy(completions, answer, **kw):
-        return [
-            float(is_correct(c[0]["content"] if isinstance(c, list) else c, a))
-            for c, a in zip(completions, answer)
-        ]
+    # TRL decodes completions with skip_special_tokens=True, which drops <think>/<answer> (special tokens here):
+    # every reward would be 0. The reward functions decode the completion ids themselves, as lmforge does.
+    def texts(completion_ids):
+        return [tok.decode(ids, skip_special_tokens=False).split(IM_END)[0] for ids in completion_ids]
 
-    def fmt(completions, **kw):
-        return [float(format_ok(c[0]["content"] if isinstance(c, list) else c)) for c in completions]
+    def accuracy(completions, answer, completion_ids, **kw):
+        return [float(is_correct(t, a)) for t, a in zip(texts(completion_ids), answer)]
+
+    def fmt(completions, completion_ids, **kw):
+        return [float(format_ok(t)) for t in texts(completion_ids)]
 
     times: list[float] = []
 
