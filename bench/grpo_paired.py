@@ -1,7 +1,7 @@
 """Does GRPO raise held-out accuracy on the default pipeline's own SFT checkpoint? A paired experiment over seeds.
 
 ``python bench/grpo_paired.py OUT SFT_DIR TASKS_DIR [--steps N] [--seeds N] [--first-seed N] [--prompts-per-step N] [--lr X]
-[--fresh N] [--updates-per-batch N] [--beta X] [--temperature T] [--eval-tasks DIR]``: the same stored
+[--fresh N] [--updates-per-batch N] [--beta X] [--temperature T] [--eval-tasks DIR] [--n-eval N]``: the same stored
 SFT checkpoint (e.g. the default pipeline's ``cold_sft``) is the start and the KL reference of every run; each
 seed runs the grpo stage's code (``ops.rl.grpo.train_grpo``) with the default ``rl1`` settings (rewards
 accuracy + format + 0.1 language, group 8, beta 0.04) unless overridden, and is scored on the tasks' held-out
@@ -168,6 +168,7 @@ if __name__ == "__main__":
     ap.add_argument("--updates-per-batch", type=int, default=1)
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--eval-tasks", default=None)
+    ap.add_argument("--n-eval", type=int, default=300, help="held-out problems scored (the first N)")
     ap.add_argument(
         "--temperature", type=float, default=1.0, help="rollout sampling temperature (also the log-probs')"
     )
@@ -185,6 +186,7 @@ if __name__ == "__main__":
         updates_per_batch=ns.updates_per_batch,
         beta=ns.beta,
         eval_tasks_dir=ns.eval_tasks,
+        n_eval=ns.n_eval,
         temperature=ns.temperature,
     )
     print(json.dumps({k: _scalars(v) if k == "start" else v for k, v in r.items() if k != "runs"}, indent=1))
