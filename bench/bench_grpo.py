@@ -156,9 +156,16 @@ def _trl(train, model_dir, tmp: Path) -> dict:
         "step_s": step,
         "mean_completion_tokens": mean_len,
         "tokens_per_s_of_step": mean_len * PROMPTS * GROUP / step,
-        "mean_reward": sum(x.get("reward", 0.0) for x in logs[1:]) / max(len(logs) - 1, 1),
+        # None (not 0) when TRL did not log it: a missing figure must not read as a zero reward
+        "mean_reward": sum(rw) / len(rw)
+        if (rw := [x["reward"] for x in logs[1:] if "reward" in x])
+        else None,
         "live_share": 1 - sum(zero) / len(zero) if zero else None,
     }
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def run(out_dir: str | Path) -> dict:
@@ -201,7 +208,7 @@ def run(out_dir: str | Path) -> dict:
     if "trl" in res:
         lines.append(
             f"| TRL {res['trl_version']} | {res['trl']['step_s']:.3f} | speedup {res['speedup_step']:.2f}x, "
-            f"{res['trl']['mean_completion_tokens']:.1f} tokens/completion, reward {res['trl']['mean_reward']:.2f} |"
+            f"{res['trl']['mean_completion_tokens']:.1f} tokens/completion, reward {_num(res['trl']['mean_reward'])} |"
         )
     else:
         lines.append(f"| TRL | - | {res['trl_error'][:120]} |")

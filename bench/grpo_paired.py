@@ -154,39 +154,27 @@ def _scalars(d: dict) -> dict:
 
 if __name__ == "__main__":
     import argparse
+    import inspect
 
+    # every option and its default come from run()'s signature, so the two cannot drift apart
+    defaults = {k: v.default for k, v in inspect.signature(run).parameters.items()}
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out")
+    ap.add_argument("out_dir")
     ap.add_argument("sft_dir")
     ap.add_argument("tasks_dir")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--prompts-per-step", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-5)
-    ap.add_argument("--fresh", type=int, default=0)
-    ap.add_argument("--updates-per-batch", type=int, default=1)
-    ap.add_argument("--beta", type=float, default=0.04)
-    ap.add_argument("--eval-tasks", default=None)
-    ap.add_argument("--n-eval", type=int, default=300, help="held-out problems scored (the first N)")
-    ap.add_argument(
-        "--temperature", type=float, default=1.0, help="rollout sampling temperature (also the log-probs')"
-    )
-    ns = ap.parse_args()
-    r = run(
-        ns.out,
-        ns.sft_dir,
-        ns.tasks_dir,
-        steps=ns.steps,
-        seeds=ns.seeds,
-        first_seed=ns.first_seed,
-        prompts_per_step=ns.prompts_per_step,
-        lr=ns.lr,
-        fresh=ns.fresh,
-        updates_per_batch=ns.updates_per_batch,
-        beta=ns.beta,
-        eval_tasks_dir=ns.eval_tasks,
-        n_eval=ns.n_eval,
-        temperature=ns.temperature,
-    )
+    for name, cast in (
+        ("steps", int),
+        ("seeds", int),
+        ("first_seed", int),
+        ("prompts_per_step", int),
+        ("lr", float),
+        ("fresh", int),
+        ("updates_per_batch", int),
+        ("beta", float),
+        ("n_eval", int),
+        ("temperature", float),
+    ):
+        ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])
+    ap.add_argument("--eval-tasks", dest="eval_tasks_dir", default=None)
+    r = run(**vars(ap.parse_args()))
     print(json.dumps({k: _scalars(v) if k == "start" else v for k, v in r.items() if k != "runs"}, indent=1))
