@@ -232,3 +232,44 @@ def seed_spread(values: Sequence[float]) -> dict:
     m = sum(values) / n
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return {"mean": m, "sd": sd, "min": min(values), "max": max(values), "n": n}
+
+
+# ---- paired gains of runs from one start (RL or distillation seeds) ----------------------------------------
+def mean_se(xs: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard error over seeds (``None`` with a single seed)."""
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, None
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) / math.sqrt(len(xs))
+
+
+def paired_gains(runs: list[dict], start: dict, keys=("greedy", "sampled")) -> dict:
+    """``{"gain_<key>": mean, se, per-seed gains, significant}``: each run's ``after[key]`` minus the shared
+    start's; significant = at least 3 seeds and mean gain above twice its standard error."""
+    out = {}
+    for key in keys:
+        gains = [r["after"][key] - start[key] for r in runs]
+        m, se = mean_se(gains)
+        out[f"gain_{key}"] = {
+            "mean": m,
+            "se": se,
+            "gains": gains,
+            "significant": se is not None and len(gains) >= 3 and m > 2 * se,
+        }
+    return out
+
+
+def item_level_gains(runs: list[dict], start: dict, keys=("greedy", "sampled")) -> dict:
+    """``{"items_<key>": paired difference over items}``: each held-out item's score averaged over the seeds'
+    runs minus the start's on the same item (McNemar-style normal interval, below). The seed SE of
+    :func:`paired_gains` measures RL's run-to-run spread on fixed items; this one measures whether the gain
+    would hold on other items of the same distribution."""
+    out = {}
+    for key in keys:
+        per_run = [r["after"].get(f"{key}_items") for r in runs]
+        before = start.get(f"{key}_items")
+        if not per_run or before is None or any(x is None for x in per_run):
+            continue
+        after = [sum(col) / len(col) for col in zip(*per_run)]
+        out[f"items_{key}"] = paired_difference(before, after)
+    return out

@@ -10,9 +10,10 @@ every phase, so a run cut short still leaves its measurements.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
+
+from ops.eval.metrics import paired_gains
 
 SCALES = {
     # model, data and step counts per scale; "cpu" is the reduced setting of the test suite's machine
@@ -74,14 +75,6 @@ SCALES = {
 }
 
 
-def _mean_se(xs):
-    """Mean and standard error over seeds (``None`` with a single seed)."""
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) / math.sqrt(len(xs))
-
-
 def heldout_scores(model, tok, greedy_tasks, sampled_tasks, k: int, seed: int = 0) -> dict:
     """Greedy accuracy and parse rate on ``greedy_tasks``; sampled accuracy (T=1, ``k`` samples per problem,
     R1's pass@1) and pass@k on ``sampled_tasks``."""
@@ -109,40 +102,6 @@ def heldout_scores(model, tok, greedy_tasks, sampled_tasks, k: int, seed: int = 
         "greedy_items": g["per_item"],
         "sampled_items": s["per_item"],
     }
-
-
-def paired_gains(runs: list[dict], start: dict, keys=("greedy", "sampled")) -> dict:
-    """``{"gain_<key>": mean, se, per-seed gains, significant}``: each run's ``after[key]`` minus the shared
-    start's; significant = at least 3 seeds and mean gain above twice its standard error."""
-    out = {}
-    for key in keys:
-        gains = [r["after"][key] - start[key] for r in runs]
-        m, se = _mean_se(gains)
-        out[f"gain_{key}"] = {
-            "mean": m,
-            "se": se,
-            "gains": gains,
-            "significant": se is not None and len(gains) >= 3 and m > 2 * se,
-        }
-    return out
-
-
-def item_level_gains(runs: list[dict], start: dict, keys=("greedy", "sampled")) -> dict:
-    """``{"items_<key>": paired difference over items}``: each held-out item's score averaged over the seeds'
-    runs minus the start's on the same item (McNemar-style normal interval, ``ops.eval.metrics``). The seed SE of
-    :func:`paired_gains` measures RL's run-to-run spread on fixed items; this one measures whether the gain
-    would hold on other items of the same distribution."""
-    from ops.eval.metrics import paired_difference
-
-    out = {}
-    for key in keys:
-        per_run = [r["after"].get(f"{key}_items") for r in runs]
-        before = start.get(f"{key}_items")
-        if not per_run or before is None or any(x is None for x in per_run):
-            continue
-        after = [sum(col) / len(col) for col in zip(*per_run)]
-        out[f"items_{key}"] = paired_difference(before, after)
-    return out
 
 
 def run(out_dir: str | Path, scale: str = "gpu", budget_s: float = 480.0) -> dict:

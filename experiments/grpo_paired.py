@@ -1,6 +1,6 @@
 """Does GRPO raise held-out accuracy on the default pipeline's own SFT checkpoint? A paired experiment over seeds.
 
-``python bench/grpo_paired.py OUT SFT_DIR TASKS_DIR [--steps N] [--seeds N] [--first-seed N] [--prompts-per-step N] [--lr X]
+``python -m experiments.grpo_paired OUT SFT_DIR TASKS_DIR [--steps N] [--seeds N] [--first-seed N] [--prompts-per-step N] [--lr X]
 [--fresh N] [--updates-per-batch N] [--beta X] [--temperature T] [--eval-tasks DIR] [--n-eval N]``: the same stored
 SFT checkpoint (e.g. the default pipeline's ``cold_sft``) is the start and the KL reference of every run; each
 seed runs the grpo stage's code (``ops.rl.grpo.train_grpo``) with the default ``rl1`` settings (rewards
@@ -50,7 +50,8 @@ def run(
 
     import torch
 
-    from bench.grpo_regime import heldout_scores, item_level_gains, paired_gains
+    from experiments.grpo_regime import heldout_scores
+    from ops.eval.metrics import item_level_gains, paired_gains
     from ops.posttrain.common import load_policy
     from ops.rewards import parse_specs
     from ops.rl.grpo import GRPOParams, train_grpo

@@ -1,6 +1,6 @@
 """Does logit distillation beat SFT on the same data? A paired experiment over seeds, from a stored teacher.
 
-``python bench/distill_paired.py OUT TEACHER_DIR TASKS_DIR [steps] [seeds] [STUDENT_INIT_DIR | prune:K=V,...]
+``python -m experiments.distill_paired OUT TEACHER_DIR TASKS_DIR [steps] [seeds] [STUDENT_INIT_DIR | prune:K=V,...]
 [EXTRA_DATA_DIR ...]``: for each seed, the same student (randomly initialised with that seed, loaded from
 STUDENT_INIT_DIR, a smaller pretrained model, or pruned from the teacher with importance
 measured on that seed's first batches, e.g. ``prune:d_model=96,ffn=128`` as the default pipeline's
@@ -21,6 +21,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from ops.eval.metrics import mean_se
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -119,8 +121,7 @@ def run(
             row[f"{name}_s"] = round(time.time() - t0, 1)
         res["runs"].append(row)
         gains = [r["kd"] - r["sft"] for r in res["runs"]]
-        res["mean_gain"] = statistics.mean(gains)
-        res["se_gain"] = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else None
+        res["mean_gain"], res["se_gain"] = mean_se(gains)
         res["kd_mean"] = statistics.mean(r["kd"] for r in res["runs"])
         res["sft_mean"] = statistics.mean(r["sft"] for r in res["runs"])
         res["kd_kept_of_teacher"] = res["kd_mean"] / t_acc if t_acc > 0 else None
