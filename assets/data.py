@@ -214,7 +214,6 @@ register(
         name="crawl",
         config=CrawlConfig,
         produces="warc",
-        code_version="1",
         run=_run_crawl,
         description="Polite HTTP crawl (robots.txt, allowed hosts, limits, retries, resume) or WARC import "
         "-> warc/*.warc.gz + fetch_log.parquet",
@@ -299,7 +298,6 @@ register(
         name="load_documents",
         config=LoadDocumentsConfig,
         produces="documents",
-        code_version="2",
         run=_run_load,
         description="Parquet/JSONL document sets with a text column -> documents.parquet",
         checks=(CheckSpec("non_empty", "at least one document was loaded", blocking=True),),
@@ -358,7 +356,6 @@ register(
         name="extract",
         config=ExtractConfig,
         produces="documents",
-        code_version="2",
         run=_run_extract,
         description="HTML -> text with trafilatura through datatrove; stable ids, host, language, source record",
         checks=(
@@ -471,7 +468,6 @@ register(
         name="filter",
         config=FilterConfig,
         produces="documents",
-        code_version="2",
         run=_run_filter,
         description="Quality filters (datatrove Gopher, C4, FineWeb), offline language ID, URL block list",
         checks=(
@@ -554,7 +550,6 @@ register(
         name="dedupe",
         config=DedupeConfig,
         produces="documents",
-        code_version="2",
         run=_run_dedupe,
         description="Exact (normalised hash) and MinHash-LSH near-duplicate removal (datatrove)",
         checks=(
@@ -650,7 +645,6 @@ register(
         name="decontaminate",
         config=DecontaminateConfig,
         produces="documents",
-        code_version="2",
         run=_run_decontaminate,
         description="Drop documents sharing a word n-gram with any eval item of the named task stages "
         "(dropped.parquet says which item and n-gram)",

@@ -508,7 +508,6 @@ EVALUATE = register(
         name="evaluate",
         config=EvaluateConfig,
         produces="eval",
-        code_version="2",  # 2: accuracy on the audit's flagged vs unflagged items
         run=run,
         description="Score models on reasoning tasks (greedy, pass@k, maj@k, budget forcing, Wait) and bits per "
         "byte, with 95% intervals and a lineage decontamination audit; one partition per model.",

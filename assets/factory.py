@@ -2,7 +2,7 @@
 
 Key design choices:
 * One asset per stage, key ``<pipeline>/<stage>``, group ``<pipeline>``. Its ``code_version`` is the
-  stage's version (kind + config + op code version + input versions), so the UI says "code version
+  stage's version (kind + config + derived code version + input versions), so the UI says "code version
   changed" exactly when the spec or the op changed; the materialization's ``data_version`` is the content
   hash of the stored artifact, so children go stale only when bytes actually changed.
 * Assets hand each other *handles* (artifact directories found by version in the store), never pickled

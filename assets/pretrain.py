@@ -491,7 +491,6 @@ PRETRAIN = register(
         name="pretrain",
         config=PretrainConfig,
         produces="model",
-        code_version="1",
         run=_run,
         description="Pretrain a Qwen2/Llama/Qwen2-MoE/DeepSeek-V3 decoder on token shards (in-process or torchrun)",
         checks=(

@@ -7,7 +7,9 @@ A stage kind is one :class:`StageKind` registered with :func:`register`:
   types they accept; the compiler checks every reference (missing stage, cycle, wrong type) before
   anything runs.
 * ``produces``: the artifact type written (see :data:`ARTIFACT_TYPES`).
-* ``code_version``: bump it whenever the op's behaviour changes; it is hashed into every version.
+* ``code_version`` is derived, never written: a hash of the normalised source of the code ``run`` reaches
+  (``resources/codehash.py``; ``lmforge code KIND`` lists it). It is hashed into every version, so a
+  behaviour change anywhere in that code re-versions the kind and its descendants.
 * ``run(StageRun) -> StageResult``: reads inputs from ``run.inputs``, writes the artifact into ``run.out``
   (a private temp directory that becomes the artifact when ``run`` returns), returns metrics and
   metadata. It must not write anywhere else except ``run.work`` (persistent resumable scratch).
@@ -25,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from resources.codehash import CodeVersion, of_callables
+from resources.fingerprint import stable_hash
 
 # Artifact types and their on-disk layout (relative to the artifact directory). Stages agree on these.
 ARTIFACT_TYPES: dict[str, str] = {
@@ -187,7 +192,6 @@ class StageKind:
     name: str
     config: type[StageConfig]
     produces: str
-    code_version: str
     run: Callable[[StageRun], StageResult]
     description: str
     checks: tuple[CheckSpec, ...] = ()
@@ -199,6 +203,37 @@ class StageKind:
     fingerprint: Callable[[Any], Any] | None = None
     """Identity of external inputs named by the config (user files); hashed into the version."""
     resources: tuple[str, ...] = ()  # names of lmforge resources the kind needs (e.g. "site")
+
+    def code(self) -> CodeVersion:
+        """The code ``run`` reaches (its own definitions, the project modules it imports) and its hash."""
+        return of_callables(self.run, self.config)
+
+    @property
+    def code_version(self) -> str:
+        return self.code().version
+
+
+def stage_version(kind: StageKind, config: BaseModel, inputs: dict[str, list[str]], external: Any = None) -> str:
+    """The version of a stage: its kind, the kind's code version, its canonical config, the versions of its
+    inputs (``{ref field: [version, ...]}``) and the identity of external files it reads. A partitioned
+    kind's partition field is left out here: each partition adds its own input in :func:`partition_version`.
+    Raises :class:`resources.fingerprint.UnhashableValue` for a config value without a stable identity."""
+    inputs = {f: list(v) for f, v in inputs.items() if v and f != kind.partition_field}
+    return stable_hash(
+        {
+            "kind": kind.name,
+            "code": kind.code_version,
+            "config": canonical_config(config),
+            "inputs": inputs,
+            "external": external,
+        }
+    )
+
+
+def partition_version(version: str, partition_input: list[str]) -> str:
+    """The version of one partition of a partitioned stage: the stage's version and the version(s) of the
+    one upstream stage this partition is computed for."""
+    return stable_hash({"stage": version, "partition_input": list(partition_input)})
 
 
 KINDS: dict[str, StageKind] = {}

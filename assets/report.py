@@ -159,7 +159,6 @@ REPORT = register(
         name="report",
         config=ReportConfig,
         produces="report",
-        code_version="1",
         run=run,
         description="Report card: per-model metrics with 95% intervals and paired beyond-noise tests, budget "
         "curves, cost ledger, environment and lineage (report.md, report.json, PNGs).",

@@ -154,7 +154,6 @@ REASONING_TASKS = register(
         name="reasoning_tasks",
         config=ReasoningTasksConfig,
         produces="tasks",
-        code_version="1",
         run=_run,
         description="Verifiable reasoning problems (generated arithmetic or a user Parquet) with exact answers",
         checks=(

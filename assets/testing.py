@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resources.fingerprint import stable_hash
 from resources.store import ArtifactStore, StoredArtifact
 
-from .registry import InputArtifact, StageResult, StageRun, canonical_config, load_kinds
+from .registry import InputArtifact, StageResult, StageRun, load_kinds, partition_version, stage_version
 
 
 def as_input(art: StoredArtifact, stage: str | None = None, partition: str | None = None) -> InputArtifact:
@@ -55,6 +54,7 @@ def execute_stage(
     if hit is not None:
         return hit, None
     t0 = time.time()
+    code = kind.code()
     with store.writer(kind.name, version) as tmp:
         run = StageRun(
             pipeline=pipeline,
@@ -83,7 +83,8 @@ def execute_stage(
             "pipeline": pipeline,
             "stage": stage,
             "partition": partition,
-            "code_version": kind.code_version,
+            "code_version": code.version,
+            "code_modules": code.as_manifest(),
             "config": config.model_dump(mode="json", by_alias=True),
             "inputs": {
                 f: [
@@ -118,7 +119,9 @@ def run_kind(
     resources: dict[str, Any] | None = None,
     log=print,
 ) -> tuple[StoredArtifact, StageResult | None]:
-    """Validate ``config`` with the kind's model and run it. Version = hash(kind, config, code, inputs)."""
+    """Validate ``config`` with the kind's model and run it, under the version a spec stage with the same
+    config and inputs gets (:func:`assets.registry.stage_version`). A partitioned kind needs ``partition``
+    and the partition's upstream artifact(s) in its partition field."""
     kinds = load_kinds()
     kind = kinds[kind_name]
     cfg = config if isinstance(config, kind.config) else kind.config.model_validate(config)
@@ -127,16 +130,14 @@ def run_kind(
         ins[f] = [a if isinstance(a, InputArtifact) else as_input(a) for a in arts]
     iv = {f: [a.version for a in arts] for f, arts in ins.items() if arts}
     fp = kind.fingerprint(cfg) if kind.fingerprint else None
-    version = stable_hash(
-        {
-            "kind": kind.name,
-            "code": kind.code_version,
-            "config": canonical_config(cfg),
-            "inputs": iv,
-            "partition": partition,
-            "external": fp,
-        }
-    )
+    version = stage_version(kind, cfg, iv, fp)
+    pf = kind.partition_field
+    if pf is not None:
+        if partition is None or not iv.get(pf):
+            raise ValueError(
+                f"kind {kind.name!r} is partitioned by {pf!r}: pass partition= and that partition's input in {pf!r}"
+            )
+        version = partition_version(version, iv[pf])
     store = ArtifactStore(home)
     upstream = {a.stage: a for arts in ins.values() for a in arts}
     return execute_stage(

@@ -234,6 +234,27 @@ def cmd_kinds(args) -> int:
     return 0
 
 
+def cmd_code(args) -> int:
+    """Print each kind's code version; with kind names, also the modules (or definitions) it covers."""
+    from assets.registry import load_kinds
+
+    kinds = load_kinds()
+    unknown = [k for k in args.kind if k not in kinds]
+    if unknown:
+        print(f"error  unknown stage kind(s): {', '.join(unknown)} (see lmforge kinds)", file=sys.stderr)
+        return 1
+    for name in args.kind or sorted(kinds):
+        code = kinds[name].code()
+        print(f"{name:<18} code {code.version}  ({len(code.modules)} modules)")
+        if not args.kind:
+            continue
+        for m in code.modules:
+            what = "whole module" if m.symbols is None else "only: " + ", ".join(m.symbols)
+            print(f"    {m.hash}  {m.path:<30} {what}")
+        print()
+    return 0
+
+
 def cmd_ui(args) -> int:
     """``dagster dev`` on 127.0.0.1 over the same instance the CLI writes to."""
     import subprocess
@@ -278,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("kinds", help="list stage kinds and their fields")
     k.add_argument("kind", nargs="*")
     k.set_defaults(fn=cmd_kinds)
+    cv = sub.add_parser("code", help="the code each kind's version covers: modules and their hashes")
+    cv.add_argument("kind", nargs="*")
+    cv.set_defaults(fn=cmd_code)
     u = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on the lmforge instance")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=3000)

@@ -7,7 +7,9 @@ the field and the line, and raised together as :class:`SpecError`.
 
 A stage's version is ``hash(kind, code version, canonical config without references, versions of the
 referenced stages, identity of external files)``. Stage *names* are not part of it, so a variant spec
-that ``extends:`` another and changes one late stage shares every unchanged stage's artifact.
+that ``extends:`` another and changes one late stage shares every unchanged stage's artifact. The formula
+is :func:`assets.registry.stage_version`, the one ``run_kind`` uses too; the code version is derived from
+the kind's code (``resources/codehash.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from assets.registry import StageKind, canonical_config, load_kinds, ref_fields
-from resources.fingerprint import UnhashableValue, stable_hash
+from assets.registry import StageKind, load_kinds, partition_version, ref_fields, stage_version
+from resources.fingerprint import UnhashableValue
 
 SPEC_DIR = Path(__file__).resolve().parent
 TOP_LEVEL = {"pipeline", "description", "extends", "stages", "automation"}
@@ -349,21 +351,18 @@ def compute_versions(spec: Spec, *, fingerprints: bool = True) -> None:
         kind = st.kind
         pf = kind.partition_field
         inputs = {fname: [v for n in names for v in spec.stages[n].output_versions()]
-                  for fname, names in st.refs.items() if fname != pf and names}
+                  for fname, names in st.refs.items()}
         external = None
         if fingerprints and kind.fingerprint is not None:
             external = kind.fingerprint(st.config)
         try:
-            st.version = stable_hash({"kind": kind.name, "code": kind.code_version,
-                                      "config": canonical_config(st.config),
-                                      "inputs": inputs, "external": external})
+            st.version = stage_version(kind, st.config, inputs, external)
         except UnhashableValue as e:
             raise SpecError([SpecIssue(str(spec.path), st.name, None, str(e))]) from None
         if pf:
             st.partitions = list(st.refs.get(pf, []))
-            st.partition_versions = {
-                p: stable_hash({"stage": st.version, "partition_input": spec.stages[p].output_versions()})
-                for p in st.partitions}
+            st.partition_versions = {p: partition_version(st.version, spec.stages[p].output_versions())
+                                     for p in st.partitions}
 
 
 def spec_files(directory: Path = SPEC_DIR) -> list[Path]:

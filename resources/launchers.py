@@ -20,6 +20,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_ENTRY = Path(__file__).resolve().parent / "train_entry.py"
+# Project modules this one runs in child processes instead of importing: the code version of a stage kind
+# that reaches this module covers them too (resources/codehash.py).
+CHILD_ENTRY_MODULES = ("resources.train_entry",)
 
 
 def torchrun_command(

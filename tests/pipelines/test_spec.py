@@ -110,7 +110,7 @@ def test_wrong_reference_type(tmp_path):
         model: str = ref("model", description="a model")
 
     if "toy_needs_model" not in KINDS:
-        register(StageKind("toy_needs_model", NeedsModel, "eval", "1", lambda r: StageResult(), "test"))
+        register(StageKind("toy_needs_model", NeedsModel, "eval", lambda r: StageResult(), "test"))
     p = write(
         tmp_path,
         """

@@ -64,7 +64,6 @@ if "toy_text" not in __import__("assets.registry", fromlist=["KINDS"]).KINDS:
             "toy_text",
             ToyTextConfig,
             "documents",
-            "1",
             _toy_text,
             "test kind: words as documents",
             checks=(CheckSpec("non_empty", "at least one row", blocking=True),),
@@ -75,13 +74,12 @@ if "toy_text" not in __import__("assets.registry", fromlist=["KINDS"]).KINDS:
             "toy_upper",
             ToyUpperConfig,
             "documents",
-            "1",
             _toy_upper,
             "test kind: upper-case",
             checks=(CheckSpec("non_empty", "at least one row", blocking=True),),
         )
     )
-    register(StageKind("toy_join", ToyJoinConfig, "documents", "1", _toy_join, "test kind: concatenate"))
+    register(StageKind("toy_join", ToyJoinConfig, "documents", _toy_join, "test kind: concatenate"))
 
 
 class ToyCountConfig(StageConfig):
@@ -102,7 +100,6 @@ if "toy_count" not in __import__("assets.registry", fromlist=["KINDS"]).KINDS:
             "toy_count",
             ToyCountConfig,
             "eval",
-            "1",
             _toy_count,
             "test kind: partitioned count",
             partition_field="docs",
