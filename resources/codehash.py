@@ -32,7 +32,7 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 # The distribution's packages (pyproject.toml); imports of anything else are third-party and not followed.
@@ -167,7 +167,7 @@ class _Index:
         if top in self.roots:
             return
         f = getattr(sys.modules.get(module), "__file__", None)
-        if not f:
+        if not f or not Path(f).is_file():
             return
         p = Path(f).resolve()
         self.roots[top] = p.parents[module.count(".") + (1 if p.name == "__init__.py" else 0)]
@@ -328,11 +328,21 @@ def code_version(starts: tuple[tuple[str, str], ...]) -> CodeVersion:
     c = _Closure(_INDEX)
     for module, name in starts:
         _INDEX.add_root_of(module)
+        if _INDEX.file(module) is None:
+            # a definition without a source file (typed into an interpreter) has no code to version
+            raise ValueError(f"cannot derive a code version for {module}.{name}: its source file is not found")
         c.add(module, name)
     c.run()
     return c.result()
 
 
 def of_callables(*objs) -> CodeVersion:
-    """The code version of functions/classes (by their module and qualified name)."""
-    return code_version(tuple(sorted((o.__module__, o.__qualname__) for o in objs)))
+    """The code version of functions/classes (by their module and qualified name). A callable without a
+    top-level name (a lambda, a nested function, a bound method) covers its whole module."""
+    starts = []
+    for o in objs:
+        while isinstance(o, partial):
+            o = o.func
+        o = getattr(o, "__func__", o)
+        starts.append((o.__module__, getattr(o, "__qualname__", "<unnamed>")))
+    return code_version(tuple(sorted(starts)))

@@ -202,3 +202,22 @@ def test_cli_code_lists_the_covered_modules():
     bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "code", "nope"], cwd=ROOT, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert bad.returncode == 1 and "unknown stage kind(s): nope" in bad.stderr
+
+
+def _helper_for_partial(x, y=1):
+    return x + y
+
+
+def test_callables_without_a_top_level_name_cover_their_whole_module():
+    from functools import partial
+
+    from resources.codehash import of_callables
+
+    named = of_callables(_helper_for_partial)
+    assert [(m.module, m.symbols) for m in named.modules if m.module.endswith("test_codehash")] == [
+        ("tests.resources.test_codehash", ("_helper_for_partial",))
+    ]
+    assert of_callables(partial(_helper_for_partial, y=2)).version == named.version
+    whole = of_callables(lambda r: r)
+    mine = [m for m in whole.modules if m.module == "tests.resources.test_codehash"]
+    assert mine and mine[0].symbols is None and "resources.codehash" in {m.module for m in whole.modules}
