@@ -10,6 +10,9 @@ Key design choices:
 * A stored version is a cache hit: the asset records the stored artifact (same metadata, same checks,
   same data version) in seconds, also when another pipeline (``extends:``) computed it.
 * Checks are declared next to the asset (``check_specs``) and evaluated by the stage itself.
+* A stage whose blocking check fails still reports its check results (Dagster skips downstream in the
+  same run), but its artifact is stored as failed, never as the version's result: a later run that
+  needs it as an input stops with a message naming the upstream stage and the check.
 """
 
 from __future__ import annotations
@@ -60,11 +63,7 @@ def _input_handles(
                 v = up.partition_versions[p] if p is not None else up.version
                 art = store.get(up.kind.name, v)
                 if art is None:
-                    raise dg.Failure(
-                        description=f"stage '{stage.name}' needs '{n}'{f' partition {p}' if p else ''} "
-                        f"(version {v}), which is not materialized yet; materialize it first "
-                        f"(e.g. select '+{spec.name}/{stage.name}')."
-                    )
+                    raise dg.Failure(description=_missing_input(spec, stage, n, p, v, store.state(up.kind.name, v)))
                 arts.append(as_input(art, stage=n, partition=p))
         inputs[fname] = arts
     upstream: dict[str, InputArtifact] = {}
@@ -76,6 +75,27 @@ def _input_handles(
             if art is not None:
                 upstream[f"{a}/{p}" if p else a] = as_input(art, stage=a, partition=p)
     return inputs, upstream
+
+
+def _missing_input(spec, stage, n: str, p: str | None, v: str, state) -> str:
+    """Why stage ``stage`` cannot start on upstream ``n``: not stored, failed its blocking check, or damaged."""
+    what = f"'{n}'{f' partition {p}' if p else ''} (version {v})"
+    if state.status == "failed":
+        return (
+            f"stage '{stage.name}' cannot start: upstream stage {what} failed its blocking check: "
+            f"{state.message}. The failed artifact is kept for inspection at {state.path}; fix the cause "
+            f"and rematerialize '{n}' (select '{spec.name}/{n}+')."
+        )
+    if state.status == "damaged":
+        return (
+            f"stage '{stage.name}' cannot start: the stored artifact of upstream stage {what} is damaged: "
+            f"{state.message}. Rematerialize '{n}' (select '{spec.name}/{n}+'): the damaged copy is moved "
+            f"aside and recomputed."
+        )
+    return (
+        f"stage '{stage.name}' needs {what}, which is not materialized yet; materialize it first "
+        f"(e.g. select '+{spec.name}/{stage.name}')."
+    )
 
 
 def _stage_resources(kind, context, home: Path) -> dict[str, Any]:
@@ -103,6 +123,8 @@ def _result(stage, art, result_or_none, partition: str | None) -> dg.Materialize
         "lmforge/cache_hit": dg.MetadataValue.bool(result_or_none is None),
         "lmforge/wall_time_s": dg.MetadataValue.float(float(m.get("wall_time_s") or 0.0)),
     }
+    if art.failed:
+        md["lmforge/failed"] = dg.MetadataValue.text(art.failed)
     for k, v in (m.get("metrics") or {}).items():
         if isinstance(v, bool):
             md[k] = dg.MetadataValue.bool(v)
@@ -178,10 +200,6 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
         version = st.partition_versions[partition] if partition else st.version
         inputs, upstream = _input_handles(live, st, store, partition)
         home = lmforge.home_path()
-        context.log.info(
-            f"{spec.name}/{stage.name}: kind {kind.name}, version {version}"
-            + (" (stored: cache hit)" if store.exists(kind.name, version) else " (computing)")
-        )
         art, result = execute_stage(
             store,
             pipeline=spec.name,
@@ -196,12 +214,19 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
             upstream=upstream,
             input_versions={f: [a.version for a in arts] for f, arts in inputs.items()},
         )
-        try:
-            lmforge.catalog().register(
-                art, pipeline=spec.name, stage=stage.name, partition=partition, cache_hit=result is None
-            )
-        except Exception as e:  # the catalog is an index; the artifact is already safely stored
-            context.log.warning(f"catalog registration failed (rebuild with `lmforge catalog rebuild`): {e}")
+        if art.failed:
+            # The Dagster check results below fail (blocking: downstream in this run is skipped); the
+            # catalog only indexes artifacts that count as a stage's result.
+            context.log.error(f"{spec.name}/{stage.name}: {art.failed}; kept for inspection at {art.path}")
+        else:
+            try:
+                lmforge.catalog().register(
+                    art, pipeline=spec.name, stage=stage.name, partition=partition, cache_hit=result is None
+                )
+            except Exception as e:  # the catalog is an index; the artifact is already safely stored
+                context.log.warning(
+                    f"catalog registration failed (rebuild with `lmforge catalog rebuild`): {e}"
+                )
         return _result(st, art, result, partition)
 
     return _stage_asset

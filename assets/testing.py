@@ -46,13 +46,87 @@ def execute_stage(
 ) -> tuple[StoredArtifact, StageResult | None]:
     """Compute and store one stage, or return the stored artifact if this version exists (cache hit).
 
-    Returns ``(artifact, result)``; ``result`` is ``None`` on a cache hit.
+    Returns ``(artifact, result)``; ``result`` is ``None`` on a cache hit. The version's lock is held
+    from the cache lookup to the commit, so a second run asking for the same version waits and then
+    takes the first run's artifact as a cache hit. A stored copy that fails the size check is moved
+    aside and recomputed; a failed attempt (blocking check) is recomputed. An input that failed its
+    blocking check is refused. If a blocking check fails, the artifact is committed as failed
+    (``.failed-<version>``) and returned with ``failed`` set in its manifest.
     """
     kinds = load_kinds()
     kind = kinds[kind_name]
-    hit = store.get(kind.name, version)
-    if hit is not None:
-        return hit, None
+    for field_name, arts in inputs.items():
+        for a in arts:
+            if a.manifest.get("failed"):
+                raise ValueError(
+                    f"stage {stage!r} cannot start: its input {a.stage!r} (field {field_name!r}, "
+                    f"{a.kind} version {a.version}) failed a blocking check: {a.manifest['failed']}"
+                )
+    with store.lock(kind.name, version, holder=f"{pipeline}/{stage}", log=log):
+        state = store.state(kind.name, version)
+        if state.usable:
+            hit = store.get(kind.name, version)
+            if hit is not None:
+                log(f"{pipeline}/{stage}: {kind.name} version {version} is stored: cache hit")
+                return hit, None
+        if state.status == "damaged":
+            aside = store.quarantine(kind.name, version, state.message)
+            log(
+                f"{pipeline}/{stage}: the stored artifact {state.path} is damaged ({state.message}); "
+                f"moved it aside to {aside} and recomputing {kind.name} version {version}"
+            )
+        elif state.status == "failed":
+            log(
+                f"{pipeline}/{stage}: {kind.name} version {version} failed before ({state.message}; "
+                f"kept at {state.path}); recomputing"
+            )
+        else:
+            log(f"{pipeline}/{stage}: computing {kind.name} version {version}")
+        return _compute(
+            store,
+            kind,
+            pipeline=pipeline,
+            stage=stage,
+            config=config,
+            version=version,
+            inputs=inputs,
+            log=log,
+            partition=partition,
+            resources=resources,
+            upstream=upstream,
+            input_versions=input_versions,
+        )
+
+
+def blocking_failure(kind, checks) -> str | None:
+    """The message of the failed blocking checks among ``checks`` (CheckOutcome or manifest dicts)."""
+    blocking = {c.name for c in kind.checks if c.blocking}
+    bad = []
+    for c in checks:
+        name, passed, desc = (
+            (c["name"], c["passed"], c.get("description")) if isinstance(c, dict)
+            else (c.name, c.passed, c.description)
+        )
+        if name in blocking and not passed:
+            bad.append(f"check '{name}' failed" + (f" ({desc})" if desc else ""))
+    return "; ".join(bad) or None
+
+
+def _compute(
+    store: ArtifactStore,
+    kind,
+    *,
+    pipeline: str,
+    stage: str,
+    config: Any,
+    version: str,
+    inputs: dict[str, list[InputArtifact]],
+    log,
+    partition: str | None,
+    resources: dict[str, Any] | None,
+    upstream: dict[str, InputArtifact] | None,
+    input_versions: dict[str, Any] | None,
+) -> tuple[StoredArtifact, StageResult]:
     t0 = time.time()
     code = kind.code()
     with store.writer(kind.name, version) as tmp:
@@ -103,7 +177,13 @@ def execute_stage(
             "flops": result.flops,
             "tokens": result.tokens,
         }
-        art = store.commit(tmp, kind.name, version, manifest, metadata=to_storable(result.metadata))
+        failed = blocking_failure(kind, result.checks)
+        if failed:
+            log(f"{pipeline}/{stage}: {failed}; the artifact is kept for inspection only and is not "
+                f"{kind.name} version {version}'s result")
+        art = store.commit(
+            tmp, kind.name, version, manifest, metadata=to_storable(result.metadata), failed=failed
+        )
     return art, result
 
 

@@ -62,7 +62,7 @@ def cmd_plan(args) -> int:
     w = max(len(r["stage"] + (f"[{r['partition']}]" if r["partition"] else "")) for r in rows)
     for r in rows:
         name = r["stage"] + (f"[{r['partition']}]" if r["partition"] else "")
-        print(f"{name:<{w}}  {r['kind']:<17} {r['version']}  {'stored' if r['stored'] else 'to compute'}")
+        print(f"{name:<{w}}  {r['kind']:<17} {r['version']}  {r['status']}")
     return 0
 
 
@@ -102,7 +102,9 @@ def materialize(spec_path: str | Path, stages: str | None, home: Path, *, quiet:
     spec = load_spec(spec_path)
     selected = select_stages(spec, stages)
     store = ArtifactStore(home)
-    store.sweep(older_than_s=6 * 3600)
+    swept = store.sweep()  # temporary directories of writers that died (their version lock is free)
+    if swept and not quiet:
+        print(f"removed {swept} temporary director{'y' if swept == 1 else 'ies'} left by dead runs", flush=True)
     defs = build_spec_definitions(spec)
     assets = list(defs.assets or [])
     instance = dg.DagsterInstance.get()
@@ -198,6 +200,52 @@ def cmd_catalog(args) -> int:
     n = Catalog(home).rebuild(ArtifactStore(home))
     print(f"catalog rebuilt from {n} manifests: {home / 'catalog.duckdb'}")
     return 0
+
+
+def cmd_verify(args) -> int:
+    """Hash every stored file against its manifest (all artifacts, or the versions a spec uses); a
+    damaged artifact is moved aside (the next materialize recomputes it). Exit 1 if any was damaged."""
+    from resources.store import ArtifactStore
+
+    from .spec import load_spec
+
+    store = ArtifactStore(_home(args))
+    if args.spec:
+        spec = load_spec(args.spec)
+        targets = [(s.kind.name, v, s.name + (f"[{p}]" if p else ""))
+                   for s in spec.stages.values()
+                   for p, v in (s.partition_versions.items() if s.partitions is not None else [(None, s.version)])]
+    else:
+        targets = [(k, v, "") for k, v in store.versions()]
+    counts = {"ok": 0, "legacy": 0, "damaged": 0, "failed": 0, "absent": 0}
+    for kind, version, label in targets:
+        name = f"{label + '  ' if label else ''}{kind}/{version}"
+        with store.lock(kind, version, holder="lmforge verify", log=print):
+            state = store.state(kind, version)
+            if state.status == "absent":
+                counts["absent"] += 1
+                print(f"absent   {name}: not stored")
+                continue
+            if state.status == "failed":
+                counts["failed"] += 1
+                print(f"failed   {name}: {state.message} (kept for inspection at {state.path}; not a result)")
+                continue
+            if state.legacy:
+                counts["legacy"] += 1
+                print(f"legacy   {name}: stored without a file list; checked by manifest presence only")
+                continue
+            problems = [state.message] if state.status == "damaged" else store.verify(kind, version)
+            if not problems:
+                counts["ok"] += 1
+                art = store.unchecked(kind, version)
+                print(f"ok       {name} ({len(art.manifest['files']) if art else 0} files, SHA-256 match)")
+                continue
+            counts["damaged"] += 1
+            aside = store.quarantine(kind, version, "; ".join(problems))
+            print(f"DAMAGED  {name}: {'; '.join(problems)}")
+            print(f"         moved aside to {aside}; the next materialize recomputes it")
+    print(", ".join(f"{n} {k}" for k, n in counts.items() if n or k == "ok"))
+    return 1 if counts["damaged"] else 0
 
 
 def cmd_kinds(args) -> int:
@@ -296,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("catalog", help="rebuild the DuckDB catalog from the stored manifests")
     c.add_argument("action", choices=["rebuild"])
     c.set_defaults(fn=cmd_catalog)
+    ve = sub.add_parser("verify", help="check stored artifacts' file hashes (all, or a spec's); "
+                        "damaged ones are moved aside and recomputed by the next materialize")
+    ve.add_argument("spec", nargs="?")
+    ve.set_defaults(fn=cmd_verify)
     k = sub.add_parser("kinds", help="list stage kinds and their fields")
     k.add_argument("kind", nargs="*")
     k.set_defaults(fn=cmd_kinds)

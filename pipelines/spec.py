@@ -370,17 +370,16 @@ def spec_files(directory: Path = SPEC_DIR) -> list[Path]:
 
 
 def plan(spec: Spec, store) -> list[dict[str, Any]]:
-    """One row per stage (per partition for partitioned stages): name, kind, version, stored?"""
+    """One row per stage (per partition for partitioned stages): name, kind, version, ``stored`` (usable
+    as is) and ``status`` (``stored``, ``to compute``, ``failed: <check>`` or ``damaged: <file problem>``)."""
     rows = []
     for st in spec.stages.values():
-        if st.partitions is not None:
-            for p in st.partitions:
-                v = st.partition_versions[p]
-                rows.append({"stage": st.name, "partition": p, "kind": st.kind.name, "version": v,
-                             "stored": store.exists(st.kind.name, v)})
-        else:
-            rows.append({"stage": st.name, "partition": None, "kind": st.kind.name, "version": st.version,
-                         "stored": store.exists(st.kind.name, st.version)})
+        keys = st.partitions if st.partitions is not None else [None]
+        for p in keys:
+            v = st.partition_versions[p] if p is not None else st.version
+            state = store.state(st.kind.name, v)
+            rows.append({"stage": st.name, "partition": p, "kind": st.kind.name, "version": v,
+                         "stored": state.usable, "status": state.describe()})
     return rows
 
 

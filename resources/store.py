@@ -6,8 +6,22 @@ renamed into place (``os.rename`` is atomic within one file system). A crash at 
 a ``.tmp-*`` directory that no reader looks at and that :meth:`ArtifactStore.sweep` removes; a directory
 without its manifest is treated as absent.
 
+Trust rules every reader gets from :meth:`ArtifactStore.get` (and :meth:`ArtifactStore.state` explains):
+
+* One version is computed by one process at a time: :meth:`ArtifactStore.lock` takes an exclusive
+  ``flock`` on ``$LMFORGE_HOME/locks/<kind>/<version>.lock`` (the OS releases it when the holder dies; the
+  file names the holder's pid and host for whoever waits). Temporary directories are only created under
+  that lock, so a ``.tmp-*`` directory whose lock is free belongs to a dead writer and is swept.
+* The manifest lists every file with its size and SHA-256. A read checks presence and size (a ``stat``
+  per file); :meth:`ArtifactStore.verify` checks the hashes. A damaged artifact is never returned; the
+  writer that recomputes it first moves it aside to ``.damaged-<version>-<time>``. Artifacts whose
+  manifest has no file list (stored before the list existed) are *legacy*: trusted on manifest presence.
+* An artifact whose blocking check failed is committed to ``.failed-<version>/`` (its manifest carries
+  ``failed``): kept for inspection, never at the version's path, so no reader can take it as the result.
+
 Resumable work (training checkpoints) must survive a crash, so it lives outside the artifact, under
-``$LMFORGE_HOME/work/<kind>/<version>/``; the stage copies what belongs in the final artifact.
+``$LMFORGE_HOME/work/<kind>/<version>/``; the stage copies what belongs in the final artifact. Work
+directories are never swept: the version lock makes one process at a time use them.
 
 This module imports no Dagster, so the CLI and tests use it directly.
 """
@@ -15,6 +29,8 @@ This module imports no Dagster, so the CLI and tests use it directly.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import getpass
 import hashlib
 import json
@@ -22,9 +38,10 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,25 +83,52 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": dirty if commit else None}
 
 
+def _hash_files(root: Path, exclude: tuple[str, ...]) -> tuple[list[dict[str, Any]], str]:
+    """One pass over the files under ``root``: ``([{path, size, sha256}], data_version)``.
+
+    The file list covers every file except ``manifest.json``; the data version covers the same bytes
+    minus ``exclude`` and ``training_state/`` (resumable state is not data a child depends on).
+    """
+    files: list[dict[str, Any]] = []
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root).as_posix()
+        if rel == MANIFEST:
+            continue
+        in_data = not (rel in exclude or rel.startswith("training_state/"))
+        fh = hashlib.sha256()
+        if in_data:
+            h.update(rel.encode() + b"\0")
+        size = 0
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                fh.update(chunk)
+                size += len(chunk)
+                if in_data:
+                    h.update(chunk)
+        if in_data:
+            h.update(b"\0")
+        files.append({"path": rel, "size": size, "sha256": fh.hexdigest()})
+    return files, h.hexdigest()[:24]
+
+
 def content_hash(root: Path, exclude: tuple[str, ...] = (MANIFEST, METADATA)) -> str:
     """SHA-256 over the relative paths and bytes of every file under ``root`` (sorted), minus ``exclude``.
 
     This is the materialization's Dagster ``data_version``: it changes exactly when what was written
     changes, so children are marked stale only for real data changes.
     """
+    return _hash_files(root, exclude)[1]
+
+
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(root).as_posix()
-        if rel in exclude or rel.startswith("training_state/"):
-            continue
-        h.update(rel.encode() + b"\0")
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()[:24]
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -98,14 +142,80 @@ class StoredArtifact:
     def metrics(self) -> dict[str, Any]:
         return self.manifest.get("metrics", {})
 
+    @property
+    def failed(self) -> str | None:
+        """The blocking check failure this artifact was stored with (then it lives in ``.failed-*``)."""
+        return self.manifest.get("failed")
+
+    @property
+    def legacy(self) -> bool:
+        """Stored without a file list: only the manifest's presence can be checked."""
+        return "files" not in self.manifest
+
     def metadata(self) -> dict[str, Any]:
         f = self.path / METADATA
         return json.loads(f.read_text()) if f.exists() else {}
 
 
+@dataclass(frozen=True)
+class ArtifactState:
+    """What the store holds for one version: ``stored``, ``absent``, ``failed`` or ``damaged``.
+
+    ``message`` says why for ``failed`` (the blocking check) and ``damaged`` (the first bad file);
+    ``path`` is where the stored, failed or damaged directory lies.
+    """
+
+    status: str
+    message: str = ""
+    path: Path | None = None
+    legacy: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "stored"
+
+    def describe(self) -> str:
+        if self.status == "stored":
+            return "stored (legacy: no file list)" if self.legacy else "stored"
+        if self.status == "absent":
+            return "to compute"
+        return f"{self.status}: {self.message}"
+
+
+def check_files(path: Path, manifest: dict[str, Any], *, hashes: bool = False) -> list[str]:
+    """Problems of an artifact directory against its manifest's file list (empty: intact).
+
+    Without ``hashes`` this is a ``stat`` per file (presence and size); with it every byte is hashed.
+    A manifest without a file list yields no problems (legacy artifacts are checked by presence only).
+    """
+    problems = []
+    for f in manifest.get("files") or []:
+        p = path / f["path"]
+        try:
+            size = p.stat().st_size
+        except OSError:
+            problems.append(f"{p}: missing")
+            continue
+        if size != f["size"]:
+            problems.append(f"{p}: {size} bytes, the manifest records {f['size']}")
+        elif hashes and file_sha256(p) != f["sha256"]:
+            problems.append(f"{p}: content differs from the manifest's SHA-256")
+    return problems
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class ArtifactStore:
-    """Directory-per-version store. Safe for several processes: writers never share a temp directory,
-    and the rename either wins or finds that another writer already stored the same version."""
+    """Directory-per-version store. Safe for several processes: a version is written under its lock,
+    writers never share a temporary directory, and the rename either wins or finds that another writer
+    already stored the same version."""
+
+    # (lock file, thread) -> [open fd, depth]: the lock is reentrant within one thread, exclusive across
+    # threads and processes (flock locks belong to the open file description, not to the process).
+    _held: dict[tuple[str, int], list[int]] = {}
+    _held_guard = threading.Lock()
 
     def __init__(self, home: Path | str):
         self.home = Path(home).expanduser().resolve()
@@ -115,6 +225,12 @@ class ArtifactStore:
     def path(self, kind: str, version: str) -> Path:
         return self.root / kind / version
 
+    def failed_path(self, kind: str, version: str) -> Path:
+        return self.root / kind / f".failed-{version}"
+
+    def lock_path(self, kind: str, version: str) -> Path:
+        return self.home / "locks" / kind / f"{version}.lock"
+
     def work_dir(self, kind: str, version: str) -> Path:
         """Persistent scratch for resumable state of one version (survives crashes, not part of the artifact)."""
         d = self.home / "work" / kind / version
@@ -122,15 +238,44 @@ class ArtifactStore:
         return d
 
     # -- reads ---------------------------------------------------------------------------------
-    def exists(self, kind: str, version: str) -> bool:
-        return (self.path(kind, version) / MANIFEST).is_file()
-
-    def get(self, kind: str, version: str) -> StoredArtifact | None:
-        p = self.path(kind, version)
-        m = p / MANIFEST
+    def _read(self, kind: str, version: str, path: Path) -> StoredArtifact | None:
+        m = path / MANIFEST
         if not m.is_file():
             return None
-        return StoredArtifact(kind, version, p, json.loads(m.read_text()))
+        return StoredArtifact(kind, version, path, json.loads(m.read_text()))
+
+    def exists(self, kind: str, version: str) -> bool:
+        return self.get(kind, version) is not None
+
+    def get(self, kind: str, version: str) -> StoredArtifact | None:
+        """The stored artifact if it is complete and every listed file has its recorded size, else None."""
+        art = self._read(kind, version, self.path(kind, version))
+        if art is None or check_files(art.path, art.manifest):
+            return None
+        return art
+
+    def unchecked(self, kind: str, version: str) -> StoredArtifact | None:
+        """The artifact at the version's path without the size check (diagnostics and verify only)."""
+        return self._read(kind, version, self.path(kind, version))
+
+    def get_failed(self, kind: str, version: str) -> StoredArtifact | None:
+        """The artifact kept after its blocking check failed (for inspection only), if any."""
+        return self._read(kind, version, self.failed_path(kind, version))
+
+    def state(self, kind: str, version: str) -> ArtifactState:
+        """Whether ``version`` is stored and usable, absent, failed a blocking check, or damaged."""
+        p = self.path(kind, version)
+        art = self._read(kind, version, p)
+        if art is not None:
+            problems = check_files(p, art.manifest)
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                return ArtifactState("damaged", problems[0] + more, p)
+            return ArtifactState("stored", "", p, legacy=art.legacy)
+        failed = self.get_failed(kind, version)
+        if failed is not None:
+            return ArtifactState("failed", str(failed.failed or "a blocking check failed"), failed.path)
+        return ArtifactState("absent")
 
     def find(self, version: str) -> StoredArtifact | None:
         """Look an artifact up by version alone (versions are unique across kinds)."""
@@ -142,37 +287,119 @@ class ArtifactStore:
                 return art
         return None
 
-    def all(self) -> Iterator[StoredArtifact]:
+    def versions(self) -> Iterator[tuple[str, str]]:
+        """``(kind, version)`` of every directory holding a manifest at a version's path, intact or not."""
         if not self.root.exists():
             return
         for kdir in sorted(self.root.iterdir()):
             if not kdir.is_dir():
                 continue
             for vdir in sorted(kdir.iterdir()):
-                if vdir.name.startswith(".tmp-"):
-                    continue
-                art = self.get(kdir.name, vdir.name)
-                if art:
-                    yield art
+                if not vdir.name.startswith(".") and (vdir / MANIFEST).is_file():
+                    yield kdir.name, vdir.name
+
+    def all(self) -> Iterator[StoredArtifact]:
+        """Every usable artifact (failed, damaged and temporary directories are skipped)."""
+        for kind, version in self.versions():
+            art = self.get(kind, version)
+            if art:
+                yield art
+
+    def verify(self, kind: str, version: str) -> list[str]:
+        """Hash every file of a stored artifact against its manifest; returns the problems found."""
+        art = self._read(kind, version, self.path(kind, version))
+        if art is None:
+            return [f"{self.path(kind, version)}: no manifest"]
+        return check_files(art.path, art.manifest, hashes=True)
+
+    def quarantine(self, kind: str, version: str, reason: str) -> Path:
+        """Move a damaged artifact aside (``.damaged-<version>-<time>``) so that nothing reads it and the
+        version can be recomputed; ``DAMAGED.txt`` inside says why. Call with the version's lock held."""
+        src = self.path(kind, version)
+        dst = self.root / kind / f".damaged-{version}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        os.rename(src, dst)
+        with contextlib.suppress(OSError):
+            (dst / "DAMAGED.txt").write_text(f"{_now()}: {reason}\n")
+        return dst
+
+    # -- locks ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(
+        self,
+        kind: str,
+        version: str,
+        *,
+        holder: str = "",
+        log: Callable[[str], None] | None = None,
+    ) -> Iterator[None]:
+        """Hold the exclusive lock of one version; wait (saying for whom) while another process holds it.
+
+        The lock is an ``flock`` on a file that is never deleted (deleting it would let two processes
+        lock two different files of the same name); the kernel drops it when the holder exits, crashed or
+        not. Reentrant within a thread.
+        """
+        lf = self.lock_path(kind, version)
+        key = (str(lf), threading.get_ident())
+        with self._held_guard:
+            held = self._held.get(key)
+            if held is not None:
+                held[1] += 1
+        if held is not None:
+            try:
+                yield
+            finally:
+                with self._held_guard:
+                    held[1] -= 1
+            return
+        lf.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lf, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if log is not None:
+                    log(f"{kind} version {version} is being computed by {_describe_holder(lf)}; waiting for it")
+                t0 = time.time()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if log is not None:
+                    log(f"{kind} version {version}: lock acquired after waiting {time.time() - t0:.1f}s")
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "holder": holder}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+            with self._held_guard:
+                self._held[key] = [fd, 1]
+            try:
+                yield
+            finally:
+                with self._held_guard:
+                    del self._held[key]
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     # -- writes --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def writer(self, kind: str, version: str) -> Iterator[Path]:
-        """Yield a fresh temporary directory; the caller fills it and calls :meth:`commit`.
+        """Yield a fresh temporary directory, under the version's lock; the caller fills it and calls
+        :meth:`commit`.
 
         If the block raises, the temporary directory is removed and nothing becomes visible. If the
-        process is killed, the ``.tmp-*`` directory stays behind but is invisible to readers and is
-        removed by the next :meth:`sweep`.
+        process is killed, the ``.tmp-*`` directory stays behind, invisible to readers, and the next
+        :meth:`sweep` removes it (its lock is free once the process is gone).
         """
-        kdir = self.root / kind
-        kdir.mkdir(parents=True, exist_ok=True)
-        tmp = kdir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            yield tmp
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        with self.lock(kind, version):
+            kdir = self.root / kind
+            kdir.mkdir(parents=True, exist_ok=True)
+            tmp = kdir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            try:
+                yield tmp
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     def commit(
         self,
@@ -181,47 +408,118 @@ class ArtifactStore:
         version: str,
         manifest: dict[str, Any],
         metadata: dict[str, Any] | None = None,
+        *,
+        failed: str | None = None,
     ) -> StoredArtifact:
-        """Write metadata, then ``manifest.json`` last, then rename ``tmp`` to its final place.
+        """Write metadata, then ``manifest.json`` (with the file list) last, then rename ``tmp`` into place.
 
-        If another process stored the same version meanwhile, its copy wins (same inputs, same version)
-        and ``tmp`` is discarded.
+        ``failed`` (a blocking check's message) stores the directory as ``.failed-<version>`` instead,
+        replacing an older failed attempt; a good commit removes any failed attempt of its version. If
+        another process stored the same version meanwhile, its copy wins (same inputs, same version) and
+        ``tmp`` is discarded.
         """
         if metadata is not None:
             (tmp / METADATA).write_text(json.dumps(metadata, indent=1, default=str))
         manifest = dict(manifest)
-        manifest.setdefault("data_version", content_hash(tmp))
-        manifest.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        files, data_version = _hash_files(tmp, (MANIFEST, METADATA))
+        manifest["files"] = files
+        manifest.setdefault("data_version", data_version)
+        manifest.setdefault("created_at", _now())
         manifest.setdefault("host", socket.gethostname())
         with contextlib.suppress(Exception):
             manifest.setdefault("user", getpass.getuser())
         manifest.setdefault("git", git_state())
+        if failed is not None:
+            manifest["failed"] = failed
         mtmp = tmp / (MANIFEST + ".partial")
         mtmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
         os.replace(mtmp, tmp / MANIFEST)
-        final = self.path(kind, version)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not self.exists(kind, version):
-                # A stale directory without a manifest (should not happen: renames are atomic) -- replace it.
-                shutil.rmtree(final, ignore_errors=True)
+        with self.lock(kind, version):
+            if failed is not None:
+                final = self.failed_path(kind, version)
+                if final.exists():
+                    old = final.with_name(f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+                    os.rename(final, old)
+                    shutil.rmtree(old, ignore_errors=True)
                 os.rename(tmp, final)
-        art = self.get(kind, version)
-        assert art is not None
-        return art
+                art = self.get_failed(kind, version)
+                assert art is not None
+                return art
+            final = self.path(kind, version)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if self.get(kind, version) is None:
+                    # What sits there is incomplete or damaged: keep it aside, never read it.
+                    if (final / MANIFEST).is_file():
+                        self.quarantine(kind, version, "replaced by a new commit: " + "; ".join(
+                            check_files(final, json.loads((final / MANIFEST).read_text()))))
+                    else:
+                        shutil.rmtree(final, ignore_errors=True)
+                    os.rename(tmp, final)
+            stale = self.failed_path(kind, version)
+            if stale.exists():
+                shutil.rmtree(stale, ignore_errors=True)
+            art = self.get(kind, version)
+            assert art is not None
+            return art
 
-    def sweep(self, older_than_s: float = 0.0) -> int:
-        """Remove leftover temporary directories of crashed writers. Returns how many were removed."""
+    def sweep(self) -> int:
+        """Remove the ``.tmp-*`` directories of dead writers: those whose version lock no live process
+        holds (a writer creates its temporary directory only under that lock). Returns how many."""
         n = 0
         if not self.root.exists():
             return 0
-        now = time.time()
         for kdir in self.root.iterdir():
             if not kdir.is_dir():
                 continue
             for d in kdir.glob(".tmp-*"):
-                if now - d.stat().st_mtime >= older_than_s:
-                    shutil.rmtree(d, ignore_errors=True)
-                    n += 1
+                version = d.name[len(".tmp-"):].rpartition("-")[0]
+                if not version:
+                    continue
+                # Held while removing, so no writer of this version can start meanwhile.
+                try:
+                    with self._try_lock(kdir.name, version) as got:
+                        if got and d.exists():
+                            shutil.rmtree(d, ignore_errors=True)
+                            n += 1
+                except OSError:
+                    continue
         return n
+
+    @contextlib.contextmanager
+    def _try_lock(self, kind: str, version: str) -> Iterator[bool]:
+        lf = self.lock_path(kind, version)
+        with self._held_guard:
+            if any(k[0] == str(lf) for k in self._held):
+                yield False
+                return
+        lf.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lf, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    yield False
+                    return
+                raise
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _describe_holder(lock_file: Path) -> str:
+    try:
+        info = json.loads(lock_file.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "another process"
+    who = f"pid {info.get('pid')} on {info.get('host')}"
+    if info.get("holder"):
+        who += f" ({info['holder']})"
+    return who + f" since {info.get('since')}"

@@ -1,0 +1,147 @@
+"""The artifact store's trust rules without Dagster: a version's lock excludes other processes, names its
+holder and dies with it; only dead writers' temporary directories are swept; the manifest's file list
+catches a truncated or deleted file (size) and a changed byte (hash); an artifact whose blocking check
+failed is kept aside and never returned as the version's result."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tests.pipelines.toy_kinds  # noqa: F401
+from assets.testing import run_kind
+from resources.store import ArtifactStore
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.unit
+
+
+def _hold_lock(home: Path, kind: str, version: str, holder: str) -> subprocess.Popen:
+    """A separate process that takes the version's lock, says so on stdout, and sleeps until killed."""
+    code = (
+        "import sys, time; from resources.store import ArtifactStore; "
+        f"s = ArtifactStore({str(home)!r}); "
+        f"cm = s.lock({kind!r}, {version!r}, holder={holder!r}); cm.__enter__(); "
+        "tmp = s.root / 'k' / '.tmp-v1-deadbeef'; tmp.mkdir(parents=True); "
+        "print('locked', flush=True); time.sleep(600)"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_lock_waits_names_the_holder_and_is_released_when_the_holder_is_killed(tmp_path):
+    store = ArtifactStore(tmp_path)
+    holder = _hold_lock(tmp_path, "k", "v1", "pipe/stage")
+    try:
+        said: list[str] = []
+
+        def log(msg: str) -> None:
+            said.append(msg)
+            # the holder dies without any cleanup: the kernel must release its lock
+            os.kill(holder.pid, signal.SIGKILL)
+
+        t0 = time.time()
+        with store.lock("k", "v1", holder="me", log=log):
+            assert time.time() - t0 < 300
+            info = json.loads(store.lock_path("k", "v1").read_text())
+            assert info["pid"] == os.getpid() and info["holder"] == "me"
+            with store.lock("k", "v1"):  # reentrant in one thread
+                pass
+        assert len(said) == 2
+        assert f"pid {holder.pid}" in said[0] and "(pipe/stage)" in said[0] and "waiting" in said[0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_sweep_removes_only_temporary_directories_whose_writer_is_dead(tmp_path):
+    store = ArtifactStore(tmp_path)
+    live = _hold_lock(tmp_path, "k", "v1", "live writer")  # creates artifacts/k/.tmp-v1-deadbeef
+    try:
+        dead = store.root / "k" / ".tmp-v2-0badf00d"  # a writer of v2 that died: its lock is free
+        dead.mkdir()
+        work = store.work_dir("k", "v2")
+        (work / "checkpoint.bin").write_bytes(b"resumable")
+        assert store.sweep() == 1
+        assert not dead.exists()
+        assert (store.root / "k" / ".tmp-v1-deadbeef").is_dir()  # its writer is alive
+        assert (work / "checkpoint.bin").read_bytes() == b"resumable"  # work dirs are never swept
+    finally:
+        live.kill()
+        live.wait()
+    assert store.sweep() == 1  # now that writer is dead too
+
+
+def test_truncated_deleted_or_altered_files_are_caught_and_recomputed(lmforge_home):
+    art, res = run_kind("toy_text", {"words": ["a", "b", "c"], "repeat": 50}, lmforge_home)
+    assert res is not None
+    files = {f["path"]: f for f in art.manifest["files"]}
+    pq_file = art.path / "documents.parquet"
+    assert files["documents.parquet"]["size"] == pq_file.stat().st_size
+    assert len(files["documents.parquet"]["sha256"]) == 64
+    store = ArtifactStore(lmforge_home)
+
+    # truncated to half: the cheap check (sizes) refuses it, names the file, and a rerun recomputes
+    data = pq_file.read_bytes()
+    pq_file.write_bytes(data[: len(data) // 2])
+    st = store.state("toy_text", art.version)
+    assert st.status == "damaged" and str(pq_file) in st.message
+    assert store.get("toy_text", art.version) is None
+    said: list[str] = []
+    again, res2 = run_kind("toy_text", {"words": ["a", "b", "c"], "repeat": 50}, lmforge_home, log=said.append)
+    assert res2 is not None and again.version == art.version
+    assert pq_file.read_bytes() == data
+    (aside,) = (lmforge_home / "artifacts" / "toy_text").glob(f".damaged-{art.version}-*")
+    assert "damaged" in " ".join(said) and str(aside) in " ".join(said)
+    assert "documents.parquet" in (aside / "DAMAGED.txt").read_text()
+
+    # deleted: same
+    pq_file.unlink()
+    assert store.state("toy_text", art.version).status == "damaged"
+    _, res3 = run_kind("toy_text", {"words": ["a", "b", "c"], "repeat": 50}, lmforge_home)
+    assert res3 is not None
+
+    # one byte changed, same size: only the hash check (verify) sees it
+    b = bytearray(pq_file.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    pq_file.write_bytes(bytes(b))
+    assert store.get("toy_text", art.version) is not None
+    (problem,) = store.verify("toy_text", art.version)
+    assert str(pq_file) in problem and "SHA-256" in problem
+
+
+def test_failed_blocking_check_is_kept_aside_and_never_an_input(lmforge_home):
+    empty, res = run_kind("toy_text", {"words": []}, lmforge_home)
+    assert res is not None and empty.failed and "non_empty" in empty.failed
+    assert empty.path.name == f".failed-{empty.version}"
+    store = ArtifactStore(lmforge_home)
+    assert store.get("toy_text", empty.version) is None and not store.exists("toy_text", empty.version)
+    st = store.state("toy_text", empty.version)
+    assert st.status == "failed" and "non_empty" in st.message and st.describe().startswith("failed: ")
+    assert list(store.all()) == []
+    with pytest.raises(ValueError, match=r"input 'toy_text'.*failed a blocking check.*non_empty"):
+        run_kind("toy_upper", {"from": "w"}, lmforge_home, inputs={"from_": [empty]})
+    # a rerun recomputes it (no cache hit on a failed attempt)
+    again, res2 = run_kind("toy_text", {"words": []}, lmforge_home)
+    assert res2 is not None and again.failed
+
+
+def test_warc_import_with_only_unreadable_records_is_stored_as_failed(lmforge_home, tmp_path):
+    bad = tmp_path / "bad.warc.gz"
+    bad.write_bytes(gzip.compress(b"this is not a WARC record\r\n\r\n" * 20))
+    art, res = run_kind("crawl", {"source": "warc", "warc": [str(bad)]}, lmforge_home)
+    assert res is not None and art.metrics["pages"] == 0
+    assert art.failed and "non_empty" in art.failed
+    assert ArtifactStore(lmforge_home).get("crawl", art.version) is None
