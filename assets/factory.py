@@ -63,7 +63,9 @@ def _input_handles(
                 v = up.partition_versions[p] if p is not None else up.version
                 art = store.get(up.kind.name, v)
                 if art is None:
-                    raise dg.Failure(description=_missing_input(spec, stage, n, p, v, store.state(up.kind.name, v)))
+                    raise dg.Failure(
+                        description=_missing_input(spec, stage, n, p, v, store.state(up.kind.name, v))
+                    )
                 arts.append(as_input(art, stage=n, partition=p))
         inputs[fname] = arts
     upstream: dict[str, InputArtifact] = {}

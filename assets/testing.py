@@ -104,7 +104,8 @@ def blocking_failure(kind, checks) -> str | None:
     bad = []
     for c in checks:
         name, passed, desc = (
-            (c["name"], c["passed"], c.get("description")) if isinstance(c, dict)
+            (c["name"], c["passed"], c.get("description"))
+            if isinstance(c, dict)
             else (c.name, c.passed, c.description)
         )
         if name in blocking and not passed:
@@ -179,8 +180,10 @@ def _compute(
         }
         failed = blocking_failure(kind, result.checks)
         if failed:
-            log(f"{pipeline}/{stage}: {failed}; the artifact is kept for inspection only and is not "
-                f"{kind.name} version {version}'s result")
+            log(
+                f"{pipeline}/{stage}: {failed}; the artifact is kept for inspection only and is not "
+                f"{kind.name} version {version}'s result"
+            )
         art = store.commit(
             tmp, kind.name, version, manifest, metadata=to_storable(result.metadata), failed=failed
         )

@@ -66,6 +66,23 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def open_instance(home: Path):
+    """The Dagster instance under ``home``, its sqlite storages created under a lock: two runs creating
+    them at once leave a schema with two migration heads that no later run can open."""
+    import dagster as dg
+
+    from resources.store import file_lock
+
+    lock = home / "locks" / "dagster-instance.lock"
+    with file_lock(lock, holder="lmforge materialize", what="the Dagster instance"):
+        ensure_dagster_home(home)
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)
+        instance.fetch_materializations(dg.AssetKey(["lmforge"]), limit=1)
+        instance.all_instigator_state()
+    return instance
+
+
 def run_batches(spec, selected: list[str]) -> list[tuple[list[str], str | None]]:
     """Split a selection into Dagster runs: unpartitioned stages run together; each partition of a
     partitioned stage runs on its own (Dagster runs target one partition key)."""
@@ -90,12 +107,13 @@ def run_batches(spec, selected: list[str]) -> list[tuple[list[str], str | None]]
 def materialize(spec_path: str | Path, stages: str | None, home: Path, *, quiet: bool = False) -> bool:
     """Materialize (a selection of) a spec through Dagster on the instance under ``home``."""
     os.environ["LMFORGE_HOME"] = str(home)
-    ensure_dagster_home(home)
     import dagster as dg
 
     from assets.factory import build_spec_definitions
     from resources.lmforge import LmforgeResource
     from resources.store import ArtifactStore
+
+    instance = open_instance(home)
 
     from .spec import load_spec, select_stages
 
@@ -104,10 +122,9 @@ def materialize(spec_path: str | Path, stages: str | None, home: Path, *, quiet:
     store = ArtifactStore(home)
     swept = store.sweep()  # temporary directories of writers that died (their version lock is free)
     if swept and not quiet:
-        print(f"removed {swept} temporary director{'y' if swept == 1 else 'ies'} left by dead runs", flush=True)
+        print(f"removed {swept} temporary director{'y' if swept == 1 else 'ies'} of dead runs", flush=True)
     defs = build_spec_definitions(spec)
     assets = list(defs.assets or [])
-    instance = dg.DagsterInstance.get()
     ok = True
     t_all = time.time()
     for batch, partition in run_batches(spec, selected):
@@ -212,9 +229,10 @@ def cmd_verify(args) -> int:
     store = ArtifactStore(_home(args))
     if args.spec:
         spec = load_spec(args.spec)
-        targets = [(s.kind.name, v, s.name + (f"[{p}]" if p else ""))
-                   for s in spec.stages.values()
-                   for p, v in (s.partition_versions.items() if s.partitions is not None else [(None, s.version)])]
+        targets = []
+        for s in spec.stages.values():
+            keyed = s.partition_versions.items() if s.partitions is not None else [(None, s.version)]
+            targets += [(s.kind.name, v, s.name + (f"[{p}]" if p else "")) for p, v in keyed]
     else:
         targets = [(k, v, "") for k, v in store.versions()]
     counts = {"ok": 0, "legacy": 0, "damaged": 0, "failed": 0, "absent": 0}

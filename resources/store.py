@@ -212,9 +212,9 @@ class ArtifactStore:
     writers never share a temporary directory, and the rename either wins or finds that another writer
     already stored the same version."""
 
-    # (lock file, thread) -> [open fd, depth]: the lock is reentrant within one thread, exclusive across
+    # (lock file, thread) -> depth: a version lock is reentrant within one thread and exclusive across
     # threads and processes (flock locks belong to the open file description, not to the process).
-    _held: dict[tuple[str, int], list[int]] = {}
+    _held: dict[tuple[str, int], int] = {}
     _held_guard = threading.Lock()
 
     def __init__(self, home: Path | str):
@@ -332,53 +332,24 @@ class ArtifactStore:
         holder: str = "",
         log: Callable[[str], None] | None = None,
     ) -> Iterator[None]:
-        """Hold the exclusive lock of one version; wait (saying for whom) while another process holds it.
-
-        The lock is an ``flock`` on a file that is never deleted (deleting it would let two processes
-        lock two different files of the same name); the kernel drops it when the holder exits, crashed or
-        not. Reentrant within a thread.
-        """
+        """Hold the exclusive lock of one version (see :func:`file_lock`); reentrant within a thread."""
         lf = self.lock_path(kind, version)
         key = (str(lf), threading.get_ident())
         with self._held_guard:
-            held = self._held.get(key)
-            if held is not None:
-                held[1] += 1
-        if held is not None:
-            try:
-                yield
-            finally:
-                with self._held_guard:
-                    held[1] -= 1
-            return
-        lf.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lf, os.O_RDWR | os.O_CREAT, 0o644)
+            depth = self._held.get(key, 0)
+            self._held[key] = depth + 1
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if log is not None:
-                    log(f"{kind} version {version} is being computed by {_describe_holder(lf)}; waiting for it")
-                t0 = time.time()
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                if log is not None:
-                    log(f"{kind} version {version}: lock acquired after waiting {time.time() - t0:.1f}s")
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "holder": holder}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-            with self._held_guard:
-                self._held[key] = [fd, 1]
-            try:
+            if depth:
                 yield
-            finally:
-                with self._held_guard:
-                    del self._held[key]
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            with file_lock(lf, holder=holder, log=log, what=f"{kind} version {version}"):
+                yield
         finally:
-            os.close(fd)
+            with self._held_guard:
+                if self._held[key] == 1:
+                    del self._held[key]
+                else:
+                    self._held[key] -= 1
 
     # -- writes --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -452,8 +423,12 @@ class ArtifactStore:
                 if self.get(kind, version) is None:
                     # What sits there is incomplete or damaged: keep it aside, never read it.
                     if (final / MANIFEST).is_file():
-                        self.quarantine(kind, version, "replaced by a new commit: " + "; ".join(
-                            check_files(final, json.loads((final / MANIFEST).read_text()))))
+                        self.quarantine(
+                            kind,
+                            version,
+                            "replaced by a new commit: "
+                            + "; ".join(check_files(final, json.loads((final / MANIFEST).read_text()))),
+                        )
                     else:
                         shutil.rmtree(final, ignore_errors=True)
                     os.rename(tmp, final)
@@ -474,7 +449,7 @@ class ArtifactStore:
             if not kdir.is_dir():
                 continue
             for d in kdir.glob(".tmp-*"):
-                version = d.name[len(".tmp-"):].rpartition("-")[0]
+                version = d.name[len(".tmp-") :].rpartition("-")[0]
                 if not version:
                     continue
                 # Held while removing, so no writer of this version can start meanwhile.
@@ -510,6 +485,48 @@ class ArtifactStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: Path,
+    *,
+    holder: str = "",
+    log: Callable[[str], None] | None = None,
+    what: str = "",
+) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``; while another process holds it, say whom we wait for.
+
+    The lock file records the holder's pid, host and ``holder`` label for whoever waits. It is never
+    deleted (deleting it would let two processes lock two different files of the same name); the kernel
+    drops the lock when the holder exits, crashed or not. Not reentrant (a second open file description
+    of the same file blocks).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            name = what or str(path)
+            if log is not None:
+                log(f"{name} is in use by {_describe_holder(path)}; waiting for it")
+            t0 = time.time()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if log is not None:
+                log(f"{name}: lock acquired after waiting {time.time() - t0:.1f}s")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "holder": holder}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _describe_holder(lock_file: Path) -> str:

@@ -34,7 +34,10 @@ def _hold_lock(home: Path, kind: str, version: str, holder: str) -> subprocess.P
         "print('locked', flush=True); time.sleep(600)"
     )
     p = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert p.stdout.readline().strip() == "locked"
@@ -100,7 +103,9 @@ def test_truncated_deleted_or_altered_files_are_caught_and_recomputed(lmforge_ho
     assert st.status == "damaged" and str(pq_file) in st.message
     assert store.get("toy_text", art.version) is None
     said: list[str] = []
-    again, res2 = run_kind("toy_text", {"words": ["a", "b", "c"], "repeat": 50}, lmforge_home, log=said.append)
+    again, res2 = run_kind(
+        "toy_text", {"words": ["a", "b", "c"], "repeat": 50}, lmforge_home, log=said.append
+    )
     assert res2 is not None and again.version == art.version
     assert pq_file.read_bytes() == data
     (aside,) = (lmforge_home / "artifacts" / "toy_text").glob(f".damaged-{art.version}-*")
