@@ -145,15 +145,6 @@ def test_failed_blocking_check_is_shown_refused_downstream_and_recomputed(lmforg
     )
     home = ["--home", str(lmforge_home)]
     assert main([*home, "materialize", str(spec_path), "--stages", "docs"]) == 1  # its blocking check
-    # Dagster shows the failed check on the asset
-    inst = dg.DagsterInstance.from_config(str(lmforge_home / "dagster"))
-    ev = inst.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(dg.AssetKey(["f", "docs"]), "non_empty")]
-    )
-    assert ev[dg.AssetCheckKey(dg.AssetKey(["f", "docs"]), "non_empty")].evaluation.passed is False
-    (mat,) = _materializations(lmforge_home, "f", "docs")
-    assert "0 documents loaded" in mat.metadata["lmforge/failed"].value
-
     rows = _plan(lmforge_home, spec_path, capsys)
     assert rows["docs"] == "failed: check 'non_empty' failed (0 documents loaded)"
     assert rows["corpus"] == "to compute"
@@ -163,6 +154,15 @@ def test_failed_blocking_check_is_shown_refused_downstream_and_recomputed(lmforg
     assert "stage 'corpus' cannot start: upstream stage 'docs'" in err
     assert "failed its blocking check: check 'non_empty' failed (0 documents loaded)" in err
     assert not ArtifactStore(lmforge_home).exists("dedupe", load_spec(spec_path).stages["corpus"].version)
+
+    # Dagster shows the failed check on the asset
+    inst = dg.DagsterInstance.from_config(str(lmforge_home / "dagster"))
+    ev = inst.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey(["f", "docs"]), "non_empty")]
+    )
+    assert ev[dg.AssetCheckKey(dg.AssetKey(["f", "docs"]), "non_empty")].evaluation.passed is False
+    (mat,) = _materializations(lmforge_home, "f", "docs")
+    assert "0 documents loaded" in mat.metadata["lmforge/failed"].value
 
     assert main([*home, "materialize", str(spec_path), "--stages", "docs"]) == 1
     assert _cache_hits(lmforge_home, "f", "docs") == [False, False]  # a rerun recomputes it
