@@ -31,6 +31,7 @@ from .registry import (
     Table,
     ref,
     register,
+    run_option,
 )
 
 MODEL = ("model",)
@@ -233,6 +234,12 @@ class SFTConfig(StageConfig):
     format: Literal["think_answer"] = Field(
         "think_answer", description="response format (<think>..</think><answer>..</answer>)"
     )
+    ckpt_every: int = run_option(
+        100,
+        ge=0,
+        description="checkpoint every N steps (and at the end) in the work directory; 0 = at the end",
+    )
+    keep_last: int = run_option(2, ge=1, description="checkpoints kept in the work directory")
 
 
 def _run_sft(run: StageRun) -> StageResult:
@@ -264,6 +271,8 @@ def _run_sft(run: StageRun) -> StageResult:
         seed=c.seed,
         lora_r=c.lora_r,
         lora_alpha=c.lora_alpha,
+        ckpt_every=c.ckpt_every,
+        keep_last=c.keep_last,
     )
     fp = {"stage_version": run.version}
     merged, peft_model, info = train_sft(
@@ -353,6 +362,12 @@ class GRPOConfig(StageConfig):
     eval_samples: int = Field(
         4, ge=0, description="sampled answers per held-out problem (sampled accuracy, pass@k)"
     )
+    ckpt_every: int = run_option(
+        10,
+        ge=0,
+        description="checkpoint every N steps (and at the end) in the work directory; 0 = at the end",
+    )
+    keep_last: int = run_option(2, ge=1, description="checkpoints kept in the work directory")
 
 
 def _run_grpo(run: StageRun) -> StageResult:
@@ -385,6 +400,8 @@ def _run_grpo(run: StageRun) -> StageResult:
         scale_rewards=c.scale_rewards,
         updates_per_batch=c.updates_per_batch,
         seed=c.seed,
+        ckpt_every=c.ckpt_every,
+        keep_last=c.keep_last,
     )
     torch.manual_seed(c.seed)
 
@@ -392,11 +409,22 @@ def _run_grpo(run: StageRun) -> StageResult:
         return _accuracy(m, tok, ev, c.eval_samples, c.max_new_tokens, seed=10_000 + c.seed)
 
     st = train_grpo(
-        policy, ref, tok, tasks, specs, p, eval_fn=eval_fn if ev else None, log=run.log, stage=run.stage
+        policy,
+        ref,
+        tok,
+        tasks,
+        specs,
+        p,
+        eval_fn=eval_fn if ev else None,
+        log=run.log,
+        stage=run.stage,
+        work_dir=run.work,
+        fingerprint={"stage_version": run.version},
     )
     from ops.model import save_model
 
     save_model(policy, tok, run.out)
+    _keep_training_state(run)
     write_rollouts(st.rollouts, [s.name for s in specs], run.out / "rollouts.parquet")
     h = [r for r in st.history if r["step"] > 0]
     first, last = h[: max(len(h) // 4, 1)], h[-max(len(h) // 4, 1) :]
@@ -585,6 +613,12 @@ class RewardModelConfig(StageConfig):
     lr: float = Field(1e-3, gt=0, description="learning rate (classifier head)")
     batch_size: int = Field(32, ge=1, description="pairs per update (classifier head)")
     seed: int = Field(0, description="split and order seed")
+    ckpt_every: int = run_option(
+        100,
+        ge=0,
+        description="checkpoint every N steps (and at the end) in the work directory; 0 = at the end",
+    )
+    keep_last: int = run_option(2, ge=1, description="checkpoints kept in the work directory")
 
 
 def _pairs_problems(path: Path) -> list[str]:
@@ -685,7 +719,14 @@ def _run_rm(run: StageRun) -> StageResult:
         rm,
         tok,
         train_p,
-        RMParams(steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=c.seed),
+        RMParams(
+            steps=c.steps,
+            lr=c.lr,
+            batch_size=c.batch_size,
+            seed=c.seed,
+            ckpt_every=c.ckpt_every,
+            keep_last=c.keep_last,
+        ),
         work_dir=run.work,
         fingerprint={"stage_version": run.version},
         log=run.log,
@@ -814,6 +855,12 @@ class DPOConfig(StageConfig):
     batch_size: int = Field(16, ge=1, description="pairs per update")
     seed: int = Field(0, description="split and order seed")
     eval_problems: int = Field(100, ge=0, description="held-out task problems for greedy accuracy")
+    ckpt_every: int = run_option(
+        100,
+        ge=0,
+        description="checkpoint every N steps (and at the end) in the work directory; 0 = at the end",
+    )
+    keep_last: int = run_option(2, ge=1, description="checkpoints kept in the work directory")
 
 
 def _run_dpo(run: StageRun) -> StageResult:
@@ -845,6 +892,8 @@ def _run_dpo(run: StageRun) -> StageResult:
             label_smoothing=c.label_smoothing,
             batch_size=c.batch_size,
             seed=c.seed,
+            ckpt_every=c.ckpt_every,
+            keep_last=c.keep_last,
         ),
         work_dir=run.work,
         fingerprint={"stage_version": run.version},
@@ -920,6 +969,10 @@ class PPOConfig(StageConfig):
     minibatch_size: int = Field(32, ge=1, description="samples per optimizer step")
     seed: int = Field(0, description="sampling seed")
     eval_problems: int = Field(100, ge=0, description="held-out problems scored before and after")
+    ckpt_every: int = run_option(
+        5, ge=0, description="checkpoint every N steps (and at the end) in the work directory; 0 = at the end"
+    )
+    keep_last: int = run_option(2, ge=1, description="checkpoints kept in the work directory")
 
 
 def _validate_ppo(cfg, refs):
@@ -962,6 +1015,8 @@ def _run_ppo(run: StageRun) -> StageResult:
         epochs=c.epochs,
         minibatch_size=c.minibatch_size,
         seed=c.seed,
+        ckpt_every=c.ckpt_every,
+        keep_last=c.keep_last,
     )
 
     def eval_fn(m, step):
@@ -978,10 +1033,13 @@ def _run_ppo(run: StageRun) -> StageResult:
         eval_fn=eval_fn if ev else None,
         log=run.log,
         stage=run.stage,
+        work_dir=run.work,
+        fingerprint={"stage_version": run.version},
     )
     from ops.model import save_model
 
     save_model(policy, tok, run.out)
+    _keep_training_state(run)
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in vh.state_dict().items()},
         str(run.out / "value_head.safetensors"),
@@ -1081,6 +1139,12 @@ class DistillConfig(StageConfig):
         ge=1,
         description="distil on only the first N examples of `data`, in the order its stages are listed",
     )
+    ckpt_every: int = run_option(
+        100,
+        ge=0,
+        description="checkpoint every N steps (and at the end) in the work directory; 0 = at the end",
+    )
+    keep_last: int = run_option(2, ge=1, description="checkpoints kept in the work directory")
 
 
 def _validate_distill(cfg, refs):
@@ -1147,7 +1211,14 @@ def _run_distill(run: StageRun) -> StageResult:
     if not examples:
         raise PostTrainError(f"stage {run.stage!r}, field 'data': no examples")
     ev = _eval_tasks(run, ("data",), c.eval_problems)
-    sp = SFTParams(steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=c.seed)
+    sp = SFTParams(
+        steps=c.steps,
+        lr=c.lr,
+        batch_size=c.batch_size,
+        seed=c.seed,
+        ckpt_every=c.ckpt_every,
+        keep_last=c.keep_last,
+    )
     prune_md: dict[str, Any] = {}
     if c.prune:
         from ops.posttrain.prune import importance_on, prune

@@ -92,11 +92,30 @@ def ref_fields(config_cls: type[BaseModel]) -> dict[str, tuple[list[str], bool, 
     return out
 
 
+def run_option(default: Any, *, description: str, **constraints: Any) -> Any:
+    """A config field that changes how a stage runs but never what it produces (e.g. how often training
+    checkpoints). It is left out of the version, so changing it neither recomputes a stored stage nor moves
+    an interrupted run to a fresh work directory: the run resumes where it stopped."""
+    return Field(
+        default, description=description, json_schema_extra={"lmforge_run_option": True}, **constraints
+    )
+
+
+def run_option_fields(config_cls: type[BaseModel]) -> set[str]:
+    return {
+        name
+        for name, f in config_cls.model_fields.items()
+        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("lmforge_run_option")
+    }
+
+
 def canonical_config(config: BaseModel) -> dict[str, Any]:
-    """A stage config as hashed into its version: the JSON-mode dump without any reference field. A set
-    reference enters the version as its inputs' versions instead; an unset optional one adds nothing, so
-    adding an optional reference field to a kind does not re-version the stages that leave it unset."""
-    return config.model_dump(mode="json", exclude=set(ref_fields(type(config))))
+    """A stage config as hashed into its version: the JSON-mode dump without any reference field or
+    :func:`run_option` field. A set reference enters the version as its inputs' versions instead; an unset
+    optional one adds nothing, so adding an optional reference field to a kind does not re-version the
+    stages that leave it unset."""
+    cls = type(config)
+    return config.model_dump(mode="json", exclude=set(ref_fields(cls)) | run_option_fields(cls))
 
 
 # ---- metadata values: plain objects the factory turns into Dagster metadata and stores in metadata.json

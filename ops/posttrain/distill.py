@@ -62,7 +62,7 @@ def train_distill(
     eval_fn: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    from ops.train.core import TrainConfig, train
+    from ops.train.core import TrainConfig, params_fingerprint, train
 
     sp = p.sft or SFTParams()
     if student.get_output_embeddings().weight.shape[0] != teacher.get_output_embeddings().weight.shape[0]:
@@ -99,14 +99,17 @@ def train_distill(
         grad_clip=sp.grad_clip,
         eval_every=sp.eval_every,
         log_every=max(sp.steps // 20, 1),
+        ckpt_every=sp.ckpt_every,
+        keep_last=sp.keep_last,
     )
+    kd = {"mode": p.mode, "temperature": p.temperature, "alpha": p.alpha}
     out = train(
         student,
         loss_fn,
         batch_fn,
         cfg,
         work_dir=work_dir,
-        fingerprint=fingerprint,
+        fingerprint={"distill": kd, "sft": params_fingerprint(sp), **(fingerprint or {})},
         eval_fn=eval_fn,
         log=log,
         progress=False,

@@ -35,6 +35,8 @@ class DPOParams:
     warmup_steps: int = 10
     max_len: int = 256
     seed: int = 0
+    ckpt_every: int = 100  # checkpoint every N steps and at the end (with a work_dir); 0 = at the end only
+    keep_last: int = 2  # checkpoints kept in the work directory
 
 
 def _encode_pairs(tok, pairs: list[Pair], max_len: int):
@@ -82,7 +84,7 @@ def train_dpo(
 ) -> dict:
     import torch
 
-    from ops.train.core import TrainConfig, train
+    from ops.train.core import TrainConfig, params_fingerprint, train
 
     ch, rj = _encode_pairs(tok, pairs, p.max_len)
     if not ch:
@@ -109,9 +111,14 @@ def train_dpo(
         return loss, {**st, "tokens": batch["tokens"]}
 
     cfg = TrainConfig(
-        steps=p.steps, lr=p.lr, warmup_steps=p.warmup_steps, seed=p.seed, log_every=max(p.steps // 20, 1)
+        steps=p.steps,
+        lr=p.lr,
+        warmup_steps=p.warmup_steps,
+        seed=p.seed,
+        log_every=max(p.steps // 20, 1),
+        ckpt_every=p.ckpt_every,
+        keep_last=p.keep_last,
     )
-    out = train(
-        policy, loss_fn, batch_fn, cfg, work_dir=work_dir, fingerprint=fingerprint, log=log, progress=False
-    )
+    fp = {"dpo": params_fingerprint(p), **(fingerprint or {})}
+    out = train(policy, loss_fn, batch_fn, cfg, work_dir=work_dir, fingerprint=fp, log=log, progress=False)
     return {"curve": out.curve, "losses": out.losses, "wall_s": out.wall_s, "pairs": len(ch)}

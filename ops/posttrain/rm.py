@@ -289,6 +289,8 @@ class RMParams:
     max_len: int = 256
     seed: int = 0
     grad_clip: float = 1.0
+    ckpt_every: int = 100  # checkpoint every N steps and at the end (with a work_dir); 0 = at the end only
+    keep_last: int = 2  # checkpoints kept in the work directory
 
 
 def train_reward_model(
@@ -302,7 +304,7 @@ def train_reward_model(
     eval_fn: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    from ops.train.core import TrainConfig, train
+    from ops.train.core import TrainConfig, params_fingerprint, train
 
     if not train_pairs:
         raise ValueError(
@@ -329,6 +331,8 @@ def train_reward_model(
         seed=p.seed,
         grad_clip=p.grad_clip,
         log_every=max(p.steps // 20, 1),
+        ckpt_every=p.ckpt_every,
+        keep_last=p.keep_last,
     )
     out = train(
         rm,
@@ -336,7 +340,7 @@ def train_reward_model(
         batch_fn,
         cfg,
         work_dir=work_dir,
-        fingerprint=fingerprint,
+        fingerprint={"reward_model": params_fingerprint(p), **(fingerprint or {})},
         eval_fn=eval_fn,
         log=log,
         progress=False,

@@ -37,6 +37,8 @@ class SFTParams:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     eval_every: int = 0
+    ckpt_every: int = 100  # checkpoint every N steps and at the end (with a work_dir); 0 = at the end only
+    keep_last: int = 2  # checkpoints kept in the work directory
 
 
 def make_batches(tok: Any, examples: list[Example], p: SFTParams) -> tuple[Callable[[int, int], dict], dict]:
@@ -95,7 +97,7 @@ def train_sft(
 
     With ``lora_r > 0`` only the adapter trains; the returned plain model has the adapter merged in.
     """
-    from ops.train.core import TrainConfig, train
+    from ops.train.core import TrainConfig, params_fingerprint, train
 
     batch_fn, stats = make_batches(tok, examples, p)
     peft_model = add_lora(model, p) if p.lora_r > 0 else None
@@ -112,6 +114,8 @@ def train_sft(
         seed=p.seed,
         eval_every=p.eval_every,
         log_every=max(p.steps // 20, 1),
+        ckpt_every=p.ckpt_every,
+        keep_last=p.keep_last,
     )
     outcome = train(
         net,
@@ -119,7 +123,7 @@ def train_sft(
         batch_fn,
         cfg,
         work_dir=work_dir,
-        fingerprint=fingerprint,
+        fingerprint={"sft": params_fingerprint(p), **(fingerprint or {})},
         eval_fn=eval_fn,
         log=log,
         trainable_params=trainable,

@@ -2,8 +2,10 @@
 advantages (no critic), clipped ratio, k3 KL to a frozen reference inside the loss.
 
 Key design choice: one step = sample -> score -> update, written out plainly so each phase is timed. It
-reuses the training core's optimizer and LR-schedule helpers (``ops.train.core``) rather than a second
-trainer. The defaults follow what the measured miniature runs taught (see
+reuses the training core's optimizer, LR-schedule, non-finite guard and checkpoint helpers
+(``ops.train.core``) rather than a second trainer. Sampling seeds and prompt order are pure functions of the
+step, so with a work directory a run killed at any point resumes from its last checkpoint (weights, optimizer,
+RNG, history and rollouts so far) and ends bit-identical to an uninterrupted run on CPU. The defaults follow what the measured miniature runs taught (see
 ``/work/shared/reference/measured-facts.md``): fully on-policy (one update per batch, the old log-probs are
 the current ones detached, so the ratio is exactly 1 at the update), lr <= 5e-5 with warm-up, groups whose
 rewards have std <= 1e-6 are dropped from the update (no spurious advantage from float noise, and no compute
@@ -48,6 +50,8 @@ class GRPOParams:
     min_std: float = 1e-6
     gen_batch_size: int = 512
     fixed_prompts: int = 0  # > 0: always train on the same first N prompts (a unit check)
+    ckpt_every: int = 10  # checkpoint every N steps and at the end (with a work_dir); 0 = at the end only
+    keep_last: int = 2  # checkpoints kept in the work directory
 
 
 @dataclass
@@ -69,11 +73,18 @@ def train_grpo(
     log: Callable[[str], None] = print,
     keep_rollouts: bool = True,
     stage: str = "grpo",
+    work_dir: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> GRPOState:
-    """Run ``p.steps`` GRPO steps on ``policy`` in place; returns per-step history and rollout rows."""
+    """Run ``p.steps`` GRPO steps on ``policy`` in place; returns per-step history and rollout rows.
+
+    With ``work_dir`` the run checkpoints every ``p.ckpt_every`` steps and resumes from the newest
+    checkpoint there; a checkpoint written under other parameters or another ``fingerprint`` (the caller's
+    data identity) is refused (:class:`ops.train.core.ResumeRefused`).
+    """
     import torch
 
-    from ops.train.core import TrainConfig, make_optimizer, schedule_lr
+    from ops.train.core import Checkpointer, TrainConfig, make_optimizer, params_fingerprint, schedule_lr
 
     if not tasks:
         raise ValueError("GRPO needs at least one training prompt")
@@ -87,9 +98,14 @@ def train_grpo(
         weight_decay=p.weight_decay,
         grad_clip=p.grad_clip,
         seed=p.seed,
+        ckpt_every=p.ckpt_every,
+        keep_last=p.keep_last,
     )
     params = [q for q in policy.parameters() if q.requires_grad]
     opt = make_optimizer(params, cfg)
+    ck = Checkpointer(
+        work_dir, cfg, {"grpo": params_fingerprint(p), "keep_rollouts": keep_rollouts, **(fingerprint or {})}
+    )
     if ref is not None:
         ref.eval().requires_grad_(False)
     pool = tasks[: p.fixed_prompts] if p.fixed_prompts else tasks
@@ -97,9 +113,15 @@ def train_grpo(
     stop, pad = stop_token_ids(tok), pad_token_id(tok)
     names = [s.name for s in specs]
     st = GRPOState()
-    if eval_fn is not None:
+    start = 0
+    resumed = ck.resume(policy, opt)
+    if resumed is not None:
+        start, saved = resumed
+        st.history, st.rollouts = saved["history"], saved["rollouts"]
+        log(f"resumed from checkpoint {ck.last.name} (step {start}/{p.steps})")
+    elif eval_fn is not None:
         st.history.append({"step": 0, **eval_fn(policy, 0)})
-    for step in range(p.steps):
+    for step in range(start, p.steps):
         t0 = time.perf_counter()
         idx = pick_prompts(len(pool), p.prompts_per_step, step, p.seed)
         rep = [prompt_ids[i] for i in idx for _ in range(p.group_size)]
@@ -136,6 +158,8 @@ def train_grpo(
                 pad,
                 dev,
                 lr=schedule_lr(step, cfg),
+                step=step + 1,
+                last_ck=ck.last,
             )
         t_upd = time.perf_counter() - t1
         n_tok = sum(s.n_tokens for s in samples)
@@ -178,13 +202,17 @@ def train_grpo(
                         **{f"reward_{n}": comps[n][j] for n in names},
                     }
                 )
+        if ck.due(step + 1):
+            ck.save(step + 1, policy, opt, {"history": st.history, "rollouts": st.rollouts})
     return st
 
 
-def _update(policy, ref, opt, params, samples, adv, p: GRPOParams, pad, dev, lr: float) -> dict[str, float]:
+def _update(
+    policy, ref, opt, params, samples, adv, p: GRPOParams, pad, dev, lr: float, step: int, last_ck
+) -> dict[str, float]:
     import torch
 
-    from ops.train.core import clip_grads, set_lr
+    from ops.train.core import NonFiniteError, clip_grads, set_lr
 
     set_lr(opt, lr)
     n = len(samples)
@@ -226,7 +254,7 @@ def _update(policy, ref, opt, params, samples, adv, p: GRPOParams, pad, dev, lr:
                 clip_eps_high=p.clip_eps_high,
             )
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"GRPO loss is {float(loss)}; stopping before the update")
+                raise NonFiniteError("GRPO loss", step, float(loss), last_ck)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = clip_grads(params, p.grad_clip)

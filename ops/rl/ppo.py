@@ -5,6 +5,9 @@ and/or rule rewards at the last token, several epochs of minibatches per rollout
 Key design choice: the value head is one linear layer on the policy's own last hidden state (a shared trunk,
 as TRL's ``AutoModelForCausalLMWithValueHead``), so one forward gives log-probs and values; the head is saved
 beside the policy as ``value_head.safetensors`` and the policy itself stays a plain causal LM checkpoint.
+With a work directory the run checkpoints policy, value head, optimizer, RNG, history and rollouts through the
+training core's :class:`ops.train.core.Checkpointer`; sampling seeds, prompt order and minibatch order are
+pure functions of the step, so a resumed run ends bit-identical to an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ops.generate import chat_prompts, pad_token_id, sample, stop_token_ids
@@ -44,6 +48,8 @@ class PPOParams:
     whiten_advantages: bool = True
     seed: int = 0
     gen_batch_size: int = 512
+    ckpt_every: int = 5  # checkpoint every N steps and at the end (with a work_dir); 0 = at the end only
+    keep_last: int = 2  # checkpoints kept in the work directory
 
 
 @dataclass
@@ -74,30 +80,66 @@ def train_ppo(
     eval_fn: Callable | None = None,
     log: Callable[[str], None] = print,
     stage: str = "ppo",
+    work_dir: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> tuple[PPOState, Any]:
-    """Run PPO in place; returns ``(state, value_head)``. ``specs`` may be empty when a reward model is given."""
+    """Run PPO in place; returns ``(state, value_head)``. ``specs`` may be empty when a reward model is given.
+
+    With ``work_dir`` the run checkpoints every ``p.ckpt_every`` steps and resumes from the newest checkpoint
+    there (refused under other parameters or another ``fingerprint``, as in :func:`ops.train.core.train`).
+    """
     import torch
 
     from ops.posttrain.common import strip_stop
-    from ops.train.core import TrainConfig, clip_grads, make_optimizer, schedule_lr, set_lr
+    from ops.train.core import (
+        Checkpointer,
+        NonFiniteError,
+        TrainConfig,
+        clip_grads,
+        make_optimizer,
+        params_fingerprint,
+        schedule_lr,
+        set_lr,
+    )
 
     if not specs and reward_model is None:
         raise ValueError("PPO needs rule rewards, a reward model, or both")
     dev = next(policy.parameters()).device
     torch.manual_seed(p.seed)
     vh = value_head if value_head is not None else make_value_head(policy)
-    cfg = TrainConfig(steps=p.steps, lr=p.lr, warmup_steps=p.warmup_steps, schedule="constant", seed=p.seed)
+    cfg = TrainConfig(
+        steps=p.steps,
+        lr=p.lr,
+        warmup_steps=p.warmup_steps,
+        schedule="constant",
+        seed=p.seed,
+        ckpt_every=p.ckpt_every,
+        keep_last=p.keep_last,
+    )
     pol_params = [q for q in policy.parameters() if q.requires_grad]
     opt = make_optimizer(pol_params, cfg)
     opt.add_param_group({"params": list(vh.parameters()), "lr": p.lr * p.value_lr_mult, "weight_decay": 0.0})
+    # one module for the checkpoint: the policy and its value head are saved and restored together
+    both = torch.nn.ModuleDict({"policy": policy, "value_head": vh})
+    ck = Checkpointer(
+        work_dir,
+        cfg,
+        {"ppo": params_fingerprint(p), "reward_model": reward_model is not None, **(fingerprint or {})},
+    )
     ref.eval().requires_grad_(False)
     prompt_ids = chat_prompts(tok, [t.question for t in tasks])
     stop, pad = stop_token_ids(tok), pad_token_id(tok)
     st = PPOState()
-    if eval_fn is not None:
+    start = 0
+    resumed = ck.resume(both, opt)
+    if resumed is not None:
+        start, saved = resumed
+        st.history, st.rollouts = saved["history"], saved["rollouts"]
+        log(f"resumed from checkpoint {ck.last.name} (step {start}/{p.steps})")
+    elif eval_fn is not None:
         st.history.append({"step": 0, **eval_fn(policy, 0)})
     n_s = p.samples_per_prompt
-    for step in range(p.steps):
+    for step in range(start, p.steps):
         t0 = time.perf_counter()
         idx = pick_prompts(len(tasks), p.prompts_per_step, step, p.seed)
         rep = [prompt_ids[i] for i in idx for _ in range(n_s)]
@@ -161,9 +203,7 @@ def train_ppo(
                 vl, vst = ppo_value_loss(v, old_v[mb, :L], ret[mb, :L], tm["comp_mask"], p.value_clip_eps)
                 loss = pl + p.vf_coef * vl
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"PPO loss is {float(loss)} at step {step + 1}; stopping before the update"
-                    )
+                    raise NonFiniteError("PPO loss", step + 1, float(loss), ck.last)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 gn = clip_grads(pol_params + list(vh.parameters()), p.grad_clip)
@@ -212,4 +252,6 @@ def train_ppo(
                     **{f"reward_{k}": v[j] for k, v in comps.items()},
                 }
             )
+        if ck.due(step + 1):
+            ck.save(step + 1, both, opt, {"history": st.history, "rollouts": st.rollouts})
     return st, vh

@@ -10,7 +10,8 @@ on CPU reproduces the uninterrupted one bit for bit. Everything else is plain co
 * gradient accumulation (DDP's ``no_sync`` on all but the last micro-batch), clipping, bf16 autocast on
   CUDA, optional ``torch.compile`` and activation checkpointing;
 * atomic keep-last-k checkpoints in ``work_dir`` (:mod:`ops.train.checkpoint`) that refuse to resume under a
-  different fingerprint (config, data, tokenizer — whatever the caller puts in ``fingerprint``);
+  different fingerprint (config, data, tokenizer — whatever the caller puts in ``fingerprint``); the
+  :class:`Checkpointer` that does this is also what the RL loops (``ops.rl``) checkpoint and resume with;
 * a non-finite loss or gradient raises :class:`NonFiniteError` naming the step *before* the optimizer
   touches the weights, so the last checkpoint on disk is the last good state;
 * when ``torch.distributed`` is initialised the model is wrapped in DDP (or FSDP2 on CUDA with
@@ -209,6 +210,86 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
+def params_fingerprint(params: Any) -> dict[str, Any]:
+    """A dataclass of op parameters as a fingerprint entry, without the fields that cannot change results."""
+    return {k: v for k, v in asdict(params).items() if k not in _NON_RESULT_FIELDS}
+
+
+class Checkpointer:
+    """Fingerprinted, periodic checkpoints of one training run in ``work_dir/checkpoints``.
+
+    The one implementation of resume for every training loop (:func:`train` and the RL loops): the
+    fingerprint is the result-changing part of ``cfg``, the world size and the caller's ``fingerprint``
+    (data, tokenizer, op parameters); a checkpoint written under another fingerprint is refused with the
+    differing fields named. ``model`` may be a ``ModuleDict`` when a run trains several modules (PPO's
+    policy and value head). Each caller stores its own progress (curve, history, rollouts) in ``state``.
+    Without ``work_dir`` nothing is read or written.
+    """
+
+    def __init__(
+        self, work_dir: Path | None, cfg: TrainConfig, fingerprint: dict[str, Any] | None, world: int = 1
+    ):
+        self.cfg = cfg
+        self.root = Path(work_dir) / "checkpoints" if work_dir is not None else None
+        self.fingerprint = _jsonable(
+            {
+                "train": {k: v for k, v in asdict(cfg).items() if k not in _NON_RESULT_FIELDS},
+                "world_size": world,
+                "data": fingerprint or {},
+            }
+        )
+        self.last: Path | None = None  # the newest complete checkpoint of this run (read or written)
+
+    def resume(self, model: Any, optimizer: Any) -> tuple[int, dict[str, Any]] | None:
+        """Load the newest checkpoint into ``model``/``optimizer`` and the RNGs; ``(step, state)`` or None."""
+        found = ckpt.latest(self.root) if self.root is not None else None
+        if found is None:
+            return None
+        step, path = found
+        data = ckpt.load(path)
+        diffs = _diff(data["state"].get("fingerprint"), self.fingerprint)
+        if diffs:
+            raise ResumeRefused(
+                f"refusing to resume from checkpoint {path}: it was written under a different fingerprint "
+                f"({'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}). The configuration, data or tokenizer "
+                f"changed; delete {self.root} to start over."
+            )
+        _load_model_state(model, data["model"], next(model.parameters()).device)
+        _load_optim_state(model, optimizer, data["optimizer"])
+        set_rng_state(data["rng"])
+        self.last = path
+        return step, data["state"]
+
+    def due(self, done: int) -> bool:
+        """Whether a checkpoint is written after ``done`` steps: every ``ckpt_every`` and at the last step."""
+        c = self.cfg
+        return self.root is not None and (done == c.steps or (c.ckpt_every > 0 and done % c.ckpt_every == 0))
+
+    def save(self, done: int, model: Any, optimizer: Any, state: dict[str, Any]) -> Path:
+        """Checkpoint at ``done`` steps. Under FSDP every rank takes part in gathering; only rank 0 writes."""
+        assert self.root is not None
+        rank, world = dist_info()
+        model_state = _full_model_state(model)
+        optim_state = _full_optim_state(model, optimizer)
+        path = self.root / f"step-{done:08d}"
+        if rank == 0:
+            path = ckpt.save(
+                self.root,
+                done,
+                model_state=model_state,
+                optim_state=optim_state,
+                rng_state=rng_state(),
+                state={**state, "step": done, "fingerprint": self.fingerprint},
+                keep_last=self.cfg.keep_last,
+            )
+        if world > 1:  # no rank moves on (and possibly crashes) before the checkpoint is complete
+            import torch.distributed as dist
+
+            dist.barrier()
+        self.last = path
+        return path
+
+
 # ---------------------------------------------------------------- the loop
 def train(
     model: Any,
@@ -244,14 +325,7 @@ def train(
         if trainable_params is not None
         else [p for p in raw.parameters() if p.requires_grad]
     )
-    ck_root = Path(work_dir) / "checkpoints" if work_dir is not None else None
-    full_fp = _jsonable(
-        {
-            "train": {k: v for k, v in asdict(cfg).items() if k not in _NON_RESULT_FIELDS},
-            "world_size": world,
-            "data": fingerprint or {},
-        }
-    )
+    ck = Checkpointer(work_dir, cfg, fingerprint, world)
 
     if cfg.activation_checkpointing and hasattr(raw, "gradient_checkpointing_enable"):
         raw.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -281,27 +355,14 @@ def train(
     losses: list[float] = []
     spikes: list[dict[str, Any]] = []
     tokens_total = 0
-    found = ckpt.latest(ck_root) if ck_root is not None else None
-    if found is not None:
-        step_found, path = found
-        data = ckpt.load(path)
-        stored_fp = data["state"].get("fingerprint")
-        diffs = _diff(stored_fp, full_fp)
-        if diffs:
-            raise ResumeRefused(
-                f"refusing to resume from checkpoint {path}: it was written under a different fingerprint "
-                f"({'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}). The configuration, data or tokenizer "
-                f"changed; delete {ck_root} to start over."
-            )
-        _load_model_state(raw, data["model"], device)
-        _load_optim_state(raw, optimizer, data["optimizer"])
-        set_rng_state(data["rng"])
-        st = data["state"]
-        start, resumed_from, last_ck = step_found, step_found, path
+    resumed = ck.resume(raw, optimizer)
+    if resumed is not None:
+        start, st = resumed
+        resumed_from, last_ck = start, ck.last
         curve, losses, spikes = st["curve"], st["losses"], st["spikes"]
         tokens_total = int(st["tokens"])
         if is_main:
-            log(f"resumed from checkpoint {path.name} (step {step_found}/{cfg.steps})")
+            log(f"resumed from checkpoint {last_ck.name} (step {start}/{cfg.steps})")
 
     bar = None
     if progress and is_main and start < cfg.steps:
@@ -398,10 +459,9 @@ def train(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-        if ck_root is not None and (is_last or (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0)):
-            last_ck = _save(
-                ck_root, done, raw, optimizer, cfg, full_fp, curve, losses, spikes, tokens_total, is_main
-            )
+        if ck.due(done):
+            state = {"curve": curve, "losses": losses, "spikes": spikes, "tokens": tokens_total}
+            last_ck = ck.save(done, raw, optimizer, state)
     _close(bar)
     if start >= cfg.steps and curve:
         final_eval = {k: v for k, v in curve[-1].items() if k.startswith(("val_", "eval_"))}
@@ -471,45 +531,3 @@ def _is_fsdp(raw: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(raw, FSDPModule)
-
-
-def _save(
-    root: Path,
-    done: int,
-    raw: Any,
-    optimizer: Any,
-    cfg: TrainConfig,
-    fp: dict[str, Any],
-    curve: list,
-    losses: list,
-    spikes: list,
-    tokens: int,
-    is_main: bool,
-) -> Path:
-    """Checkpoint at ``done`` steps. Under FSDP every rank takes part in gathering; only rank 0 writes."""
-    model_state = _full_model_state(raw)
-    optim_state = _full_optim_state(raw, optimizer)
-    path = root / f"step-{done:08d}"
-    if is_main:
-        path = ckpt.save(
-            root,
-            done,
-            model_state=model_state,
-            optim_state=optim_state,
-            rng_state=rng_state(),
-            state={
-                "step": done,
-                "fingerprint": fp,
-                "curve": curve,
-                "losses": losses,
-                "spikes": spikes,
-                "tokens": tokens,
-            },
-            keep_last=cfg.keep_last,
-        )
-    rank, world = dist_info()
-    if world > 1:  # no rank moves on (and possibly crashes) before the checkpoint is complete
-        import torch.distributed as dist
-
-        dist.barrier()
-    return path
