@@ -92,7 +92,7 @@ def test_interrupted_grpo_stage_resumes_in_its_work_dir_and_stores_the_same_arti
     assert not list((crashed / "artifacts").glob("grpo/[!.]*"))  # nothing stored for the interrupted run
     lines: list[str] = []
     art, res = run(crashed, lines.append)
-    assert lines[0] == "resumed from checkpoint step-00000002 (step 2/4)"
+    assert "resumed from checkpoint step-00000002 (step 2/4)" in lines
     ref, ref_res = run(tmp_path / "clean", lambda s: None)
     assert art.version == ref.version
     assert (art.path / "model.safetensors").read_bytes() == (ref.path / "model.safetensors").read_bytes()
