@@ -31,6 +31,7 @@ from .registry import (
     Table,
     ref,
     register,
+    run_option,
 )
 
 
@@ -132,8 +133,8 @@ class PretrainConfig(StageConfig):
     eval_every: int = Field(50, ge=0, description="validation every N steps (and at the end)")
     eval_tokens: int = Field(32768, ge=16, description="validation tokens evaluated each time")
     log_every: int = Field(10, ge=1, description="log a curve record every N steps")
-    ckpt_every: int = Field(100, ge=0, description="checkpoint every N steps (and at the end)")
-    keep_last: int = Field(2, ge=1, description="checkpoints kept in the work directory")
+    ckpt_every: int = run_option(100, ge=0, description="checkpoint every N steps (and at the end)")
+    keep_last: int = run_option(2, ge=1, description="checkpoints kept in the work directory")
     compile: bool = Field(False, description="torch.compile the model")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA")
