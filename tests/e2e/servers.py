@@ -82,3 +82,33 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     if "errors" in out:
         raise RuntimeError(out["errors"])
     return out["data"]
+
+
+RUNS = "{ runsOrError { ... on Runs { results { runId status assetSelection { path } } } } }"
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def run_ids(url: str) -> set[str]:
+    return {r["runId"] for r in graphql(url, RUNS)["runsOrError"]["results"]}
+
+
+def wait_for_new_run(url: str, known: set[str], assets: set[tuple[str, ...]], timeout: float = 300.0) -> dict:
+    """Wait for the run, not in `known`, that materializes all of `assets` (automation may launch smaller
+    runs alongside) to finish; return it (runId, status, assetSelection). Fails if there is no such run, or
+    more than one, or it does not finish within `timeout` seconds."""
+    deadline = time.time() + timeout
+    runs: list[dict] = []
+    while time.time() < deadline:
+        runs = [
+            r
+            for r in graphql(url, RUNS)["runsOrError"]["results"]
+            if r["runId"] not in known and assets <= {tuple(a["path"]) for a in r["assetSelection"] or []}
+        ]
+        if len(runs) > 1:
+            raise AssertionError(f"expected one new run of {sorted(assets)}, got {runs}")
+        if runs and runs[0]["status"] in TERMINAL:
+            return runs[0]
+        time.sleep(1)
+    raise AssertionError(
+        f"no new run of {sorted(assets)} finished within {timeout:.0f} s: {runs or 'none launched'}"
+    )
