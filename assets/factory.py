@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,28 @@ KIND_TAGS = {
     "eval": {"parquet"},
     "report": {"markdown"},
 }
+
+
+# (stage label, exception) of every stage that raised in this process. ``lmforge materialize`` runs stages
+# in process, so it can still name the stage and its error when the Dagster instance cannot record the
+# failure (a full disk fails the event log's own writes).
+STAGE_FAILURES: list[tuple[str, BaseException]] = []
+
+
+def _records_failure(label: str):
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(context, *args, **kwargs):
+            try:
+                return fn(context, *args, **kwargs)
+            except Exception as e:
+                pk = context.partition_key if context.has_partition_key else None
+                STAGE_FAILURES.append((label + (f"[{pk}]" if pk else ""), e))
+                raise
+
+        return run
+
+    return wrap
 
 
 def _input_handles(
@@ -190,6 +213,7 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
         tags={"lmforge/kind": kind.name, "lmforge/produces": kind.produces},
         metadata={"lmforge/spec": str(spec.path), "lmforge/produces": kind.produces},
     )
+    @_records_failure(f"{spec.name}/{stage.name}")
     def _stage_asset(context, lmforge: LmforgeResource):
         store = lmforge.store()
         live = copy.deepcopy(spec)

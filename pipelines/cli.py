@@ -3,7 +3,8 @@
 Key design choice: the CLI is thin. ``validate`` and ``plan`` only compile the spec; ``materialize`` runs
 the spec's assets *through Dagster* on the same instance as ``make ui`` (``$LMFORGE_HOME/dagster``), so
 every CLI run, its metadata and lineage show up in the UI; ``report`` prints the stored report artifact;
-``sql`` queries the DuckDB catalog.
+``sql`` queries the DuckDB catalog; ``runs`` lists recent runs with the failed stage and its message.
+Run bookkeeping (dead runs, pool slots, failure summaries) lives in ``pipelines/runs.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 
@@ -105,18 +107,25 @@ def run_batches(spec, selected: list[str]) -> list[tuple[list[str], str | None]]
 
 
 def materialize(spec_path: str | Path, stages: str | None, home: Path, *, quiet: bool = False) -> bool:
-    """Materialize (a selection of) a spec through Dagster on the instance under ``home``."""
+    """Materialize (a selection of) a spec through Dagster on the instance under ``home``.
+
+    Runs whose process is gone are failed and their pool slots freed first; while a run waits for a pool
+    slot the terminal says which run holds it; a failure ends with the stage, its cause and the code
+    that raised it, the full trace going to ``$LMFORGE_HOME/logs/<run_id>.log``.
+    """
     os.environ["LMFORGE_HOME"] = str(home)
     import dagster as dg
 
-    from assets.factory import build_spec_definitions
+    from assets.factory import STAGE_FAILURES, build_spec_definitions
     from resources.lmforge import LmforgeResource
     from resources.store import ArtifactStore
 
-    instance = open_instance(home)
-
+    from . import runs
     from .spec import load_spec, select_stages
 
+    instance = open_instance(home)
+    for run_id, why in runs.reap_dead_runs(instance):
+        print(f"run {run_id}: {why}; marked failed, its pool slots freed", file=sys.stderr, flush=True)
     spec = load_spec(spec_path)
     selected = select_stages(spec, stages)
     store = ArtifactStore(home)
@@ -133,23 +142,83 @@ def materialize(spec_path: str | Path, stages: str | None, home: Path, *, quiet:
         if not quiet:
             print(f"==> {spec.name}: {label}", flush=True)
         t0 = time.time()
-        res = dg.materialize(assets, selection=keys, instance=instance, partition_key=partition,
-                             resources={"lmforge": LmforgeResource(home=str(home))},
-                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-                             raise_on_error=False, tags={"lmforge/cli": "materialize"})
+        invocation = uuid.uuid4().hex
+        tags = {"lmforge/cli": "materialize", runs.SPEC_TAG: str(spec.path), runs.INVOCATION_TAG: invocation,
+                runs.STAGES_TAG: f"{spec.name}: {label}", **runs.process_tags()}
+        STAGE_FAILURES.clear()
+        watcher = runs.SlotWaitWatcher(invocation)
+        watcher.start()
+        try:
+            res = dg.materialize(assets, selection=keys, instance=instance, partition_key=partition,
+                                 resources={"lmforge": LmforgeResource(home=str(home))},
+                                 run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                                 raise_on_error=False, tags=tags)
+        except Exception as e:  # the instance itself failed to record the run (e.g. a full disk)
+            watcher.stop()
+            _report_instance_error(e, home, STAGE_FAILURES)
+            return False
+        watcher.stop()
         if not res.success:
             ok = False
-            for ev in res.all_events:
-                if ev.event_type_value == "STEP_FAILURE":
-                    print(f"FAILED {ev.step_key}: {ev.event_specific_data.error.message.strip()}",
-                          file=sys.stderr)
-            break
+            if not quiet:
+                print(f"FAILED in {time.time() - t_all:.1f}s; Dagster instance: {os.environ['DAGSTER_HOME']}",
+                      flush=True)
+            _report_failure(instance, res.run_id, home, STAGE_FAILURES)
+            return False
         if not quiet:
             print(f"    done in {time.time() - t0:.1f}s (run {res.run_id})", flush=True)
     if not quiet:
-        print(f"{'finished' if ok else 'FAILED'} in {time.time() - t_all:.1f}s; "
-              f"Dagster instance: {os.environ['DAGSTER_HOME']}", flush=True)
+        print(f"finished in {time.time() - t_all:.1f}s; Dagster instance: {os.environ['DAGSTER_HOME']}",
+              flush=True)
     return ok
+
+
+def _report_failure(instance, run_id: str, home: Path, in_process: list) -> None:
+    """The last lines of a failed materialize: where the full log is, then each failed stage's cause."""
+    from . import runs
+
+    fails = runs.run_failures(instance, run_id)
+    if not any(f.stage != "(run)" for f in fails) and in_process:
+        fails = [runs.failure_from_exception(label, e) for label, e in in_process]
+    log = runs.write_run_log(instance, run_id, home)
+    where = f"{log} and " if log else ""
+    print(f"full log with traces: {where}the Dagster UI (run {run_id})", file=sys.stderr)
+    for f in fails:
+        for line in f.lines():
+            print(line, file=sys.stderr)
+        hint = None if "No space left on device" in f.cause else runs.storage_hint(None, home)
+        if hint:
+            print(f"    {hint}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _report_instance_error(exc: BaseException, home: Path, in_process: list) -> None:
+    """Dagster could not record the run (its storage failed): name the stage and cause from what this
+    process saw, and the storage problem (a full disk, named as such)."""
+    import traceback
+
+    from . import runs
+
+    fails = [runs.failure_from_exception(label, e) for label, e in in_process]
+    hint = runs.storage_hint(exc, home, home / "dagster")
+    for _, e in in_process:
+        hint = hint or runs.storage_hint(e)
+    trace = "".join(traceback.format_exception(exc)) + "".join(f.trace for f in fails)
+    log = home / "logs" / f"materialize-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(trace)
+        print(f"full log with traces: {log}", file=sys.stderr)
+    except OSError:
+        print(trace, file=sys.stderr)  # nowhere to write it: the trace goes to the terminal
+    first = (str(exc).strip().splitlines() or [""])[0]
+    print(f"the Dagster instance could not record the run: {type(exc).__name__}: {first[:300]}", file=sys.stderr)
+    for f in fails:
+        for line in f.lines():
+            print(line, file=sys.stderr)
+    if hint:
+        print(hint, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def cmd_materialize(args) -> int:
@@ -266,6 +335,34 @@ def cmd_verify(args) -> int:
     return 1 if counts["damaged"] else 0
 
 
+def cmd_runs(args) -> int:
+    """Recent runs on the instance, newest first; runs whose process is gone are failed first."""
+    home = _home(args)
+    ensure_dagster_home(home)
+    import dagster as dg
+
+    from . import runs
+
+    instance = dg.DagsterInstance.get()
+    for run_id, why in runs.reap_dead_runs(instance):
+        print(f"run {run_id}: {why}; marked failed, its pool slots freed", file=sys.stderr)
+    rows = runs.recent_runs(instance, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print(f"no runs on the instance {home / 'dagster'}")
+        return 0
+    for r in rows:
+        print(f"{r['run_id'][:8]}  {r['status']:<8} {r['started']}  {r['what']}")
+        if r["failed_stage"] == "(run)":
+            print(f"          {r['message']}")
+        elif r["failed_stage"]:
+            print(f"          failed stage {r['failed_stage']}: {r['message']}")
+    print(f"(full run ids with --json; a failed run's full log: {home / 'logs'}/<run_id>.log)")
+    return 0
+
+
 def cmd_kinds(args) -> int:
     """Print every stage kind with its fields (the spec language's reference, generated from the code)."""
     import typing
@@ -366,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
                         "damaged ones are moved aside and recomputed by the next materialize")
     ve.add_argument("spec", nargs="?")
     ve.set_defaults(fn=cmd_verify)
+    rn = sub.add_parser("runs", help="recent runs: id, status, start time, the failed stage and its message")
+    rn.add_argument("--limit", type=int, default=20)
+    rn.add_argument("--json", action="store_true")
+    rn.set_defaults(fn=cmd_runs)
     k = sub.add_parser("kinds", help="list stage kinds and their fields")
     k.add_argument("kind", nargs="*")
     k.set_defaults(fn=cmd_kinds)
