@@ -123,9 +123,15 @@ def materialize(spec_path: str | Path, stages: str | None, home: Path, *, quiet:
     from . import runs
     from .spec import load_spec, select_stages
 
-    instance = open_instance(home)
-    for run_id, why in runs.reap_dead_runs(instance):
-        print(f"run {run_id}: {why}; marked failed, its pool slots freed", file=sys.stderr, flush=True)
+    try:
+        instance = open_instance(home)
+        for run_id, why in runs.reap_dead_runs(instance):
+            print(f"run {run_id}: {why}; marked failed, its pool slots freed", file=sys.stderr, flush=True)
+    except Exception as e:
+        if runs.storage_hint(e, home, home / "dagster") is None:
+            raise
+        _report_instance_error(e, home, [])  # e.g. a full disk: sqlite says only "disk I/O error"
+        return False
     spec = load_spec(spec_path)
     selected = select_stages(spec, stages)
     store = ArtifactStore(home)
@@ -212,7 +218,7 @@ def _report_instance_error(exc: BaseException, home: Path, in_process: list) -> 
     except OSError:
         print(trace, file=sys.stderr)  # nowhere to write it: the trace goes to the terminal
     first = (str(exc).strip().splitlines() or [""])[0]
-    print(f"the Dagster instance could not record the run: {type(exc).__name__}: {first[:300]}", file=sys.stderr)
+    print(f"the Dagster instance failed: {type(exc).__name__}: {first[:300]}", file=sys.stderr)
     for f in fails:
         for line in f.lines():
             print(line, file=sys.stderr)

@@ -292,6 +292,13 @@ def _cause_text(err) -> str:
     return first + (f" (+{more} more lines in the log)" if more > 0 else "")
 
 
+def _short(v: Any, n: int = 160) -> str:
+    """A metadata value on one line: lists shown item by item, each cut to ``n`` characters."""
+    items = v if isinstance(v, list) else [v]
+    cut = [(t if len(t) <= n else t[:n] + "...") for t in (str(i).replace("\n", " ") for i in items[:3])]
+    return "; ".join(cut) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+
+
 def run_failures(instance: dg.DagsterInstance, run_id: str) -> list[StageFailure]:
     """Every failed stage of a run, from its STEP_FAILURE and failed check events."""
     checks: dict[str, list[str]] = {}
@@ -301,7 +308,7 @@ def run_failures(instance: dg.DagsterInstance, run_id: str) -> list[StageFailure
             continue
         md = {k: v.value for k, v in (ev.metadata or {}).items()}
         desc = md.pop("description", "")
-        extra = "; ".join(f"{k}: {str(v)[:300]}" for k, v in md.items())
+        extra = "; ".join(f"{k}: {_short(v)}" for k, v in md.items())
         checks.setdefault("/".join(ev.asset_key.path), []).append(
             f"'{ev.check_name}': {desc}" + (f" ({extra})" if extra else "")
         )
@@ -311,10 +318,14 @@ def run_failures(instance: dg.DagsterInstance, run_id: str) -> list[StageFailure
         err = ev.event_specific_data.error
         stage = _stage_of(ev.step_key or "?")
         root = _root_error(err) if err else None
+        cause = _cause_text(root) if root else (ev.message or "failed")
+        if root is not None and root.cls_name == "DagsterAssetCheckFailedError":
+            cause = "a blocking check failed (the stages that depend on it were not run)"
+            root = None  # raised by Dagster after the stage returned: no stage code to point at
         out.append(
             StageFailure(
                 stage=stage,
-                cause=_cause_text(root) if root else (ev.message or "failed"),
+                cause=cause,
                 where=_where(root.stack) if root else None,
                 checks=checks.get(stage, []),
                 trace=err.to_string() if err else "",
