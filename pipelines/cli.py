@@ -273,7 +273,11 @@ def cmd_report(args) -> int:
 def cmd_sql(args) -> int:
     from resources.catalog import Catalog
 
-    cols, rows = Catalog(_home(args)).query(args.query)
+    cat = Catalog(_home(args))
+    repaired = cat.ensure()
+    if repaired:
+        print(repaired, file=sys.stderr)
+    cols, rows = cat.query(args.query)
     if args.json:
         print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
         return 0
@@ -285,12 +289,14 @@ def cmd_sql(args) -> int:
 
 
 def cmd_catalog(args) -> int:
-    from resources.catalog import Catalog
+    from resources.catalog import Catalog, stage_history
     from resources.store import ArtifactStore
 
     home = _home(args)
-    n = Catalog(home).rebuild(ArtifactStore(home))
-    print(f"catalog rebuilt from {n} manifests: {home / 'catalog.duckdb'}")
+    history = stage_history(home / "dagster")
+    n = Catalog(home).rebuild(ArtifactStore(home), history=history)
+    src = f"and {len(history)} recorded stage runs of the Dagster instance" if history else "(no run history)"
+    print(f"catalog rebuilt from {n} manifests {src}: {home / 'catalog.duckdb'}")
     return 0
 
 

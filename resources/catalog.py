@@ -1,8 +1,10 @@
 """DuckDB catalog over the artifact store: ``$LMFORGE_HOME/catalog.duckdb``.
 
 Key design choice: the catalog is an *index*, never the system of record. Every row is derived from a
-``manifest.json`` in the store, so :meth:`Catalog.rebuild` recreates it from scratch, and a lost or
-locked catalog never loses data. Writes are short transactions retried on DuckDB's cross-process file
+``manifest.json`` in the store, so :meth:`Catalog.rebuild` recreates it from scratch (with the run history
+of the Dagster instance, when there is one, so per-stage views point where they pointed), and a lost or
+locked catalog never loses data. A missing or unreadable catalog is rebuilt before a query
+(:meth:`Catalog.ensure`), never answered with 0 rows. Writes are short transactions retried on DuckDB's cross-process file
 lock, because several Dagster step processes may register artifacts at once.
 
 Tables:
@@ -77,61 +79,61 @@ class Catalog:
         cache_hit: bool = False,
     ) -> None:
         m = art.manifest
+        pipeline, stage, partition = pipeline or m.get("pipeline"), stage or m.get("stage"), partition or m.get("partition")
         con = self._connect()
         try:
             con.execute("BEGIN")
-            con.execute("DELETE FROM artifacts WHERE version = ?", [art.version])
-            con.execute(
-                "INSERT INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    art.version,
-                    art.kind,
-                    m.get("produces"),
-                    m.get("pipeline"),
-                    m.get("stage"),
-                    m.get("partition"),
-                    str(art.path),
-                    m.get("data_version"),
-                    m.get("created_at"),
-                    m.get("wall_time_s"),
-                    m.get("flops"),
-                    m.get("tokens"),
-                    json.dumps(m.get("metrics", {}), default=str),
-                    json.dumps(m.get("config", {}), default=str),
-                ],
-            )
-            con.execute("DELETE FROM lineage WHERE version = ?", [art.version])
-            for fld, ins in (m.get("inputs") or {}).items():
-                for i in ins:
-                    con.execute(
-                        "INSERT INTO lineage VALUES (?,?,?,?)",
-                        [art.version, i["version"], fld, i.get("stage")],
-                    )
+            self._insert_artifact(con, art)
             con.execute(
                 "INSERT INTO stage_runs VALUES (?,?,?,?,?,?)",
-                [
-                    pipeline or m.get("pipeline"),
-                    stage or m.get("stage"),
-                    partition or m.get("partition"),
-                    art.version,
-                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    cache_hit,
-                ],
+                [pipeline, stage, partition, art.version, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 cache_hit],
             )
-            self._views_for(
-                con,
-                art,
-                pipeline or m.get("pipeline"),
-                stage or m.get("stage"),
-                partition or m.get("partition"),
-            )
+            self._views_for(con, art, pipeline, stage, partition)
             con.execute("COMMIT")
         finally:
             con.close()
 
+    @staticmethod
+    def _insert_artifact(con, art: StoredArtifact) -> None:
+        m = art.manifest
+        con.execute("DELETE FROM artifacts WHERE version = ?", [art.version])
+        con.execute(
+            "INSERT INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                art.version,
+                art.kind,
+                m.get("produces"),
+                m.get("pipeline"),
+                m.get("stage"),
+                m.get("partition"),
+                str(art.path),
+                m.get("data_version"),
+                m.get("created_at"),
+                m.get("wall_time_s"),
+                m.get("flops"),
+                m.get("tokens"),
+                json.dumps(m.get("metrics", {}), default=str),
+                json.dumps(m.get("config", {}), default=str),
+            ],
+        )
+        con.execute("DELETE FROM lineage WHERE version = ?", [art.version])
+        for fld, ins in (m.get("inputs") or {}).items():
+            for i in ins:
+                con.execute(
+                    "INSERT INTO lineage VALUES (?,?,?,?)",
+                    [art.version, i["version"], fld, i.get("stage")],
+                )
+
     def _views_for(
-        self, con, art: StoredArtifact, pipeline: str | None, stage: str | None, partition: str | None
-    ) -> None:
+        self,
+        con,
+        art: StoredArtifact,
+        pipeline: str | None,
+        stage: str | None,
+        partition: str | None,
+        union: bool = True,
+    ) -> set[str]:
         fnames = []
         for pq in sorted(art.path.rglob("*.parquet")):
             rel = pq.relative_to(art.path).with_suffix("").as_posix()
@@ -145,8 +147,9 @@ class Catalog:
                     f'CREATE OR REPLACE VIEW "{_ident(pipeline)}__{_ident(stage)}{suffix}__{fname}" '
                     f"AS SELECT * FROM {src}"
                 )
-        if fnames:
+        if fnames and union:
             self._union_views(con, set(fnames))
+        return set(fnames)
 
     def _union_views(self, con, fnames: set[str]) -> None:
         """Recreate ``all_<file>`` for each file name in ``fnames`` (one scan of the stored artifacts)."""
@@ -163,20 +166,89 @@ class Catalog:
             if ps:
                 con.execute(f'CREATE OR REPLACE VIEW "all_{f}" AS ' + " UNION ALL BY NAME ".join(ps))
 
-    def rebuild(self, store: ArtifactStore) -> int:
-        """Drop and recreate everything from the manifests in the store. Returns the artifact count."""
+    def rebuild(self, store: ArtifactStore, history: list[dict[str, Any]] | None = None) -> int:
+        """Drop and recreate everything from the manifests in the store. Returns the artifact count.
+
+        ``stage_runs`` comes from ``history`` (rows of :func:`stage_history`, oldest first: what each
+        pipeline stage recorded when, cache hits included) where given, completed by one row per artifact
+        its history lacks (at the manifest's ``created_at``). Each per-stage view then points at the
+        latest recorded version of its stage, as :meth:`register` left it.
+        """
+        for p in (self.path, self.path.with_suffix(".duckdb.wal")):
+            if p.exists():
+                p.unlink()
+        arts = sorted(store.all(), key=lambda a: (a.manifest.get("created_at") or "", a.version))
+        by_version = {a.version: a for a in arts}
+        rows = [r for r in history or [] if r["version"] in by_version]
+        seen = {(r["pipeline"], r["stage"], r["partition"], r["version"]) for r in rows}
+        for a in arts:
+            m = a.manifest
+            key = (m.get("pipeline"), m.get("stage"), m.get("partition"), a.version)
+            if key not in seen:
+                rows.append(dict(zip(("pipeline", "stage", "partition", "version"), key),
+                                 recorded_at=m.get("created_at") or "", cache_hit=False))
+        # stable: rows recorded in the same second keep their history order
+        rows.sort(key=lambda r: r["recorded_at"] or "")
+        latest: dict[tuple, str] = {}
+        for r in rows:
+            if r["pipeline"] and r["stage"]:
+                latest[(r["pipeline"], r["stage"], r["partition"])] = r["version"]
+        con = self._connect()
+        try:
+            con.execute("BEGIN")
+            fnames: set[str] = set()
+            for a in arts:
+                self._insert_artifact(con, a)
+                fnames |= self._views_for(con, a, None, None, None, union=False)
+            for r in rows:
+                con.execute(
+                    "INSERT INTO stage_runs VALUES (?,?,?,?,?,?)",
+                    [r["pipeline"], r["stage"], r["partition"], r["version"], r["recorded_at"], r["cache_hit"]],
+                )
+            for (pipeline, stage, partition), version in latest.items():
+                self._views_for(con, by_version[version], pipeline, stage, partition, union=False)
+            if fnames:
+                self._union_views(con, fnames)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        return len(arts)
+
+    def check(self) -> str | None:
+        """None if the catalog can be read; else why not ("missing", "unreadable: ...")."""
+        import duckdb
+
+        if not self.path.exists():
+            return "missing"
+        try:
+            con = self._connect(read_only=True)
+        except duckdb.Error as e:
+            return f"unreadable: {str(e).splitlines()[0]}"
+        try:
+            con.execute("SELECT count(*) FROM artifacts").fetchall()
+        except duckdb.Error as e:
+            return f"unreadable: {str(e).splitlines()[0]}"
+        finally:
+            con.close()
+        return None
+
+    def ensure(self, store: ArtifactStore | None = None) -> str | None:
+        """Rebuild a missing or unreadable catalog (an unreadable file is kept beside it for inspection),
+        with the run history of the Dagster instance under ``$LMFORGE_HOME/dagster`` when there is one.
+        Returns what was repaired, or None when the catalog was fine."""
+        problem = self.check()
+        if problem is None:
+            return None
+        note = f"the catalog {self.path} was {problem}"
         if self.path.exists():
-            self.path.unlink()
-        wal = self.path.with_suffix(".duckdb.wal")
-        if wal.exists():
-            wal.unlink()
-        n = 0
-        for art in store.all():
-            self.register(art)
-            n += 1
-        return n
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+            self.path.rename(aside)
+            note += f" (moved to {aside.name})"
+        n = self.rebuild(store or ArtifactStore(self.home), history=stage_history(self.home / "dagster"))
+        return note + f"; rebuilt it from {n} stored manifests"
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run ``sql``; call :meth:`ensure` first so that a lost catalog never answers with 0 rows."""
         con = self._connect(read_only=True) if self.path.exists() else self._connect()
         try:
             cur = con.execute(sql)
@@ -184,3 +256,38 @@ class Catalog:
             return cols, cur.fetchall()
         finally:
             con.close()
+
+
+def stage_history(dagster_home: Path) -> list[dict[str, Any]] | None:
+    """What each pipeline stage recorded when (cache hits included), oldest first, from the stage
+    materializations in the Dagster instance at ``dagster_home``; None without an instance."""
+    if not (dagster_home / "dagster.yaml").exists():
+        return None
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for key in instance.get_asset_keys():
+        if len(key.path) != 2:
+            continue
+        cursor = None
+        while True:
+            res = instance.fetch_materializations(key, limit=1000, cursor=cursor, ascending=True)
+            for rec in res.records:
+                md = rec.asset_materialization.metadata if rec.asset_materialization else {}
+                version = md.get("lmforge/version")
+                if version is None:
+                    continue
+                hit = md.get("lmforge/cache_hit")
+                rows.append((rec.storage_id, {
+                    "pipeline": key.path[0],
+                    "stage": key.path[1],
+                    "partition": rec.partition_key,
+                    "version": version.value,
+                    "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.timestamp)),
+                    "cache_hit": bool(hit.value) if hit is not None else False,
+                }))
+            if not res.has_more:
+                break
+            cursor = res.cursor
+    return [r for _, r in sorted(rows, key=lambda t: t[0])]
