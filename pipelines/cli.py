@@ -350,12 +350,9 @@ def cmd_verify(args) -> int:
 def cmd_runs(args) -> int:
     """Recent runs on the instance, newest first; runs whose process is gone are failed first."""
     home = _home(args)
-    ensure_dagster_home(home)
-    import dagster as dg
-
     from . import runs
 
-    instance = dg.DagsterInstance.get()
+    instance = open_instance(home)
     for run_id, why in runs.reap_dead_runs(instance):
         print(f"run {run_id}: {why}; marked failed, its pool slots freed", file=sys.stderr)
     rows = runs.recent_runs(instance, limit=args.limit)

@@ -354,17 +354,19 @@ def storage_hint(exc: BaseException | None, *paths: Path) -> str | None:
     while e is not None and len(chain) < 20:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    for e in chain:
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return f"No space left on device ({e})"
+    enospc = next((e for e in chain if isinstance(e, OSError) and e.errno == errno.ENOSPC), None)
+    full = []
     for p in paths:
         try:
-            usage = shutil.disk_usage(p)
+            usage = shutil.disk_usage(p if p.exists() else p.parent)
         except OSError:
             continue
         if usage.free < 1 << 20:
-            return f"No space left on device: {p} has {usage.free} bytes free"
-    return None
+            full.append(f"{p} has {usage.free} bytes free")
+    if enospc is None and not full:
+        return None
+    where = [str(enospc.filename)] if enospc is not None and enospc.filename else []
+    return "No space left on device" + (": " + "; ".join(where + full) if where or full else "")
 
 
 def write_run_log(instance: dg.DagsterInstance, run_id: str, home: Path) -> Path | None:
