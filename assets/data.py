@@ -180,11 +180,11 @@ def _run_crawl(run: StageRun) -> StageResult:
     kw = c.model_dump(exclude={"source", "seeds", "warc", "snapshot"})
     kw["content_types"] = ("text/html", "application/xhtml+xml")
     if c.source == "local_docs":
-        from resources.site import local_docs_crawl_settings, make_resource
+        from resources.site import local_docs_target, make_resource
 
         site = run.resources.get("site") or make_resource(run.home)
         with site.serve() as base:
-            summary = crawl(local_docs_crawl_settings(base, **kw), run.work, run.out, run.log)
+            summary = crawl(CrawlSettings(**kw, **local_docs_target(base)), run.work, run.out, run.log)
     else:
         summary = crawl(CrawlSettings(seeds=list(c.seeds), **kw), run.work, run.out, run.log)
     pages = summary["pages"]

@@ -221,7 +221,7 @@ def _corpus_docs(run: StageRun, cfg: EvaluateConfig) -> tuple[str | None, list[t
         return None, []
     import pyarrow.parquet as pq
 
-    from resources.fingerprint import stable_hash
+    from ops.fingerprint import stable_hash
 
     art = arts[0]
     f = art.path / "documents.parquet"

@@ -14,7 +14,7 @@ A stage kind is one :class:`StageKind` registered with :func:`register`:
   (a private temp directory that becomes the artifact when ``run`` returns), returns metrics and
   metadata. It must not write anywhere else except ``run.work`` (persistent resumable scratch).
 
-The asset factory (``assets/factory.py``) turns each stage into a Dagster asset; kinds never touch the
+The asset factory (``pipelines/factory.py``) turns each stage into a Dagster asset; kinds never touch the
 store, the catalog or versions themselves. Heavy imports (torch, transformers, datatrove) belong inside
 ``run``, never at module top level.
 """
@@ -24,12 +24,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ops.fingerprint import stable_hash
 from resources.codehash import CodeVersion, of_callables
-from resources.fingerprint import stable_hash
+
+if TYPE_CHECKING:
+    from resources.store import StoredArtifact
 
 # Artifact types and their on-disk layout (relative to the artifact directory). Stages agree on these.
 ARTIFACT_TYPES: dict[str, str] = {
@@ -171,6 +174,21 @@ class InputArtifact:
     partition: str | None = None  # for partitioned upstream stages (e.g. evaluate, one per model)
 
 
+def as_input(art: StoredArtifact, stage: str | None = None, partition: str | None = None) -> InputArtifact:
+    """Turn a stored artifact into the handle a downstream stage receives."""
+    m = art.manifest
+    return InputArtifact(
+        stage=stage or m.get("stage", art.kind),
+        kind=art.kind,
+        produces=m.get("produces", ""),
+        version=art.version,
+        path=art.path,
+        manifest=m,
+        partition=partition or m.get("partition"),
+    )
+
+
+
 @dataclass
 class StageRun:
     pipeline: str
@@ -236,7 +254,7 @@ def stage_version(kind: StageKind, config: BaseModel, inputs: dict[str, list[str
     """The version of a stage: its kind, the kind's code version, its canonical config, the versions of its
     inputs (``{ref field: [version, ...]}``) and the identity of external files it reads. A partitioned
     kind's partition field is left out here: each partition adds its own input in :func:`partition_version`.
-    Raises :class:`resources.fingerprint.UnhashableValue` for a config value without a stable identity."""
+    Raises :class:`ops.fingerprint.UnhashableValue` for a config value without a stable identity."""
     inputs = {f: list(v) for f, v in inputs.items() if v and f != kind.partition_field}
     return stable_hash(
         {

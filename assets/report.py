@@ -25,6 +25,7 @@ from .registry import (
     StageResult,
     StageRun,
     Table,
+    as_input,
     ref,
     register,
 )
@@ -58,7 +59,6 @@ def _ancestors(run: StageRun) -> dict[str, InputArtifact]:
     (so the report is complete even when run directly with only its eval inputs)."""
     from resources.store import ArtifactStore
 
-    from .testing import as_input
 
     out: dict[str, InputArtifact] = {}
     # keyed by stage (and partition): every partition of a partitioned stage is its own ledger row
@@ -87,6 +87,7 @@ def _ancestors(run: StageRun) -> dict[str, InputArtifact]:
 
 def run(r: StageRun) -> StageResult:
     from ops.eval import report as R
+    from resources.store import git_state
 
     cfg: ReportConfig = r.config
     evals_in = r.inputs.get("from_") or []
@@ -116,6 +117,7 @@ def run(r: StageRun) -> StageResult:
         out=r.out,
         hourly_price=cfg.hourly_price,
         currency=cfg.currency,
+        env=R.environment(git=git_state()),
     )
     md = (r.out / "report.md").read_text()
     beyond = [c for c in rep["comparisons"] if c["beyond_noise"]]

@@ -88,7 +88,7 @@ def _hf_run(model, tok, prompts, think_id) -> int:
 
 def _stage(res: dict, mdir: Path, d: Path) -> None:
     """The whole evaluate stage on the same model (greedy + 4 samples + 3 budgets), via the kind."""
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
     from tests.assets.eval_fixtures import model_artifact, tasks_artifact
 
     home = d / "home"

@@ -39,7 +39,7 @@ def _stage(texts: list[str], home: Path) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
     from resources.store import ArtifactStore
 
     store = ArtifactStore(home)

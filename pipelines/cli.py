@@ -116,7 +116,7 @@ def materialize(spec_path: str | Path, stages: str | None, home: Path, *, quiet:
     os.environ["LMFORGE_HOME"] = str(home)
     import dagster as dg
 
-    from assets.factory import STAGE_FAILURES, build_spec_definitions
+    from pipelines.factory import STAGE_FAILURES, build_spec_definitions
     from resources.lmforge import LmforgeResource
     from resources.store import ArtifactStore
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.factory import build_spec_definitions
+from pipelines.factory import build_spec_definitions
 from resources.lmforge import LmforgeResource
 
 from .spec import SpecError, SpecIssue, load_spec, spec_files

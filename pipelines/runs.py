@@ -15,7 +15,7 @@ Key design choices:
 * A failure is summarised from the run's events as stage, cause (the exception the stage raised, not
   Dagster's wrapper) and the code location that raised it; the full event log with every trace is
   written to ``$LMFORGE_HOME/logs/<run_id>.log``. When the instance itself cannot record the failure
-  (a full disk), the stage's exception is still known in process (``assets.factory.STAGE_FAILURES``).
+  (a full disk), the stage's exception is still known in process (``pipelines.factory.STAGE_FAILURES``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from assets.registry import StageKind, load_kinds, partition_version, ref_fields, stage_version
-from resources.fingerprint import UnhashableValue
+from ops.fingerprint import UnhashableValue
 
 SPEC_DIR = Path(__file__).resolve().parent
 TOP_LEVEL = {"pipeline", "description", "extends", "stages", "automation"}

@@ -336,21 +336,17 @@ class LocalDocsSite:
 LOCAL_DOCS_HOST = "docs.python.local"
 
 
-def local_docs_crawl_settings(served: str, **kw: Any) -> Any:
-    """``CrawlSettings`` for the site that :meth:`LocalDocsSite.serve` serves at ``served``: seeded at its index
-    under the canonical host ``docs.python.local``, allowed only that host, connecting to the local server.
-    ``kw`` are the other crawl settings (limits, delays...)."""
-    from ops.data.crawl import CrawlSettings
-
-    return CrawlSettings(
-        **{
-            **kw,
-            "seeds": [f"http://{LOCAL_DOCS_HOST}/index.html"],
-            "allowed_hosts": [LOCAL_DOCS_HOST],
-            "local": True,
-            "connect_map": {LOCAL_DOCS_HOST: served.split("/")[2]},
-        }
-    )
+def local_docs_target(served: str) -> dict[str, Any]:
+    """The crawl settings that point a crawler at the site :meth:`LocalDocsSite.serve` serves at ``served``:
+    seeded at its index under the canonical host ``docs.python.local`` (so URLs, and the versions they feed,
+    do not depend on the port), allowed only that host, connecting to the local server. Plain values, so
+    this module needs nothing of the crawler: ``CrawlSettings(**local_docs_target(url), **limits)``."""
+    return {
+        "seeds": [f"http://{LOCAL_DOCS_HOST}/index.html"],
+        "allowed_hosts": [LOCAL_DOCS_HOST],
+        "local": True,
+        "connect_map": {LOCAL_DOCS_HOST: served.split("/")[2]},
+    }
 
 
 def make_resource(home: Path) -> LocalDocsSite:

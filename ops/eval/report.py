@@ -114,7 +114,7 @@ def _strip_seed(cfg: Any) -> Any:
 
 def seed_groups(models: list[str], stages: dict[str, StageInfo]) -> list[list[str]]:
     """Model stages that differ only by seed (same kind, same config apart from ``seed``, same inputs)."""
-    from resources.fingerprint import stable_hash
+    from ops.fingerprint import stable_hash
 
     groups: dict[str, list[str]] = {}
     for m in models:
@@ -193,11 +193,10 @@ PACKAGES = (
 )
 
 
-def environment() -> dict[str, Any]:
+def environment(git: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Package versions, hardware and the lmforge checkout's git state (given by the caller)."""
     import os
     from importlib import metadata
-
-    from resources.store import git_state
 
     pkgs = {}
     for p in PACKAGES:
@@ -217,7 +216,7 @@ def environment() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - no torch / no driver: report none
         hw["gpus"] = []
     return {
-        "git": git_state(),
+        "git": git or {"commit": None, "dirty": None},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": pkgs,

@@ -98,7 +98,7 @@ def cached_tiny_chat_model(root: Path, **kw: Any) -> Path:
     """:func:`make_tiny_chat_model` into ``root/<params>``, reused when already complete (test sessions)."""
     import shutil
 
-    from resources.fingerprint import stable_hash
+    from ops.fingerprint import stable_hash
 
     out = Path(root) / f"tiny-chat-{stable_hash(kw, 8)}"
     if (out / ".complete").is_file():

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resources.fingerprint import stable_hash
+from ops.fingerprint import stable_hash
 from resources.store import ArtifactStore, StoredArtifact
 
 

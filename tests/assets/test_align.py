@@ -34,7 +34,7 @@ def _stored(home: Path, kind: str) -> list[Path]:
 def test_reward_model_beats_chance_and_length_on_heldout_pairs(lmforge_home, inputs):
     from transformers import AutoModelForSequenceClassification
 
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     art, res = run_kind(
         "reward_model",
@@ -59,8 +59,8 @@ def test_likelihood_reward_model_ranks_heldout_pairs_and_loads_in_transformers(l
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from assets.testing import run_kind
     from ops.posttrain.rm import LikelihoodReward, load_reward_model, score_texts
+    from pipelines.execute import run_kind
 
     art, res = run_kind(
         "reward_model",
@@ -110,7 +110,7 @@ def test_pairs_file_missing_column_is_one_error_before_compute(lmforge_home, inp
     import pyarrow.parquet as pq
 
     from assets.registry import load_kinds
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     bad = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"prompt": ["1+1?"], "chosen": ["<think>1+1=2</think><answer>2</answer>"]}), bad)
@@ -131,7 +131,7 @@ def test_pairs_file_missing_column_is_one_error_before_compute(lmforge_home, inp
 
 
 def test_dpo_raises_heldout_margin(lmforge_home, inputs):
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     _, res = run_kind(
         "dpo",
@@ -153,7 +153,7 @@ def test_ppo_score_rises_with_bounded_kl_and_no_nan(lmforge_home, inputs):
 
     from transformers import AutoModelForCausalLM
 
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     fixed = A.as_input(A.fixed_prompts_dir(), "tasks", "fixed")
     art, res = run_kind(

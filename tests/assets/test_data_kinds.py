@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.registry import load_kinds
-from assets.testing import run_kind
 from ops.data.schema import COLUMNS, documents_schema, read_documents
-from resources.site import local_docs_crawl_settings, make_resource
+from pipelines.execute import run_kind
+from resources.site import local_docs_target, make_resource
 
 pytestmark = pytest.mark.integration
 
@@ -62,14 +62,14 @@ def test_default_data_chain_on_local_docs(lmforge_home):
 def test_parallel_tasks_and_workers_give_the_same_documents(tmp_path):
     """extract over several WARC files and filter over a split input, with 3 datatrove tasks on 2 forked
     workers, write exactly the documents (and order) of one in-process task."""
-    from ops.data.crawl import crawl
+    from ops.data.crawl import CrawlSettings, crawl
     from ops.data.extract import extract
     from ops.data.filter_spec import DEFAULT_CHAIN, normalize_chain
     from ops.data.filters import run_filters
 
     site = make_resource(tmp_path / "home")
     with site.serve() as base:
-        s = local_docs_crawl_settings(base, max_pages=30, warc_file_max_bytes=20_000)
+        s = CrawlSettings(max_pages=30, warc_file_max_bytes=20_000, **local_docs_target(base))
         crawl(s, tmp_path / "cw", tmp_path / "crawl", log=lambda m: None)
     warc = tmp_path / "crawl" / "warc"
     assert len(list(warc.glob("*.warc.gz"))) >= 3

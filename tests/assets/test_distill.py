@@ -56,7 +56,7 @@ def _base_dir() -> Path:
 
 @pytest.mark.slow
 def test_logit_distillation_student_half_size_learns(lmforge_home, teacher, tasks):
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     art, res = run_kind(
         "distill",
@@ -84,7 +84,7 @@ def test_logit_distillation_student_half_size_learns(lmforge_home, teacher, task
 
 
 def test_student_larger_than_half_teacher_is_an_error_before_training(lmforge_home, teacher, tasks):
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     big = {"d_model": 128, "layers": 4, "heads": 4, "kv_heads": 2}  # larger than the teacher itself
     with pytest.raises(Exception, match="student"):
@@ -99,7 +99,7 @@ def test_student_larger_than_half_teacher_is_an_error_before_training(lmforge_ho
 
 
 def test_linear_merge_of_a_model_with_itself_is_that_model(lmforge_home, teacher):
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     t2 = A.as_input(A.teacher_dir(), "model", "teacher_copy")
     art, _ = run_kind(
@@ -116,7 +116,7 @@ def test_linear_merge_of_a_model_with_itself_is_that_model(lmforge_home, teacher
 
 
 def test_task_arithmetic_with_unit_weight_recovers_the_finetuned_model(lmforge_home, teacher):
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     base = A.as_input(_base_dir(), "model", "base")
     t2 = A.as_input(A.teacher_dir(), "model", "teacher_copy")
@@ -142,7 +142,7 @@ def test_task_arithmetic_with_unit_weight_recovers_the_finetuned_model(lmforge_h
 
 
 def test_merge_of_different_architectures_is_one_clear_error(lmforge_home, teacher):
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     other = A.as_input(_other_arch_dir(), "model", "other")
     with pytest.raises(Exception) as ei:
@@ -181,7 +181,7 @@ def _small_dir(name: str, other_tokenizer: bool = False) -> Path:
 def test_student_init_starts_from_a_given_smaller_model_and_bad_ones_are_refused(
     lmforge_home, teacher, tasks
 ):
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     cfg = {"teacher": "teacher", "data": ["tasks"], "student_init": "small", "steps": 3, "eval_problems": 4}
     small = A.as_input(_small_dir("student_init_small"), "model", "small")
@@ -263,11 +263,11 @@ def test_student_pruned_from_the_teacher_starts_near_it_and_bad_prune_sizes_are_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from assets.testing import run_kind
     from ops.losses import kd_loss
     from ops.posttrain.common import examples_from_artifact, load_policy
     from ops.posttrain.prune import importance, prune
     from ops.posttrain.sft import SFTParams, make_batches
+    from pipelines.execute import run_kind
 
     sizes = {"d_model": 64, "ffn": 128}
     cfg = {

@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from assets.testing import run_kind
+from pipelines.execute import run_kind
 from tests.assets.eval_fixtures import documents_artifact, model_artifact, tasks_artifact, tiny_model_dir
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tests.pipelines.toy_kinds  # noqa: F401
-from assets.factory import build_spec_definitions
+from pipelines.factory import build_spec_definitions
 from pipelines.spec import load_spec
 from resources.catalog import Catalog
 from resources.lmforge import LmforgeResource
@@ -110,7 +110,7 @@ def test_crash_mid_write_leaves_nothing_visible(lmforge_home, tmp_path):
     assert list(store.all()) == []
     # a hard kill (no cleanup code runs) leaves only an invisible .tmp- directory
     code = (
-        "import tests.pipelines.toy_kinds; from assets.testing import run_kind; "
+        "import tests.pipelines.toy_kinds; from pipelines.execute import run_kind; "
         f"run_kind('toy_text', {{'words': ['x'], 'crash_after_rows': 0}}, {str(lmforge_home)!r})"
     )
     env = {"LMFORGE_TEST_HARD_CRASH": "1", "PATH": ""}

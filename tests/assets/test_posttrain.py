@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.registry import load_kinds
-from assets.testing import run_kind
+from pipelines.execute import run_kind
 from resources.store import StoredArtifact
 from tests import posttrain_helpers as H
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from assets.testing import run_kind
 from ops.train.core import NonFiniteError, ResumeRefused
+from pipelines.execute import run_kind
 from tests.ops.test_tokenizer import pydoc_paragraphs, stdlib_docstrings, store_documents
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from assets.testing import as_input, run_kind
+from pipelines.execute import as_input, run_kind
 from tests.assets.eval_fixtures import documents_artifact, model_artifact, tasks_artifact, tiny_model_dir
 
 pytestmark = pytest.mark.slow

@@ -56,7 +56,7 @@ class Interrupted(Exception):
 def test_interrupted_grpo_stage_resumes_in_its_work_dir_and_stores_the_same_artifact(tmp_path):
     import pyarrow.parquet as pq
 
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
     from resources.store import StoredArtifact
     from tests import posttrain_helpers as H
     from tests.ops import rl_resume_runs as R

@@ -314,11 +314,11 @@ def test_crawl_limits_pages_and_depth(servers, tmp_path):
 
 
 def test_local_docs_site_serves_linked_pages(tmp_path):
-    from resources.site import local_docs_crawl_settings, make_resource
+    from resources.site import local_docs_target, make_resource
 
     site = make_resource(tmp_path)
     with site.serve() as base:
-        s = local_docs_crawl_settings(base, max_depth=1, max_pages=20)
+        s = CrawlSettings(max_depth=1, max_pages=20, **local_docs_target(base))
         summary = crawl(s, tmp_path / "work", tmp_path / "out")
     assert summary["pages"] == 20
     log = pq.read_table(tmp_path / "out" / "fetch_log.parquet").to_pylist()

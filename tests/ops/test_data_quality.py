@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assets.testing import run_kind
 from ops.data.schema import doc_id, host_of, read_documents, write_documents
+from pipelines.execute import run_kind
 from resources.store import ArtifactStore
 
 pytestmark = pytest.mark.unit

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assets.testing import run_kind
 from ops import tokenizer as T
 from ops.tokens import TokenStream, is_val, tokenize_documents, unigram_entropy
+from pipelines.execute import run_kind
 from resources.store import ArtifactStore
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import tests.pipelines.toy_kinds  # noqa: F401  (registers toy kinds)
+from ops.fingerprint import UnhashableValue, stable_hash
 from pipelines.spec import SpecError, load_spec, select_stages
-from resources.fingerprint import UnhashableValue, stable_hash
 
 SPECS = Path(__file__).parent / "specs"
 pytestmark = pytest.mark.unit

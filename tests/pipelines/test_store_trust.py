@@ -170,7 +170,7 @@ def test_failed_blocking_check_is_shown_refused_downstream_and_recomputed(lmforg
 
 def test_materialize_sweeps_temporary_directories_of_dead_runs(lmforge_home, tmp_path):
     code = (
-        "import tests.pipelines.toy_kinds; from assets.testing import run_kind; "
+        "import tests.pipelines.toy_kinds; from pipelines.execute import run_kind; "
         f"run_kind('toy_text', {{'words': ['x'], 'crash_after_rows': 0}}, {str(lmforge_home)!r})"
     )
     env = {"LMFORGE_TEST_HARD_CRASH": "1", "PATH": "", "PYTHONPATH": str(ROOT)}

@@ -159,7 +159,7 @@ def test_run_kind_and_spec_share_one_version_formula_and_the_manifest_records_th
     """A stage run directly (``run_kind``) gets the version the spec gives it, partitions included, and its
     manifest names the code version and the modules it covers."""
     import tests.pipelines.toy_kinds  # noqa: F401  (registers the toy kinds)
-    from assets.testing import run_kind
+    from pipelines.execute import run_kind
 
     spec_path = tmp_path / "p.yaml"
     spec_path.write_text(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import tests.pipelines.toy_kinds  # noqa: F401
-from assets.testing import run_kind
+from pipelines.execute import run_kind
 from resources.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]

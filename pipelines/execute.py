@@ -10,23 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from assets.registry import (
+    InputArtifact,
+    StageResult,
+    StageRun,
+    as_input,
+    load_kinds,
+    partition_version,
+    stage_version,
+)
 from resources.store import ArtifactStore, StoredArtifact
-
-from .registry import InputArtifact, StageResult, StageRun, load_kinds, partition_version, stage_version
-
-
-def as_input(art: StoredArtifact, stage: str | None = None, partition: str | None = None) -> InputArtifact:
-    """Turn a stored artifact into the handle a downstream stage receives."""
-    m = art.manifest
-    return InputArtifact(
-        stage=stage or m.get("stage", art.kind),
-        kind=art.kind,
-        produces=m.get("produces", ""),
-        version=art.version,
-        path=art.path,
-        manifest=m,
-        partition=partition or m.get("partition"),
-    )
 
 
 def execute_stage(
@@ -149,7 +142,7 @@ def _compute(
         result = kind.run(run)
         if not isinstance(result, StageResult):
             raise TypeError(f"stage kind {kind.name!r} returned {type(result).__name__}, not StageResult")
-        from .metadata import to_storable
+        from assets.metadata import to_storable
 
         manifest = {
             "kind": kind.name,

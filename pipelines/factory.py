@@ -26,11 +26,11 @@ from typing import Any
 
 import dagster as dg
 
+from assets.metadata import to_dagster
+from assets.registry import InputArtifact, as_input
 from resources.lmforge import LmforgeResource
 
-from .metadata import to_dagster
-from .registry import InputArtifact
-from .testing import as_input, execute_stage
+from .execute import execute_stage
 
 KIND_TAGS = {
     "warc": {"warc"},
@@ -218,7 +218,7 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
         store = lmforge.store()
         live = copy.deepcopy(spec)
         # Re-fingerprint external inputs now: a new file in a watched folder gives a new version at run time.
-        from pipelines.spec import compute_versions
+        from .spec import compute_versions
 
         compute_versions(live)
         st = live.stages[stage.name]
