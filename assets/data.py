@@ -6,7 +6,10 @@ so loading Dagster definitions never imports datatrove) and turns its figures in
 checks. Web pages come in as a ``warc`` artifact from ``crawl`` (the built-in offline site, any HTTP
 seeds, or existing WARC files); ready-made text (Parquet/JSONL with a text column) skips HTML and comes in
 as ``documents`` through ``load_documents``. Everything downstream reads and writes the one documents
-schema of ``ops/data/schema.py``.
+schema of ``ops/data/schema.py``. The kinds that run datatrove pipelines (extract, filter, dedupe) share one
+``executor`` setting (:class:`DataExecutor`): this machine, a Ray cluster or Slurm. It is a run option, out
+of the version: the same tasks write the same shards whichever executor runs them, and the stages merge
+shards in a canonical order, so moving a stage to a cluster reuses what is stored.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .registry import (
     CheckOutcome,
@@ -29,6 +32,7 @@ from .registry import (
     Table,
     ref,
     register,
+    run_option,
 )
 
 
@@ -67,6 +71,77 @@ def _funnel_md(rows: list[dict[str, Any]], cols: list[str]) -> Markdown:
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     body = "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in rows)
     return Markdown(head + body)
+
+
+# ------------------------------------------------------------------------------------------- executor
+class DataExecutor(BaseModel):
+    """Where a data stage's datatrove tasks run; the same shape for every kind that has ``executor``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["local", "ray", "slurm"] = Field(
+        "local",
+        description="local: this machine (tasks in-process or forked workers); ray: a running Ray cluster "
+        "(datatrove's RayPipelineExecutor); slurm: sbatch array jobs (datatrove's SlurmPipelineExecutor)",
+    )
+    address: str = Field(
+        "", description="ray: host:port of the cluster's head (the port given to `ray start --head --port`)"
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="ray: how long to wait for the address to answer"
+    )
+    cpus_per_task: int = Field(1, ge=1, description="ray/slurm: CPUs reserved per datatrove task")
+    mem_per_cpu_gb: float = Field(2.0, gt=0, description="ray/slurm: memory reserved per CPU, in GB")
+    partition: str = Field("", description="slurm: partition to submit to")
+    time: str = Field("", description="slurm: time limit per task (sbatch --time, e.g. 01:00:00)")
+    qos: str = Field("", description="slurm: quality of service (sbatch --qos); empty: the cluster's default")
+    job_name: str = Field("lmforge", description="slurm: job name prefix")
+    env_command: str = Field(
+        "",
+        description="slurm: shell line that sets up Python on the nodes; empty: activate this "
+        "interpreter's environment (a filesystem the nodes share)",
+    )
+    sbatch_args: dict[str, str] = Field(
+        default_factory=dict, description="slurm: extra sbatch options, e.g. {account: my-account}"
+    )
+    poll_s: float = Field(10.0, gt=0, description="slurm: seconds between checks for finished tasks")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> DataExecutor:
+        set_ = self.model_fields_set
+        if self.kind == "ray" and not self.address:
+            raise ValueError("kind: ray needs address (host:port of the Ray head)")
+        if self.kind != "ray" and "address" in set_:
+            raise ValueError(f"address is only used with kind: ray (kind is {self.kind})")
+        if self.kind == "slurm":
+            missing = [f for f in ("partition", "time") if not getattr(self, f)]
+            if missing:
+                raise ValueError(f"kind: slurm needs {' and '.join(missing)}")
+        else:
+            extra = sorted(
+                set_ & {"partition", "time", "qos", "job_name", "env_command", "sbatch_args", "poll_s"}
+            )
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only apply to kind: slurm (kind is {self.kind})")
+        return self
+
+    def settings(self, stage: str) -> Any:
+        """The plain settings ``ops.data`` runs with; errors name ``stage`` and this field."""
+        from ops.data.pipeline import ExecutorSettings
+
+        return ExecutorSettings(
+            **self.model_dump(exclude={"sbatch_args"}),
+            sbatch_args=dict(self.sbatch_args),
+            setting=f"stage {stage!r}, field 'executor'",
+        )
+
+
+def _executor_field() -> Any:
+    return run_option(
+        DataExecutor(),
+        description="where datatrove runs the tasks: {kind: local} (default), {kind: ray, address: "
+        "host:port} or {kind: slurm, partition: ..., time: ...}; not part of the version (same output)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- crawl
@@ -318,6 +393,7 @@ class ExtractConfig(StageConfig):
     )
     tasks: int = Field(1, ge=1, description="datatrove tasks (at most one per WARC file)")
     workers: int = Field(1, ge=1, description="datatrove worker processes (1: in-process)")
+    executor: DataExecutor = _executor_field()
 
 
 def _run_extract(run: StageRun) -> StageResult:
@@ -339,6 +415,7 @@ def _run_extract(run: StageRun) -> StageResult:
         timeout_s=c.timeout_s,
         tasks=c.tasks,
         workers=c.workers,
+        executor=c.executor.settings(run.stage),
     )
     n = r["documents"]
     checks = [
@@ -384,6 +461,7 @@ class FilterConfig(StageConfig):
     max_keep_rate: float = Field(1.0, ge=0, le=1, description="keep-rate check: upper bound")
     tasks: int = Field(1, ge=1, description="datatrove tasks")
     workers: int = Field(1, ge=1, description="datatrove worker processes (1: in-process)")
+    executor: DataExecutor = _executor_field()
     examples_per_filter: int = Field(3, ge=0, description="dropped documents shown per filter")
 
 
@@ -421,6 +499,7 @@ def _run_filter(run: StageRun) -> StageResult:
         tasks=c.tasks,
         workers=c.workers,
         examples_per_filter=c.examples_per_filter,
+        executor=c.executor.settings(run.stage),
     )
     n = r["documents_out"]
     if n > 0:
@@ -494,6 +573,7 @@ class DedupeConfig(StageConfig):
     hashes_per_bucket: int = Field(8, ge=1, description="hashes per LSH band")
     seed: int = Field(1, description="MinHash hash-function seed")
     workers: int = Field(1, ge=1, description="datatrove worker processes for the bucket stage")
+    executor: DataExecutor = _executor_field()
     examples: int = Field(10, ge=0, description="removed/kept pairs shown in the metadata")
 
 
@@ -514,6 +594,7 @@ def _run_dedupe(run: StageRun) -> StageResult:
         seed=c.seed,
         workers=c.workers,
         examples=c.examples,
+        executor=c.executor.settings(run.stage),
     )
     n = r["documents_out"]
     left = r["exact_duplicates_left"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
-from .pipeline import fresh_dir, run_local, step_counts
+from .pipeline import ExecutorSettings, fresh_dir, open_executor, step_counts
 from .schema import doc_to_row, documents_schema, read_documents, row_to_doc, write_documents
 
 
@@ -154,6 +154,7 @@ def dedupe(
     seed: int = 1,
     workers: int = 1,
     examples: int = 5,
+    executor: ExecutorSettings | None = None,
 ) -> dict[str, Any]:
     """De-duplicate ``src_dir/documents.parquet`` into ``out/documents.parquet``; returns the report."""
     import pyarrow.parquet as pq
@@ -201,8 +202,9 @@ def dedupe(
             hashes_per_bucket,
             seed,
         )
-        for i, (p, tasks) in enumerate(zip(pipes, (1, num_buckets, 1, 1))):
-            steps += step_counts(run_local(p, stage / f"logs{i + 1}", tasks=tasks, workers=workers))
+        with open_executor(executor) as runner:
+            for i, (p, tasks) in enumerate(zip(pipes, (1, num_buckets, 1, 1))):
+                steps += step_counts(runner.run(p, stage / f"logs{i + 1}", tasks=tasks, workers=workers))
         tables = [pq.read_table(f, schema=documents_schema()) for f in sorted(kept_dir.glob("*.parquet"))]
         import pyarrow as pa
 

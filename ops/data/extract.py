@@ -14,7 +14,7 @@ from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
-from .pipeline import fresh_dir, run_local, step_counts
+from .pipeline import ExecutorSettings, fresh_dir, open_executor, step_counts
 from .schema import doc_id, doc_to_row, documents_schema, host_of, write_documents
 
 _LID: Any = None
@@ -117,17 +117,19 @@ def extract(
     timeout_s: float = 10.0,
     tasks: int = 1,
     workers: int = 1,
+    executor: ExecutorSettings | None = None,
 ) -> dict[str, Any]:
     """Run extraction; returns figures (records read, extracted, empty, timeouts, bad records...)."""
     files = sorted(warc_dir.glob("*.warc.gz"))
     tasks = max(1, min(tasks, len(files) or 1))
     shards = fresh_dir(work / "extract_shards")
-    stats = run_local(
-        extract_pipeline(warc_dir, shards, source_version, favour, timeout_s),
-        work / "extract_logs",
-        tasks=tasks,
-        workers=workers,
-    )
+    with open_executor(executor) as runner:
+        stats = runner.run(
+            extract_pipeline(warc_dir, shards, source_version, favour, timeout_s),
+            work / "extract_logs",
+            tasks=tasks,
+            workers=workers,
+        )
     n = merge_shards(shards, out)
     steps = step_counts(stats)
     reader = steps[0] if steps else {}

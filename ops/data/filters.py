@@ -29,7 +29,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from .extract import language_of, merge_shards
 from .filter_spec import DEFAULT_CHAIN, FILTER_PARAMS, LMFORGE_DEFAULTS, normalize_chain  # noqa: F401
-from .pipeline import fresh_dir, run_local, step_counts
+from .pipeline import ExecutorSettings, fresh_dir, open_executor, step_counts
 from .schema import doc_id, doc_to_row, documents_schema, row_to_doc
 
 
@@ -222,6 +222,7 @@ def run_filters(
     tasks: int = 1,
     workers: int = 1,
     examples_per_filter: int = 3,
+    executor: ExecutorSettings | None = None,
 ) -> dict[str, Any]:
     """Filter ``src_dir/documents.parquet`` into ``out/documents.parquet``; returns the funnel."""
     shards = fresh_dir(work / "filter_shards")
@@ -234,7 +235,8 @@ def run_filters(
     pipeline, names = filter_pipeline(
         src_dir, shards, dropped, chain, blocklist, glob_pattern=glob, examples_per_filter=examples_per_filter
     )
-    stats = step_counts(run_local(pipeline, work / "filter_logs", tasks=tasks, workers=workers))
+    with open_executor(executor) as runner:
+        stats = step_counts(runner.run(pipeline, work / "filter_logs", tasks=tasks, workers=workers))
     n_out = merge_shards(shards, out, sort_by="")  # rank-numbered shards of consecutive rows: input order
     reader = stats[0] if stats else {}
     n_in = reader.get("documents", 0)
