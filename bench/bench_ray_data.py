@@ -44,7 +44,7 @@ def run(out_dir: Path) -> dict:
     root = fresh_dir(Path(out_dir) / "bench_ray_data")
     site = make_resource(root / "home")
     with site.serve() as base:
-        s = CrawlSettings(max_pages=PAGES, warc_file_max_bytes=1_000_000, **local_docs_target(base))
+        s = CrawlSettings(max_pages=PAGES, warc_file_max_bytes=150_000, **local_docs_target(base))
         crawled = fresh_dir(root / "crawl")
         c = crawl(s, root / "crawl_work", crawled, log=lambda m: None)
     warc = crawled / "warc"
