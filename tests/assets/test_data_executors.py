@@ -52,7 +52,7 @@ def _chain(home: Path, warc_glob: str, executor: dict | None, log=lambda m: None
     ex = {"executor": executor} if executor else {}
     crawl, _ = run_kind("crawl", {"source": "warc", "warc": [warc_glob]}, home, stage="crawl", log=log)
     text, _ = run_kind(
-        "extract", {"from": "crawl", "tasks": 2, "workers": 2, **ex}, home,
+        "extract", {"from": "crawl", "tasks": 2, "workers": 2, "timeout_s": 120, **ex}, home,
         inputs={"from_": [crawl]}, stage="text", log=log,
     )  # fmt: skip
     clean, _ = run_kind(
@@ -95,6 +95,29 @@ def test_ray_executor_writes_the_local_executors_artifacts(tmp_path, warc_glob, 
         tmp_path / "local", inputs={"from_": [local["clean"]]}, stage="corpus", log=lambda m: None,
     )  # fmt: skip
     assert res is None and again.version == local["corpus"].version
+
+
+def _fail_on_rank_1(data, rank: int = 0, world_size: int = 1):
+    """A pipeline step (datatrove accepts plain callables) that breaks one of two ranks."""
+    if rank == 1:
+        raise RuntimeError("rank 1 broke on purpose")
+    return data or []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_failed_ray_task_fails_the_run_with_its_log(tmp_path, ray_address):
+    """datatrove's Ray executor only logs "Only 1/2 tasks completed"; the stage must fail instead."""
+    from ops.data.pipeline import ExecutorError, ExecutorSettings, open_executor
+
+    s = ExecutorSettings(
+        kind="ray", address=ray_address, mem_per_cpu_gb=0.5, setting="stage 'x', field 'executor'"
+    )
+    with open_executor(s) as runner, pytest.raises(ExecutorError) as e:
+        runner.run([_fail_on_rank_1], tmp_path / "logs", tasks=2, workers=2)
+    msg = str(e.value)
+    assert "1 of 2 datatrove task(s) did not complete on ray (ranks [1])" in msg
+    assert "rank 1 broke on purpose" in msg
 
 
 @pytest.mark.integration
@@ -178,7 +201,7 @@ def test_slurm_executor_generates_sbatch_array_jobs_with_the_local_output(tmp_pa
     crawl, _ = run_kind("crawl", {"source": "warc", "warc": [warc_glob]}, home, log=quiet)
     local, _ = run_kind(
         "extract",
-        {"from": "crawl", "tasks": 2, "workers": 2},
+        {"from": "crawl", "tasks": 2, "workers": 2, "timeout_s": 120},
         home,
         inputs={"from_": [crawl]},
         stage="text",
@@ -196,7 +219,7 @@ def test_slurm_executor_generates_sbatch_array_jobs_with_the_local_output(tmp_pa
     }
     slurm, res = run_kind(
         "extract",
-        {"from": "crawl", "tasks": 2, "workers": 2, "executor": executor},
+        {"from": "crawl", "tasks": 2, "workers": 2, "timeout_s": 120, "executor": executor},
         tmp_path / "home2",
         inputs={"from_": [crawl]},
         stage="text",
