@@ -21,19 +21,19 @@ def _timed(fn):
 
 def run(out_dir: Path) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ops.data.crawl import crawl
+    from ops.data.crawl import CrawlSettings, crawl
     from ops.data.dedupe import dedupe, minhash_pipelines
     from ops.data.extract import extract, extract_pipeline
     from ops.data.filter_spec import DEFAULT_CHAIN, normalize_chain
     from ops.data.filters import filter_pipeline, run_filters
     from ops.data.pipeline import fresh_dir, run_local
-    from resources.site import local_docs_crawl_settings, make_resource
+    from resources.site import local_docs_target, make_resource
 
     out_dir = Path(out_dir)
     root = fresh_dir(out_dir / "bench_data")
     site = make_resource(root / "home")
     with site.serve() as base:
-        s = local_docs_crawl_settings(base, max_pages=1000)
+        s = CrawlSettings(max_pages=1000, **local_docs_target(base))
         crawled = fresh_dir(root / "crawl")
         c, crawl_s = _timed(lambda: crawl(s, root / "crawl_work", crawled, log=lambda m: None))
     warc = crawled / "warc"
