@@ -143,12 +143,31 @@ class PretrainConfig(StageConfig):
     launcher: Literal["inprocess", "torchrun"] = Field(
         "inprocess", description="run here, or out of process with torchrun (Pipes in Dagster)"
     )
-    nproc_per_node: int = Field(1, ge=1, description="torchrun: ranks on this node")
-    nnodes: int = Field(1, ge=1, description="torchrun: nodes (>1 needs rdzv_endpoint and a launch per node)")
-    rdzv_endpoint: str | None = Field(
-        None, description="torchrun: host:port of the rendezvous for nnodes > 1"
+    nproc_per_node: int = Field(1, ge=1, description="torchrun: ranks on each node")
+    nnodes: int = Field(
+        1, ge=1, description="torchrun: nodes; > 1 rendezvous over c10d at rdzv_endpoint, one agent per node"
     )
-    fsdp: bool = Field(False, description="torchrun on CUDA: FSDP2 instead of DDP")
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="torchrun: host:port of the c10d rendezvous for nnodes > 1 (with local_nodes: default "
+        "127.0.0.1 and a free port)",
+    )
+    node_rank: int = run_option(
+        0, ge=0, description="torchrun, nnodes > 1 without local_nodes: the node whose agent this run starts"
+    )
+    local_nodes: bool = run_option(
+        False,
+        description="torchrun, nnodes > 1: start every node's agent on this machine (one host, loopback)",
+    )
+    rdzv_timeout: int = run_option(
+        300,
+        ge=1,
+        description="torchrun, nnodes > 1: seconds an agent waits for all nodes to join the rendezvous",
+    )
+    fsdp: bool = Field(
+        False,
+        description="torchrun with > 1 rank: shard with FSDP2 (fully_shard) instead of DDP (CPU/gloo or CUDA)",
+    )
     prompts: list[str] = Field(
         default_factory=lambda: ["The ", "In Python, ", "A function ", "The following "],
         description="fixed prompts for the sample generations shown in metadata",
@@ -191,8 +210,12 @@ def _validate(cfg: PretrainConfig, kinds: dict[str, str]) -> list[tuple[str, str
     ranks = cfg.nproc_per_node * cfg.nnodes if cfg.launcher == "torchrun" else 1
     if cfg.batch_size % ranks:
         errs.append(("batch_size", f"{cfg.batch_size} is not divisible by the {ranks} ranks"))
-    if cfg.nnodes > 1 and not cfg.rdzv_endpoint:
-        errs.append(("rdzv_endpoint", "required when nnodes > 1"))
+    if cfg.nnodes > 1 and not cfg.rdzv_endpoint and not cfg.local_nodes:
+        errs.append(("rdzv_endpoint", "required when nnodes > 1 (unless local_nodes)"))
+    if cfg.node_rank >= cfg.nnodes:
+        errs.append(("node_rank", f"{cfg.node_rank} is not below nnodes {cfg.nnodes}"))
+    if cfg.local_nodes and cfg.node_rank:
+        errs.append(("node_rank", "local_nodes starts every node's agent; leave node_rank at 0"))
     if cfg.launcher == "inprocess" and (cfg.nproc_per_node > 1 or cfg.nnodes > 1):
         errs.append(("launcher", "nproc_per_node/nnodes > 1 need launcher: torchrun"))
     return errs
@@ -365,7 +388,7 @@ def _run(run: StageRun) -> StageResult:
         "batch_size": cfg.batch_size,
         "eval_tokens": cfg.eval_tokens,
     }
-    for stale in [run.work / "result.json", *run.work.glob("error-rank*.json")]:
+    for stale in [run.work / "result.json", *run.work.glob("error-rank*.json"), *run.work.glob("rank*.json")]:
         stale.unlink(missing_ok=True)
 
     if cfg.launcher == "inprocess":
@@ -373,27 +396,66 @@ def _run(run: StageRun) -> StageResult:
 
         result = run_pretraining(job, log=run.log)
     else:
-        from resources.launchers import TRAIN_ENTRY, child_env, make_launcher, torchrun_command
+        from resources.launchers import (
+            TRAIN_ENTRY,
+            child_env,
+            free_port,
+            make_launcher,
+            rank_failure,
+            run_local_nodes,
+            torchrun_command,
+        )
 
         launcher = run.resources.get("launcher") or make_launcher(log=run.log)
         job_file = run.work / "job.json"
         job_file.write_text(json.dumps(job, indent=1))
-        threads = None if use_cuda else max(1, (torch.get_num_threads() or 1) // cfg.nproc_per_node)
-        cmd = torchrun_command(
-            TRAIN_ENTRY,
-            [str(job_file)],
-            nproc_per_node=cfg.nproc_per_node,
-            nnodes=cfg.nnodes,
-            rdzv_endpoint=cfg.rdzv_endpoint,
-        )
+        here = cfg.nproc_per_node * (cfg.nnodes if cfg.local_nodes else 1)  # ranks on this machine
+        threads = None if use_cuda else max(1, (torch.get_num_threads() or 1) // here)
+        endpoint = cfg.rdzv_endpoint
+        if cfg.nnodes > 1 and not endpoint:
+            endpoint = f"127.0.0.1:{free_port()}"
+
+        def command(node: int) -> list[str]:
+            return torchrun_command(
+                TRAIN_ENTRY,
+                [str(job_file)],
+                nproc_per_node=cfg.nproc_per_node,
+                nnodes=cfg.nnodes,
+                node_rank=node,
+                rdzv_endpoint=endpoint,
+                rdzv_timeout=cfg.rdzv_timeout,
+            )
+
+        env = child_env(threads_per_rank=threads)
         try:
-            launcher.run(cmd, env=child_env(threads_per_rank=threads), extras={"job": str(job_file)})
+            if cfg.nnodes > 1 and cfg.local_nodes:
+                run_local_nodes(
+                    launcher,
+                    [command(k) for k in range(cfg.nnodes)],
+                    env=env,
+                    extras={"job": str(job_file)},
+                    log=run.log,
+                )
+            else:
+                if cfg.nnodes > 1:
+                    others = [k for k in range(cfg.nnodes) if k != cfg.node_rank]
+                    run.log(
+                        f"multi-node: this machine runs node {cfg.node_rank}; start node(s) {others} with "
+                        f"(same LMFORGE_HOME path on shared storage): {' '.join(command(others[0]))}"
+                    )
+                launcher.run(command(cfg.node_rank), env=env, extras={"job": str(job_file)})
         except Exception as e:
-            errs = sorted(run.work.glob("error-rank*.json"))
-            if errs:
-                info = json.loads(errs[0].read_text())
+            blame = rank_failure(run.work)
+            if blame:
                 raise RuntimeError(
-                    f"stage {run.stage!r}: rank {info['rank']} failed: {info['type']}: {info['message']}"
+                    f"stage {run.stage!r}: {blame}. Checkpoints in {run.work / 'checkpoints'} are kept: "
+                    "materializing the stage again resumes from the last one"
+                ) from e
+            if cfg.nnodes > 1:
+                raise RuntimeError(
+                    f"stage {run.stage!r}, field 'rdzv_endpoint': the {cfg.nnodes}-node rendezvous at {endpoint} "
+                    f"did not complete within rdzv_timeout={cfg.rdzv_timeout}s (an agent did not join or the "
+                    "endpoint is unreachable); no rank started and nothing was stored"
                 ) from e
             raise
         rf = run.work / "result.json"

@@ -6,6 +6,11 @@ whichever launcher ran it. ``make_launcher(context)`` returns a :class:`PipesLau
 ``PipesSubprocessClient``: live logs and per-step metrics in the Dagster run, termination forwarded to the
 child) when given a Dagster context, else a :class:`SubprocessLauncher` (plain ``subprocess``, output
 streamed to the stage log). Only rank 0 of the job opens Pipes (two writers make Dagster fail the run).
+
+Multi-node jobs use torchrun's c10d rendezvous: every node runs one agent (``torchrun_command`` with
+``nnodes > 1``) and the agents meet at ``rdzv_endpoint``. :func:`run_local_nodes` starts all the agents of
+such a job on this machine (each node's agent a separate process group, as separate machines would be),
+which is how a multi-node job is run and tested on one host; on a cluster each node runs its own agent.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +39,12 @@ def torchrun_command(
     nnodes: int = 1,
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
+    rdzv_timeout: int | None = None,
 ) -> list[str]:
-    """``python -m torch.distributed.run ...``: standalone on one node, c10d rendezvous across nodes."""
+    """``python -m torch.distributed.run ...``: standalone on one node, c10d rendezvous across nodes.
+
+    ``rdzv_timeout`` bounds how long an agent waits for the other nodes to join (torchrun's
+    ``join_timeout``); no restarts, so one failed rank fails the job instead of re-forming the group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}"]
     if nnodes > 1:
         if not rdzv_endpoint:
@@ -44,7 +54,10 @@ def torchrun_command(
             f"--node_rank={node_rank}",
             "--rdzv_backend=c10d",
             f"--rdzv_endpoint={rdzv_endpoint}",
+            "--max_restarts=0",
         ]
+        if rdzv_timeout:
+            cmd.append(f"--rdzv_conf=join_timeout={int(rdzv_timeout)}")
     else:
         cmd += ["--standalone", "--nnodes=1"]
     return cmd + [str(script), *args]
@@ -133,6 +146,101 @@ class PipesLauncher:
         return 0
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (for a loopback rendezvous)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def run_local_nodes(
+    launcher: SubprocessLauncher | PipesLauncher,
+    commands: list[list[str]],
+    *,
+    env: dict[str, str] | None = None,
+    extras: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    stop_timeout: float = 30.0,
+) -> int:
+    """Run one torchrun agent per node on this machine: ``commands[0]`` (node 0) through ``launcher``, the
+    others as background processes whose output goes to ``log`` prefixed with their node rank.
+
+    Each background agent leads its own process group, so stopping it stops its workers too. If node 0's
+    agent fails, or a background agent exits non-zero, the others are stopped (SIGTERM, then SIGKILL after
+    ``stop_timeout`` seconds) and the first failure is raised; nothing outlives this call.
+    """
+    import signal
+    import threading
+
+    full_env = {**os.environ, **(env or {})}
+    procs: list[subprocess.Popen] = []
+    failures: list[str] = []
+    readers: list[threading.Thread] = []
+
+    def pump(node: int, p: subprocess.Popen) -> None:
+        assert p.stdout is not None
+        tail: deque[str] = deque(maxlen=40)
+        for line in p.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if line.strip():
+                log(f"[node {node}] {line}")
+        rc = p.wait()
+        if rc != 0:
+            failures.append(f"node {node} agent exited with {rc}:\n" + "\n".join(tail))
+
+    def stop_all() -> None:
+        for p in procs:
+            if p.poll() is None:
+                with _suppress_lookup():
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + stop_timeout
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with _suppress_lookup():
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        for t in readers:
+            t.join(timeout=stop_timeout)
+
+    try:
+        for node, cmd in enumerate(commands[1:], start=1):
+            p = subprocess.Popen(
+                cmd,
+                cwd=str(REPO_ROOT),
+                env=full_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
+            procs.append(p)
+            t = threading.Thread(target=pump, args=(node, p), daemon=True)
+            t.start()
+            readers.append(t)
+        launcher.run(commands[0], env=env, extras=extras)
+        for p in procs:  # node 0 is done: the job is complete once every other agent reports success
+            p.wait()
+        for t in readers:
+            t.join(timeout=stop_timeout)
+        if failures:
+            raise RuntimeError(failures[0])
+    finally:
+        stop_all()
+    return 0
+
+
+def _suppress_lookup() -> Any:
+    import contextlib
+
+    return contextlib.suppress(ProcessLookupError, PermissionError)
+
+
 def make_launcher(
     context: Any = None, log: Callable[[str], None] | None = None
 ) -> SubprocessLauncher | PipesLauncher:
@@ -140,3 +248,49 @@ def make_launcher(
     if context is not None:
         return PipesLauncher(context)
     return SubprocessLauncher(log or print)
+
+
+def rank_failure(work: Path) -> str | None:
+    """Which rank of a failed torchrun job caused the failure, from the records its ranks left in ``work``.
+
+    Blame goes first to a rank that started but never recorded an end (killed by a signal or the OS), then
+    to a rank that raised an error of its own, last to ranks the agent terminated; the others are named as
+    having stopped after it. None when no rank started (e.g. the rendezvous never completed).
+    """
+    import json
+
+    states: dict[int, dict[str, Any]] = {}
+    for f in work.glob("rank*.json"):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        states[int(doc["rank"])] = doc
+    if not states:
+        return None
+    errors: dict[int, dict[str, Any]] = {}
+    for f in work.glob("error-rank*.json"):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        errors[int(doc["rank"])] = doc
+    vanished = sorted(r for r, d in states.items() if d.get("state") == "running")
+    failed = sorted(r for r, d in states.items() if d.get("state") == "failed")
+    if vanished:
+        r = vanished[0]
+        d = states[r]
+        what = (
+            f"rank {r} (pid {d['pid']} on {d['host']}) died without reporting an error: killed by a signal "
+            "or by the OS (e.g. out of memory), or its node was lost"
+        )
+    elif failed:
+        r = failed[0]
+        e = errors.get(r, {})
+        what = f"rank {r} failed: {e.get('type', 'error')}: {e.get('message', '(no message)')}"
+    else:
+        return None
+    others = sorted(set(states) - {r})
+    if others:
+        what += "; " + ", ".join(f"rank {o} {states[o].get('state')}" for o in others)
+    return what

@@ -7,7 +7,10 @@ Usage (built by the ``pretrain`` stage through ``resources/launchers.py``)::
 Key design choice: only rank 0 opens Dagster Pipes (when the launcher set it up) and sends logs and curve
 records; other ranks print nothing but errors. Whatever rank fails writes ``error-rank<k>.json`` into the
 job's work directory before re-raising, so the stage can raise one clear error (e.g. the step of a NaN)
-whichever launcher ran the job.
+whichever launcher ran the job. Each rank also leaves ``rank<k>.json`` (its pid and host, then its final
+state: ``running``, ``done`` or ``failed``; a SIGTERM from the agent is recorded as ``terminated``), so a
+rank that vanished without a word (SIGKILL, the OOM killer, a lost node) is told apart from the ranks that
+stopped because of it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import socket
 import sys
 import traceback
 from pathlib import Path
+
+
+class Terminated(BaseException):
+    """The torchrun agent sent SIGTERM (it stops every rank once one of them has failed)."""
+
+
+def _state(work: Path, rank: int, state: str) -> None:
+    doc = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "state": state}
+    tmp = work / f".rank{rank}.json.tmp"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, work / f"rank{rank}.json")
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated("terminated by the torchrun agent (SIGTERM)")
 
 
 def main(argv: list[str]) -> int:
@@ -25,6 +45,8 @@ def main(argv: list[str]) -> int:
     work = Path(job["work_dir"])
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _state(work, rank, "running")
 
     import torch
     import torch.distributed as dist
@@ -59,7 +81,9 @@ def main(argv: list[str]) -> int:
             from ops.train.lm import run_pretraining
 
             run_pretraining(job, log=log, on_log=on_log, progress=rank == 0 and pipes is None)
+        _state(work, rank, "done")
     except BaseException as e:
+        _state(work, rank, "terminated" if isinstance(e, Terminated) else "failed")
         (work / f"error-rank{rank}.json").write_text(
             json.dumps(
                 {

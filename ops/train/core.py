@@ -14,9 +14,11 @@ on CPU reproduces the uninterrupted one bit for bit. Everything else is plain co
   :class:`Checkpointer` that does this is also what the RL loops (``ops.rl``) checkpoint and resume with;
 * a non-finite loss or gradient raises :class:`NonFiniteError` naming the step *before* the optimizer
   touches the weights, so the last checkpoint on disk is the last good state;
-* when ``torch.distributed`` is initialised the model is wrapped in DDP (or FSDP2 on CUDA with
-  ``fsdp=True``); each rank's ``batch_fn`` returns its shard of the global batch; only rank 0 writes
-  checkpoints, logs and draws the progress bar.
+* when ``torch.distributed`` is initialised the model is wrapped in DDP, or sharded with FSDP2
+  (``fully_shard`` per decoder layer and at the root, CPU/gloo or CUDA/NCCL) with ``fsdp=True``; under FSDP
+  ``precision: bf16`` (or ``auto`` on CUDA) becomes a mixed-precision policy (bf16 parameters and compute,
+  fp32 gradient reduction); each rank's ``batch_fn`` returns its shard of the global batch; only rank 0
+  writes checkpoints, logs and draws the progress bar.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class TrainConfig:
     decay_frac: float = 0.2  # wsd: fraction of steps spent decaying
     eps: float = 1e-8
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
-    fsdp: bool = False  # under torch.distributed on CUDA: FSDP2 instead of DDP
+    fsdp: bool = False  # under torch.distributed: FSDP2 (fully_shard) instead of DDP
     spike_factor: float = 2.0  # a step whose loss exceeds spike_factor x the running mean is a spike
 
     def __post_init__(self) -> None:
@@ -335,12 +337,15 @@ def train(
     # Parallel wrapping happens before the optimizer is built (FSDP2 replaces parameters with DTensors).
     wrapped = raw
     if world > 1:
-        if cfg.fsdp and device.type == "cuda":
-            from torch.distributed.fsdp import fully_shard
+        if cfg.fsdp:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+            kw: dict[str, Any] = {}
+            if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+                kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
             for layer in getattr(getattr(raw, "model", raw), "layers", []):
-                fully_shard(layer)
-            fully_shard(raw)
+                fully_shard(layer, **kw)
+            fully_shard(raw, **kw)
             params = [p for p in raw.parameters() if p.requires_grad] if trainable_params is None else params
         else:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -487,6 +492,12 @@ def _fmt(v: Any) -> str:
 def _close(bar: Any) -> None:
     if bar is not None:
         bar.close()
+
+
+def full_model_state(raw: Any) -> dict[str, Any]:
+    """The whole model's state dict on CPU: gathered from every rank under FSDP (a collective: every rank
+    calls it), the plain ``state_dict()`` otherwise."""
+    return _full_model_state(raw)
 
 
 def _full_model_state(raw: Any) -> dict[str, Any]:

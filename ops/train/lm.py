@@ -150,7 +150,7 @@ def run_pretraining(job: dict[str, Any], *, log=print, on_log=None, progress: bo
     from ops.tokenizer import load_tokenizer
     from ops.tokens import TokenStream
 
-    from .core import TrainConfig, dist_info, train
+    from .core import TrainConfig, dist_info, full_model_state, train
 
     rank, world = dist_info()
     if job.get("threads"):
@@ -213,6 +213,20 @@ def run_pretraining(job: dict[str, Any], *, log=print, on_log=None, progress: bo
     )
     wall = time.perf_counter() - t0
     result: dict[str, Any] = {}
+    if cfg.fsdp and world > 1:
+        # Sharded parameters are gathered by every rank; rank 0 saves and samples from an unsharded copy,
+        # so the artifact is a plain transformers directory.
+        state = full_model_state(model)
+        if rank == 0:
+            model = build_model(
+                job["arch"],
+                vocab,
+                seed=job["seed"],
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                device=str(device),
+            )
+            model.load_state_dict(state, strict=True)
     if rank == 0:
         out = Path(job["out_dir"])
         save_model(model, tokenizer, out)
