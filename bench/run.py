@@ -16,7 +16,16 @@ import time
 import traceback
 from pathlib import Path
 
-MODULES = ["bench_core", "bench_data", "bench_ray_data", "bench_tokenizer", "bench_pretrain", "bench_grpo", "bench_eval"]
+MODULES = [
+    "bench_core",
+    "bench_data",
+    "bench_ray_data",
+    "bench_tokenizer",
+    "bench_pretrain",
+    "bench_multinode",
+    "bench_grpo",
+    "bench_eval",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
