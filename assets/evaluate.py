@@ -204,6 +204,12 @@ def _read_eval_items(run: StageRun, art: InputArtifact, max_items: int | None):
                 "id, question and answer"
             )
     rows = t.select(["id", "question", "answer"]).to_pylist()
+    if not rows:
+        # an evaluation over zero items would store empty metrics that read like a result
+        raise ValueError(
+            f"{where}: {f} has no items; the task stage has an empty held-out split "
+            "(a user Parquet task stage takes its held-out problems from eval_path)"
+        )
     if max_items is not None:
         rows = rows[:max_items]
     bad = [r["id"] for r in rows if r["answer"] is None or not str(r["answer"]).strip()]

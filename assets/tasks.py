@@ -1,8 +1,8 @@
 """Stage kind ``reasoning_tasks``: verifiable problems with exact answers (a "tasks" artifact).
 
 Key design choice: either the procedural arithmetic generator (seeded, disjoint train/eval splits) or a user
-Parquet with ``question``/``answer`` columns; a user file is checked (columns and types) by ``validate``
-before any compute, and its size/mtime/content hash is part of the stage version.
+Parquet with ``question``/``answer`` columns; a user file is checked (columns, types, every answer a number)
+by ``validate`` before any compute, and its size/mtime/content hash is part of the stage version.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def _run(run: StageRun) -> StageResult:
             raise TaskFileError(f"stage {run.stage!r}: " + "; ".join(f"{f}: {m}" for f, m in errs))
         train = load_task_parquet(Path(cfg.path).expanduser())
         ev = load_task_parquet(Path(cfg.eval_path).expanduser()) if cfg.eval_path else []
+        if not cfg.eval_path:
+            run.log("no eval_path: the eval split is empty (evaluate refuses this stage's tasks)")
         n = len(train) + len(ev)
         train = [t for t in train if t.question not in excluded]
         ev = [t for t in ev if t.question not in excluded]

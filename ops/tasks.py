@@ -12,7 +12,8 @@ Stable API (used by rewards, rejection sampling, the evaluation stage):
   seed stream (train draws from ``seed``'s stream, eval from a separate stream; any eval question that also
   occurs in train is replaced).
 * ``load_task_parquet(path) -> list[Task]`` - user Parquet with ``question`` and ``answer`` columns
-  (GSM8K style ``"...reasoning... #### 42"`` answers are split into solution and answer).
+  (GSM8K style ``"...reasoning... #### 42"`` answers are split into solution and answer); every answer
+  must be a number (``is_numeric_answer``), the only kind of answer the rewards and evaluation can score.
 * ``format_response(reasoning, answer) -> str`` - ``<think>{reasoning}</think><answer>{answer}</answer>``.
 * ``extract_answer(text) -> str | None`` - normalised content of the last ``<answer>...</answer>``.
 * ``is_correct(text_or_pred, gold) -> bool`` - numeric comparison when both sides are numbers.
@@ -369,8 +370,45 @@ class TaskFileError(ValueError):
     """A user task file that cannot be used (missing file, missing or mistyped column)."""
 
 
+def is_numeric_answer(answer: str) -> bool:
+    """True when ``answer`` is a number in the grammar answers are compared in (integer, decimal or fraction,
+    thousands separators and ``$`` allowed): ``"42"``, ``"-3.5"``, ``"7/2"``, ``"1,200"``. ``"six"``,
+    ``"nan"``, ``"inf"`` and ``"1e5"`` are not; no model answer could ever be scored correct against them."""
+    return _to_number(normalize_answer(answer)) is not None
+
+
+def _split_gsm8k(answer: str) -> tuple[str | None, str]:
+    """``"reasoning #### 42"`` -> ``("reasoning", "42")``; an answer without ``####`` -> ``(None, answer)``."""
+    if "####" in answer:
+        sol, ans = answer.rsplit("####", 1)
+        return sol.strip(), ans.strip()
+    return None, answer.strip()
+
+
+def _check_answers(p: Path) -> list[str]:
+    """Rows of the ``answer`` column that are empty or not numbers, named by 0-based row index."""
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(p, columns=["answer"]).column("answer").to_pylist()
+    empty = [i for i, a in enumerate(col) if a is None or not str(a).strip()]
+    skip = set(empty)
+    bad = [(i, a) for i, a in enumerate(col) if i not in skip and not is_numeric_answer(_split_gsm8k(str(a))[1])]
+    problems = []
+    if empty:
+        problems.append(f"{p}: column 'answer': {len(empty)} empty row(s) (0-based rows {empty[:10]})")
+    if bad:
+        shown = ", ".join(f"row {i}: {a!r}" for i, a in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        problems.append(
+            f"{p}: column 'answer': {len(bad)} row(s) are not numbers ({shown}{more}; rows are 0-based); "
+            "answers are compared as exact numbers, so each must be an integer, decimal or fraction "
+            "such as 42, -3.5 or 7/2, alone or after '####'"
+        )
+    return problems
+
+
 def check_task_parquet(path: str | Path) -> list[str]:
-    """Problems with a user task Parquet, read from its schema only (no rows): [] when it is usable."""
+    """Problems with a user task Parquet, read from its schema and its ``answer`` column: [] when usable."""
     import pyarrow.parquet as pq
 
     p = Path(path)
@@ -391,6 +429,8 @@ def check_task_parquet(path: str | Path) -> list[str]:
             problems.append(f"{p}: column {col!r} has type {schema.field(col).type}, expected {what}")
     if "solution" in schema.names and schema.field("solution").type not in (pa.string(), pa.large_string()):
         problems.append(f"{p}: column 'solution' has type {schema.field('solution').type}, expected string")
+    if not problems:
+        problems += _check_answers(p)
     return problems
 
 
@@ -398,7 +438,8 @@ def load_task_parquet(path: str | Path, source: str | None = None) -> list[Task]
     """Tasks from a user Parquet with ``question`` and ``answer`` columns (optional ``id``, ``solution``).
 
     A GSM8K-style answer ``"reasoning #### 42"`` becomes solution ``"reasoning"`` and answer ``"42"``.
-    Raises :class:`TaskFileError` naming the file and column for anything unusable.
+    Raises :class:`TaskFileError` naming the file and column (and the rows) for anything unusable,
+    including an answer that is not a number (:func:`is_numeric_answer`).
     """
     import pyarrow.parquet as pq
 
@@ -413,12 +454,9 @@ def load_task_parquet(path: str | Path, source: str | None = None) -> list[Task]
         q, a = r["question"], r["answer"]
         if q is None or a is None or not str(q).strip() or not str(a).strip():
             raise TaskFileError(f"{p}: row {i} has an empty question or answer")
-        a = str(a)
         sol = r.get("solution") if "solution" in cols else None
-        if "####" in a:
-            sol_part, a = a.rsplit("####", 1)
-            sol = sol or sol_part.strip()
-        ans = a.strip()
+        sol_part, ans = _split_gsm8k(str(a))
+        sol = sol or sol_part
         tid = str(r["id"]) if "id" in cols and r.get("id") is not None else _task_id("user", q)
         out.append(Task(tid, str(q), normalize_answer(ans), sol or "", 0, source or p.name))
     return out

@@ -59,6 +59,60 @@ def test_reasoning_tasks_run_refuses_bad_file_and_stores_nothing(lmforge_home, t
 
 
 @pytest.mark.unit
+def test_reasoning_tasks_refuses_non_numeric_answers(lmforge_home, tmp_path):
+    """A user task file whose answers are words, nan or inf is refused when the spec is loaded (one issue
+    naming the spec, the stage, the field, the Parquet file, its column and the rows) and when run directly;
+    nothing is stored."""
+    import textwrap
+
+    from ops.tasks import TaskFileError
+    from pipelines.spec import SpecError, load_spec
+
+    train = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"question": ["a?", "b?"], "answer": ["4", "5"]}), train)
+    held = tmp_path / "held.parquet"
+    pq.write_table(pa.table({"question": ["c?", "d?", "e?", "f?"], "answer": ["six", "nan", "inf", "3"]}), held)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        pipeline: user_tasks
+        stages:
+          problems:
+            kind: reasoning_tasks
+            generator: parquet
+            path: {train}
+            eval_path: {held}
+        """))
+    with pytest.raises(SpecError) as ei:
+        load_spec(spec)
+    [issue] = ei.value.issues
+    assert (issue.file, issue.stage, issue.field, issue.line) == (str(spec), "problems", "eval_path", 7)
+    assert issue.message.startswith(f"{held}: column 'answer': 3 row(s) are not numbers (row 0: 'six', "
+                                    "row 1: 'nan', row 2: 'inf'")
+    with pytest.raises(TaskFileError, match=r"eval_path: .*held\.parquet: column 'answer': 3 row\(s\)"):
+        run_kind("reasoning_tasks", {"generator": "parquet", "path": str(train), "eval_path": str(held)},
+                 lmforge_home)
+    assert not list((lmforge_home / "artifacts" / "reasoning_tasks").glob("[!.]*"))
+
+
+@pytest.mark.unit
+def test_evaluate_refuses_an_empty_held_out_split(lmforge_home, tmp_path):
+    """A user task stage without eval_path stores an empty eval split; evaluating it is refused by name
+    instead of storing metrics over zero items."""
+    from types import SimpleNamespace
+
+    from assets.evaluate import _read_eval_items
+    from assets.testing import as_input
+
+    train = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"question": ["a?", "b?"], "answer": ["4", "5"]}), train)
+    art, res = run_kind("reasoning_tasks", {"generator": "parquet", "path": str(train)}, lmforge_home)
+    assert res.metrics["eval"] == 0
+    with pytest.raises(ValueError, match=r"stage 'ev', field 'tasks' \('problems'\): .*eval\.parquet has no "
+                                         r"items; .* eval_path"):
+        _read_eval_items(SimpleNamespace(stage="ev"), as_input(art, stage="problems"), None)
+
+
+@pytest.mark.unit
 def test_reasoning_tasks_user_parquet(lmforge_home, tmp_path):
     good = tmp_path / "gsm.parquet"
     pq.write_table(

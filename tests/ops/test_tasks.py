@@ -141,3 +141,27 @@ def test_task_table_roundtrip(tmp_path):
     T.write_tasks(ts, tmp_path / "train.parquet")
     assert pq.read_schema(tmp_path / "train.parquet").equals(T.TASK_SCHEMA)
     assert T.read_tasks(tmp_path / "train.parquet") == ts
+
+
+def test_non_numeric_answers_are_refused_naming_file_column_and_rows(tmp_path):
+    """Answers are compared as exact numbers: a word, nan, inf or scientific notation could never be scored
+    correct, so a file holding them is refused with the rows named instead of being loaded."""
+    bad = tmp_path / "words.parquet"
+    answers = ["6", "six", "nan", "3 #### inf", "-2.5", "1e5", "$1,200", "7/2"]
+    pq.write_table(pa.table({"question": [f"q{i}?" for i in range(len(answers))], "answer": answers}), bad)
+    [msg] = T.check_task_parquet(bad)
+    assert msg.startswith(f"{bad}: column 'answer': 4 row(s) are not numbers (")
+    assert "row 1: 'six', row 2: 'nan', row 3: '3 #### inf', row 5: '1e5'" in msg
+    with pytest.raises(T.TaskFileError, match=r"words\.parquet: column 'answer': 4 row\(s\) are not numbers"):
+        T.load_task_parquet(bad)
+    many = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"question": [f"q{i}" for i in range(9)], "answer": ["x"] * 9}), many)
+    assert "row 4: 'x' and 4 more" in T.check_task_parquet(many)[0]
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"question": ["a", "b", "c"], "answer": ["1", " ", None]}), empty)
+    assert T.check_task_parquet(empty) == [f"{empty}: column 'answer': 2 empty row(s) (0-based rows [1, 2])"]
+    good = tmp_path / "good.parquet"
+    ok = ["6", "-2.5", "$1,200", "7/2", "10.", "work #### 42"]
+    pq.write_table(pa.table({"question": [f"q{i}?" for i in range(len(ok))], "answer": ok}), good)
+    assert T.check_task_parquet(good) == []
+    assert [t.answer for t in T.load_task_parquet(good)] == ["6", "-5/2", "1200", "7/2", "10", "42"]
