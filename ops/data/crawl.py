@@ -9,6 +9,10 @@ Key design choices:
 * Bodies are streamed with ``read1`` under both a per-read socket timeout and a whole-page deadline, so a
   server that trickles bytes or sends an endless body costs at most ``page_deadline_s`` and
   ``max_page_bytes``; ``Content-Length`` over the limit is refused before reading anything.
+* A compressed body (``Content-Encoding: gzip`` or ``deflate``, asked for or not) is decoded while it
+  streams, and ``max_page_bytes`` bounds the *decoded* size, so a decompression bomb stops at the limit.
+  Any other coding (``br``, ``zstd``, stacked codings) or a corrupt stream is refused with the reason in the
+  fetch log: what is stored as a page is always the decoded document, never compressed bytes.
 * Politeness per host (``host:port``): a semaphore bounds concurrent requests and a "next start" time
   enforces the delay (the larger of the configured delay and robots.txt ``Crawl-delay``, capped).
 * Resume: every fetch is appended to ``journal.jsonl`` in the work directory *after* its WARC record is
@@ -29,6 +33,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -72,6 +77,7 @@ class CrawlSettings:
     respect_robots: bool = True
     warc_file_max_bytes: int = 64 * 1024 * 1024
     connect_map: dict[str, str] = field(default_factory=dict)
+    accept_encoding: str = "gzip, deflate"  # the codings _BodyDecoder decodes; "identity" asks for none
 
 
 @dataclass
@@ -142,6 +148,68 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+class ContentEncodingError(ValueError):
+    """A body in a coding that is not decoded, or a compressed stream that is corrupt or truncated."""
+
+
+class _BodyDecoder:
+    """Streaming decoder for one ``Content-Encoding`` whose output per call is capped, so the caller can stop
+    a decompression bomb after ``limit`` decoded bytes without ever holding more."""
+
+    CODINGS = ("identity", "gzip", "x-gzip", "deflate")
+
+    def __init__(self, header: str | None):
+        codings = [c.strip().lower() for c in (header or "").split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        if len(codings) > 1:
+            raise ContentEncodingError(f"content-encoding {header!r} not supported (stacked codings)")
+        self.coding = codings[0] if codings else "identity"
+        if self.coding not in self.CODINGS:
+            raise ContentEncodingError(f"content-encoding {self.coding!r} not supported (gzip and deflate are)")
+        self._z: Any = None
+        self._head = b""  # deflate: the first bytes, until they tell zlib-wrapped from raw deflate
+
+    def _new(self) -> Any:
+        # gzip: 16 + MAX_WBITS; deflate is zlib-wrapped per RFC 9110 but raw deflate is common, see feed()
+        return zlib.decompressobj(16 + zlib.MAX_WBITS if self.coding in ("gzip", "x-gzip") else zlib.MAX_WBITS)
+
+    def feed(self, data: bytes, limit: int) -> bytes:
+        """Decode ``data``; returns at most ``limit`` bytes (when it returns exactly ``limit``, more output
+        may be pending: the caller treats that as over its limit)."""
+        if self.coding == "identity":
+            return data[:limit]
+        if self._z is None:
+            if self.coding == "deflate":
+                self._head += data
+                if len(self._head) < 2:
+                    return b""
+                data, h = self._head, self._head
+                wrapped = (h[0] & 0x0F) == 8 and ((h[0] << 8) | h[1]) % 31 == 0
+                self._z = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            else:
+                self._z = self._new()
+        out = bytearray()
+        try:
+            while data and len(out) < limit:
+                if self._z.eof:  # a gzip body may hold several members, decoded in turn
+                    if self.coding == "deflate":
+                        raise ContentEncodingError("content-encoding 'deflate': data after the end of the stream")
+                    self._z = self._new()
+                # max_length > 0 always (0 would mean unbounded): the loop runs only while len(out) < limit
+                out += self._z.decompress(data, limit - len(out))
+                # at the end of a member the rest of the input is unused_data; otherwise all input is used
+                # or, when the limit was reached, left in unconsumed_tail and dropped with the page
+                data = self._z.unused_data if self._z.eof else b""
+        except zlib.error as e:
+            raise ContentEncodingError(f"content-encoding {self.coding!r}: corrupt body ({e})") from None
+        return bytes(out)
+
+    def finish(self) -> None:
+        """Raise unless the compressed stream ended properly (a truncated body is not a page)."""
+        if self.coding != "identity" and (self._z is None or not self._z.eof):
+            raise ContentEncodingError(f"content-encoding {self.coding!r}: body ends before the end of the stream")
+
+
 class Fetcher:
     """One request at a time per call; the address guard and all size/time limits live here."""
 
@@ -196,7 +264,7 @@ class Fetcher:
             conn.putheader("Host", p.netloc)
             conn.putheader("User-Agent", s.user_agent)
             conn.putheader("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1")
-            conn.putheader("Accept-Encoding", "identity")
+            conn.putheader("Accept-Encoding", s.accept_encoding)
             conn.putheader("Connection", "close")
             conn.endheaders()
             deadline = time.monotonic() + s.page_deadline_s
@@ -220,18 +288,34 @@ class Fetcher:
             if clen and clen.isdigit() and int(clen) > max_bytes:
                 f.error = f"too large: Content-Length {clen} > {max_bytes}"
                 return f
+            try:
+                dec = _BodyDecoder(f.header("Content-Encoding"))
+            except ContentEncodingError as e:
+                f.error = str(e)
+                return f
             buf = BytesIO()
-            while True:
-                if time.monotonic() > deadline:
-                    f.error, f.retryable = f"deadline: body not complete after {s.page_deadline_s}s", True
-                    return f
-                chunk = resp.read1(65536)
-                if not chunk:
-                    break
-                buf.write(chunk)
-                if buf.tell() > max_bytes:
-                    f.error = f"too large: body exceeds {max_bytes} bytes"
-                    return f
+            wire = 0
+            try:
+                while True:
+                    if time.monotonic() > deadline:
+                        f.error, f.retryable = f"deadline: body not complete after {s.page_deadline_s}s", True
+                        return f
+                    chunk = resp.read1(65536)
+                    if not chunk:
+                        break
+                    wire += len(chunk)
+                    buf.write(dec.feed(chunk, max_bytes + 1 - buf.tell()))
+                    if buf.tell() > max_bytes:
+                        what = "body" if dec.coding == "identity" else f"{dec.coding}-decoded body"
+                        f.error = f"too large: {what} exceeds {max_bytes} bytes"
+                        return f
+                    if wire > max_bytes:  # compressed bytes that decode to little are bounded too
+                        f.error = f"too large: {dec.coding} body exceeds {max_bytes} bytes on the wire"
+                        return f
+                dec.finish()
+            except ContentEncodingError as e:
+                f.error = str(e)
+                return f
             f.body = buf.getvalue()
             return f
         except TimeoutError as e:

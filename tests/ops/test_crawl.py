@@ -327,3 +327,105 @@ def test_local_docs_site_serves_linked_pages(tmp_path):
     assert (root / "topic-assignment.html").is_file() and (root / "json.html").is_file()
     assert not (root / "antigravity.html").exists() and not (root / "this.html").exists()
     assert "file:" not in (root / "json.html").read_text()
+
+
+# ---- compressed bodies --------------------------------------------------------------------------------
+def _page(text: str) -> bytes:
+    return f"<html><body>{PROSE}{text}</body></html>".encode()
+
+
+def _send(req, body: bytes, coding: str | None):
+    req.send_response(200)
+    req.send_header("Content-Type", "text/html; charset=utf-8")
+    if coding:
+        req.send_header("Content-Encoding", coding)
+    req.send_header("Content-Length", str(len(body)))
+    req.end_headers()
+    req.wfile.write(body)
+
+
+def _gzip_if_asked(data: bytes):
+    """A well-behaved server: gzip only when the request's Accept-Encoding allows it."""
+
+    def fn(req):
+        asked = "gzip" in (req.headers.get("Accept-Encoding") or "")
+        _send(req, gzip.compress(data) if asked else data, "gzip" if asked else None)
+
+    return fn
+
+
+def _always(body: bytes, coding: str, asked: list[str] | None = None):
+    """A server that sends ``body`` with ``coding`` whatever the request asked for (noted in ``asked``)."""
+
+    def fn(req):
+        if asked is not None:
+            asked.append(req.headers.get("Accept-Encoding"))
+        _send(req, body, coding)
+
+    return fn
+
+
+@pytest.fixture
+def compressing_server():
+    import zlib
+
+    pages = {p: _page(f"page {p}") for p in ("/asked", "/unasked", "/zlib", "/raw", "/members")}
+    raw = zlib.compressobj(wbits=-15)
+    asked: list[str] = []
+    routes = {
+        "/robots.txt": _always(gzip.compress(b"User-agent: *\nDisallow: /private/\n"), "gzip"),
+        "/": _gzip_if_asked(_page("".join(f'<a href="{p}">{p}</a>' for p in (
+            *pages, "/bomb", "/br", "/truncated", "/private/x")))),
+        "/asked": _gzip_if_asked(pages["/asked"]),
+        "/unasked": _always(gzip.compress(pages["/unasked"]), "gzip", asked),
+        "/zlib": _always(zlib.compress(pages["/zlib"]), "deflate"),
+        "/raw": _always(raw.compress(pages["/raw"]) + raw.flush(), "deflate"),
+        "/members": _always(gzip.compress(pages["/members"][:100]) + gzip.compress(pages["/members"][100:]),
+                            "x-gzip"),
+        # 32 MiB of spaces in ~32 KiB of gzip: under the page limit on the wire, 500x over it decoded
+        "/bomb": _always(gzip.compress(b"<p>" + b" " * (32 << 20)), "gzip"),
+        "/br": _always(b"\x8b\x02\x80hello\x03", "br"),
+        "/truncated": _always(gzip.compress(pages["/asked"])[:-20], "gzip"),
+        "/private/x": _gzip_if_asked(_page("robots.txt, gzip-encoded, forbids this page")),
+    }
+    server = Server(routes)
+    yield server, pages, asked
+    server.close()
+
+
+def _stored_records(out):
+    from warcio.archiveiterator import ArchiveIterator
+
+    recs = {}
+    for warc in sorted((out / "warc").glob("*.warc.gz")):
+        with warc.open("rb") as fh:
+            for r in ArchiveIterator(fh):
+                recs[r.rec_headers.get_header("WARC-Target-URI")] = (r.http_headers, r.content_stream().read())
+    return recs
+
+
+@pytest.mark.parametrize("accept", [None, "identity"])
+def test_compressed_bodies_are_stored_decoded_or_refused(compressing_server, tmp_path, accept):
+    """gzip and deflate bodies (asked for or not) are stored decoded, under the page limit counted in decoded
+    bytes; a decompression bomb stops at the limit, an unknown coding or a truncated stream is refused with
+    its reason in the fetch log. No page is ever stored as compressed bytes."""
+    server, pages, asked = compressing_server
+    kw = {"accept_encoding": accept} if accept else {}  # default: asks for gzip and deflate
+    summary = crawl(_settings(server, **kw), tmp_path / "work", tmp_path / "out")
+    log = {r["url"]: r for r in pq.read_table(tmp_path / "out" / "fetch_log.parquet").to_pylist()}
+    b = server.base
+    recs = _stored_records(tmp_path / "out")
+    assert set(recs) == {f"{b}/", *(f"{b}{p}" for p in pages)} and summary["pages"] == 1 + len(pages)
+    for p, html_bytes in pages.items():
+        headers, body = recs[f"{b}{p}"]
+        assert body == html_bytes, p
+        assert headers.get_header("Content-Encoding") is None
+        assert headers.get_header("Content-Length") == str(len(html_bytes))
+        assert log[f"{b}{p}"]["bytes"] == len(html_bytes)
+    assert b"/asked" in recs[f"{b}/"][1]  # the index was decoded, so its links were followed
+    assert asked == [accept or "gzip, deflate"]  # with "identity", /unasked sent gzip without being asked
+    assert server.hits["/bomb"] == 1 and server.hits["/br"] == 1 and server.hits["/private/x"] == 0
+    assert log[f"{b}/bomb"]["error"] == "too large: gzip-decoded body exceeds 65536 bytes"
+    assert log[f"{b}/br"]["error"] == "content-encoding 'br' not supported (gzip and deflate are)"
+    assert log[f"{b}/truncated"]["error"] == "content-encoding 'gzip': body ends before the end of the stream"
+    assert log[f"{b}/private/x"]["error"] == "disallowed by robots.txt"  # gzip-encoded robots.txt was read
