@@ -22,7 +22,7 @@ def _timed(fn):
 def run(out_dir: Path) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ops.data.crawl import CrawlSettings, crawl
-    from ops.data.dedupe import dedupe, minhash_pipelines
+    from ops.data.dedupe import DEFAULT_HASHES_PER_BUCKET, DEFAULT_NUM_BUCKETS, dedupe, minhash_pipelines
     from ops.data.extract import extract, extract_pipeline
     from ops.data.filter_spec import DEFAULT_CHAIN, normalize_chain
     from ops.data.filters import filter_pipeline, run_filters
@@ -78,9 +78,10 @@ def run(out_dir: Path) -> dict:
 
     def bare_minhash():
         pipes = minhash_pipelines(
-            ex, b / "sig", b / "buckets", b / "clusters", b / "out", None, None, 5, 14, 8, bare=True
+            ex, b / "sig", b / "buckets", b / "clusters", b / "out", None, None, 5,
+            DEFAULT_NUM_BUCKETS, DEFAULT_HASHES_PER_BUCKET, bare=True,
         )
-        for i, (p, tasks) in enumerate(zip(pipes, (1, 14, 1, 1))):
+        for i, (p, tasks) in enumerate(zip(pipes, (1, DEFAULT_NUM_BUCKETS, 1, 1))):
             run_local(p, b / f"logs{i}", tasks=tasks)
 
     _, tb_dd = _timed(bare_minhash)
