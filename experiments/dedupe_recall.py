@@ -1,9 +1,10 @@
 """Near-duplicate recall and false removals of the ``dedupe`` op for several MinHash-LSH (bands, rows)
 settings, on generated corpora (:mod:`ops.data.dedupe_eval`): originals with one near copy each at 5-gram
-Jaccard spread over [0.6, 0.9], plus distinct documents. Prints a table and appends an entry to
-``experiments/LEDGER.md``.
+Jaccard spread over [0.6, 0.9], plus distinct documents.
 
-    PYTHONPATH=. python experiments/dedupe_recall.py --seeds 0 1 2 --settings 14x8 20x5 30x5
+``python -m experiments.dedupe_recall OUT [--seeds 0 1 2] [--groups N] [--distinct N] [--settings 14x8 40x5]``
+writes ``OUT/dedupe_recall.json`` (every measurement, the corpus description, commit and machine) and prints
+the markdown table a ledger entry quotes.
 
 Times are of the ``dedupe`` call alone (exact pass, four datatrove MinHash stages, report), medians over the
 seeds, after one untimed warm-up run; settings run interleaved per corpus so machine load hits all alike.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -26,7 +28,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from ops.data.dedupe_eval import make_corpus, measure  # noqa: E402
 
@@ -51,13 +54,12 @@ def _commit() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path, help="folder for dedupe_recall.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--groups", type=int, default=380, help="originals, each with one near copy, per corpus")
     ap.add_argument("--distinct", type=int, default=760, help="documents without a copy, per corpus")
     ap.add_argument("--settings", nargs="+", default=["14x8", "20x5", "25x5", "30x5", "40x5", "25x4", "50x6"],
                     help="bands x rows (num_buckets x hashes_per_bucket)")
-    ap.add_argument("--ledger", type=Path, default=ROOT / "experiments" / "LEDGER.md")
-    ap.add_argument("--no-ledger", action="store_true")
     a = ap.parse_args()
     settings = [_setting(s) for s in a.settings]
     results: dict[tuple[int, int], list[dict]] = {s: [] for s in settings}
@@ -116,35 +118,23 @@ def main() -> None:
     )
     print(corpus_line)
     print(table)
-    if a.no_ledger:
-        return
-    cmd = "PYTHONPATH=. python experiments/dedupe_recall.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    entry = "\n".join([
-        "",
-        f"## {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC: dedupe near-duplicate recall by LSH setting",
-        "",
-        f"* commit: {_commit()}",
-        f"* command: `{cmd.strip()}`",
-        f"* machine: {_machine()}",
-        f"* corpus: {corpus_line}",
-        "* recall: a near copy is caught when exactly one of it and its original survives; distinct removed: "
-        "documents without a planted copy that did not survive; groups lost: original and copy both removed",
-        "",
-        table,
-        "",
-    ])
-    if not a.ledger.exists():
-        a.ledger.write_text(LEDGER_HEADER)
-    with a.ledger.open("a") as fh:
-        fh.write(entry)
-    print(f"appended to {a.ledger}", file=sys.stderr)
-
-
-LEDGER_HEADER = """# Experiment ledger
-
-Results of the scripts in `experiments/`, newest last. Each entry gives the date, the commit the code ran at,
-the exact command, the machine and the figures; entries are appended by the scripts and never edited.
-"""
+    a.out.mkdir(parents=True, exist_ok=True)
+    cmd = "python -m experiments.dedupe_recall " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    result = {
+        "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        "commit": _commit(),
+        "command": cmd,
+        "machine": _machine(),
+        "corpus": corpus_line,
+        "definitions": "recall: a near copy is caught when exactly one of it and its original survives; "
+        "distinct removed: documents without a planted copy that did not survive; groups lost: original and "
+        "copy both removed",
+        "summary": rows,
+        "runs": {f"{b}x{r}": ms for (b, r), ms in results.items()},
+        "table": table,
+    }
+    (a.out / "dedupe_recall.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {a.out / 'dedupe_recall.json'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_evaluate_refuses_an_empty_held_out_split(lmforge_home, tmp_path):
     from types import SimpleNamespace
 
     from assets.evaluate import _read_eval_items
-    from assets.testing import as_input
+    from assets.registry import as_input
 
     train = tmp_path / "train.parquet"
     pq.write_table(pa.table({"question": ["a?", "b?"], "answer": ["4", "5"]}), train)
