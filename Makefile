@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PORT ?= 3000
 
-.PHONY: setup demo test test-fast ui bench lint clean-home chromium
+.PHONY: setup demo test test-fast ui bench lint clean-home chromium postgresql
 
 # The venv is (re)built when pyproject.toml changes. torch is pinned to the CPU build first so that the
 # unpinned `torch>=` requirement never pulls a multi-GB CUDA build; GPU users install their own torch.
@@ -35,10 +35,16 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "warning: could not install chromium; the browser test will be skipped"; }
 
+# The scale-out tests start a throwaway PostgreSQL cluster (initdb in a temp dir) from Debian's binaries.
+postgresql:
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+	  || { (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1 \
+	  || echo "warning: could not install postgresql; the Postgres instance tests will be skipped"; }
+
 lint: setup
 	$(PY) -m ruff check .
 
-test: setup chromium lint
+test: setup chromium postgresql lint
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -25,13 +25,12 @@ def _home(args) -> Path:
 
 
 def ensure_dagster_home(home: Path) -> Path:
-    """``$LMFORGE_HOME/dagster`` with lmforge's ``dagster.yaml``; returns it and sets ``DAGSTER_HOME``."""
+    """``$LMFORGE_HOME/dagster`` with lmforge's ``dagster.yaml`` for this environment (Postgres storage,
+    pool and queue limits: :mod:`pipelines.instance`); returns it and sets ``DAGSTER_HOME``."""
+    from .instance import write_instance_config
+
     dh = home / "dagster"
-    dh.mkdir(parents=True, exist_ok=True)
-    src = Path(__file__).resolve().parent.parent / "dagster.yaml"
-    dst = dh / "dagster.yaml"
-    if src.exists() and (not dst.exists() or dst.read_text() != src.read_text()):
-        dst.write_text(src.read_text())
+    write_instance_config(dh)
     os.environ["DAGSTER_HOME"] = str(dh)
     return dh
 
@@ -69,16 +68,21 @@ def cmd_plan(args) -> int:
 
 
 def open_instance(home: Path):
-    """The Dagster instance under ``home``, its sqlite storages created under a lock: two runs creating
-    them at once leave a schema with two migration heads that no later run can open."""
+    """The Dagster instance under ``home``, its storages created under a lock: two runs creating sqlite
+    storages at once leave a schema with two migration heads that no later run can open. A Postgres
+    storage (``LMFORGE_POSTGRES_URL``) is checked first; the ``gpu`` pool gets its configured slots."""
     import dagster as dg
 
     from resources.store import file_lock
 
+    from .instance import apply_pool_limits, check_postgres
+
+    check_postgres()  # an unreachable database fails here, in bounded time, before anything is stored
     lock = home / "locks" / "dagster-instance.lock"
     with file_lock(lock, holder="lmforge materialize", what="the Dagster instance"):
         ensure_dagster_home(home)
         instance = dg.DagsterInstance.get()
+        apply_pool_limits(instance)
         instance.get_runs(limit=1)
         instance.fetch_materializations(dg.AssetKey(["lmforge"]), limit=1)
         instance.all_instigator_state()
@@ -431,8 +435,11 @@ def cmd_ui(args) -> int:
     """``dagster dev`` on 127.0.0.1 over the same instance the CLI writes to."""
     import subprocess
 
+    from .instance import check_postgres
+
     home = _home(args)
     os.environ["LMFORGE_HOME"] = str(home)
+    check_postgres()
     dh = ensure_dagster_home(home)
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "pipelines.definitions", "-h", args.host,
@@ -446,6 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     p = argparse.ArgumentParser(prog="lmforge", description=__doc__.split("\n")[0])
     p.add_argument("--home", help="LMFORGE_HOME (default: $LMFORGE_HOME or ~/.lmforge)")
+    p.add_argument("--postgres", metavar="URL", help="Dagster run, event-log and schedule storage in Postgres "
+                   "(sets LMFORGE_POSTGRES_URL; default: SQLite under $LMFORGE_HOME/dagster)")
+    p.add_argument("--gpu-slots", type=int, metavar="N", help="slots of the gpu pool: training stages that "
+                   "may run at once (sets LMFORGE_GPU_SLOTS; default 1)")
+    p.add_argument("--max-concurrent-runs", type=int, metavar="N", help="runs the daemon's queue starts at "
+                   "once (sets LMFORGE_MAX_CONCURRENT_RUNS; default 2)")
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="check specs; exit 0 or print every error")
     v.add_argument("specs", nargs="+")
@@ -487,13 +500,21 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(fn=cmd_ui)
     args = p.parse_args(argv)
+    from .instance import GPU_SLOTS_ENV, MAX_RUNS_ENV, POSTGRES_ENV, InstanceConfigError
     from .spec import SpecError
 
+    for value, env in ((args.postgres, POSTGRES_ENV), (args.gpu_slots, GPU_SLOTS_ENV),
+                       (args.max_concurrent_runs, MAX_RUNS_ENV)):
+        if value is not None:
+            os.environ[env] = str(value)
     try:
         return int(args.fn(args) or 0)
     except SpecError as e:
         for issue in e.issues:
             print(f"error  {issue}", file=sys.stderr)
+        return 1
+    except InstanceConfigError as e:
+        print(f"error  {e}", file=sys.stderr)
         return 1
 
 

@@ -17,6 +17,7 @@ Key design choices:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import functools
@@ -31,6 +32,7 @@ from assets.registry import InputArtifact, as_input
 from resources.lmforge import LmforgeResource
 
 from .execute import execute_stage
+from .instance import GPU_POOL, gpu_slots, torch_threads
 
 KIND_TAGS = {
     "warc": {"warc"},
@@ -139,7 +141,34 @@ def _stage_resources(kind, context, home: Path) -> dict[str, Any]:
     return res
 
 
-def _result(stage, art, result_or_none, partition: str | None) -> dg.MaterializeResult:
+@contextlib.contextmanager
+def _pool_threads(kind, context):
+    """Torch CPU threads for a stage of the ``gpu`` pool: the machine's cores divided by the pool's slot
+    count (``LMFORGE_TORCH_THREADS`` overrides), so stages that the pool lets run side by side do not
+    oversubscribe the cores. Yields a dict whose ``used`` is the thread count in effect when the stage
+    ended (a stage's own ``threads`` setting wins); the process's previous count is restored after."""
+    info: dict[str, int] = {}
+    if kind.pool != GPU_POOL:
+        yield info
+        return
+    import torch  # only stages of the gpu pool get here; they import torch themselves
+
+    storage = context.instance.event_log_storage
+    slots = None
+    if storage.supports_global_concurrency_limits and GPU_POOL in storage.get_concurrency_keys():
+        slots = storage.get_concurrency_info(GPU_POOL).slot_count or None
+    before = torch.get_num_threads()
+    n = torch_threads(slots)
+    torch.set_num_threads(n)
+    context.log.info(f"torch CPU threads: {n} (gpu pool slots: {slots or gpu_slots()})")
+    try:
+        yield info
+        info["used"] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _result(stage, art, result_or_none, partition: str | None, extra: dict | None = None) -> dg.MaterializeResult:
     m = art.manifest
     md: dict[str, Any] = {
         "lmforge/kind": dg.MetadataValue.text(stage.kind.name),
@@ -160,6 +189,7 @@ def _result(stage, art, result_or_none, partition: str | None) -> dg.Materialize
         elif isinstance(v, str):
             md[k] = dg.MetadataValue.text(v)
     md.update(to_dagster(art.metadata(), art.path))
+    md.update(extra or {})
     outcomes = {c["name"]: c for c in m.get("checks", [])}
     checks = []
     for spec_ in stage.kind.checks:
@@ -226,20 +256,21 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
         version = st.partition_versions[partition] if partition else st.version
         inputs, upstream = _input_handles(live, st, store, partition)
         home = lmforge.home_path()
-        art, result = execute_stage(
-            store,
-            pipeline=spec.name,
-            stage=stage.name,
-            kind_name=kind.name,
-            config=st.config,
-            version=version,
-            inputs=inputs,
-            log=context.log.info,
-            partition=partition,
-            resources=_stage_resources(kind, context, home),
-            upstream=upstream,
-            input_versions={f: [a.version for a in arts] for f, arts in inputs.items()},
-        )
+        with _pool_threads(kind, context) as threads:
+            art, result = execute_stage(
+                store,
+                pipeline=spec.name,
+                stage=stage.name,
+                kind_name=kind.name,
+                config=st.config,
+                version=version,
+                inputs=inputs,
+                log=context.log.info,
+                partition=partition,
+                resources=_stage_resources(kind, context, home),
+                upstream=upstream,
+                input_versions={f: [a.version for a in arts] for f, arts in inputs.items()},
+            )
         if art.failed:
             # The Dagster check results below fail (blocking: downstream in this run is skipped); the
             # catalog only indexes artifacts that count as a stage's result.
@@ -253,7 +284,8 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
                 context.log.warning(
                     f"catalog registration failed (rebuild with `lmforge catalog rebuild`): {e}"
                 )
-        return _result(st, art, result, partition)
+        extra = {"lmforge/torch_threads": dg.MetadataValue.int(threads["used"])} if threads.get("used") else {}
+        return _result(st, art, result, partition, extra)
 
     return _stage_asset
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +11,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from pipelines.instance import write_instance_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,8 +28,7 @@ def dagster_server(args: list[str], home: Path, log: Path, dev: bool = False, ti
     """Run ``dagster dev`` (webserver + daemon) or ``dagster-webserver``; yield the base URL."""
     port = free_port()
     dh = home / "dagster"
-    dh.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "dagster.yaml", dh / "dagster.yaml")
+    write_instance_config(dh)  # the repo's dagster.yaml plus the environment's storage and limits
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dh),
