@@ -259,7 +259,9 @@ def _run_crawl(run: StageRun) -> StageResult:
 
         site = run.resources.get("site") or make_resource(run.home)
         with site.serve() as base:
-            summary = crawl(CrawlSettings(**kw, **local_docs_target(base)), run.work, run.out, run.log)
+            # the site fixes seeds, hosts and where to connect; the config keeps the limits
+            target = {**kw, **local_docs_target(base)}
+            summary = crawl(CrawlSettings(**target), run.work, run.out, run.log)
     else:
         summary = crawl(CrawlSettings(seeds=list(c.seeds), **kw), run.work, run.out, run.log)
     pages = summary["pages"]
