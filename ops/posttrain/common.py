@@ -286,6 +286,37 @@ def task_accuracy(
     return res
 
 
+def accuracy_metrics(
+    model: Any, tok: Any, tasks: list[Task], n_samples: int, max_new: int, seed: int = 0
+) -> dict[str, float]:
+    """The held-out figures a post-training stage reports: greedy accuracy, parse, format and length, and
+    with ``n_samples`` > 0 also sampled (T=1) accuracy and pass@k; empty when there are no tasks."""
+    if not tasks:
+        return {}
+    g = task_accuracy(model, tok, tasks, temperature=0.0, max_new_tokens=max_new)
+    out = {
+        "eval_accuracy": g["accuracy"],
+        "eval_parse_rate": g["parse_rate"],
+        "eval_format_rate": g["format_rate"],
+        "eval_tokens": g["mean_tokens"],
+    }
+    if n_samples > 0:
+        s = task_accuracy(
+            model, tok, tasks, samples=n_samples, temperature=1.0, max_new_tokens=max_new, seed=seed
+        )
+        out.update({"eval_sampled_accuracy": s["accuracy"], f"eval_pass_at_{n_samples}": s["pass_at_k"]})
+    return out
+
+
+def sample_rows(model: Any, tok: Any, tasks: list[Task], k: int = 8, max_new: int = 96) -> list[dict]:
+    """Greedy answers to the first ``k`` tasks: question, response, gold answer and whether it is correct."""
+    outs = generate(model, tok, [t.question for t in tasks[:k]], temperature=0.0, max_new_tokens=max_new)
+    return [
+        {"question": t.question, "response": s.text, "gold": t.answer, "correct": is_correct(s.text, t.answer)}
+        for t, s in zip(tasks[:k], outs)
+    ]
+
+
 def load_policy(path: Path | str, device: str | None = None) -> tuple[Any, Any]:
     """A model artifact and its tokenizer; a tokenizer without the chat template is an error here."""
     from ops.model import load_model

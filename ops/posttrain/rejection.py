@@ -9,6 +9,7 @@ evaluation use, so "kept" means exactly "verified correct" (a test re-checks eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ops.generate import generate
@@ -128,3 +129,20 @@ def rejection_sample(
         stats["prompts_kept"] += bool(chosen)
     stats["kept"] = len(sft)
     return sft, rollouts, stats
+
+
+def write_sft(rows: list[dict], path: Path) -> None:
+    """The kept rows as an ``sft_data`` Parquet file (id, prompt, response, answer, parent_ids)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt", pa.string()),
+            ("response", pa.string()),
+            ("answer", pa.string()),
+            ("parent_ids", pa.list_(pa.string())),
+        ]
+    )
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, compression="zstd")

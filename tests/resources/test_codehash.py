@@ -113,13 +113,29 @@ def test_docstring_comment_description_and_format_edits_reversion_nothing(tmp_pa
 
 
 def test_edits_in_kind_modules_and_resources_are_precise(tmp_path, base):
-    # one kind's function in a module that holds eight kinds: only that kind
+    # one kind's function: only that kind
     root = _copy(tmp_path, "sft_asset")
+    src = (root / "assets/sft.py").read_text()
+    m = re.search(r"^def run\(run: StageRun\) -> StageResult:\n", src, re.M)
+    assert m
+    _edit(root, "assets/sft.py", m.group(0), m.group(0) + "    _unused = 1  # noqa: F841\n")
+    assert _changed(base, _versions(root)) == {"sft"}
+
+    # a helper shared by some post-training kinds: exactly the kinds that use it
+    root = _copy(tmp_path, "shared_helper")
     src = (root / "assets/posttrain.py").read_text()
-    m = re.search(r"^def _run_sft\(run: StageRun\) -> StageResult:\n", src, re.M)
+    m = re.search(r"^def reference_policy\(run: StageRun\):\n", src, re.M)
     assert m
     _edit(root, "assets/posttrain.py", m.group(0), m.group(0) + "    _unused = 1  # noqa: F841\n")
-    assert _changed(base, _versions(root)) == {"sft"}
+    assert _changed(base, _versions(root)) == {"grpo", "dpo"}
+
+    # one kind's function in a module that holds several kinds: only that kind
+    root = _copy(tmp_path, "data_asset")
+    src = (root / "assets/data.py").read_text()
+    m = re.search(r"^def _run_dedupe\(run: StageRun\) -> StageResult:\n", src, re.M)
+    assert m
+    _edit(root, "assets/data.py", m.group(0), m.group(0) + "    _unused = 1  # noqa: F841\n")
+    assert _changed(base, _versions(root)) == {"dedupe"}
 
     # the offline site renderer is data-affecting code the crawl reaches
     root = _copy(tmp_path, "site")

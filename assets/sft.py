@@ -1,0 +1,128 @@
+"""Stage kind ``sft``: supervised fine-tuning of a chat model on worked solutions, SFT data or correct
+rollouts (``ops.posttrain.sft``).
+
+Key design choice: config -> one ``train_sft`` call -> a model artifact; the loss covers assistant tokens
+only, examples longer than ``max_len`` are dropped and counted, and held-out problems of a tasks input are
+scored at the end (greedy, optionally sampled).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .posttrain import (
+    MODEL,
+    PostTrainError,
+    accuracy,
+    check_template,
+    ckpt_every,
+    eval_tasks,
+    keep_last,
+    keep_training_state,
+    load_policy,
+    params,
+    samples_table,
+    training_examples,
+    write_curve,
+)
+from .registry import CheckOutcome, CheckSpec, StageConfig, StageKind, StageResult, StageRun, ref, register
+
+
+class SFTConfig(StageConfig):
+    model: str = ref(
+        *MODEL, description="the model to fine-tune (a model artifact with a chat-template tokenizer)"
+    )
+    data: list[str] = ref(
+        "tasks",
+        "sft_data",
+        "rollouts",
+        many=True,
+        description="training data: tasks (worked solutions), sft_data, or rollouts (correct only)",
+    )
+    steps: int = Field(300, ge=1, description="optimizer updates")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate (cosine schedule after warm-up)")
+    batch_size: int = Field(32, ge=1, description="examples per update (rows when packing)")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up updates")
+    max_len: int = Field(256, ge=8, description="examples longer than this (tokens) are dropped and counted")
+    pack: bool = Field(False, description="pack several examples per row (block-diagonal attention, exact)")
+    seq_len: int = Field(512, ge=8, description="row length when packing")
+    lora_r: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
+    seed: int = Field(0, description="data order and initialisation seed")
+    eval_problems: int = Field(
+        100, ge=0, description="held-out problems (eval split of a tasks input) scored at the end"
+    )
+    eval_samples: int = Field(
+        0, ge=0, description="also sample this many answers per problem at T=1 (pass@k)"
+    )
+    max_new_tokens: int = Field(96, ge=1, description="generation budget for evaluation")
+    format: Literal["think_answer"] = Field(
+        "think_answer", description="response format (<think>..</think><answer>..</answer>)"
+    )
+    ckpt_every: int = ckpt_every(100)
+    keep_last: int = keep_last()
+
+
+def run(run: StageRun) -> StageResult:
+    import torch
+
+    from ops.model import save_model
+    from ops.posttrain.sft import SFTParams, train_sft
+
+    c: SFTConfig = run.config
+    check_template(run, "model")
+    examples = training_examples(run)
+    if not examples:
+        raise PostTrainError(
+            f"stage {run.stage!r}, field 'data': no training examples in {[a.stage for a in run.inputs['data']]}"
+        )
+    torch.manual_seed(c.seed)
+    model, tok = load_policy(run, "model")
+    ev = eval_tasks(run, ("data",), c.eval_problems)
+    p = params(SFTParams, c)
+    merged, peft_model, info = train_sft(
+        model, tok, examples, p, work_dir=run.work, fingerprint={"stage_version": run.version}, log=run.log
+    )
+    save_model(merged, tok, run.out)
+    if peft_model is not None:
+        peft_model.save_pretrained(str(run.out / "adapter"))
+    keep_training_state(run)
+    acc = accuracy(merged, tok, ev, c.eval_samples, c.max_new_tokens)
+    md = write_curve(run.out, info["curve"], ["loss", "lr"])
+    if ev:
+        md["samples"] = samples_table(merged, tok, ev, max_new=c.max_new_tokens)
+    metrics = {
+        "final_loss": info["losses"][-1],
+        "examples": info["examples"],
+        "dropped_too_long": info["dropped_too_long"],
+        "trainable_params": info["trainable_params"],
+        "train_wall_s": round(info["wall_s"], 2),
+        **acc,
+    }
+    checks = [
+        CheckOutcome("loss_finite", all(x == x for x in info["losses"]), "every step's loss is finite"),
+        CheckOutcome(
+            "answers_parse",
+            acc.get("eval_parse_rate", 1.0) >= 0.9,
+            f"{acc.get('eval_parse_rate', float('nan')):.3f} of eval responses parse (>= 0.9)",
+        ),
+    ]
+    return StageResult(metrics=metrics, metadata=md, checks=checks, tokens=info["tokens"])
+
+
+SFT = register(
+    StageKind(
+        name="sft",
+        config=SFTConfig,
+        produces="model",
+        run=run,
+        pool="gpu",
+        description="Supervised fine-tuning on chat examples (assistant-token loss, packing, full or LoRA)",
+        checks=(
+            CheckSpec("loss_finite", "training loss stayed finite", blocking=True),
+            CheckSpec("answers_parse", ">= 90% of held-out responses contain a parsable <answer>"),
+        ),
+    )
+)
