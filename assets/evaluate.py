@@ -280,7 +280,6 @@ def run(r: StageRun) -> StageResult:
     import pyarrow.parquet as pq
 
     from ops.eval import evaluate as E
-    from ops.eval.audit import AuditItem, audit
     from ops.model import load_model
     from ops.tokenizer import load_tokenizer
 
@@ -326,7 +325,27 @@ def run(r: StageRun) -> StageResult:
         summary["bits_per_byte"] = bpb
         pq.write_table(pa.Table.from_pylist(bpb_rows), r.out / "bpb.parquet", compression="zstd")
 
-    # decontamination audit along this model's lineage
+    summary["audit"], flagged = _audit(r, model_art, items, records)
+    pq.write_table(
+        pa.Table.from_pylist(records, schema=E.record_schema()), r.out / "records.parquet", compression="zstd"
+    )
+    (r.out / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
+    metadata = _metadata(r, model_art, summary, records)
+    return StageResult(
+        metrics=E.flat_metrics(summary),
+        metadata=metadata,
+        checks=_checks(records, items, flagged),
+        tokens=sum(x["response_tokens"] for x in records),
+    )
+
+
+def _audit(r: StageRun, model_art: InputArtifact, items, records) -> tuple[dict[str, Any], list[dict]]:
+    """The decontamination audit along the model's lineage (written to ``audit.parquet``): its summary
+    section and the flagged items."""
+    from ops.eval import evaluate as E
+    from ops.eval.audit import AuditItem, audit, write_hits
+
+    cfg: EvaluateConfig = r.config
     sources = training_sources(r, model_art)
     hits = (
         audit(
@@ -343,7 +362,7 @@ def run(r: StageRun) -> StageResult:
         for h in hits
         if h.flagged
     ]
-    summary["audit"] = {
+    section = {
         "ngram": cfg.audit_ngram,
         "threshold": cfg.audit_threshold,
         "datasets": [src.stage for src in sources],
@@ -354,37 +373,14 @@ def run(r: StageRun) -> StageResult:
             records, {(f["task"], f["item_id"]) for f in flagged}, cfg.samples
         ),
     }
-    pq.write_table(
-        pa.Table.from_pylist(
-            [
-                {
-                    "task": h.task,
-                    "item_id": h.item_id,
-                    "overlap": h.overlap,
-                    "flagged": h.flagged,
-                    "matched": list(h.matched),
-                }
-                for h in hits
-            ],
-            schema=pa.schema(
-                [
-                    ("task", pa.string()),
-                    ("item_id", pa.string()),
-                    ("overlap", pa.float64()),
-                    ("flagged", pa.bool_()),
-                    ("matched", pa.list_(pa.string())),
-                ]
-            ),
-        ),
-        r.out / "audit.parquet",
-        compression="zstd",
-    )
+    write_hits(hits, r.out / "audit.parquet")
+    return section, flagged
 
-    pq.write_table(
-        pa.Table.from_pylist(records, schema=E.record_schema()), r.out / "records.parquet", compression="zstd"
-    )
-    (r.out / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
-    metadata: dict[str, Any] = {"summary": Markdown(_summary_md(summary)), "metrics": Json(summary)}
+
+def _metadata(r: StageRun, model_art: InputArtifact, summary: dict[str, Any], records) -> dict[str, Any]:
+    from ops.eval import evaluate as E
+
+    metadata: dict[str, Any] = {"summary": Markdown(E.summary_markdown(summary)), "metrics": Json(summary)}
     if summary.get("budget_curve") or summary.get("wait_curve") or summary.get("unbudgeted"):
         E.budget_curve_png(
             summary, f"{model_art.stage}: accuracy vs thinking tokens", r.out / "budget_curve.png"
@@ -404,79 +400,7 @@ def run(r: StageRun) -> StageResult:
                 for x in greedy
             ]
         )
-    return StageResult(
-        metrics=_flat_metrics(summary),
-        metadata=metadata,
-        checks=_checks(records, items, flagged),
-        tokens=sum(x["response_tokens"] for x in records),
-    )
-
-
-def _flat_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"n_items": summary.get("n_items", 0)}
-    for name, m in (summary.get("overall") or {}).items():
-        if isinstance(m, dict) and m.get("value") is not None:
-            out[name] = round(m["value"], 6)
-            if m.get("low") is not None:
-                out[f"{name}_low"], out[f"{name}_high"] = round(m["low"], 6), round(m["high"], 6)
-    b = summary.get("bits_per_byte")
-    if b and b.get("value") is not None:
-        out["bits_per_byte"] = round(b["value"], 6)
-        out["bits_per_byte_low"], out["bits_per_byte_high"] = round(b["low"], 6), round(b["high"], 6)
-    for p in summary.get("budget_curve") or []:
-        out[f"budget_{p['budget']}_accuracy"] = round(p["accuracy"], 6)
-        out[f"budget_{p['budget']}_thinking_tokens"] = round(p["mean_thinking_tokens"], 3)
-    for p in summary.get("wait_curve") or []:
-        out[f"wait_{p['wait_extensions']}_accuracy"] = round(p["accuracy"], 6)
-        out[f"wait_{p['wait_extensions']}_thinking_tokens"] = round(p["mean_thinking_tokens"], 3)
-    out["contaminated_items"] = (summary.get("audit") or {}).get("n_flagged", 0)
-    clean = ((summary.get("audit") or {}).get("by_contamination") or {}).get("greedy_accuracy")
-    if clean and clean["unflagged"]["value"] is not None:
-        out["greedy_accuracy_unflagged"] = round(clean["unflagged"]["value"], 6)
-    return out
-
-
-def _fmt(m: dict[str, Any] | None) -> str:
-    if not m or m.get("value") is None:
-        return "–"
-    if m.get("low") is None:
-        return f"{m['value']:.3f}"
-    return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
-
-
-def _summary_md(summary: dict[str, Any]) -> str:
-    lines = [
-        f"### {summary['model_stage']} (`{summary['model_version']}`)",
-        "",
-        "| metric | value [95% CI] |",
-        "|---|---|",
-    ]
-    for name, m in (summary.get("overall") or {}).items():
-        lines.append(f"| {name} | {_fmt(m)} |")
-    if summary.get("bits_per_byte"):
-        lines.append(f"| bits_per_byte | {_fmt(summary['bits_per_byte'])} |")
-    for p in summary.get("budget_curve") or []:
-        lines.append(
-            f"| budget {p['budget']}: accuracy @ {p['mean_thinking_tokens']:.1f} thinking tokens | "
-            f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] |"
-        )
-    for p in summary.get("wait_curve") or []:
-        lines.append(
-            f"| wait ×{p['wait_extensions']}: accuracy @ {p['mean_thinking_tokens']:.1f} thinking tokens"
-            f" | {p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] |"
-        )
-    a = summary.get("audit") or {}
-    lines += [
-        "",
-        f"Decontamination audit ({a.get('ngram')}-grams over {len(a.get('datasets', []))} upstream "
-        f"training datasets): {a.get('n_flagged', 0)} of {a.get('n_items', 0)} items flagged.",
-    ]
-    from ops.eval.evaluate import contamination_text
-
-    split = contamination_text(a.get("by_contamination") or {})
-    if split:
-        lines[-1] += f" {split}."
-    return "\n".join(lines)
+    return metadata
 
 
 def _checks(records: list[dict[str, Any]], items, flagged: list[dict[str, Any]]) -> list[CheckOutcome]:

@@ -140,16 +140,7 @@ def _run_train_tokenizer(run: StageRun) -> StageResult:
 
     ev = T.evaluate(tok, held) if held else T.evaluate(tok, train_docs[:50])
     ev_tasks = T.evaluate(tok, task_texts[:500]) if task_texts else None
-    probe = "What is 12 + 345? <|im_start|>user\nhello<|im_end|> naïve café 日本"
-    probe_ok = fast.decode(fast(probe)["input_ids"]) == probe
-    template_ok = fast.apply_chat_template(
-        [{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True
-    ) == T.chat_prompt("q")
-    digits_split = all(
-        len(fast.convert_ids_to_tokens(fast(s, add_special_tokens=False)["input_ids"])) == len(s)
-        for s in ("12345", "9876543210")
-    )
-    roundtrip = ev["roundtrip_failures"] == 0 and probe_ok
+    probes = T.format_probes(fast)
     real_vocab = tok.get_vocab_size()
     n_bytes = sum(len(t.encode()) for t in train_docs) + cfg.tasks_weight * sum(
         len(t.encode()) for t in task_texts
@@ -171,10 +162,16 @@ def _run_train_tokenizer(run: StageRun) -> StageResult:
     }
     if ev_tasks:
         metrics["bytes_per_token_tasks"] = round(ev_tasks["bytes_per_token"], 4)
-    checks = [
+    checks = _tokenizer_checks(cfg, ev, real_vocab, **probes)
+    md = _tokenizer_metadata(tok, cfg, train_docs, held, task_texts, ev, ev_tasks, train_s, sample)
+    return StageResult(metrics=metrics, metadata=md, checks=checks)
+
+
+def _tokenizer_checks(cfg, ev, real_vocab, probe_ok, template_ok, digits_split) -> list[CheckOutcome]:
+    return [
         CheckOutcome(
             "roundtrip",
-            roundtrip,
+            ev["roundtrip_failures"] == 0 and probe_ok,
             "decode(encode(text)) == text on every held-out document and a "
             "probe with special tokens and non-ASCII text",
             {"failed_docs": len(ev["roundtrip_failed_docs"]), "probe_ok": probe_ok},
@@ -198,8 +195,14 @@ def _run_train_tokenizer(run: StageRun) -> StageResult:
             {"bytes_per_token": round(ev["bytes_per_token"], 4)},
         ),
     ]
+
+
+def _tokenizer_metadata(tok, cfg, train_docs, held, task_texts, ev, ev_tasks, train_s, sample) -> dict[str, Any]:
+    from ops import tokenizer as T
+
+    real_vocab = tok.get_vocab_size()
     longest = sorted((s for s in tok.get_vocab() if s not in T.SPECIAL_TOKENS), key=len, reverse=True)[:20]
-    md = {
+    return {
         "summary": Markdown(
             f"Byte-level BPE, **{real_vocab}** tokens, trained on {len(train_docs)} documents"
             f"{f' + {len(task_texts)} task texts x{cfg.tasks_weight}' if task_texts else ''} in {train_s:.2f} s.\n\n"
@@ -213,7 +216,6 @@ def _run_train_tokenizer(run: StageRun) -> StageResult:
         ),
         "special_tokens": Json({s: i for i, s in enumerate(T.SPECIAL_TOKENS)}),
     }
-    return StageResult(metrics=metrics, metadata=md, checks=checks)
 
 
 TRAIN_TOKENIZER = register(
@@ -271,11 +273,9 @@ def _read_task_docs(art_path: Path, stage: str, field: str) -> tuple[list[str], 
     return ids, texts
 
 
-def _run_tokenize(run: StageRun) -> StageResult:
-    import time
-
-    from ops.tokens import TokenStream, tokenize_documents, unigram_entropy
-
+def _tokenize_inputs(run: StageRun) -> tuple[Path, list[str], list[str], int, int]:
+    """``(tokenizer.json, ids, texts, corpus documents, task documents)``: the corpus's non-empty documents
+    (unique ids) followed by the task documents, each repeated ``tasks_repeat`` times."""
     cfg: TokenizeConfig = run.config
     docs = run.input("from_")
     tok_art = run.input("tokenizer")
@@ -301,6 +301,16 @@ def _run_tokenize(run: StageRun) -> StageResult:
             ids += [f"{i}#{r}" if r else i for i in t_ids]
             texts += t_texts
         n_task_docs += len(t_ids) * cfg.tasks_repeat
+    return tj, ids, texts, n_corpus, n_task_docs
+
+
+def _run_tokenize(run: StageRun) -> StageResult:
+    import time
+
+    from ops.tokens import TokenStream, tokenize_documents, unigram_entropy
+
+    cfg: TokenizeConfig = run.config
+    tj, ids, texts, n_corpus, n_task_docs = _tokenize_inputs(run)
     t0 = time.perf_counter()
     rep = tokenize_documents(
         ids,
@@ -342,7 +352,12 @@ def _run_tokenize(run: StageRun) -> StageResult:
             {"train_tokens": rep.tokens["train"], "val_tokens": rep.tokens["val"]},
         ),
     ]
-    md = {
+    md = _tokenize_metadata(rep, total, n_corpus, n_task_docs, dt, h_val)
+    return StageResult(metrics=metrics, metadata=md, checks=checks, tokens=total)
+
+
+def _tokenize_metadata(rep, total: int, n_corpus: int, n_task_docs: int, dt: float, h_val: float) -> dict:
+    return {
         "splits": Table(
             [
                 {"split": s, "docs": rep.docs[s], "tokens": rep.tokens[s], "bytes": rep.bytes[s]}
@@ -360,7 +375,6 @@ def _run_tokenize(run: StageRun) -> StageResult:
             f"unigram entropy of val tokens {h_val:.3f} nats."
         ),
     }
-    return StageResult(metrics=metrics, metadata=md, checks=checks, tokens=total)
 
 
 TOKENIZE = register(

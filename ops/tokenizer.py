@@ -178,3 +178,21 @@ def iter_repeated(parts: list[tuple[list[str], int]]) -> Iterator[str]:
     for texts, weight in parts:
         for _ in range(max(weight, 0)):
             yield from texts
+
+
+def format_probes(fast: Any) -> dict[str, bool]:
+    """What a trained tokenizer must get right for post-training: ``probe_ok`` (a text with special tokens
+    and non-ASCII characters decodes back to itself), ``template_ok`` (the chat template renders
+    :func:`chat_prompt`) and ``digits_split`` (every digit is its own token)."""
+    probe = "What is 12 + 345? <|im_start|>user\nhello<|im_end|> naïve café 日本"
+    template = fast.apply_chat_template(
+        [{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True
+    )
+    return {
+        "probe_ok": fast.decode(fast(probe)["input_ids"]) == probe,
+        "template_ok": template == chat_prompt("q"),
+        "digits_split": all(
+            len(fast.convert_ids_to_tokens(fast(s, add_special_tokens=False)["input_ids"])) == len(s)
+            for s in ("12345", "9876543210")
+        ),
+    }

@@ -107,3 +107,24 @@ def audit(
         AuditHit(it.task, it.item_id, best[i], tuple(matched[i]), bool(matched[i]))
         for i, it in enumerate(items)
     ]
+
+
+def write_hits(hits: list[AuditHit], path: Path) -> None:
+    """The audit result as Parquet: one row per item (task, item_id, overlap, flagged, matched n-grams)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"task": h.task, "item_id": h.item_id, "overlap": h.overlap, "flagged": h.flagged, "matched": list(h.matched)}
+        for h in hits
+    ]
+    schema = pa.schema(
+        [
+            ("task", pa.string()),
+            ("item_id", pa.string()),
+            ("overlap", pa.float64()),
+            ("flagged", pa.bool_()),
+            ("matched", pa.list_(pa.string())),
+        ]
+    )
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, compression="zstd")

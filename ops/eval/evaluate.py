@@ -383,3 +383,71 @@ def _yerr(points: list[dict[str, Any]]) -> list[list[float]]:
     lo = [max(0.0, p["accuracy"] - p["low"]) if p.get("low") is not None else 0.0 for p in points]
     hi = [max(0.0, p["high"] - p["accuracy"]) if p.get("high") is not None else 0.0 for p in points]
     return [lo, hi]
+
+
+def flat_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The stage metrics of an evaluation summary: each overall metric with its 95% interval, bits per
+    byte, the budget and wait curves' points and the decontamination figures."""
+    out: dict[str, Any] = {"n_items": summary.get("n_items", 0)}
+    for name, m in (summary.get("overall") or {}).items():
+        if isinstance(m, dict) and m.get("value") is not None:
+            out[name] = round(m["value"], 6)
+            if m.get("low") is not None:
+                out[f"{name}_low"], out[f"{name}_high"] = round(m["low"], 6), round(m["high"], 6)
+    b = summary.get("bits_per_byte")
+    if b and b.get("value") is not None:
+        out["bits_per_byte"] = round(b["value"], 6)
+        out["bits_per_byte_low"], out["bits_per_byte_high"] = round(b["low"], 6), round(b["high"], 6)
+    for p in summary.get("budget_curve") or []:
+        out[f"budget_{p['budget']}_accuracy"] = round(p["accuracy"], 6)
+        out[f"budget_{p['budget']}_thinking_tokens"] = round(p["mean_thinking_tokens"], 3)
+    for p in summary.get("wait_curve") or []:
+        out[f"wait_{p['wait_extensions']}_accuracy"] = round(p["accuracy"], 6)
+        out[f"wait_{p['wait_extensions']}_thinking_tokens"] = round(p["mean_thinking_tokens"], 3)
+    out["contaminated_items"] = (summary.get("audit") or {}).get("n_flagged", 0)
+    clean = ((summary.get("audit") or {}).get("by_contamination") or {}).get("greedy_accuracy")
+    if clean and clean["unflagged"]["value"] is not None:
+        out["greedy_accuracy_unflagged"] = round(clean["unflagged"]["value"], 6)
+    return out
+
+
+def _fmt(m: dict[str, Any] | None) -> str:
+    if not m or m.get("value") is None:
+        return "–"
+    if m.get("low") is None:
+        return f"{m['value']:.3f}"
+    return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """An evaluation summary as a Markdown table (value [95% CI] per metric) and the audit's sentence."""
+    lines = [
+        f"### {summary['model_stage']} (`{summary['model_version']}`)",
+        "",
+        "| metric | value [95% CI] |",
+        "|---|---|",
+    ]
+    for name, m in (summary.get("overall") or {}).items():
+        lines.append(f"| {name} | {_fmt(m)} |")
+    if summary.get("bits_per_byte"):
+        lines.append(f"| bits_per_byte | {_fmt(summary['bits_per_byte'])} |")
+    for p in summary.get("budget_curve") or []:
+        lines.append(
+            f"| budget {p['budget']}: accuracy @ {p['mean_thinking_tokens']:.1f} thinking tokens | "
+            f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] |"
+        )
+    for p in summary.get("wait_curve") or []:
+        lines.append(
+            f"| wait ×{p['wait_extensions']}: accuracy @ {p['mean_thinking_tokens']:.1f} thinking tokens"
+            f" | {p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] |"
+        )
+    a = summary.get("audit") or {}
+    lines += [
+        "",
+        f"Decontamination audit ({a.get('ngram')}-grams over {len(a.get('datasets', []))} upstream "
+        f"training datasets): {a.get('n_flagged', 0)} of {a.get('n_items', 0)} items flagged.",
+    ]
+    split = contamination_text(a.get("by_contamination") or {})
+    if split:
+        lines[-1] += f" {split}."
+    return "\n".join(lines)
