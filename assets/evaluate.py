@@ -240,12 +240,11 @@ def _corpus_docs(run: StageRun, cfg: EvaluateConfig) -> tuple[str | None, list[t
 
 
 def training_sources(run: StageRun, model: InputArtifact):
-    """Every training dataset in the lineage of ``model``: walk manifests' ``inputs`` through the store."""
+    """Every training dataset in the lineage of ``model``: its manifests' ``inputs``, transitively, resolved
+    through ``run.upstream`` (the whole lineage, filled by the factory and by ``run_kind``)."""
     from ops.eval.audit import TrainingSource
-    from resources.store import ArtifactStore
 
-    store = ArtifactStore(run.home)
-    by_stage = {a.stage: a for a in run.upstream.values()}
+    by_version = {a.version: a for a in run.upstream.values()}
     seen: set[str] = set()
     sources = []
     stack = [model.manifest]
@@ -257,15 +256,11 @@ def training_sources(run: StageRun, model: InputArtifact):
                 if not v or v in seen:
                     continue
                 seen.add(v)
-                found = store.get(ref_.get("kind", ""), v)
-                if found is None:
-                    up = by_stage.get(ref_.get("stage", ""))
-                    if up is None or up.version != v:
-                        run.log(f"audit: lineage artifact {ref_} not in the store; skipped")
-                        continue
-                    path, manifest = up.path, up.manifest
-                else:
-                    path, manifest = found.path, found.manifest
+                up = by_version.get(v)
+                if up is None:
+                    run.log(f"audit: lineage artifact {ref_} not in the store; skipped")
+                    continue
+                path, manifest = up.path, up.manifest
                 produces = manifest.get("produces", "")
                 files = tuple(path / n for n in TRAINING_FILES.get(produces, ()) if (path / n).is_file())
                 if files:

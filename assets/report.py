@@ -25,7 +25,6 @@ from .registry import (
     StageResult,
     StageRun,
     Table,
-    as_input,
     ref,
     register,
 )
@@ -55,33 +54,12 @@ class ReportConfig(StageConfig):
 
 
 def _ancestors(run: StageRun) -> dict[str, InputArtifact]:
-    """Every ancestor artifact: the factory's ``run.upstream`` plus a walk of manifests through the store
-    (so the report is complete even when run directly with only its eval inputs)."""
-    from resources.store import ArtifactStore
-
-
+    """Every ancestor artifact (``run.upstream``, which the factory and ``run_kind`` fill with the whole
+    lineage) and the inputs, keyed by stage and partition: every partition of a partitioned stage is its
+    own ledger row."""
     out: dict[str, InputArtifact] = {}
-    # keyed by stage (and partition): every partition of a partitioned stage is its own ledger row
     for a in [*run.upstream.values(), *(x for arts in run.inputs.values() for x in arts)]:
         out.setdefault(f"{a.stage}/{a.partition}" if a.partition else a.stage, a)
-    store = ArtifactStore(run.home)
-    stack = [a.manifest for a in out.values()]
-    seen = {a.version for a in out.values()}
-    while stack:
-        m = stack.pop()
-        for refs in (m.get("inputs") or {}).values():
-            for r in refs:
-                v = r.get("version")
-                if not v or v in seen:
-                    continue
-                seen.add(v)
-                art = store.get(r.get("kind", ""), v)
-                if art is None:
-                    continue
-                name = r.get("stage") or art.manifest.get("stage") or art.kind
-                p = r.get("partition")
-                out.setdefault(f"{name}/{p}" if p else name, as_input(art, stage=name, partition=p))
-                stack.append(art.manifest)
     return out
 
 

@@ -215,7 +215,7 @@ def run_kind(
             )
         version = partition_version(version, iv[pf])
     store = ArtifactStore(home)
-    upstream = {a.stage: a for arts in ins.values() for a in arts}
+    upstream = lineage(store, ins)
     return execute_stage(
         store,
         pipeline=pipeline,
@@ -230,3 +230,30 @@ def run_kind(
         upstream=upstream,
         input_versions=iv,
     )
+
+
+def lineage(store: ArtifactStore, inputs: dict[str, list[InputArtifact]]) -> dict[str, InputArtifact]:
+    """Every ancestor of a directly run stage, keyed like the factory's ``StageRun.upstream`` (stage name, or
+    ``stage/partition``): the inputs, then each artifact their manifests name as inputs, transitively, as
+    far as the store holds them. A stage run here sees the same lineage it would see inside a pipeline."""
+    out: dict[str, InputArtifact] = {}
+    for a in (x for arts in inputs.values() for x in arts):
+        out.setdefault(f"{a.stage}/{a.partition}" if a.partition else a.stage, a)
+    stack = [a.manifest for a in out.values()]
+    seen = {a.version for a in out.values()}
+    while stack:
+        m = stack.pop()
+        for refs in (m.get("inputs") or {}).values():
+            for r in refs:
+                v = r.get("version")
+                if not v or v in seen:
+                    continue
+                seen.add(v)
+                art = store.get(r.get("kind", ""), v)
+                if art is None:
+                    continue
+                name = r.get("stage") or art.manifest.get("stage") or art.kind
+                p = r.get("partition")
+                out.setdefault(f"{name}/{p}" if p else name, as_input(art, stage=name, partition=p))
+                stack.append(art.manifest)
+    return out
