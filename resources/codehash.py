@@ -7,8 +7,8 @@ config class:
 
 * In a kind's own module and the other modules of the ``assets`` package (one module holds several kinds),
   only the top-level definitions reached by name: the function, the classes and constants it names, what
-  those name, and the imports they use. Editing one kind's function in ``assets/data.py`` re-versions
-  that kind only; editing a helper in ``assets/posttrain.py`` re-versions the kinds that use it.
+  those name, and the imports they use. Editing one kind's function in ``assets/tokenizer.py``
+  re-versions that kind only; editing a helper in ``assets/posttrain.py`` re-versions the kinds that use it.
 * Every other module of the project (``ops``, ``resources``, ``pipelines``) that this code imports, at
   module level and transitively, function-local imports included: any change in such a module
   re-versions every kind that reaches it, and a module no import reaches re-versions nothing. Importing a

@@ -19,7 +19,7 @@ def test_corpus_is_deterministic_and_controlled():
 
 
 def test_default_setting_catches_near_copies_without_false_removals(tmp_path):
-    from assets.data import DedupeConfig
+    from assets.dedupe import DedupeConfig
     from ops.data.dedupe import DEFAULT_HASHES_PER_BUCKET, DEFAULT_NUM_BUCKETS
 
     cfg = DedupeConfig.model_validate({"from": "docs"})

@@ -130,12 +130,20 @@ def test_edits_in_kind_modules_and_resources_are_precise(tmp_path, base):
     assert _changed(base, _versions(root)) == {"grpo", "dpo"}
 
     # one kind's function in a module that holds several kinds: only that kind
-    root = _copy(tmp_path, "data_asset")
-    src = (root / "assets/data.py").read_text()
-    m = re.search(r"^def _run_dedupe\(run: StageRun\) -> StageResult:\n", src, re.M)
+    root = _copy(tmp_path, "tokenizer_asset")
+    src = (root / "assets/tokenizer.py").read_text()
+    m = re.search(r"^def _run_tokenize\(run: StageRun\) -> StageResult:\n", src, re.M)
     assert m
-    _edit(root, "assets/data.py", m.group(0), m.group(0) + "    _unused = 1  # noqa: F841\n")
-    assert _changed(base, _versions(root)) == {"dedupe"}
+    _edit(root, "assets/tokenizer.py", m.group(0), m.group(0) + "    _unused = 1  # noqa: F841\n")
+    assert _changed(base, _versions(root)) == {"tokenize"}
+
+    # the executor setting shared by the data kinds: exactly the kinds whose config has it
+    root = _copy(tmp_path, "data_executor")
+    src = (root / "assets/data.py").read_text()
+    m = re.search(r"^    def settings\(self, stage: str\) -> Any:\n", src, re.M)
+    assert m
+    _edit(root, "assets/data.py", m.group(0), m.group(0) + "        _unused = 1  # noqa: F841\n")
+    assert _changed(base, _versions(root)) == {"extract", "filter", "dedupe"}
 
     # the offline site renderer is data-affecting code the crawl reaches
     root = _copy(tmp_path, "site")
