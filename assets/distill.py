@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ops.train.optim import OptimConfig, optim_field
+
 from .posttrain import (
     MODEL,
     PostTrainError,
@@ -70,7 +72,8 @@ class DistillConfig(StageConfig):
     temperature: float = Field(2.0, gt=0, description="softening temperature T (loss scaled by T^2)")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD term; 1 - alpha on cross-entropy")
     steps: int = Field(300, ge=1, description="optimizer updates")
-    lr: float = Field(2e-3, gt=0, description="learning rate")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate")
+    optim: OptimConfig = optim_field()
     batch_size: int = Field(32, ge=1, description="examples per update")
     seed: int = Field(0, description="student initialisation and order seed")
     eval_problems: int = Field(100, ge=0, description="held-out problems for teacher and student accuracy")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ops.train.optim import OptimConfig, optim_field
+
 from .posttrain import (
     MODEL,
     PostTrainError,
@@ -48,7 +50,8 @@ class DPOConfig(StageConfig):
     held_out: float = Field(0.2, gt=0, lt=1, description="share of prompts held out for margins")
     max_pairs_per_prompt: int = Field(4, ge=1, description="pairs built from each prompt's samples")
     steps: int = Field(100, ge=1, description="optimizer updates")
-    lr: float = Field(5e-5, gt=0, description="learning rate")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    optim: OptimConfig = optim_field()
     batch_size: int = Field(16, ge=1, description="pairs per update")
     seed: int = Field(0, description="split and order seed")
     eval_problems: int = Field(100, ge=0, description="held-out task problems for greedy accuracy")

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ops.train.optim import OptimConfig, RLOptimConfig, optim_field
+
 from .posttrain import (
     MODEL,
     accuracy,
@@ -63,6 +65,7 @@ class GRPOConfig(StageConfig):
         3e-5, gt=0, description="learning rate (keep <= 5e-5: larger first steps blow up the KL)"
     )
     warmup_steps: int = Field(5, ge=0, description="linear warm-up steps")
+    optim: OptimConfig = optim_field(RLOptimConfig)
     beta: float = Field(0.04, ge=0, description="k3 KL coefficient (0: no reference forward)")
     clip_eps: float = Field(0.2, gt=0, description="ratio clip epsilon")
     norm: Literal["token", "sequence", "unbiased"] = Field(

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import Field
 
+from ops.train.optim import OptimConfig, RLOptimConfig, optim_field
+
 from .posttrain import (
     MODEL,
     accuracy,
@@ -45,6 +47,7 @@ class PPOConfig(StageConfig):
     prompts_per_step: int = Field(64, ge=1, description="prompts per rollout batch")
     max_new_tokens: int = Field(64, ge=1, description="completion budget")
     lr: float = Field(2e-5, gt=0, description="policy learning rate (value head: x value_lr_mult)")
+    optim: OptimConfig = optim_field(RLOptimConfig)
     kl_coef: float = Field(0.05, ge=0, description="per-token KL penalty coefficient in the reward")
     clip_eps: float = Field(0.2, gt=0, description="policy ratio clip")
     value_clip_eps: float = Field(0.2, gt=0, description="value clip around the old values")

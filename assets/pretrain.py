@@ -16,7 +16,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
+
+from ops.train.optim import OptimConfig, PretrainOptimConfig, optim_field
 
 from .registry import (
     CheckOutcome,
@@ -122,13 +124,7 @@ class PretrainConfig(StageConfig):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (per rank)")
     lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
     warmup_steps: int = Field(20, ge=0, description="linear warmup steps")
-    schedule: Literal["cosine", "wsd", "linear", "constant"] = Field(
-        "cosine", description="LR schedule after warmup"
-    )
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of the peak")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
-    grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
+    optim: OptimConfig = optim_field(PretrainOptimConfig)
     seed: int = Field(0, description="seed of initialisation and of the batch sampler")
     eval_every: int = Field(50, ge=0, description="validation every N steps (and at the end)")
     eval_tokens: int = Field(32768, ge=16, description="validation tokens evaluated each time")
@@ -176,6 +172,29 @@ class PretrainConfig(StageConfig):
     max_loss_vs_unigram: float = Field(
         0.8, gt=0, description="check: final val loss / unigram entropy of val tokens must be at most this"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _top_level_optim_fields(cls, data: Any) -> Any:
+        """``schedule``, ``min_lr_ratio``, ``weight_decay``, ``betas`` and ``grad_clip`` written at the top
+        level of a pretrain stage (where this kind has always accepted them) are read into ``optim``."""
+        if not isinstance(data, dict) or not set(data) & set(_TOP_LEVEL_OPTIM):
+            return data
+        data = dict(data)
+        optim = data.get("optim") or {}
+        if not isinstance(optim, dict):
+            return data  # the optim field reports its own type error
+        optim = dict(optim)
+        for k in _TOP_LEVEL_OPTIM:
+            if k in data:
+                if k in optim:
+                    raise ValueError(f"{k} is given both at the top level and in optim; give it once, in optim")
+                optim[k] = data.pop(k)
+        data["optim"] = optim
+        return data
+
+
+_TOP_LEVEL_OPTIM = ("schedule", "min_lr_ratio", "weight_decay", "betas", "grad_clip")
 
 
 def _validate(cfg: PretrainConfig, kinds: dict[str, str]) -> list[tuple[str, str]]:
@@ -282,6 +301,17 @@ def _corpus_word_frac(gens: list[dict[str, Any]], stream_tokens: Any, tokenizer:
     return sum(w in vocab for w in words) / len(words) if words else 0.0
 
 
+def train_job(cfg: PretrainConfig, steps: int) -> dict[str, Any]:
+    """The ``train`` part of the job (``TrainConfig`` fields as JSON) for ``steps`` planned updates; the warm-up
+    is capped below the step count so a short run still reaches its peak LR."""
+    from dataclasses import asdict
+
+    from ops.train.optim import train_config
+
+    t = asdict(train_config(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, max(steps - 1, 0))))
+    return {**t, "betas": list(t["betas"])}
+
+
 def _run(run: StageRun) -> StageResult:
     import numpy as np
     import pyarrow as pa
@@ -360,26 +390,7 @@ def _run(run: StageRun) -> StageResult:
         "flops_per_token": p.flops_per_token,
         "peak_flops": peak,
         "backend": "nccl" if use_cuda else "gloo",
-        "train": {
-            "steps": p.steps,
-            "lr": cfg.lr,
-            "warmup_steps": min(cfg.warmup_steps, max(p.steps - 1, 0)),
-            "schedule": cfg.schedule,
-            "min_lr_ratio": cfg.min_lr_ratio,
-            "weight_decay": cfg.weight_decay,
-            "betas": list(cfg.betas),
-            "grad_clip": cfg.grad_clip,
-            "grad_accum": cfg.grad_accum,
-            "seed": cfg.seed,
-            "eval_every": cfg.eval_every,
-            "ckpt_every": cfg.ckpt_every,
-            "keep_last": cfg.keep_last,
-            "log_every": cfg.log_every,
-            "compile": cfg.compile,
-            "activation_checkpointing": cfg.activation_checkpointing,
-            "precision": cfg.precision,
-            "fsdp": cfg.fsdp,
-        },
+        "train": train_job(cfg, p.steps),
     }
     job["fingerprint"] = {
         **_data_fingerprint(data.path, tok_art.path),

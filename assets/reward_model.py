@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ops.train.optim import OptimConfig, optim_field
+
 from .posttrain import (
     MODEL,
     PostTrainError,
@@ -56,7 +58,8 @@ class RewardModelConfig(StageConfig):
         "response times a Bradley-Terry-fitted scale, trunk untrained (a causal-LM checkpoint + reward.json)",
     )
     steps: int = Field(200, ge=1, description="optimizer updates (classifier head)")
-    lr: float = Field(1e-3, gt=0, description="learning rate (classifier head)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (classifier head)")
+    optim: OptimConfig = optim_field()
     batch_size: int = Field(32, ge=1, description="pairs per update (classifier head)")
     seed: int = Field(0, description="split and order seed")
     ckpt_every: int = ckpt_every(100)

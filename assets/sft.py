@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from ops.train.optim import OptimConfig, optim_field
+
 from .posttrain import (
     MODEL,
     PostTrainError,
@@ -42,9 +44,10 @@ class SFTConfig(StageConfig):
         description="training data: tasks (worked solutions), sft_data, or rollouts (correct only)",
     )
     steps: int = Field(300, ge=1, description="optimizer updates")
-    lr: float = Field(2e-3, gt=0, description="peak learning rate (cosine schedule after warm-up)")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate (schedule after warm-up: optim.schedule)")
     batch_size: int = Field(32, ge=1, description="examples per update (rows when packing)")
     warmup_steps: int = Field(20, ge=0, description="linear warm-up updates")
+    optim: OptimConfig = optim_field()
     max_len: int = Field(256, ge=8, description="examples longer than this (tokens) are dropped and counted")
     pack: bool = Field(False, description="pack several examples per row (block-diagonal attention, exact)")
     seq_len: int = Field(512, ge=8, description="row length when packing")

@@ -353,14 +353,21 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
                 if fld in rfields:
                     key = rfields[fld][2]
                 msg = err["msg"]
+                nested = len(loc) > 1 and fld not in rfields  # a field of a block (optim.weight_decay)
                 if err["type"] == "extra_forbidden":
-                    allowed = sorted((fi.alias or n) for n, fi in kind.config.model_fields.items())
-                    msg = f"unknown field for kind '{kname}' (allowed: {', '.join(allowed)})"
-                elif len(loc) > 1:
+                    model = _block_model(kind.config, loc[:-1]) if nested else kind.config
+                    allowed = sorted((fi.alias or n) for n, fi in model.model_fields.items()) if model else []
+                    where = f"in '{'.'.join(loc[:-1])}'" if nested else f"for kind '{kname}'"
+                    msg = f"unknown field {where} (allowed: {', '.join(allowed)})"
+                elif len(loc) > 1 and not nested:
                     msg = f"{'.'.join(loc[1:])}: {msg}"
                 if "input" in err and err["type"] != "extra_forbidden" and err["type"] != "missing":
                     msg += f" (got {err['input']!r})"
-                issues.append(SpecIssue(f, sname, key, msg, lines.get(("stages", sname, str(key)), sline)))
+                line = lines.get(("stages", sname, str(key)), sline)
+                if nested:
+                    key = ".".join(loc)
+                    line = lines.get(("stages", sname, *loc), line)
+                issues.append(SpecIssue(f, sname, key, msg, line))
             continue
         stages[sname] = Stage(sname, kind, cfg, refs, dict(sval))
 
@@ -451,6 +458,23 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
                 automation=automation, parent=parent)
     compute_versions(spec, fingerprints=fingerprints)
     return spec
+
+
+def _block_model(config_cls: Any, path: list[str]) -> Any:
+    """The pydantic model of the nested block at ``path`` of a stage config (None when it is not one)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    cls = config_cls
+    for name in path:
+        fi = cls.model_fields.get(name) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if fi is None:
+            return None
+        ann = fi.annotation
+        cands = [ann, *typing.get_args(ann)]  # Optional[Block] -> Block
+        cls = next((c for c in cands if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return cls
 
 
 def compute_versions(spec: Spec, *, fingerprints: bool = True) -> None:

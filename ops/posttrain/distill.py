@@ -62,7 +62,8 @@ def train_distill(
     eval_fn: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    from ops.train.core import TrainConfig, params_fingerprint, train
+    from ops.train.core import params_fingerprint, train
+    from ops.train.optim import train_config
 
     sp = p.sft or SFTParams()
     if student.get_output_embeddings().weight.shape[0] != teacher.get_output_embeddings().weight.shape[0]:
@@ -89,19 +90,7 @@ def train_distill(
     loss_fn = kd_fn if p.mode == "logit" else sft_loss_fn
     if p.mode not in ("logit", "sequence"):
         raise ValueError(f"distill mode must be 'logit' or 'sequence', got {p.mode!r}")
-    cfg = TrainConfig(
-        steps=sp.steps,
-        lr=sp.lr,
-        warmup_steps=sp.warmup_steps,
-        schedule=sp.schedule,
-        min_lr_ratio=sp.min_lr_ratio,
-        seed=sp.seed,
-        grad_clip=sp.grad_clip,
-        eval_every=sp.eval_every,
-        log_every=max(sp.steps // 20, 1),
-        ckpt_every=sp.ckpt_every,
-        keep_last=sp.keep_last,
-    )
+    cfg = train_config(sp, log_every=max(sp.steps // 20, 1))
     kd = {"mode": p.mode, "temperature": p.temperature, "alpha": p.alpha}
     out = train(
         student,

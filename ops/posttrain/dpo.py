@@ -9,7 +9,7 @@ accuracy before and after.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ops.posttrain.common import (
     to_device,
 )
 from ops.posttrain.rm import Pair
+from ops.train.optim import OptimConfig
 
 
 @dataclass
@@ -33,6 +34,7 @@ class DPOParams:
     label_smoothing: float = 0.0
     batch_size: int = 16
     warmup_steps: int = 10
+    optim: OptimConfig = field(default_factory=OptimConfig)
     max_len: int = 256
     seed: int = 0
     ckpt_every: int = 100  # checkpoint every N steps and at the end (with a work_dir); 0 = at the end only
@@ -84,7 +86,8 @@ def train_dpo(
 ) -> dict:
     import torch
 
-    from ops.train.core import TrainConfig, params_fingerprint, train
+    from ops.train.core import params_fingerprint, train
+    from ops.train.optim import train_config
 
     ch, rj = _encode_pairs(tok, pairs, p.max_len)
     if not ch:
@@ -110,15 +113,7 @@ def train_dpo(
         )
         return loss, {**st, "tokens": batch["tokens"]}
 
-    cfg = TrainConfig(
-        steps=p.steps,
-        lr=p.lr,
-        warmup_steps=p.warmup_steps,
-        seed=p.seed,
-        log_every=max(p.steps // 20, 1),
-        ckpt_every=p.ckpt_every,
-        keep_last=p.keep_last,
-    )
+    cfg = train_config(p, log_every=max(p.steps // 20, 1))
     fp = {"dpo": params_fingerprint(p), **(fingerprint or {})}
     out = train(policy, loss_fn, batch_fn, cfg, work_dir=work_dir, fingerprint=fp, log=log, progress=False)
     return {"curve": out.curve, "losses": out.losses, "wall_s": out.wall_s, "pairs": len(ch)}

@@ -23,12 +23,13 @@ import json
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ops.losses import bradley_terry_loss
 from ops.posttrain.common import IM_END, encode_all, epoch_batches, strip_stop
+from ops.train.optim import OptimConfig
 
 
 @dataclass(frozen=True)
@@ -286,9 +287,9 @@ class RMParams:
     lr: float = 1e-3
     batch_size: int = 32
     warmup_steps: int = 10
+    optim: OptimConfig = field(default_factory=OptimConfig)
     max_len: int = 256
     seed: int = 0
-    grad_clip: float = 1.0
     ckpt_every: int = 100  # checkpoint every N steps and at the end (with a work_dir); 0 = at the end only
     keep_last: int = 2  # checkpoints kept in the work directory
 
@@ -304,7 +305,8 @@ def train_reward_model(
     eval_fn: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    from ops.train.core import TrainConfig, params_fingerprint, train
+    from ops.train.core import params_fingerprint, train
+    from ops.train.optim import train_config
 
     if not train_pairs:
         raise ValueError(
@@ -324,16 +326,7 @@ def train_reward_model(
         loss, st = bradley_terry_loss(r[:n], r[n:])
         return loss, {**st, "tokens": sum(map(len, batch["chosen"] + batch["rejected"]))}
 
-    cfg = TrainConfig(
-        steps=p.steps,
-        lr=p.lr,
-        warmup_steps=p.warmup_steps,
-        seed=p.seed,
-        grad_clip=p.grad_clip,
-        log_every=max(p.steps // 20, 1),
-        ckpt_every=p.ckpt_every,
-        keep_last=p.keep_last,
-    )
+    cfg = train_config(p, log_every=max(p.steps // 20, 1))
     out = train(
         rm,
         loss_fn,

@@ -9,12 +9,13 @@ stages never need peft.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ops.losses import sft_loss
 from ops.posttrain.common import Example, collate, encode_all, epoch_batches, labelled_logits, pack, to_device
+from ops.train.optim import OptimConfig
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -28,10 +29,7 @@ class SFTParams:
     pack: bool = False
     seq_len: int = 512  # packed row length
     warmup_steps: int = 20
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
     lora_r: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 16
@@ -97,26 +95,14 @@ def train_sft(
 
     With ``lora_r > 0`` only the adapter trains; the returned plain model has the adapter merged in.
     """
-    from ops.train.core import TrainConfig, params_fingerprint, train
+    from ops.train.core import params_fingerprint, train
+    from ops.train.optim import train_config
 
     batch_fn, stats = make_batches(tok, examples, p)
     peft_model = add_lora(model, p) if p.lora_r > 0 else None
     net = peft_model if peft_model is not None else model
     trainable = [q for q in net.parameters() if q.requires_grad]
-    cfg = TrainConfig(
-        steps=p.steps,
-        lr=p.lr,
-        warmup_steps=p.warmup_steps,
-        schedule=p.schedule,
-        min_lr_ratio=p.min_lr_ratio,
-        weight_decay=p.weight_decay,
-        grad_clip=p.grad_clip,
-        seed=p.seed,
-        eval_every=p.eval_every,
-        log_every=max(p.steps // 20, 1),
-        ckpt_every=p.ckpt_every,
-        keep_last=p.keep_last,
-    )
+    cfg = train_config(p, log_every=max(p.steps // 20, 1))
     outcome = train(
         net,
         sft_loss_fn,

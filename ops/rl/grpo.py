@@ -25,6 +25,7 @@ from ops.losses import group_advantages, grpo_loss
 from ops.rewards import RewardBatch, RewardSpec, score
 from ops.rl.common import completion_logprobs, completion_tensors, pick_prompts
 from ops.tasks import Task
+from ops.train.optim import OptimConfig, RLOptimConfig
 
 
 @dataclass
@@ -44,8 +45,7 @@ class GRPOParams:
     scale_rewards: bool = True  # False = Dr. GRPO advantages (no std division)
     updates_per_batch: int = 1  # > 1 re-uses each rollout batch (off-policy after the first)
     minibatch_size: int = 0  # samples per optimizer step inside an update; 0 = whole batch
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
+    optim: OptimConfig = field(default_factory=RLOptimConfig)
     seed: int = 0
     min_std: float = 1e-6
     gen_batch_size: int = 512
@@ -84,23 +84,14 @@ def train_grpo(
     """
     import torch
 
-    from ops.train.core import Checkpointer, TrainConfig, make_optimizer, params_fingerprint, schedule_lr
+    from ops.train.core import Checkpointer, make_optimizer, params_fingerprint, schedule_lr
+    from ops.train.optim import train_config
 
     if not tasks:
         raise ValueError("GRPO needs at least one training prompt")
     dev = next(policy.parameters()).device
     torch.manual_seed(p.seed)
-    cfg = TrainConfig(
-        steps=p.steps,
-        lr=p.lr,
-        warmup_steps=p.warmup_steps,
-        schedule="constant",
-        weight_decay=p.weight_decay,
-        grad_clip=p.grad_clip,
-        seed=p.seed,
-        ckpt_every=p.ckpt_every,
-        keep_last=p.keep_last,
-    )
+    cfg = train_config(p)
     params = [q for q in policy.parameters() if q.requires_grad]
     opt = make_optimizer(params, cfg)
     ck = Checkpointer(
@@ -257,7 +248,7 @@ def _update(
                 raise NonFiniteError("GRPO loss", step, float(loss), last_ck)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            gn = clip_grads(params, p.grad_clip)
+            gn = clip_grads(params, p.optim.grad_clip)
             opt.step()
             for key, v in {"loss": float(loss.detach()), "grad_norm": gn, **st}.items():
                 agg[key] = agg.get(key, 0.0) + v

@@ -23,6 +23,7 @@ from ops.losses import gae, ppo_policy_loss, ppo_value_loss
 from ops.rewards import RewardBatch, RewardSpec, score
 from ops.rl.common import completion_logprobs, completion_tensors, pick_prompts
 from ops.tasks import Task
+from ops.train.optim import OptimConfig, RLOptimConfig
 
 
 @dataclass
@@ -44,7 +45,7 @@ class PPOParams:
     epochs: int = 2
     minibatch_size: int = 32
     rm_weight: float = 1.0
-    grad_clip: float = 1.0
+    optim: OptimConfig = field(default_factory=RLOptimConfig)
     whiten_advantages: bool = True
     seed: int = 0
     gen_batch_size: int = 512
@@ -94,28 +95,20 @@ def train_ppo(
     from ops.train.core import (
         Checkpointer,
         NonFiniteError,
-        TrainConfig,
         clip_grads,
         make_optimizer,
         params_fingerprint,
         schedule_lr,
         set_lr,
     )
+    from ops.train.optim import train_config
 
     if not specs and reward_model is None:
         raise ValueError("PPO needs rule rewards, a reward model, or both")
     dev = next(policy.parameters()).device
     torch.manual_seed(p.seed)
     vh = value_head if value_head is not None else make_value_head(policy)
-    cfg = TrainConfig(
-        steps=p.steps,
-        lr=p.lr,
-        warmup_steps=p.warmup_steps,
-        schedule="constant",
-        seed=p.seed,
-        ckpt_every=p.ckpt_every,
-        keep_last=p.keep_last,
-    )
+    cfg = train_config(p)
     pol_params = [q for q in policy.parameters() if q.requires_grad]
     opt = make_optimizer(pol_params, cfg)
     opt.add_param_group({"params": list(vh.parameters()), "lr": p.lr * p.value_lr_mult, "weight_decay": 0.0})
@@ -206,7 +199,7 @@ def train_ppo(
                     raise NonFiniteError("PPO loss", step + 1, float(loss), ck.last)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                gn = clip_grads(pol_params + list(vh.parameters()), p.grad_clip)
+                gn = clip_grads(pol_params + list(vh.parameters()), cfg.grad_clip)
                 opt.step()
                 for k, val in {
                     "policy_loss": float(pl),

@@ -213,8 +213,13 @@ def _jsonable(x: Any) -> Any:
 
 
 def params_fingerprint(params: Any) -> dict[str, Any]:
-    """A dataclass of op parameters as a fingerprint entry, without the fields that cannot change results."""
-    return {k: v for k, v in asdict(params).items() if k not in _NON_RESULT_FIELDS}
+    """A dataclass of op parameters as a fingerprint entry, without the fields that cannot change results;
+    a nested config model (the ``optim`` block) enters as its fields."""
+    return {
+        k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+        for k, v in asdict(params).items()
+        if k not in _NON_RESULT_FIELDS
+    }
 
 
 class Checkpointer:

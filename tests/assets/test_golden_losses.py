@@ -71,7 +71,7 @@ def _model(tok: Any, seed: int = 0) -> Any:
 
 # ---------------------------------------------------------------- the runs
 def pretrain_run(tok_dir: Path, tmp: Path) -> dict[str, Any]:
-    from assets.pretrain import PretrainConfig
+    from assets.pretrain import PretrainConfig, train_job
     from ops.tokens import tokenize_documents
     from ops.train.lm import run_pretraining
 
@@ -81,26 +81,11 @@ def pretrain_run(tok_dir: Path, tmp: Path) -> dict[str, Any]:
         tok_dir / "tokenizer.json", tmp / "tokens", val_frac=0.1,
     )
     c = PretrainConfig(data="tokens", tokenizer="tok", warmup_steps=2, seq_len=32, batch_size=4)
-    train = {
-        "steps": 8,
-        "lr": c.lr,
-        "warmup_steps": c.warmup_steps,
-        "schedule": c.schedule,
-        "min_lr_ratio": c.min_lr_ratio,
-        "weight_decay": c.weight_decay,
-        "betas": list(c.betas),
-        "grad_clip": c.grad_clip,
-        "grad_accum": c.grad_accum,
-        "seed": c.seed,
-        "eval_every": 0,
-        "log_every": c.log_every,
-        "precision": "fp32",
-    }
     job = {
         "tokens_dir": str(tmp / "tokens"), "tokenizer_dir": str(tok_dir), "out_dir": str(tmp / "out"),
         "work_dir": str(tmp / "work"), "arch": ARCH, "seq_len": c.seq_len, "batch_size": c.batch_size,
         "eval_tokens": 256, "eval_batch_size": 4, "prompts": ["What is "], "sample_tokens": 2, "seed": c.seed,
-        "device": "cpu", "fingerprint": {}, "train": train,
+        "device": "cpu", "fingerprint": {}, "train": train_job(c, steps=8),
     }
     res = run_pretraining(job, log=lambda s: None, progress=False)
     return {"loss": res["losses"], "val_loss": [res["final_eval"]["val_loss"]]}

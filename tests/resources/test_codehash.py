@@ -79,15 +79,15 @@ def test_copy_has_the_same_code_versions(base):
 
 def test_ops_edit_reversions_exactly_the_kinds_that_reach_it(tmp_path, base):
     root = _copy(tmp_path, "grpo_clip")
-    _edit(root, "ops/rl/grpo.py", "    grad_clip: float = 1.0\n", "    grad_clip: float = 0.5\n")
+    _edit(root, "ops/rl/grpo.py", "    min_std: float = 1e-6\n", "    min_std: float = 1e-5\n")
     changed = _changed(base, _versions(root))
     assert changed == _users(base, "ops.rl.grpo")
     assert "grpo" in changed
     assert not changed & {"crawl", "sft", "ppo", "pretrain", "evaluate", "rejection_sample"}
 
-    # SFT's learning-rate floor
+    # SFT's LoRA dropout
     root = _copy(tmp_path, "sft_floor")
-    _edit(root, "ops/posttrain/sft.py", "    min_lr_ratio: float = 0.1\n", "    min_lr_ratio: float = 0.05\n")
+    _edit(root, "ops/posttrain/sft.py", "    lora_dropout: float = 0.0\n", "    lora_dropout: float = 0.05\n")
     changed = _changed(base, _versions(root))
     assert changed == _users(base, "ops.posttrain.sft")
     assert "sft" in changed and not changed & {"crawl", "grpo", "ppo", "pretrain"}
@@ -97,7 +97,7 @@ def test_docstring_comment_description_and_format_edits_reversion_nothing(tmp_pa
     root = _copy(tmp_path, "docs")
     grpo = root / "ops/rl/grpo.py"
     grpo.write_text(grpo.read_text().replace('"""', '"""A reworded module docstring.\n\n', 1))
-    _edit(root, "ops/rl/grpo.py", "    grad_clip: float = 1.0\n", "    grad_clip: float = 1.0  # a new comment\n")
+    _edit(root, "ops/rl/grpo.py", "    min_std: float = 1e-6\n", "    min_std: float = 1e-6  # a new comment\n")
     core = (root / "ops/train/core.py").read_text()
     fn = re.search(r'^def \w+\(.*?\).*?:\n(    """)', core, re.M | re.S)
     assert fn, "no documented top-level function in ops/train/core.py"
@@ -165,7 +165,7 @@ def _plan(root: Path) -> dict[str, str]:
 def test_plan_reversions_the_stages_of_the_edited_kind_and_their_descendants(tmp_path):
     before = _plan(_copy(tmp_path, "plan_base"))
     root = _copy(tmp_path, "plan_grpo")
-    _edit(root, "ops/rl/grpo.py", "    grad_clip: float = 1.0\n", "    grad_clip: float = 0.5\n")
+    _edit(root, "ops/rl/grpo.py", "    min_std: float = 1e-6\n", "    min_std: float = 1e-5\n")
     after = _plan(root)
     spec = load_spec("tiny_r1")
     grpo_stages = [s for s, st in spec.stages.items() if st.kind.name == "grpo"]
