@@ -2,8 +2,9 @@
 
 Key design choice: the stage only plans, launches and reports. The compute planner (``ops/planner.py``)
 sizes the run and estimates FLOPs/time before anything trains; the job (a JSON-able dict) is run either
-in-process or by ``torchrun`` through a launcher (``resources/launchers.py``: Dagster Pipes inside Dagster),
-and in both cases every rank calls the same ``ops.train.lm.run_pretraining``. Checkpoints live in
+in-process or by ``torchrun`` through a launcher (``resources/launchers.py``: ``run_torchrun_job``, Dagster
+Pipes inside Dagster), and in both cases every rank calls the same ``ops.train.lm.run_pretraining``; the
+figures of the finished run come from ``ops/train/summary.py``. Checkpoints live in
 ``run.work`` (survive crashes, resumed on re-materialization, refused under a different data/tokenizer/code
 fingerprint); the final ``save_pretrained`` directory and a copy of the last training state go into
 ``run.out``.
@@ -11,9 +12,6 @@ fingerprint); the final ``save_pretrained`` directory and a copy of the last tra
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -240,67 +238,6 @@ def _validate(cfg: PretrainConfig, kinds: dict[str, str]) -> list[tuple[str, str
     return errs
 
 
-def _file_sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def _data_fingerprint(tokens_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
-    """What a checkpoint must agree with to be resumed: data, tokenizer and training code bytes."""
-    import torch
-    import transformers
-
-    shards = sorted(p for p in tokens_dir.rglob("shard-*.bin"))
-    code = Path(__file__).resolve().parent.parent / "ops"
-    h = hashlib.sha256()
-    for f in sorted([*(code / "train").glob("*.py"), code / "model.py", code / "tokens.py"]):
-        h.update(f.read_bytes())
-    return {
-        "tokens_meta": _file_sha(tokens_dir / "meta.json"),
-        "tokens_shards": hashlib.sha256("".join(_file_sha(s) for s in shards).encode()).hexdigest()[:16],
-        "tokenizer": _file_sha(tokenizer_dir / "tokenizer.json"),
-        "code": h.hexdigest()[:16],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-def _plot_curve(result: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    losses = result["losses"]
-    ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.7, label="train loss")
-    ev = [(r["step"], r["val_loss"]) for r in result["curve"] if "val_loss" in r]
-    if ev:
-        ax.plot(*zip(*ev), "o-", label="val loss")
-    for s in result["spikes"]:
-        ax.axvline(s["step"], color="red", alpha=0.3, lw=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _corpus_word_frac(gens: list[dict[str, Any]], stream_tokens: Any, tokenizer: Any) -> float:
-    """Fraction of words in the generations that occur in (the first 200k tokens of) the training text."""
-    import re
-
-    vocab = set(re.findall(r"[A-Za-z]{2,}", tokenizer.decode(list(map(int, stream_tokens[:200_000])))))
-    words = [w for g in gens for w in re.findall(r"[A-Za-z]{2,}", g["completion"])]
-    return sum(w in vocab for w in words) / len(words) if words else 0.0
-
-
 def train_job(cfg: PretrainConfig, steps: int) -> dict[str, Any]:
     """The ``train`` part of the job (``TrainConfig`` fields as JSON) for ``steps`` planned updates; the warm-up
     is capped below the step count so a short run still reaches its peak LR."""
@@ -312,14 +249,11 @@ def train_job(cfg: PretrainConfig, steps: int) -> dict[str, Any]:
     return {**t, "betas": list(t["betas"])}
 
 
-def _run(run: StageRun) -> StageResult:
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ops import planner
+def _inputs(run: StageRun) -> tuple[Any, Any, Any, Any, Any]:
+    """``(data, tokenizer artifact, tokenizer, train stream, val stream)``, after checking that the shards
+    and the tokenizer belong together and that the shards are long enough; errors name stage and field."""
     from ops.tokenizer import load_tokenizer
-    from ops.tokens import TokenStream, unigram_entropy
+    from ops.tokens import TokenStream
 
     cfg: PretrainConfig = run.config
     data, tok_art = run.input("data"), run.input("tokenizer")
@@ -347,9 +281,17 @@ def _run(run: StageRun) -> StageResult:
             f"stage {run.stage!r}, field 'seq_len': {cfg.seq_len} exceeds the {len(train_stream)} "
             f"training tokens of {data.stage!r}"
         )
+    return data, tok_art, tokenizer, train_stream, val_stream
 
+
+def _plan(run: StageRun, vocab: int) -> tuple[Any, bool, float | None]:
+    """``(plan, use_cuda, peak FLOP/s)``: the device the config asks for and the planner's sizing of the run
+    (model size, steps, FLOPs and time estimates) on it."""
     import torch
 
+    from ops import planner
+
+    cfg: PretrainConfig = run.config
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError(
@@ -358,20 +300,28 @@ def _run(run: StageRun) -> StageResult:
     dev_name = torch.cuda.get_device_name(0) if use_cuda else "cpu"
     peak = planner.peak_flops_for(dev_name) if use_cuda else None
     ranks = cfg.nproc_per_node * cfg.nnodes if cfg.launcher == "torchrun" else 1
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
-    arch_in = cfg.model.arch_dict(cfg.seq_len)
     p = planner.plan(
         vocab_size=vocab,
         seq_len=cfg.seq_len,
-        tokens_per_step=tokens_per_step,
-        arch=arch_in,
+        tokens_per_step=cfg.batch_size * cfg.grad_accum * cfg.seq_len,
+        arch=cfg.model.arch_dict(cfg.seq_len),
         tokens=cfg.tokens,
         budget_flops=cfg.budget_flops,
         tokens_per_param=cfg.tokens_per_param,
         throughput=(peak * 0.3 * ranks) if peak else None,
     )
     run.log(f"plan: {p.rationale}")
+    return p, use_cuda, peak
 
+
+def _job(
+    run: StageRun, p: Any, data: Any, tok_art: Any, use_cuda: bool, peak: float | None
+) -> dict[str, Any]:
+    """The JSON-able job every rank of ``ops.train.lm.run_pretraining`` runs: the plan, the config's
+    training settings and the fingerprint a checkpoint must match to be resumed."""
+    from ops.train.lm import resume_fingerprint
+
+    cfg: PretrainConfig = run.config
     job = {
         "tokens_dir": str(data.path),
         "tokenizer_dir": str(tok_art.path),
@@ -393,140 +343,43 @@ def _run(run: StageRun) -> StageResult:
         "train": train_job(cfg, p.steps),
     }
     job["fingerprint"] = {
-        **_data_fingerprint(data.path, tok_art.path),
+        **resume_fingerprint(data.path, tok_art.path),
         "arch": p.arch,
         "seq_len": cfg.seq_len,
         "batch_size": cfg.batch_size,
         "eval_tokens": cfg.eval_tokens,
     }
-    for stale in [run.work / "result.json", *run.work.glob("error-rank*.json"), *run.work.glob("rank*.json")]:
-        stale.unlink(missing_ok=True)
+    return job
 
-    if cfg.launcher == "inprocess":
-        from ops.train.lm import run_pretraining
 
-        result = run_pretraining(job, log=run.log)
-    else:
-        from resources.launchers import (
-            TRAIN_ENTRY,
-            child_env,
-            free_port,
-            make_launcher,
-            rank_failure,
-            run_local_nodes,
-            torchrun_command,
-        )
+def _report(
+    run: StageRun, p: Any, result: dict[str, Any], tokenizer: Any, train: Any, val: Any
+) -> StageResult:
+    """Curve table and plot, metrics, the reload probe and the checks of a finished run."""
+    from ops.tokens import unigram_entropy
+    from ops.train.summary import (
+        corpus_word_frac,
+        losses_finite,
+        plot_loss_curve,
+        pretrain_metrics,
+        reload_probe,
+        write_curve_table,
+    )
 
-        launcher = run.resources.get("launcher") or make_launcher(log=run.log)
-        job_file = run.work / "job.json"
-        job_file.write_text(json.dumps(job, indent=1))
-        here = cfg.nproc_per_node * (cfg.nnodes if cfg.local_nodes else 1)  # ranks on this machine
-        threads = None if use_cuda else max(1, (torch.get_num_threads() or 1) // here)
-        endpoint = cfg.rdzv_endpoint
-        if cfg.nnodes > 1 and not endpoint:
-            endpoint = f"127.0.0.1:{free_port()}"
-
-        def command(node: int) -> list[str]:
-            return torchrun_command(
-                TRAIN_ENTRY,
-                [str(job_file)],
-                nproc_per_node=cfg.nproc_per_node,
-                nnodes=cfg.nnodes,
-                node_rank=node,
-                rdzv_endpoint=endpoint,
-                rdzv_timeout=cfg.rdzv_timeout,
-            )
-
-        env = child_env(threads_per_rank=threads)
-        try:
-            if cfg.nnodes > 1 and cfg.local_nodes:
-                run_local_nodes(
-                    launcher,
-                    [command(k) for k in range(cfg.nnodes)],
-                    env=env,
-                    extras={"job": str(job_file)},
-                    log=run.log,
-                )
-            else:
-                if cfg.nnodes > 1:
-                    others = [k for k in range(cfg.nnodes) if k != cfg.node_rank]
-                    run.log(
-                        f"multi-node: this machine runs node {cfg.node_rank}; start node(s) {others} with "
-                        f"(same LMFORGE_HOME path on shared storage): {' '.join(command(others[0]))}"
-                    )
-                launcher.run(command(cfg.node_rank), env=env, extras={"job": str(job_file)})
-        except Exception as e:
-            blame = rank_failure(run.work)
-            if blame:
-                raise RuntimeError(
-                    f"stage {run.stage!r}: {blame}. Checkpoints in {run.work / 'checkpoints'} are kept: "
-                    "materializing the stage again resumes from the last one"
-                ) from e
-            if cfg.nnodes > 1:
-                raise RuntimeError(
-                    f"stage {run.stage!r}, field 'rdzv_endpoint': the {cfg.nnodes}-node rendezvous at {endpoint} "
-                    f"did not complete within rdzv_timeout={cfg.rdzv_timeout}s (an agent did not join or the "
-                    "endpoint is unreachable); no rank started and nothing was stored"
-                ) from e
-            raise
-        rf = run.work / "result.json"
-        if not rf.is_file():
-            raise RuntimeError(f"stage {run.stage!r}: torchrun finished but rank 0 wrote no {rf}")
-        result = json.loads(rf.read_text())
-
-    # ---------------------------------------------------------------- report
-    h_val = unigram_entropy(val_stream.tokens) if len(val_stream) else float("nan")
-    final = result.get("final_eval") or {}
-    val_loss = final.get("val_loss", float("nan"))
-    ratio = val_loss / h_val if h_val and h_val == h_val else float("nan")
+    cfg: PretrainConfig = run.config
+    h_val = unigram_entropy(val.tokens) if len(val) else float("nan")
     n_params = int(result["params"])
-    tokens_done = int(result["tokens"])
-    flops_actual = p.flops_per_token * tokens_done
-    tps = [r["tokens_per_s"] for r in result["curve"][1:] if "tokens_per_s" in r] or [0.0]
-    pd_rows = [
-        {k: (float(v) if isinstance(v, int | float) else v) for k, v in r.items()} for r in result["curve"]
-    ]
-    keys = sorted({k for r in pd_rows for k in r}, key=lambda k: (k != "step", k))
-    pq.write_table(pa.table({k: [r.get(k) for r in pd_rows] for k in keys}), run.out / "curve.parquet")
-    _plot_curve(result, run.out / "loss_curve.png", f"{run.stage}: {n_params / 1e6:.2f}M params")
-    word_frac = _corpus_word_frac(result["generations"], train_stream.tokens, tokenizer)
-
-    from ops.model import load_model
-
-    reloaded = load_model(run.out)
-    with torch.no_grad():
-        probe = torch.from_numpy(np.asarray(train_stream.tokens[: min(cfg.seq_len, 64)], dtype=np.int64))[
-            None
-        ]
-        reload_ok = bool(torch.isfinite(reloaded(input_ids=probe).logits).all())
-    del reloaded
-
-    metrics = {
-        "params": n_params,
-        "active_params": p.active_params,
-        "steps": result["steps_done"],
-        "tokens": tokens_done,
-        "final_train_loss": result["losses"][-1] if result["losses"] else None,
-        "val_loss": val_loss,
-        "val_bpb": final.get("val_bpb"),
-        "val_unigram_entropy": h_val,
-        "val_loss_vs_unigram": ratio,
-        "tokens_per_s": float(np.median(tps)),
-        "flops_estimated": p.flops,
-        "flops_actual": flops_actual,
-        "est_seconds": p.est_seconds,
-        "train_wall_s": result["train_wall_s"],
-        "spikes": len(result["spikes"]),
-        "resumed_from": result["resumed_from"] or 0,
-        "world_size": result["world_size"],
-        "generation_corpus_word_frac": word_frac,
-    }
-    mfu = [r["mfu"] for r in result["curve"] if "mfu" in r]
-    if mfu:
-        metrics["mfu"] = float(np.median(mfu))
-    finite = all(np.isfinite(result["losses"])) and val_loss == val_loss
+    write_curve_table(result["curve"], run.out / "curve.parquet")
+    plot_loss_curve(result, run.out / "loss_curve.png", f"{run.stage}: {n_params / 1e6:.2f}M params")
+    word_frac = corpus_word_frac(result["generations"], train.tokens, tokenizer)
+    reload_ok = reload_probe(run.out, train.tokens[: min(cfg.seq_len, 64)])
+    metrics = pretrain_metrics(result, p, h_val, word_frac)
+    val_loss, ratio = metrics["val_loss"], metrics["val_loss_vs_unigram"]
+    tokens_done, flops_actual = metrics["tokens"], metrics["flops_actual"]
     checks = [
-        CheckOutcome("finite_loss", bool(finite), "every training loss and the final val loss are finite"),
+        CheckOutcome(
+            "finite_loss", losses_finite(result), "every training loss and the final val loss are finite"
+        ),
         CheckOutcome("reloads", reload_ok, "AutoModelForCausalLM.from_pretrained(artifact) loads and runs"),
         CheckOutcome(
             "beats_unigram",
@@ -535,6 +388,8 @@ def _run(run: StageRun) -> StageResult:
             {"val_loss": val_loss, "unigram_entropy": h_val, "ratio": ratio},
         ),
     ]
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    final = result.get("final_eval") or {}
     md = {
         "loss_curve": Image("loss_curve.png"),
         "plan": Markdown(
@@ -558,6 +413,37 @@ def _run(run: StageRun) -> StageResult:
         "architecture": Json(p.arch),
     }
     return StageResult(metrics=metrics, metadata=md, checks=checks, flops=flops_actual, tokens=tokens_done)
+
+
+def _run(run: StageRun) -> StageResult:
+    cfg: PretrainConfig = run.config
+    data, tok_art, tokenizer, train_stream, val_stream = _inputs(run)
+    p, use_cuda, peak = _plan(run, len(tokenizer))
+    job = _job(run, p, data, tok_art, use_cuda, peak)
+    for stale in [run.work / "result.json", *run.work.glob("error-rank*.json"), *run.work.glob("rank*.json")]:
+        stale.unlink(missing_ok=True)
+    if cfg.launcher == "inprocess":
+        from ops.train.lm import run_pretraining
+
+        result = run_pretraining(job, log=run.log)
+    else:
+        from resources.launchers import make_launcher, run_torchrun_job
+
+        result = run_torchrun_job(
+            job,
+            run.work,
+            stage=run.stage,
+            launcher=run.resources.get("launcher") or make_launcher(log=run.log),
+            nproc_per_node=cfg.nproc_per_node,
+            nnodes=cfg.nnodes,
+            node_rank=cfg.node_rank,
+            local_nodes=cfg.local_nodes,
+            rdzv_endpoint=cfg.rdzv_endpoint,
+            rdzv_timeout=cfg.rdzv_timeout,
+            cuda=use_cuda,
+            log=run.log,
+        )
+    return _report(run, p, result, tokenizer, train_stream, val_stream)
 
 
 PRETRAIN = register(

@@ -11,6 +11,8 @@ Multi-node jobs use torchrun's c10d rendezvous: every node runs one agent (``tor
 ``nnodes > 1``) and the agents meet at ``rdzv_endpoint``. :func:`run_local_nodes` starts all the agents of
 such a job on this machine (each node's agent a separate process group, as separate machines would be),
 which is how a multi-node job is run and tested on one host; on a cluster each node runs its own agent.
+:func:`run_torchrun_job` is the whole out-of-process run of a training job: job file, agents, and one error
+naming the rank (or the rendezvous) that failed.
 """
 
 from __future__ import annotations
@@ -294,3 +296,89 @@ def rank_failure(work: Path) -> str | None:
     if others:
         what += "; " + ", ".join(f"rank {o} {states[o].get('state')}" for o in others)
     return what
+
+
+def run_torchrun_job(
+    job: dict[str, Any],
+    work: Path,
+    *,
+    stage: str,
+    launcher: SubprocessLauncher | PipesLauncher,
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    local_nodes: bool = False,
+    rdzv_endpoint: str | None = None,
+    rdzv_timeout: int = 300,
+    cuda: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run a training ``job`` (the JSON-able dict of ``ops.train.lm.run_pretraining``) under torchrun and
+    return the ``result.json`` rank 0 wrote into ``work``.
+
+    The job is written to ``work/job.json``; every rank of :data:`TRAIN_ENTRY` reads it. With ``local_nodes``
+    every node's agent runs on this machine (:func:`run_local_nodes`); otherwise this machine runs node
+    ``node_rank`` and the command for the other nodes is logged. On CPU the threads of this machine are
+    shared out between its ranks. A failure is raised as one error naming ``stage``: the rank that caused it
+    (:func:`rank_failure`; checkpoints in ``work`` are kept, so the next run resumes), or for a multi-node
+    job whose ranks never started, the rendezvous that did not complete.
+    """
+    import json
+
+    import torch
+
+    job_file = work / "job.json"
+    job_file.write_text(json.dumps(job, indent=1))
+    here = nproc_per_node * (nnodes if local_nodes else 1)  # ranks on this machine
+    threads = None if cuda else max(1, (torch.get_num_threads() or 1) // here)
+    endpoint = rdzv_endpoint
+    if nnodes > 1 and not endpoint:
+        endpoint = f"127.0.0.1:{free_port()}"
+
+    def command(node: int) -> list[str]:
+        return torchrun_command(
+            TRAIN_ENTRY,
+            [str(job_file)],
+            nproc_per_node=nproc_per_node,
+            nnodes=nnodes,
+            node_rank=node,
+            rdzv_endpoint=endpoint,
+            rdzv_timeout=rdzv_timeout,
+        )
+
+    env = child_env(threads_per_rank=threads)
+    try:
+        if nnodes > 1 and local_nodes:
+            run_local_nodes(
+                launcher,
+                [command(k) for k in range(nnodes)],
+                env=env,
+                extras={"job": str(job_file)},
+                log=log,
+            )
+        else:
+            if nnodes > 1:
+                others = [k for k in range(nnodes) if k != node_rank]
+                log(
+                    f"multi-node: this machine runs node {node_rank}; start node(s) {others} with "
+                    f"(same LMFORGE_HOME path on shared storage): {' '.join(command(others[0]))}"
+                )
+            launcher.run(command(node_rank), env=env, extras={"job": str(job_file)})
+    except Exception as e:
+        blame = rank_failure(work)
+        if blame:
+            raise RuntimeError(
+                f"stage {stage!r}: {blame}. Checkpoints in {work / 'checkpoints'} are kept: "
+                "materializing the stage again resumes from the last one"
+            ) from e
+        if nnodes > 1:
+            raise RuntimeError(
+                f"stage {stage!r}, field 'rdzv_endpoint': the {nnodes}-node rendezvous at {endpoint} "
+                f"did not complete within rdzv_timeout={rdzv_timeout}s (an agent did not join or the "
+                "endpoint is unreachable); no rank started and nothing was stored"
+            ) from e
+        raise
+    rf = work / "result.json"
+    if not rf.is_file():
+        raise RuntimeError(f"stage {stage!r}: torchrun finished but rank 0 wrote no {rf}")
+    return json.loads(rf.read_text())

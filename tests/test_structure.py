@@ -26,16 +26,13 @@ MAX_MODULE = 500  # lines, everywhere but the training core
 TRAINING_CORE = {"ops/train/core.py"}
 # Still over a limit: to be split, never to grow.
 MODULE_DEBT = {
-    "assets/pretrain.py",
     "ops/data/crawl.py",
     "ops/eval/report.py",
     "pipelines/cli.py",
     "pipelines/spec.py",
     "resources/store.py",
 }
-FUNCTION_DEBT = {
-    "assets/pretrain.py:_run",  # planning, job, torchrun launch, error ranks, reload check
-}
+FUNCTION_DEBT: set[str] = set()
 
 
 def modules(root: Path = ROOT) -> list[Path]:

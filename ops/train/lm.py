@@ -260,6 +260,39 @@ def run_pretraining(job: dict[str, Any], *, log=print, on_log=None, progress: bo
     return result
 
 
+def _file_sha(p: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def resume_fingerprint(tokens_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
+    """What a pretraining checkpoint must agree with to be resumed: data, tokenizer and training code bytes
+    (``ops/train``, ``ops/model.py``, ``ops/tokens.py``), torch and transformers versions."""
+    import hashlib
+
+    import torch
+    import transformers
+
+    shards = sorted(p for p in tokens_dir.rglob("shard-*.bin"))
+    code = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted([*(code / "train").glob("*.py"), code / "model.py", code / "tokens.py"]):
+        h.update(f.read_bytes())
+    return {
+        "tokens_meta": _file_sha(tokens_dir / "meta.json"),
+        "tokens_shards": hashlib.sha256("".join(_file_sha(s) for s in shards).encode()).hexdigest()[:16],
+        "tokenizer": _file_sha(tokenizer_dir / "tokenizer.json"),
+        "code": h.hexdigest()[:16],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
 def _device(spec: str, rank: int) -> str:
     import os
 
