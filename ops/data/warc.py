@@ -160,7 +160,7 @@ def import_warcs(paths: list[Path], out: Path, log: Callable[[str], None] = prin
     fetch log. Damaged files contribute their readable records; the rest is counted, not fatal."""
     from warcio.warcwriter import WARCWriter
 
-    from .crawl import write_fetch_log
+    from .crawl_store import write_fetch_log
 
     (out / "warc").mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
