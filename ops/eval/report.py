@@ -7,7 +7,9 @@ per byte), and is marked "beyond noise" only when the 95% interval of the differ
 with seed replicates, when the difference also exceeds the seed-to-seed variation).
 
 Inputs are plain dicts (:class:`StageInfo`, :class:`EvalInfo`) so this module needs neither Dagster nor the
-store; ``assets/report.py`` resolves them.
+store; ``assets/report.py`` resolves them. This module computes the report (``report.json``: metrics, seed
+spread, paired comparisons, cost ledger, environment); ``report_markdown.py`` renders its sections as
+Markdown and ``report_plots.py`` draws its figures, both from ``report.json`` alone.
 """
 
 from __future__ import annotations
@@ -19,19 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics as M
-from .evaluate import contamination_text
-
-# metrics shown per model, in order: (key in metrics.json "overall", label, higher is better)
-MODEL_METRICS = [
-    ("greedy_accuracy", "greedy acc", True),
-    ("pass@1", "pass@1", True),
-    ("pass@k", "pass@k", True),
-    ("maj@k", "maj@k", True),
-    ("format_rate", "format", True),
-    ("language_consistency", "lang", True),
-    ("mean_response_tokens", "resp tokens", None),
-    ("bits_per_byte", "bits/byte", False),
-]
+from .report_markdown import MODEL_METRICS, render_markdown
+from .report_plots import draw_plots
 
 
 @dataclass
@@ -225,15 +216,6 @@ def environment(git: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 # ---- building -------------------------------------------------------------------------------------------------
-def _fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
-    if not m or m.get("value") is None:
-        return "–"
-    v = f"{m['value']:.{digits}f}"
-    if m.get("low") is None or m.get("high") is None:
-        return v
-    return f"{v} [{m['low']:.{digits}f}, {m['high']:.{digits}f}]"
-
-
 def build(
     *,
     title: str,
@@ -311,10 +293,10 @@ def build(
         "audit": audit,
         "environment": env,
     }
-    pngs = _plots(report_json, out)
+    pngs = draw_plots(report_json, out)
     report_json["images"] = pngs
     (out / "report.json").write_text(json.dumps(report_json, indent=1, default=str))
-    (out / "report.md").write_text(_markdown(report_json, stages))
+    (out / "report.md").write_text(render_markdown(report_json, stages))
     return report_json
 
 
@@ -335,231 +317,3 @@ def _ledger(stages: dict[str, StageInfo], evals: list[EvalInfo], price: float) -
             }
         )
     return rows
-
-
-def _markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
-    L: list[str] = [f"# {r['title']}", ""]
-    env = r["environment"]
-    git = env.get("git") or {}
-    L += [
-        f"Generated from stored artifacts. Git commit `{git.get('commit') or 'unknown'}`"
-        f"{' (dirty working tree)' if git.get('dirty') else ''}.",
-        "",
-    ]
-    # metrics table
-    L += [
-        "## Model metrics",
-        "",
-        "Each cell: value [95% interval from the eval set size]; ± s.d. over seeds where seed replicates ran.",
-        "pass@k and maj@k use the k samples per item; bits/byte is on the held-out corpus (lower is better).",
-        "",
-    ]
-    L.append("| model | items | " + " | ".join(lbl for _, lbl, _ in MODEL_METRICS) + " |")
-    L.append("|---|---|" + "---|" * len(MODEL_METRICS))
-    for m, d in r["models"].items():
-        cells = []
-        for key, _, _ in MODEL_METRICS:
-            c = _fmt(d["metrics"].get(key))
-            sp = d["seed_spread"].get(key)
-            if sp:
-                c += f" ±{sp['sd']:.3f} (seeds n={sp['n']})"
-            cells.append(c)
-        L.append(f"| {m} | {d['n_items']} | " + " | ".join(cells) + " |")
-    L.append("")
-    if r["seed_groups"]:
-        L += ["Seed replicates: " + "; ".join(", ".join(g) for g in r["seed_groups"]), ""]
-    # comparisons
-    L += [
-        "## Stage-to-stage changes",
-        "",
-        "Each model is compared with the nearest evaluated model it was derived from, paired on the same eval "
-        "items (documents for bits/byte). **beyond noise** = the 95% interval of the paired difference "
-        "excludes 0 (and exceeds 1.96 × the seed s.d. where seeds ran); otherwise the change is not "
-        "distinguishable from noise at this eval size.",
-        "",
-    ]
-    if r["comparisons"]:
-        L += ["| parent → child | metric | change [95% CI] | items | verdict |", "|---|---|---|---|---|"]
-        for c in r["comparisons"]:
-            ci = f"[{c['low']:+.3f}, {c['high']:+.3f}]" if c.get("low") is not None else ""
-            verdict = "**beyond noise**" if c["beyond_noise"] else "within noise"
-            L.append(
-                f"| {c['parent']} → {c['child']} | {c['metric']} | {c['diff']:+.3f} {ci} | "
-                f"{c['paired_items']} | {verdict} |"
-            )
-    else:
-        L.append("No evaluated model descends from another evaluated model; nothing to compare.")
-    L.append("")
-    # budget forcing
-    L += ["## Test-time scaling (budget forcing, Wait)", ""]
-    if "budget_curves.png" in r.get("images", []):
-        L += ["![budget curves](budget_curves.png)", ""]
-    any_curve = False
-    for m, d in r["models"].items():
-        pts = [(f"budget {p['budget']}", p) for p in d["budget_curve"]] + [
-            (f"wait ×{p['wait_extensions']}", p) for p in d["wait_curve"]
-        ]
-        if d.get("unbudgeted"):
-            pts.append(("unbudgeted", d["unbudgeted"]))
-        if not pts:
-            continue
-        any_curve = True
-        L.append(
-            f"- **{m}**: "
-            + "; ".join(
-                f"{lbl}: {p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] @ {p['mean_thinking_tokens']:.1f} tokens"
-                for lbl, p in pts
-            )
-        )
-    if not any_curve:
-        L.append("No budget sweep was run.")
-    L.append("")
-    # audit
-    L += ["## Decontamination audit", ""]
-    for m, a in r["audit"].items():
-        if not a:
-            continue
-        L.append(
-            f"- **{m}**: {a.get('n_flagged', 0)} of {a.get('n_items', 0)} eval items flagged "
-            f"({a.get('ngram')}-gram overlap ≥ {a.get('threshold')}) against "
-            f"{len(a.get('datasets') or [])} upstream training datasets"
-            + (
-                ": "
-                + ", ".join(
-                    f"`{f['task']}/{f['item_id']}` ({f['overlap']:.2f} in {', '.join(f['matched'])})"
-                    for f in (a.get("flagged") or [])[:20]
-                )
-                if a.get("flagged")
-                else ""
-            )
-            + (f". {split}" if (split := contamination_text(a.get("by_contamination"))) else "")
-        )
-    L.append("")
-    # ledger
-    price = r["price"]
-    L += [
-        "## Cost ledger",
-        "",
-        f"Estimated cost at {price['hourly']:.2f} {price['currency']} per machine-hour.",
-        "",
-        "| stage | kind | version | wall time (s) | tokens | FLOPs | est. cost |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    tw = tc = 0.0
-    for row in r["ledger"]:
-        tw += row["wall_time_s"]
-        tc += row["cost"]
-        fl = f"{row['flops']:.3g}" if row.get("flops") else "–"
-        L.append(
-            f"| {row['stage']} | {row['kind']} | `{row['version'][:10]}` | {row['wall_time_s']:.1f} | "
-            f"{row['tokens'] if row.get('tokens') is not None else '–'} | {fl} | {row['cost']:.4f} |"
-        )
-    L += [f"| **total** | | | {tw:.1f} | | | {tc:.4f} |", ""]
-    if "cost.png" in r.get("images", []):
-        L += ["![cost](cost.png)", ""]
-    # lineage
-    L += ["## Lineage", "", "```"]
-    for n, s in stages.items():
-        ins = sorted(
-            {
-                a.get("stage") + (f"/{a['partition']}" if a.get("partition") else "")
-                for arts in (s.manifest.get("inputs") or {}).values()
-                for a in arts
-                if a.get("stage")
-            }
-        )
-        L.append(f"{n} ({s.kind} {s.version[:10]})" + (f" <- {', '.join(ins)}" if ins else ""))
-    L += ["```", ""]
-    # environment
-    hw = env.get("hardware") or {}
-    L += [
-        "## Environment",
-        "",
-        f"- git: `{git.get('commit')}`, dirty: {git.get('dirty')}",
-        f"- python {env.get('python')} on {env.get('platform')}",
-        f"- hardware: {hw.get('cpu_count')} CPUs ({hw.get('cpu')}), {hw.get('memory_gib')} GiB, "
-        f"GPUs: {', '.join(hw.get('gpus') or []) or 'none'}",
-        "- packages: " + ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v),
-        "",
-    ]
-    if "metrics.png" in r.get("images", []):
-        L += ["![metrics](metrics.png)", ""]
-    return "\n".join(L)
-
-
-def _plots(r: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    models = list(r["models"])
-    # per-model metrics with 95% intervals, one panel per metric
-    keys = [
-        (k, lbl)
-        for k, lbl, _ in MODEL_METRICS
-        if any((r["models"][m]["metrics"].get(k) or {}).get("value") is not None for m in models)
-    ]
-    if keys and models:
-        fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 3.2), dpi=100, squeeze=False)
-        for ax, (k, lbl) in zip(axes[0], keys):
-            vals, lo, hi = [], [], []
-            for m in models:
-                d = r["models"][m]["metrics"].get(k) or {}
-                v = d.get("value")
-                vals.append(v if v is not None else 0.0)
-                lo.append(max(0.0, v - d["low"]) if v is not None and d.get("low") is not None else 0.0)
-                hi.append(max(0.0, d["high"] - v) if v is not None and d.get("high") is not None else 0.0)
-            ax.bar(range(len(models)), vals, yerr=[lo, hi], capsize=3, color="#4c72b0")
-            ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=7)
-            ax.set_title(lbl, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "metrics.png")
-        plt.close(fig)
-        written.append("metrics.png")
-    # budget curves of all models
-    curves = {m: d for m, d in r["models"].items() if d["budget_curve"] or d["wait_curve"]}
-    if curves:
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        for m, d in curves.items():
-            pts = sorted(
-                d["budget_curve"] + d["wait_curve"] + ([d["unbudgeted"]] if d.get("unbudgeted") else []),
-                key=lambda p: p["mean_thinking_tokens"],
-            )
-            ax.errorbar(
-                [p["mean_thinking_tokens"] for p in pts],
-                [p["accuracy"] for p in pts],
-                yerr=[
-                    [max(0.0, p["accuracy"] - p["low"]) for p in pts],
-                    [max(0.0, p["high"] - p["accuracy"]) for p in pts],
-                ],
-                fmt="o-",
-                capsize=2,
-                label=m,
-            )
-        ax.set_xlabel("mean thinking tokens")
-        ax.set_ylabel("accuracy (95% CI)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        ax.set_title("accuracy vs thinking tokens (budget forcing / Wait)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "budget_curves.png")
-        plt.close(fig)
-        written.append("budget_curves.png")
-    # cost ledger
-    rows = [x for x in r["ledger"] if x["wall_time_s"] > 0]
-    if rows:
-        fig, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2), dpi=100)
-        ax.barh([x["stage"] for x in rows], [x["wall_time_s"] for x in rows], color="#dd8452")
-        ax.invert_yaxis()
-        ax.set_xlabel("wall time (s)")
-        ax.set_title(
-            f"cost ledger (total {sum(x['cost'] for x in rows):.4f} {r['price']['currency']})", fontsize=9
-        )
-        fig.tight_layout()
-        fig.savefig(out / "cost.png")
-        plt.close(fig)
-        written.append("cost.png")
-    return written
