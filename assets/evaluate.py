@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from .posttrain import AnswerFormatName, PromptTemplate, answer_format_field, prompt_template_field
 from .registry import (
     CheckOutcome,
     CheckSpec,
@@ -115,6 +116,8 @@ class EvaluateConfig(StageConfig):
         "reasoning words, as the R1 language reward).",
     )
     seed: int = Field(0, description="Seed of sampling and of the bpb document sample.")
+    answer_format: AnswerFormatName = answer_format_field()
+    prompt_template: PromptTemplate = prompt_template_field()
 
     @field_validator("budgets")
     @classmethod
@@ -132,6 +135,12 @@ class EvaluateConfig(StageConfig):
 
 
 # ---- validation -------------------------------------------------------------------------------------------
+_SWEEP_NEEDS_TAGS = (
+    "budget forcing and Wait extension act on <think>...</think>, so they need the think_answer answer "
+    "format; drop the sweep or evaluate a think_answer task set"
+)
+
+
 def _answerless_reason(kind_name: str, cfg: Any) -> str | None:
     """Why a task stage's config yields tasks without answers, or None. Knows the conventions of task kinds:
     an answer-column setting explicitly emptied, or a user Parquet lacking the answer column."""
@@ -181,6 +190,11 @@ def validate(
         why = _answerless_reason(kinds.get(name, "?"), (configs or {}).get(name))
         if why:
             problems.append(("tasks", f"task stage {name!r} cannot be evaluated: {why}"))
+    fmts = {config.answer_format} if config.answer_format else {
+        getattr((configs or {}).get(n), "answer_format", None) or "think_answer" for n in config.tasks
+    }
+    if (config.budgets or config.wait_extensions) and fmts - {"think_answer"}:
+        problems.append(("budgets" if config.budgets else "wait_extensions", _SWEEP_NEEDS_TAGS))
     if not config.tasks and config.corpus is None:
         problems.append(("tasks", "nothing to evaluate: give tasks and/or a corpus"))
     return problems
@@ -218,7 +232,23 @@ def _read_eval_items(run: StageRun, art: InputArtifact, max_items: int | None):
             f"{where}: {f} has {len(bad)} item(s) without an answer (e.g. {bad[:3]}); "
             "tasks without answers cannot be scored"
         )
-    return [EvalItem(art.stage, str(r["id"]), str(r["question"]), str(r["answer"])) for r in rows]
+    from ops.answers import render_prompt
+    from ops.tasks import read_task_set_format
+
+    fmt = read_task_set_format(art.path).override(run.config.answer_format, run.config.prompt_template)
+    if fmt.answer_format != "think_answer" and (run.config.budgets or run.config.wait_extensions):
+        raise ValueError(f"{where}: {_SWEEP_NEEDS_TAGS} (this task set is scored as {fmt.answer_format!r})")
+    return [
+        EvalItem(
+            art.stage,
+            str(r["id"]),
+            str(r["question"]),
+            str(r["answer"]),
+            render_prompt(fmt.prompt_template, str(r["question"])),
+            fmt.answer_format,
+        )
+        for r in rows
+    ]
 
 
 def _corpus_docs(run: StageRun, cfg: EvaluateConfig) -> tuple[str | None, list[tuple[str, str]]]:

@@ -15,7 +15,10 @@ from ops.train.optim import OptimConfig, RLOptimConfig, optim_field
 
 from .posttrain import (
     MODEL,
+    AnswerFormatName,
+    PromptTemplate,
     accuracy,
+    answer_format_field,
     check_template,
     ckpt_every,
     eval_tasks,
@@ -23,7 +26,9 @@ from .posttrain import (
     keep_training_state,
     load_policy,
     params,
+    prompt_template_field,
     reference_policy,
+    single_format,
     train_tasks,
     validate_rewards,
     write_curve,
@@ -76,6 +81,8 @@ class GRPOConfig(StageConfig):
     updates_per_batch: int = Field(
         1, ge=1, description="optimizer passes per rollout batch (1 = fully on-policy)"
     )
+    answer_format: AnswerFormatName = answer_format_field()
+    prompt_template: PromptTemplate = prompt_template_field()
     seed: int = Field(0, description="sampling and data-order seed")
     eval_problems: int = Field(200, ge=0, description="held-out problems scored before and after")
     eval_samples: int = Field(
@@ -89,15 +96,15 @@ def run(run: StageRun) -> StageResult:
     import torch
 
     from ops.model import save_model
-    from ops.rewards import parse_specs, reward_versions
+    from ops.rewards import parse_specs, reward_versions, with_answer_format
     from ops.rl.common import write_rollouts
     from ops.rl.grpo import GRPOParams, train_grpo
     from ops.rl.summary import all_finite, grpo_summary, training_steps
 
     c: GRPOConfig = run.config
-    specs = parse_specs(list(c.rewards))
     check_template(run, "model")
     tasks = train_tasks(run, "prompts")
+    specs = with_answer_format(parse_specs(list(c.rewards)), single_format(run, "prompts", tasks))
     ev = eval_tasks(run, ("prompts",), c.eval_problems)
     policy, tok = load_policy(run, "model")
     reference = reference_policy(run)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
 
 from .registry import Image, InputArtifact, StageRun, Table, run_option
 
@@ -79,22 +81,63 @@ def check_template(run: StageRun, field: str) -> None:
             )
 
 
+def _known_format(name: str | None) -> str | None:
+    from ops.answers import check_format_name
+
+    return check_format_name(name)
+
+
+def _usable_template(template: str | None) -> str | None:
+    from ops.answers import check_template as check
+
+    return check(template)
+
+
+# Config types of the answer-format and prompt-template overrides: an unknown format name or a template
+# without {question} is refused when the spec is compiled, naming file, stage and field.
+AnswerFormatName = Annotated[str | None, AfterValidator(_known_format)]
+PromptTemplate = Annotated[str | None, AfterValidator(_usable_template)]
+
+
+def answer_format_field() -> Any:
+    return Field(
+        None,
+        description="answer format responses are scored in (think_answer, boxed, gsm8k, last_number, exact); "
+        "default: each task set's own",
+    )
+
+
+def prompt_template_field() -> Any:
+    return Field(
+        None, description="prompt template with a {question} placeholder; default: each task set's own"
+    )
+
+
+def overrides(run: StageRun) -> tuple[str | None, str | None]:
+    """The stage's answer-format and prompt-template overrides (``None`` where it sets none or has none;
+    ``sft`` calls its answer format ``format``)."""
+    c = run.config
+    fmt = getattr(c, "answer_format", None) or getattr(c, "format", None)
+    return fmt, getattr(c, "prompt_template", None)
+
+
 def eval_tasks(run: StageRun, fields: tuple[str, ...], n: int):
-    """The first ``n`` held-out problems of the first tasks input (among ``fields``) that has any."""
-    from ops.tasks import read_tasks
+    """The first ``n`` held-out problems of the first tasks input (among ``fields``) that has any, as asked
+    and scored (the task set's prompt template and answer format, or the stage's overrides)."""
+    from ops.tasks import read_task_set
 
     for f in fields:
         for a in run.inputs.get(f, []):
             if a.produces == "tasks" and (a.path / "eval.parquet").is_file():
-                ev = read_tasks(a.path / "eval.parquet")
+                ev = read_task_set(a.path, "eval", *overrides(run))
                 if ev:  # a prompt set generated with eval: 0 has an empty held-out split: try the next
                     return ev[:n]
     return []
 
 
 def train_tasks(run: StageRun, field: str):
-    """The training split of every tasks input of ``field``."""
-    from ops.tasks import read_tasks
+    """The training split of every tasks input of ``field``, each task carrying its answer format."""
+    from ops.tasks import read_task_set
 
     out = []
     for a in run.inputs.get(field, []):
@@ -102,8 +145,20 @@ def train_tasks(run: StageRun, field: str):
             raise PostTrainError(
                 f"stage {run.stage!r}, field {field!r}: {a.stage!r} is {a.produces!r}, not tasks"
             )
-        out += read_tasks(a.path / "train.parquet")
+        out += read_task_set(a.path, "train", *overrides(run))
     return out
+
+
+def single_format(run: StageRun, field: str, tasks: list) -> str:
+    """The one answer format of ``tasks`` (rule rewards score a batch in one format); task sets of different
+    formats without a stage override are refused, naming them."""
+    fmts = sorted({t.answer_format for t in tasks})
+    if len(fmts) > 1:
+        raise PostTrainError(
+            f"stage {run.stage!r}, field {field!r}: the task sets use different answer formats {fmts}; "
+            "set answer_format on the stage to score them in one"
+        )
+    return fmts[0] if fmts else (overrides(run)[0] or "think_answer")
 
 
 def training_examples(run: StageRun, field: str = "data") -> list:
@@ -112,7 +167,7 @@ def training_examples(run: StageRun, field: str = "data") -> list:
 
     examples = []
     for a in run.inputs.get(field, []):
-        examples += examples_from_artifact(a.produces, a.path)
+        examples += examples_from_artifact(a.produces, a.path, "train", *overrides(run))
     return examples
 
 

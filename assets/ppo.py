@@ -15,7 +15,10 @@ from ops.train.optim import OptimConfig, RLOptimConfig, optim_field
 
 from .posttrain import (
     MODEL,
+    AnswerFormatName,
+    PromptTemplate,
     accuracy,
+    answer_format_field,
     check_template,
     ckpt_every,
     eval_tasks,
@@ -23,6 +26,8 @@ from .posttrain import (
     keep_training_state,
     load_policy,
     params,
+    prompt_template_field,
+    single_format,
     train_tasks,
     validate_rewards,
     write_curve,
@@ -56,6 +61,8 @@ class PPOConfig(StageConfig):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     epochs: int = Field(2, ge=1, description="passes over each rollout batch")
     minibatch_size: int = Field(32, ge=1, description="samples per optimizer step")
+    answer_format: AnswerFormatName = answer_format_field()
+    prompt_template: PromptTemplate = prompt_template_field()
     seed: int = Field(0, description="sampling seed")
     eval_problems: int = Field(100, ge=0, description="held-out problems scored before and after")
     ckpt_every: int = ckpt_every(5)
@@ -74,15 +81,16 @@ def run(run: StageRun) -> StageResult:
 
     from ops.model import save_model
     from ops.posttrain.rm import load_reward_model
-    from ops.rewards import parse_specs
+    from ops.rewards import parse_specs, with_answer_format
     from ops.rl.common import write_rollouts
     from ops.rl.ppo import PPOParams, train_ppo
     from ops.rl.summary import all_finite, ppo_summary, training_steps
 
     c: PPOConfig = run.config
-    specs = parse_specs(list(c.rewards)) if c.rewards else []
     check_template(run, "model")
     tasks = train_tasks(run, "prompts")
+    specs = parse_specs(list(c.rewards)) if c.rewards else []
+    specs = with_answer_format(specs, single_format(run, "prompts", tasks))
     ev = eval_tasks(run, ("prompts",), c.eval_problems)
     policy, tok = load_policy(run, "model")
     reference, _ = load_policy(run, "model")

@@ -12,7 +12,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from .posttrain import MODEL, PostTrainError, check_template, load_policy, params, train_tasks
+from .posttrain import (
+    MODEL,
+    AnswerFormatName,
+    PostTrainError,
+    PromptTemplate,
+    answer_format_field,
+    check_template,
+    load_policy,
+    params,
+    prompt_template_field,
+    train_tasks,
+)
 from .registry import (
     CheckOutcome,
     CheckSpec,
@@ -43,6 +54,8 @@ class RejectionConfig(StageConfig):
     max_per_prompt: int = Field(2, ge=1, description="kept responses per prompt after de-duplication")
     max_response_tokens: int = Field(96, ge=1, description="length cap: longer samples are rejected")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    answer_format: AnswerFormatName = answer_format_field()
+    prompt_template: PromptTemplate = prompt_template_field()
     seed: int = Field(0, description="sampling seed")
 
 
@@ -66,7 +79,8 @@ def run(run: StageRun) -> StageResult:
     write_sft(sft, run.out / "sft.parquet")
     write_rollouts(rollouts, ["accuracy", "format", "model"], run.out / "rollouts.parquet")
     ids = {r["id"] for r in rollouts}
-    verified = all(is_correct(r["response"], r["answer"]) for r in sft)
+    fmt = {t.id: t.answer_format for t in tasks}
+    verified = all(is_correct(r["response"], r["answer"], fmt[r["parent_ids"][1]]) for r in sft)
     linked = all(r["parent_ids"][0] in ids for r in sft)
     metrics = {
         **stats,

@@ -8,15 +8,15 @@ scored at the end (greedy, optionally sampled).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from ops.train.optim import OptimConfig, optim_field
 
 from .posttrain import (
     MODEL,
+    AnswerFormatName,
     PostTrainError,
+    PromptTemplate,
     accuracy,
     check_template,
     ckpt_every,
@@ -25,6 +25,7 @@ from .posttrain import (
     keep_training_state,
     load_policy,
     params,
+    prompt_template_field,
     samples_table,
     training_examples,
     write_curve,
@@ -61,9 +62,12 @@ class SFTConfig(StageConfig):
         0, ge=0, description="also sample this many answers per problem at T=1 (pass@k)"
     )
     max_new_tokens: int = Field(96, ge=1, description="generation budget for evaluation")
-    format: Literal["think_answer"] = Field(
-        "think_answer", description="response format (<think>..</think><answer>..</answer>)"
+    format: AnswerFormatName = Field(
+        None,
+        description="answer format worked solutions of tasks inputs are written in, and held-out answers "
+        "scored in (think_answer, boxed, gsm8k, last_number, exact); default: each task set's own",
     )
+    prompt_template: PromptTemplate = prompt_template_field()
     ckpt_every: int = ckpt_every(100)
     keep_last: int = keep_last()
 

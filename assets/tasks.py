@@ -2,7 +2,9 @@
 
 Key design choice: either the procedural arithmetic generator (seeded, disjoint train/eval splits) or a user
 Parquet with ``question``/``answer`` columns; a user file is checked (columns, types, every answer a number)
-by ``validate`` before any compute, and its size/mtime/content hash is part of the stage version.
+by ``validate`` before any compute, and its size/mtime/content hash is part of the stage version. The task
+set records its prompt template and answer format (``task_set.json``), which consuming stages apply unless
+they override them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .posttrain import AnswerFormatName, PromptTemplate
 from .registry import (
     CheckOutcome,
     CheckSpec,
@@ -41,6 +44,13 @@ class ReasoningTasksConfig(StageConfig):
         None, description="generator=parquet: training Parquet with question/answer columns"
     )
     eval_path: str | None = Field(None, description="generator=parquet: held-out Parquet (same columns)")
+    answer_format: AnswerFormatName = Field(
+        "think_answer",
+        description="answer format of this task set's responses (think_answer, boxed, gsm8k, last_number, exact)",
+    )
+    prompt_template: PromptTemplate = Field(
+        "{question}", description="how a question becomes the user turn ({question} placeholder)"
+    )
     exclude: list[str] = ref(
         "tasks",
         many=True,
@@ -99,7 +109,14 @@ def _excluded_questions(run: StageRun) -> set[str]:
 
 
 def _run(run: StageRun) -> StageResult:
-    from ops.tasks import TaskFileError, load_task_parquet, make_splits, write_tasks
+    from ops.tasks import (
+        TaskFileError,
+        TaskSetFormat,
+        load_task_parquet,
+        make_splits,
+        write_task_set_format,
+        write_tasks,
+    )
 
     cfg: ReasoningTasksConfig = run.config
     excluded = _excluded_questions(run)
@@ -122,6 +139,7 @@ def _run(run: StageRun) -> StageResult:
         run.log(f"excluding {len(excluded)} questions of {run.config.exclude}; {dropped} user rows dropped")
     write_tasks(train, run.out / "train.parquet")
     write_tasks(ev, run.out / "eval.parquet")
+    write_task_set_format(run.out, TaskSetFormat(cfg.answer_format, cfg.prompt_template))
     overlap = len({t.question for t in train} & {t.question for t in ev})
     run.log(f"{len(train)} train / {len(ev)} eval problems, overlap {overlap}")
     by_d: dict[int, int] = {}

@@ -7,12 +7,15 @@ stage config names rewards (``[accuracy, format, {language: {weight: 0.1, target
 every named reward is hashed into the stage version, so changing a reward's code re-runs the stages that use
 it. An unknown name is one clear error listing the known ones, raised when the config is validated.
 
-All answer parsing goes through ``ops.tasks`` (extract_answer / is_correct / format_ok).
+All answer parsing goes through ``ops.answers`` (one registry of answer formats): the rewards that read an
+answer take an ``answer_format`` parameter (default ``think_answer``); a stage fills it from its task set's
+format with :func:`with_answer_format` unless the spec sets it on the reward.
 
 Built-in rewards:
 
-* ``accuracy`` (v1): 1 if the parsed ``<answer>`` equals the gold answer, else 0.
-* ``format`` (v1): 1 if the response is exactly ``<think>...</think><answer>...</answer>``, else 0.
+* ``accuracy`` (v1): 1 if the answer parsed in the answer format equals the gold answer, else 0.
+* ``format`` (v1): 1 if the response has the answer format's shape (default: exactly
+  ``<think>...</think><answer>...</answer>``), else 0; an unparsable response scores 0.
 * ``language`` (v1): share of the words in the reasoning written in the target language's script (R1's
   language-consistency reward); numbers and symbols are neutral; a response with no words scores 1.
 * ``length`` (v1): Kimi k1.5 length penalty within each group: ``lambda = 0.5 - (len - min)/(max - min)``;
@@ -26,7 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ops.tasks import format_ok, is_correct, split_response
+from ops.answers import check_format_name, well_formed
+from ops.tasks import is_correct, split_response
+
+FORMAT_PARAM = "answer_format"
 
 
 @dataclass
@@ -98,10 +104,23 @@ def parse_specs(items: list[Any]) -> list[RewardSpec]:
             raise ValueError(
                 f"reward {name!r} has no parameter(s) {sorted(bad)}; it accepts {list(r.params)}"
             )
+        if FORMAT_PARAM in opts:
+            check_format_name(opts[FORMAT_PARAM])
         specs.append(RewardSpec(name, weight, opts))
     if not specs:
         raise ValueError("at least one reward is required")
     return specs
+
+
+def with_answer_format(specs: list[RewardSpec], answer_format: str) -> list[RewardSpec]:
+    """``specs`` with ``answer_format`` given to every reward that reads answers and was not given one."""
+    check_format_name(answer_format)
+    return [
+        RewardSpec(s.name, s.weight, {FORMAT_PARAM: answer_format, **s.params})
+        if FORMAT_PARAM in get_reward(s.name).params
+        else s
+        for s in specs
+    ]
 
 
 def reward_versions(specs: list[RewardSpec]) -> dict[str, str]:
@@ -122,14 +141,19 @@ def score(specs: list[RewardSpec], batch: RewardBatch) -> tuple[list[float], dic
 
 
 # ------------------------------------------------------------------------------------------------ built-ins
-@register_reward("accuracy", "v1", "1 if the <answer> block equals the gold answer")
-def _accuracy(batch: RewardBatch) -> list[float]:
-    return [1.0 if is_correct(c, a) else 0.0 for c, a in zip(batch.completions, batch.answers)]
+@register_reward(
+    "accuracy", "v1", "1 if the answer (in the answer format) equals the gold answer", params=(FORMAT_PARAM,)
+)
+def _accuracy(batch: RewardBatch, answer_format: str | None = None) -> list[float]:
+    return [1.0 if is_correct(c, a, answer_format) else 0.0 for c, a in zip(batch.completions, batch.answers)]
 
 
-@register_reward("format", "v1", "1 if the response is exactly <think>...</think><answer>...</answer>")
-def _format(batch: RewardBatch) -> list[float]:
-    return [1.0 if format_ok(c) else 0.0 for c in batch.completions]
+@register_reward(
+    "format", "v1", "1 if the response has the answer format's shape (default <think>..</think><answer>..</answer>)",
+    params=(FORMAT_PARAM,),
+)
+def _format(batch: RewardBatch, answer_format: str | None = None) -> list[float]:
+    return [1.0 if well_formed(c, answer_format) else 0.0 for c in batch.completions]
 
 
 _SCRIPTS = {
@@ -200,8 +224,10 @@ def _language(batch: RewardBatch, target: str = "en") -> list[float]:
     return out
 
 
-@register_reward("length", "v1", "Kimi k1.5 length penalty within each group of samples")
-def _length(batch: RewardBatch) -> list[float]:
+@register_reward(
+    "length", "v1", "Kimi k1.5 length penalty within each group of samples", params=(FORMAT_PARAM,)
+)
+def _length(batch: RewardBatch, answer_format: str | None = None) -> list[float]:
     g = max(batch.group_size, 1)
     out = [0.0] * len(batch.completions)
     for start in range(0, len(out), g):
@@ -211,6 +237,6 @@ def _length(batch: RewardBatch) -> list[float]:
             continue
         for i in range(start, min(start + g, len(out))):
             lam = 0.5 - (batch.lengths[i] - lo) / (hi - lo)
-            ok = is_correct(batch.completions[i], batch.answers[i])
+            ok = is_correct(batch.completions[i], batch.answers[i], answer_format)
             out[i] = lam if ok else min(0.0, lam)
     return out

@@ -26,14 +26,29 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import asdict, dataclass
-from fractions import Fraction
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+from ops import answers
+from ops.answers import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    DEFAULT_FORMAT,
+    DEFAULT_TEMPLATE,
+    THINK_CLOSE,
+    THINK_OPEN,
+    answers_match,
+    check_template,
+    extract,
+    get_format,
+    normalize,
+    render_prompt,
+    split_gsm8k,
+    to_number,
+    well_formed,
+)
 
 TASK_SCHEMA = pa.schema(
     [
@@ -55,93 +70,55 @@ class Task:
     solution: str
     difficulty: int
     source: str
+    answer_format: str = DEFAULT_FORMAT  # the task set's (or the consuming stage's) answer format
 
     @property
     def response(self) -> str:
-        """The reference assistant response in the shared chat format."""
-        return format_response(self.solution, self.answer)
+        """The reference assistant response: the worked solution and answer in the task's answer format."""
+        return format_response(self.solution, self.answer, self.answer_format)
 
 
 # ---------------------------------------------------------------------------------------------- answers
-_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
-_FORMAT_RE = re.compile(
-    r"\s*"
-    + re.escape(THINK_OPEN)
-    + r"(?P<think>(?:(?!<think>|</think>|<answer>|</answer>).)*)"
-    + re.escape(THINK_CLOSE)
-    + r"\s*"
-    + re.escape(ANSWER_OPEN)
-    + r"(?P<answer>(?:(?!<think>|</think>|<answer>|</answer>).)*)"
-    + re.escape(ANSWER_CLOSE)
-    + r"\s*(?:<\|im_end\|>|<\|endoftext\|>)?\s*",
-    re.S,
-)
-_NUM_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?")
-
-
-def format_response(reasoning: str, answer: str) -> str:
-    return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+def format_response(reasoning: str, answer: str, fmt: str | None = None) -> str:
+    """The reference response for a worked solution and its answer in answer format ``fmt``."""
+    return get_format(fmt).render(reasoning, answer)
 
 
 def normalize_answer(s: str) -> str:
-    """Canonical text of an answer: whitespace trimmed, thousands separators and ``$`` dropped, numbers in
-    lowest terms (``"1,200.0"`` -> ``"1200"``, ``"6/4"`` -> ``"3/2"``); non-numbers lower-cased."""
-    t = s.strip().replace(",", "").replace("$", "").strip()
-    t = t.rstrip(".") if t.endswith(".") and _NUM_RE.fullmatch(t[:-1] or "x") else t
-    n = _to_number(t)
-    if n is not None:
-        return str(n.numerator) if n.denominator == 1 else f"{n.numerator}/{n.denominator}"
-    return " ".join(t.lower().split())
+    """Canonical text of an answer (:func:`ops.answers.normalize`)."""
+    return normalize(s)
 
 
-def _to_number(t: str) -> Fraction | None:
-    if not _NUM_RE.fullmatch(t):
-        return None
-    try:
-        return Fraction(t)
-    except (ValueError, ZeroDivisionError):
-        return None
+def extract_answer(text: str | None, fmt: str | None = None) -> str | None:
+    """Normalised answer of a response in answer format ``fmt`` (default ``think_answer``: the LAST
+    ``<answer>...</answer>`` block; a number elsewhere in the text is never taken as the answer), or None."""
+    return extract(text, fmt)
 
 
-def extract_answer(text: str | None) -> str | None:
-    """Normalised content of the LAST ``<answer>...</answer>`` block, or ``None`` if there is none (or it
-    is empty). Only the tagged block counts: a number elsewhere in the text is never taken as the answer."""
-    if not text:
-        return None
-    found = _ANSWER_RE.findall(text)
-    if not found:
-        return None
-    ans = found[-1].strip()
-    return normalize_answer(ans) if ans else None
-
-
-def is_correct(text_or_pred: str | None, gold: str) -> bool:
+def is_correct(text_or_pred: str | None, gold: str, fmt: str | None = None) -> bool:
     """True when the response (or an already extracted prediction) equals ``gold``.
 
-    A string containing ``<answer>`` is treated as a full response and parsed with :func:`extract_answer`;
-    otherwise it is taken as the prediction itself. Numbers compare exactly as fractions.
+    With the default ``think_answer`` format a string without ``<answer>`` is taken as the prediction
+    itself; with any other format the string is a full response. Numbers compare exactly as fractions.
     """
     if text_or_pred is None:
         return False
-    pred = extract_answer(text_or_pred) if ANSWER_OPEN in text_or_pred else normalize_answer(text_or_pred)
-    if pred is None or pred == "":
-        return False
-    return pred == normalize_answer(str(gold))
+    if get_format(fmt).name == "think_answer" and ANSWER_OPEN not in text_or_pred:
+        return answers_match(normalize(text_or_pred), gold, fmt)
+    return answers.is_correct(text_or_pred, gold, fmt)
 
 
-def format_ok(text: str | None) -> bool:
-    """True when the whole response is ``<think>...</think><answer>...</answer>`` (optionally followed by
-    ``<|im_end|>``), with one block of each, no nested tags and a non-empty answer."""
-    if not text:
-        return False
-    m = _FORMAT_RE.fullmatch(text)
-    return bool(m and m.group("answer").strip())
+def format_ok(text: str | None, fmt: str | None = None) -> bool:
+    """True when the whole response has answer format ``fmt``'s shape (default: exactly
+    ``<think>...</think><answer>...</answer>``, optionally followed by ``<|im_end|>``, one block of each,
+    no nested tags and a non-empty answer)."""
+    return well_formed(text, fmt)
 
 
 def split_response(text: str) -> tuple[str | None, str | None]:
     """``(think content, answer content)`` of a response; ``None`` for a missing part."""
     t = re.search(re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE), text, re.S)
-    a = _ANSWER_RE.findall(text)
+    a = re.findall(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), text, re.S)
     return (t.group(1) if t else None), (a[-1] if a else None)
 
 
@@ -345,7 +322,7 @@ def make_splits(
 
 # ---------------------------------------------------------------------------------------------- I/O
 def tasks_to_table(tasks: list[Task]) -> pa.Table:
-    rows = [asdict(t) for t in tasks]
+    rows = [{k: v for k, v in asdict(t).items() if k in TASK_SCHEMA.names} for t in tasks]
     return pa.Table.from_pylist(rows, schema=TASK_SCHEMA)
 
 
@@ -366,6 +343,55 @@ def read_tasks(path: Path) -> list[Task]:
     ]
 
 
+TASK_SET_FILE = "task_set.json"
+
+
+@dataclass(frozen=True)
+class TaskSetFormat:
+    """How a task set is asked and answered: the prompt template (``{question}`` placeholder) that turns a
+    question into the user turn, and the answer format (``ops.answers``) responses are scored in."""
+
+    answer_format: str = DEFAULT_FORMAT
+    prompt_template: str = DEFAULT_TEMPLATE
+
+    def override(self, answer_format: str | None = None, prompt_template: str | None = None) -> TaskSetFormat:
+        """This format with a consuming stage's overrides (``None`` keeps the task set's own)."""
+        return TaskSetFormat(answer_format or self.answer_format, prompt_template or self.prompt_template)
+
+
+def write_task_set_format(out: Path, fmt: TaskSetFormat) -> None:
+    """Record a task set's prompt template and answer format beside its splits (``task_set.json``)."""
+    import json
+
+    get_format(fmt.answer_format)
+    check_template(fmt.prompt_template)
+    (Path(out) / TASK_SET_FILE).write_text(json.dumps(asdict(fmt), indent=1, sort_keys=True))
+
+
+def read_task_set_format(path: Path) -> TaskSetFormat:
+    """The recorded format of a tasks artifact directory; an artifact without ``task_set.json`` is in
+    lmforge's own format (``think_answer``, the bare question)."""
+    import json
+
+    f = Path(path) / TASK_SET_FILE
+    if not f.is_file():
+        return TaskSetFormat()
+    d = json.loads(f.read_text())
+    return TaskSetFormat(d.get("answer_format", DEFAULT_FORMAT), d.get("prompt_template", DEFAULT_TEMPLATE))
+
+
+def read_task_set(
+    path: Path, split: str, answer_format: str | None = None, prompt_template: str | None = None
+) -> list[Task]:
+    """The ``split`` of a tasks artifact as the model is asked it: each question rendered through the prompt
+    template and each task carrying its answer format (the set's own unless overridden)."""
+    fmt = read_task_set_format(path).override(answer_format, prompt_template)
+    return [
+        replace(t, question=render_prompt(fmt.prompt_template, t.question), answer_format=fmt.answer_format)
+        for t in read_tasks(Path(path) / f"{split}.parquet")
+    ]
+
+
 class TaskFileError(ValueError):
     """A user task file that cannot be used (missing file, missing or mistyped column)."""
 
@@ -374,15 +400,7 @@ def is_numeric_answer(answer: str) -> bool:
     """True when ``answer`` is a number in the grammar answers are compared in (integer, decimal or fraction,
     thousands separators and ``$`` allowed): ``"42"``, ``"-3.5"``, ``"7/2"``, ``"1,200"``. ``"six"``,
     ``"nan"``, ``"inf"`` and ``"1e5"`` are not; no model answer could ever be scored correct against them."""
-    return _to_number(normalize_answer(answer)) is not None
-
-
-def _split_gsm8k(answer: str) -> tuple[str | None, str]:
-    """``"reasoning #### 42"`` -> ``("reasoning", "42")``; an answer without ``####`` -> ``(None, answer)``."""
-    if "####" in answer:
-        sol, ans = answer.rsplit("####", 1)
-        return sol.strip(), ans.strip()
-    return None, answer.strip()
+    return to_number(answer) is not None
 
 
 def _check_answers(p: Path) -> list[str]:
@@ -392,7 +410,7 @@ def _check_answers(p: Path) -> list[str]:
     col = pq.read_table(p, columns=["answer"]).column("answer").to_pylist()
     empty = [i for i, a in enumerate(col) if a is None or not str(a).strip()]
     skip = set(empty)
-    bad = [(i, a) for i, a in enumerate(col) if i not in skip and not is_numeric_answer(_split_gsm8k(str(a))[1])]
+    bad = [(i, a) for i, a in enumerate(col) if i not in skip and not is_numeric_answer(split_gsm8k(str(a))[1])]
     problems = []
     if empty:
         problems.append(f"{p}: column 'answer': {len(empty)} empty row(s) (0-based rows {empty[:10]})")
@@ -455,7 +473,7 @@ def load_task_parquet(path: str | Path, source: str | None = None) -> list[Task]
         if q is None or a is None or not str(q).strip() or not str(a).strip():
             raise TaskFileError(f"{p}: row {i} has an empty question or answer")
         sol = r.get("solution") if "solution" in cols else None
-        sol_part, ans = _split_gsm8k(str(a))
+        sol_part, ans = split_gsm8k(str(a))
         sol = sol or sol_part
         tid = str(r["id"]) if "id" in cols and r.get("id") is not None else _task_id("user", q)
         out.append(Task(tid, str(q), normalize_answer(ans), sol or "", 0, source or p.name))

@@ -4,7 +4,10 @@ and the metrics with their 95% intervals.
 Key design choice: every generation becomes one *record* (item, mode, budget, sample index, completion,
 parsed answer, token counts) and every metric is computed from the records afterwards, so metrics.json can
 always be recomputed from records.parquet and the report can pair models item by item. Answers are parsed
-only by ``ops.tasks`` (``extract_answer`` / ``is_correct`` / ``format_ok``), the same code rewards use.
+only by ``ops.answers`` in each item's answer format (``extract`` / ``answers_match`` / ``well_formed``),
+the same code rewards and rejection sampling use. Items in lmforge's ``think_answer`` format decode through
+the budget-forcing loop; items in any other format (``boxed``, ``gsm8k``...) decode plainly for up to
+``max_think_tokens + max_answer_tokens`` tokens, and budget/Wait sweeps apply to ``think_answer`` items only.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ RECORD_COLUMNS = [
     "response_tokens",
     "forced_end",
     "finished",
+    "answer_format",
 ]
 
 
@@ -60,8 +64,10 @@ class EvalSettings:
 class EvalItem:
     task: str
     id: str
-    question: str
+    question: str  # as stored in the task set (what the decontamination audit compares)
     answer: str
+    prompt: str | None = None  # the question through the task set's prompt template; None: the question
+    answer_format: str = "think_answer"
 
 
 def record_schema():
@@ -90,6 +96,7 @@ def record_schema():
             ("response_tokens", pa.int32()),
             ("forced_end", pa.bool_()),
             ("finished", pa.bool_()),
+            ("answer_format", pa.string()),
         ]
     )
 
@@ -99,12 +106,10 @@ def generate_records(
 ) -> list[dict[str, Any]]:
     """All generations for ``items``: greedy, ``samples`` sampled, one greedy run per budget and per Wait
     count. Modes: ``greedy``, ``sample``, ``budget``, ``wait``."""
+    from ops.answers import answers_match, extract, well_formed
     from ops.generate import chat_prompts
-    from ops.tasks import extract_answer, format_ok, is_correct
 
-    from .budget import generate_with_budget
-
-    prompts = chat_prompts(tok, [it.question for it in items])
+    prompts = chat_prompts(tok, [it.prompt or it.question for it in items])
     prompt_texts = [tok.decode(p, skip_special_tokens=False) for p in prompts]
     # (mode, budget, wait count, number of samples, temperature); the k samples of an item are decoded in one
     # batch (prompts repeated k times), which keeps the decode loop's batch wide on small eval sets
@@ -115,22 +120,15 @@ def generate_records(
     runs += [("wait", None, w, 1, 0.0) for w in s.wait_extensions]
     out: list[dict[str, Any]] = []
     for mode, budget, n_wait, reps, temp in runs:
-        rows = [(it, ptxt, j) for j in range(reps) for it, ptxt in zip(items, prompt_texts)]
-        gens = generate_with_budget(
-            model,
-            tok,
-            [p for _ in range(reps) for p in prompts],
-            budget=budget,
-            max_think_tokens=s.max_think_tokens,
-            max_answer_tokens=s.max_answer_tokens,
-            wait_extensions=n_wait,
-            wait_text=s.wait_text,
-            temperature=temp,
-            seed=s.seed,
-            batch_size=s.batch_size,
-        )
-        for (it, ptxt, j), g in zip(rows, gens):
-            pred = extract_answer(g.completion)
+        rows = [
+            (it, ptxt, p, j)
+            for j in range(reps)
+            for it, ptxt, p in zip(items, prompt_texts, prompts)
+            if mode in ("greedy", "sample") or it.answer_format == "think_answer"
+        ]
+        gens = _generate(model, tok, rows, s, budget, n_wait, temp)
+        for (it, ptxt, _, j), g in zip(rows, gens):
+            pred = extract(g.completion, it.answer_format)
             out.append(
                 {
                     "model_stage": model_stage,
@@ -147,8 +145,9 @@ def generate_records(
                     "completion": g.completion,
                     "extracted_answer": pred,
                     "gold_answer": it.answer,
-                    "correct": bool(is_correct(pred, it.answer)) if pred is not None else False,
-                    "format_ok": bool(format_ok(g.completion)),
+                    "correct": answers_match(pred, it.answer, it.answer_format),
+                    "format_ok": bool(well_formed(g.completion, it.answer_format)),
+                    "answer_format": it.answer_format,
                     "thinking_tokens": g.thinking_tokens,
                     "answer_tokens": g.answer_tokens,
                     "response_tokens": len(g.token_ids),
@@ -157,6 +156,49 @@ def generate_records(
                 }
             )
         log(f"evaluate {model_stage}: {mode} budget={budget} wait={n_wait}: {len(gens)} generations")
+    return out
+
+
+def _generate(model, tok, rows, s: EvalSettings, budget, n_wait: int, temp: float) -> list:
+    """One :class:`~ops.eval.budget.Generated` per ``(item, prompt text, prompt ids, sample)`` row, in order:
+    ``think_answer`` items through the budget-forcing loop, the others by plain decoding."""
+    from ops.generate import pad_token_id, sample, stop_token_ids
+
+    from .budget import Generated, generate_with_budget
+
+    think = [i for i, r in enumerate(rows) if r[0].answer_format == "think_answer"]
+    plain = [i for i, r in enumerate(rows) if r[0].answer_format != "think_answer"]
+    out: list = [None] * len(rows)
+    if think:
+        gens = generate_with_budget(
+            model,
+            tok,
+            [rows[i][2] for i in think],
+            budget=budget,
+            max_think_tokens=s.max_think_tokens,
+            max_answer_tokens=s.max_answer_tokens,
+            wait_extensions=n_wait,
+            wait_text=s.wait_text,
+            temperature=temp,
+            seed=s.seed,
+            batch_size=s.batch_size,
+        )
+        for i, g in zip(think, gens):
+            out[i] = g
+    if plain:
+        smp = sample(
+            model,
+            [rows[i][2] for i in plain],
+            max_new_tokens=s.max_think_tokens + s.max_answer_tokens,
+            stop_ids=stop_token_ids(tok),
+            pad_id=pad_token_id(tok),
+            temperature=temp,
+            seed=s.seed,
+            batch_size=s.batch_size,
+        )
+        texts = tok.batch_decode([x.ids for x in smp], skip_special_tokens=False)
+        for i, x, t in zip(plain, smp, texts):
+            out[i] = Generated(t, list(x.ids), 0, len(x.ids), 0, False, x.finished)
     return out
 
 
@@ -169,7 +211,7 @@ def _think_text(completion: str) -> str:
 
 def per_item_scores(records: list[dict[str, Any]], k: int) -> dict[tuple[str, str], dict[str, float]]:
     """Per (task, item): greedy correctness/format, pass@1 / pass@k / maj@k from the sampled records."""
-    from ops.tasks import is_correct
+    from ops.answers import answers_match
 
     by_item: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"samples": []})
     for r in records:
@@ -191,12 +233,12 @@ def per_item_scores(records: list[dict[str, Any]], k: int) -> dict[tuple[str, st
             n, c = len(smp), sum(1 for r in smp if r["correct"])
             sc["pass@1"] = M.pass_at_k(n, c, 1)
             sc[f"pass@{min(k, n)}"] = M.pass_at_k(n, c, min(k, n))
-            gold = smp[0]["gold_answer"]
+            gold, fmt = smp[0]["gold_answer"], smp[0].get("answer_format") or "think_answer"
             sc[f"maj@{min(k, n)}"] = M.maj_at_k(
                 [r["extracted_answer"] for r in smp],
                 gold,
                 min(k, n),
-                correct=lambda a, gl: bool(is_correct(a, gl)),
+                correct=lambda a, gl, fmt=fmt: answers_match(a, gl, fmt),
             )
         out[key] = sc
     return out

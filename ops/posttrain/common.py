@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.generate import chat_prompts, generate, require_chat_template
-from ops.tasks import Task, extract_answer, format_ok, is_correct, read_tasks
+from ops.tasks import Task, extract_answer, format_ok, is_correct, read_task_set
 
 IM_END = "<|im_end|>"
 
@@ -28,23 +28,38 @@ class Example:
     response: str  # assistant content without the closing <|im_end|>
     answer: str = ""
     parent_ids: tuple[str, ...] = field(default_factory=tuple)
+    context: tuple[tuple[str, str], ...] = ()  # (role, content) turns before the question (system, history)
 
 
-def examples_from_artifact(produces: str, path: Path, split: str = "train") -> list[Example]:
-    """SFT examples from a "tasks" (worked solutions), "sft_data" or "rollouts" (accuracy == 1 only)
-    artifact directory."""
+def examples_from_artifact(
+    produces: str,
+    path: Path,
+    split: str = "train",
+    answer_format: str | None = None,
+    prompt_template: str | None = None,
+) -> list[Example]:
+    """SFT examples from a "tasks" (worked solutions, rendered in the task set's answer format and prompt
+    template unless overridden), "sft_data" (multi-turn rows keep their earlier turns as context) or
+    "rollouts" (accuracy == 1 only) artifact directory."""
+    import json
+
     import pyarrow.parquet as pq
 
     if produces == "tasks":
         return [
             Example(t.id, t.question, t.response, t.answer, (t.id,))
-            for t in read_tasks(path / f"{split}.parquet")
+            for t in read_task_set(path, split, answer_format, prompt_template)
         ]
     if produces == "sft_data":
         rows = pq.read_table(path / "sft.parquet").to_pylist()
         return [
             Example(
-                r["id"], r["prompt"], r["response"], r.get("answer") or "", tuple(r.get("parent_ids") or ())
+                r["id"],
+                r["prompt"],
+                r["response"],
+                r.get("answer") or "",
+                tuple(r.get("parent_ids") or ()),
+                tuple((m["role"], m["content"]) for m in json.loads(r.get("context") or "[]")),
             )
             for r in rows
         ]
@@ -73,12 +88,24 @@ def encode_example(tok: Any, question: str, response: str, max_len: int) -> tupl
     return (ids, len(p)) if len(ids) <= max_len else None
 
 
+def example_prompts(tok: Any, examples: list[Example]) -> list[list[int]]:
+    """Prompt ids of each example: its context turns and question through the chat template, ending with
+    the generation prompt (plain single-turn examples exactly as :func:`ops.generate.chat_prompts`)."""
+    out = chat_prompts(tok, [e.question for e in examples])
+    for i, e in enumerate(examples):
+        if e.context:
+            msgs = [{"role": r, "content": c} for r, c in e.context] + [{"role": "user", "content": e.question}]
+            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            out[i] = list(tok(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
 def encode_all(tok: Any, examples: list[Example], max_len: int) -> tuple[list[tuple[list[int], int]], int]:
     """Encode every example; returns ``(encoded, n_dropped_too_long)``."""
     require_chat_template(tok)
     if not examples:
         return [], 0
-    prompts = chat_prompts(tok, [e.question for e in examples])
+    prompts = example_prompts(tok, examples)
     resp = tok([strip_stop(e.response) + IM_END for e in examples], add_special_tokens=False)["input_ids"]
     out, dropped = [], 0
     for p, r in zip(prompts, resp):
@@ -256,7 +283,8 @@ def task_accuracy(
     """Greedy (``temperature=0``) or sampled accuracy on ``tasks``.
 
     Returns ``accuracy`` (mean over all samples), ``pass_at_k`` (share of tasks with >= 1 correct of
-    ``samples``), ``parse_rate`` (an ``<answer>`` was found), ``format_rate`` (:func:`ops.tasks.format_ok`),
+    ``samples``), ``parse_rate`` (an answer was found), ``format_rate`` (:func:`ops.tasks.format_ok`), each in
+    the task's answer format,
     ``mean_tokens``; with ``per_item``, also ``per_item``: each task's share of correct samples, in order
     (for paired comparisons over items).
     """
@@ -272,13 +300,17 @@ def task_accuracy(
         seed=seed,
         batch_size=batch_size,
     )
-    ok = [is_correct(s.text, tasks[i // samples].answer) for i, s in enumerate(out)]
+    ok = [is_correct(s.text, tasks[i // samples].answer, tasks[i // samples].answer_format) for i, s in enumerate(out)]
     per_task = [any(ok[i * samples : (i + 1) * samples]) for i in range(len(tasks))]
     res: dict[str, Any] = {
         "accuracy": sum(ok) / len(ok),
         "pass_at_k": sum(per_task) / len(tasks),
-        "parse_rate": sum(extract_answer(s.text) is not None for s in out) / len(out),
-        "format_rate": sum(format_ok(s.text) for s in out) / len(out),
+        "parse_rate": sum(
+            extract_answer(s.text, tasks[i // samples].answer_format) is not None for i, s in enumerate(out)
+        )
+        / len(out),
+        "format_rate": sum(format_ok(s.text, tasks[i // samples].answer_format) for i, s in enumerate(out))
+        / len(out),
         "mean_tokens": sum(s.n_tokens for s in out) / len(out),
     }
     if per_item:
@@ -312,7 +344,12 @@ def sample_rows(model: Any, tok: Any, tasks: list[Task], k: int = 8, max_new: in
     """Greedy answers to the first ``k`` tasks: question, response, gold answer and whether it is correct."""
     outs = generate(model, tok, [t.question for t in tasks[:k]], temperature=0.0, max_new_tokens=max_new)
     return [
-        {"question": t.question, "response": s.text, "gold": t.answer, "correct": is_correct(s.text, t.answer)}
+        {
+            "question": t.question,
+            "response": s.text,
+            "gold": t.answer,
+            "correct": is_correct(s.text, t.answer, t.answer_format),
+        }
         for t, s in zip(tasks[:k], outs)
     ]
 

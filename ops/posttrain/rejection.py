@@ -2,8 +2,9 @@
 (best-of-k), de-duplicated and length-capped, into an SFT dataset whose rows point at their rollouts.
 
 Key design choice: every sample drawn is written as a rollout row with its own id, and every kept SFT row
-lists that id in ``parent_ids``; the verifier is ``ops.tasks.is_correct``, the same function rewards and
-evaluation use, so "kept" means exactly "verified correct" (a test re-checks every kept row).
+lists that id in ``parent_ids``; the verifier is ``ops.tasks.is_correct`` in each task's answer format
+(``ops.answers``), the same code rewards and evaluation use, so "kept" means exactly "verified correct" (a
+test re-checks every kept row).
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def rejection_sample(
         for j in range(p.samples):
             k = ti * p.samples + j
             s, text = samples[k], texts[k]
-            ok = is_correct(text, task.answer)
-            fmt = format_ok(text)
+            ok = is_correct(text, task.answer, task.answer_format)
+            fmt = format_ok(text, task.answer_format)
             rid = f"{stage}-{task.id}-{j}"
             rollouts.append(
                 {
