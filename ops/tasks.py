@@ -1,9 +1,11 @@
-"""Verifiable reasoning tasks and the ONE place where answers are parsed and checked.
+"""Verifiable reasoning tasks: the procedural generator, the "tasks" artifact's files, and the answer checks
+every consumer calls.
 
 Key design choice: problems are generated procedurally from a seed, so every answer is exact and every
-worked solution is the literal chain of operations the answer came from; rule rewards, rejection sampling
-and evaluation all call :func:`extract_answer` / :func:`is_correct` / :func:`format_ok` from here, so the
-three can never disagree about what counts as a correct, well-formed response.
+worked solution is the literal chain of operations the answer came from. Answers are parsed and compared by
+``ops.answers`` (one registry of answer formats); rule rewards, rejection sampling and evaluation call
+:func:`extract_answer` / :func:`is_correct` / :func:`format_ok` here or ``ops.answers`` directly with the
+task's answer format, so they can never disagree about what counts as a correct, well-formed response.
 
 Stable API (used by rewards, rejection sampling, the evaluation stage):
 
@@ -13,11 +15,13 @@ Stable API (used by rewards, rejection sampling, the evaluation stage):
   occurs in train is replaced).
 * ``load_task_parquet(path) -> list[Task]`` - user Parquet with ``question`` and ``answer`` columns
   (GSM8K style ``"...reasoning... #### 42"`` answers are split into solution and answer); every answer
-  must be a number (``is_numeric_answer``), the only kind of answer the rewards and evaluation can score.
-* ``format_response(reasoning, answer) -> str`` - ``<think>{reasoning}</think><answer>{answer}</answer>``.
-* ``extract_answer(text) -> str | None`` - normalised content of the last ``<answer>...</answer>``.
-* ``is_correct(text_or_pred, gold) -> bool`` - numeric comparison when both sides are numbers.
-* ``format_ok(text) -> bool`` - the whole response is exactly one think block followed by one answer block.
+  must be a number (``is_numeric_answer``).
+* ``format_response(reasoning, answer, fmt=None) -> str`` - the reference response in an answer format
+  (default ``<think>{reasoning}</think><answer>{answer}</answer>``).
+* ``extract_answer(text, fmt=None)``, ``is_correct(text_or_pred, gold, fmt=None)``, ``format_ok(text,
+  fmt=None)`` - the answer checks in an answer format (default ``think_answer``).
+* ``write_task_set_format`` / ``read_task_set_format`` / ``read_task_set`` - a task set's prompt template
+  and answer format (``task_set.json``) and its splits as the model is asked them.
 * ``TASK_SCHEMA`` - the pyarrow schema of the "tasks" artifact's ``train.parquet`` / ``eval.parquet``.
 """
 
