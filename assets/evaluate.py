@@ -162,6 +162,13 @@ def _answerless_reason(kind_name: str, cfg: Any) -> str | None:
     return None
 
 
+def _task_set_format(cfg: Any) -> str:
+    """The answer format a task stage's config gives its task set (``think_answer`` when unknown; the run
+    checks the recorded format again)."""
+    resolved = getattr(cfg, "resolved_format", None)
+    return resolved() if callable(resolved) else (getattr(cfg, "answer_format", None) or "think_answer")
+
+
 def validate(
     config: EvaluateConfig, kinds: dict[str, str], configs: dict[str, Any] | None = None
 ) -> list[tuple[str, str]]:
@@ -191,7 +198,7 @@ def validate(
         if why:
             problems.append(("tasks", f"task stage {name!r} cannot be evaluated: {why}"))
     fmts = {config.answer_format} if config.answer_format else {
-        getattr((configs or {}).get(n), "answer_format", None) or "think_answer" for n in config.tasks
+        _task_set_format((configs or {}).get(n)) for n in config.tasks
     }
     if (config.budgets or config.wait_extensions) and fmts - {"think_answer"}:
         problems.append(("budgets" if config.budgets else "wait_extensions", _SWEEP_NEEDS_TAGS))

@@ -129,7 +129,7 @@ SFT = register(
         description="Supervised fine-tuning on chat examples (assistant-token loss, packing, full or LoRA)",
         checks=(
             CheckSpec("loss_finite", "training loss stayed finite", blocking=True),
-            CheckSpec("answers_parse", ">= 90% of held-out responses contain a parsable <answer>"),
+            CheckSpec("answers_parse", ">= 90% of held-out responses contain a parsable answer (task set's format)"),
         ),
     )
 )

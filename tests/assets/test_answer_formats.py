@@ -131,6 +131,10 @@ def test_evaluate_refuses_budget_forcing_outside_think_answer(lmforge_home):
     assert [f for f, _ in errs] == ["budgets"] and "think_answer" in errs[0][1]
     ok = kind.config.model_validate({"models": ["m"], "tasks": ["t"], "budgets": [4], "answer_format": "think_answer"})
     assert kind.validate(ok, {"m": "sft", "t": "reasoning_tasks"}, {"t": tcfg}) == []
+    # a task_file stage's format follows from where its answers come from
+    fcfg = load_kinds()["task_file"].config.model_validate({"path": "x.jsonl", "answer_from": "gsm8k"})
+    errs = kind.validate(cfg, {"m": "sft", "t": "task_file"}, {"t": fcfg})
+    assert [f for f, _ in errs] == ["budgets"]
 
 
 @pytest.mark.slow
