@@ -35,8 +35,8 @@ from .registry import (
 def _path_field(required: bool, what: str):
     return run_option(
         ... if required else None,
-        description=f"{what} (.parquet, .jsonl or .json); identified by its content, so moving it changes "
-        "nothing and changing it re-versions this stage and its descendants",
+        description=f"{what}: a .parquet, .jsonl or .json file, identified by its content (moving it changes "
+        "nothing; changing it re-versions this stage and its descendants)",
     )
 
 
@@ -53,7 +53,7 @@ class _FileConfig(StageConfig):
 
 
 class TaskFileConfig(_FileConfig):
-    eval_path: str | None = _path_field(False, "the held-out file (same columns); default: no eval split")
+    eval_path: str | None = _path_field(False, "the held-out split, same columns (default: none)")
     question_column: str = Field("question", description="column of the question (MATH: problem)")
     answer_column: str = Field(
         "answer", description="column of the answer, or of the worked solution holding it (see answer_from)"

@@ -239,3 +239,29 @@ def test_preference_file_feeds_reward_model_and_dpo(lmforge_home, tmp_path):
         inputs={"model": [base], "pairs": [prefs]},
     )
     assert dpo.metrics["train_pairs"] + dpo.metrics["held_out_pairs"] == 20
+
+
+@pytest.mark.integration
+def test_grpo_on_a_gsm8k_task_file_rewards_in_the_gsm8k_format(lmforge_home, tmp_path, monkeypatch):
+    import dataclasses
+
+    from ops import answers as A
+
+    # a gsm8k format that calls every response well-formed: the format reward shows which format scored
+    seen: list[str] = []
+    spy = dataclasses.replace(A.FORMATS["gsm8k"], well_formed=lambda t: seen.append(t) or True)
+    monkeypatch.setitem(A.FORMATS, "gsm8k", spy)
+    f = _jsonl(tmp_path / "gsm8k.jsonl", _gsm8k_rows(8))
+    tasks, _ = run_kind("task_file", {"path": str(f), "answer_from": "gsm8k"}, lmforge_home, stage="gsm8k")
+    art, res = run_kind(
+        "grpo",
+        {"model": "base", "prompts": ["gsm8k"], "steps": 1, "prompts_per_step": 2, "group_size": 2,
+         "max_new_tokens": 6, "eval_problems": 0},
+        lmforge_home,
+        inputs={"model": [_model_art(H.base_model_dir())], "prompts": [tasks]},
+    )
+    rolls = pq.read_table(art.path / "rollouts.parquet").to_pylist()
+    assert len(rolls) == 4 and all(r["reward_format"] == 1.0 for r in rolls)
+    assert sorted(seen) == sorted(r["completion"] for r in rolls)
+    for r in rolls:
+        assert r["reward_accuracy"] == float(A.is_correct(r["completion"], r["answer"], "gsm8k"))
