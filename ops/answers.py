@@ -36,7 +36,6 @@ from fractions import Fraction
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-STOP_TEXTS = ("<|im_end|>", "<|endoftext|>")
 DEFAULT_FORMAT = "think_answer"
 DEFAULT_TEMPLATE = "{question}"
 
@@ -111,13 +110,15 @@ def normalize(s: str) -> str:
     return " ".join(t.lower().split())
 
 
+# Any model's end-of-turn token: <|im_end|>, <|endoftext|> (lmforge, ChatML), <|eot_id|> (Llama 3), </s>...
+_STOP_RE = re.compile(r"(?:<\|[A-Za-z0-9_]+\|>|</s>)$")
+
+
 def strip_stop(text: str) -> str:
-    """``text`` without a trailing end-of-turn token."""
+    """``text`` without a trailing end-of-turn token (whichever model's it is)."""
     t = text.rstrip()
-    for s in STOP_TEXTS:
-        if t.endswith(s):
-            return t[: -len(s)]
-    return text
+    m = _STOP_RE.search(t)
+    return t[: m.start()] if m else text
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -215,7 +216,7 @@ _ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLO
 _NO_TAG = r"(?:(?!<think>|</think>|<answer>|</answer>).)*"
 _THINK_ANSWER_RE = re.compile(
     r"\s*<think>(?P<think>" + _NO_TAG + r")</think>\s*<answer>(?P<answer>" + _NO_TAG + r")</answer>"
-    r"\s*(?:<\|im_end\|>|<\|endoftext\|>)?\s*",
+    r"\s*(?:<\|[A-Za-z0-9_]+\|>|</s>)?\s*",  # the model's end-of-turn token, if any
     re.S,
 )
 

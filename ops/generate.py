@@ -16,7 +16,7 @@ Stable API (used by RL, rejection sampling and the evaluation stage):
   return_logprobs) -> list[Sample]``.
 * ``generate(model, tokenizer, questions, *, n=1, ...) -> list[Sample]`` - ``n`` samples per question,
   consecutive (question ``i`` owns ``[i*n, (i+1)*n)``), with ``.text`` decoded (special tokens kept).
-* ``stop_token_ids(tokenizer)``.
+* ``stop_token_ids(tokenizer)``, ``turn_end(tokenizer)`` (the text that closes an assistant turn).
 """
 
 from __future__ import annotations
@@ -45,13 +45,14 @@ class Sample:
 def require_chat_template(tokenizer: Any, where: str = "model") -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(
-            f"{where}: the tokenizer has no chat template; post-training needs the "
-            "lmforge chat format (train the tokenizer with ops.tokenizer.save_tokenizer)"
+            f"{where}: the tokenizer has no chat template; post-training renders every prompt with it "
+            "(lmforge tokenizers carry one; an imported model gets one from the hf_model stage)"
         )
 
 
 def chat_prompts(tokenizer: Any, questions: list[str]) -> list[list[int]]:
-    """Token ids of ``<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n`` for each question."""
+    """Token ids of the chat template's user turn and generation prompt for each question (lmforge's:
+    ``<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n``)."""
     require_chat_template(tokenizer)
     texts = [
         tokenizer.apply_chat_template(
@@ -62,11 +63,38 @@ def chat_prompts(tokenizer: Any, questions: list[str]) -> list[list[int]]:
     return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+_SENTINEL = "\u2063lmforge-response\u2063"
+
+
+def turn_end(tokenizer: Any) -> str:
+    """The text the chat template puts after an assistant message's content (``<|im_end|>`` in the lmforge
+    and ChatML formats, ``<|eot_id|>`` in Llama 3's), trailing whitespace dropped; the eos token when the
+    template closes a turn with nothing. Read from the template itself, so every model's own format is
+    kept, and cached on the tokenizer."""
+    cached = getattr(tokenizer, "_lmforge_turn_end", None)
+    if cached is not None:
+        return cached
+    require_chat_template(tokenizer)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+    )
+    end = text[text.index(_SENTINEL) + len(_SENTINEL) :].rstrip() if _SENTINEL in text else ""
+    end = end or (tokenizer.eos_token or "")
+    tokenizer._lmforge_turn_end = end
+    return end
+
+
 def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Tokens that end a completion: the template's turn end (when it is one token), ``<|im_end|>`` and
+    ``<|endoftext|>`` where the vocabulary has them, and eos."""
     ids = []
-    for t in ("<|im_end|>", "<|endoftext|>"):
+    names = ["<|im_end|>", "<|endoftext|>"]
+    if getattr(tokenizer, "chat_template", None):
+        names.insert(0, turn_end(tokenizer))
+    unk = tokenizer.unk_token_id if tokenizer.unk_token is not None else None
+    for t in names:
         i = tokenizer.convert_tokens_to_ids(t)
-        if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id:
+        if isinstance(i, int) and i >= 0 and i != unk and i not in ids:
             ids.append(i)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)

@@ -167,20 +167,19 @@ def load_model(path: Path | str, *, device: str | None = None, dtype: Any = None
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path | str) -> None:
     """``save_pretrained`` (safetensors) + the tokenizer with its chat template + a generation config that
-    stops on ``<|im_end|>`` as well as ``<|endoftext|>``."""
+    stops where lmforge's sampler does (:func:`ops.generate.stop_token_ids`: the template's turn end,
+    ``<|im_end|>``, ``<|endoftext|>``, eos)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # DDP
     model = getattr(model, "_orig_mod", model)  # torch.compile
     if tokenizer is not None:
-        stop = [
-            i
-            for i in (tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>"))
-            if isinstance(i, int) and i >= 0
-        ]
+        from ops.generate import pad_token_id, stop_token_ids
+
+        stop = sorted(stop_token_ids(tokenizer))
         gc = model.generation_config
         gc.eos_token_id = stop or gc.eos_token_id
-        gc.pad_token_id = tokenizer.pad_token_id
+        gc.pad_token_id = pad_token_id(tokenizer)
         gc.bos_token_id = None
     model.save_pretrained(str(out), safe_serialization=True)
     if tokenizer is not None:
@@ -219,3 +218,30 @@ def active_params(model: Any) -> int:
         ):
             routed += p.numel()
     return total - routed + routed * k // n_exp
+
+
+def add_special_tokens(model: Any, tokenizer: Any, tokens: list[str]) -> list[str]:
+    """Add ``tokens`` the tokenizer lacks as special tokens and grow the embeddings to match; returns the
+    tokens added. Each new row (input embedding and, when untied, output head) is the mean of the existing
+    rows, so a new token starts as an "average" token instead of a random direction; tied embeddings stay
+    tied (one matrix grows)."""
+    import torch
+
+    new = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if not new:
+        return []
+    tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    old = model.get_input_embeddings().weight.shape[0]
+    size = max(len(tokenizer), old)
+    tied = model.get_output_embeddings() is not None and (
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    )
+    model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        mats = [model.get_input_embeddings().weight]
+        if not tied and model.get_output_embeddings() is not None:
+            mats.append(model.get_output_embeddings().weight)
+        for w in mats:
+            w[old:] = w[:old].mean(0, keepdim=True)
+    model.config.vocab_size = size
+    return new

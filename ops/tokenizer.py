@@ -126,13 +126,19 @@ def save_tokenizer(tok: Any, out_dir: Path, *, model_max_length: int = 2048) -> 
 
 
 def load_tokenizer(path: Path | str) -> Any:
-    """Load a tokenizer directory written by :func:`save_tokenizer` (or any model artifact) — local only."""
+    """Load a tokenizer directory written by :func:`save_tokenizer` (or any model artifact) — local only;
+    a tokenizer without a pad token pads with eos."""
     from transformers import AutoTokenizer
 
     p = Path(path)
     if not (p / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{p}: no tokenizer.json (not a tokenizer or model artifact directory)")
-    return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    if tok.pad_token is None and tok.eos_token is not None:
+        # Llama-family tokenizers ship without a pad token; padding positions are masked everywhere, so
+        # eos serves (the usual choice) and batches of unequal lengths work the same for every model.
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def split_held_out(texts: list[str], frac: float, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -12,6 +12,10 @@ phase (thinking, answering, done):
 * "Wait" extension: when the model itself emits ``</think>`` and fewer than ``wait_extensions`` Waits were
   used, that token is replaced by the tokens of ``wait_text`` (counted as thinking) and thinking goes on.
 
+A tokenizer without ``<think>``/``</think>``/``<answer>`` tokens (an imported model's own) gets plain
+decoding in its own chat format for the unbudgeted runs (nothing forced, thinking tokens counted from the
+text); budget forcing and Wait on it are refused with the reason.
+
 Generation is greedy at ``temperature == 0`` and sampled with a seeded ``torch.Generator`` otherwise, so a
 record set is reproducible on the same hardware.
 """
@@ -61,22 +65,48 @@ class SpecialIds:
     @classmethod
     def from_tokenizer(cls, tok, wait_text: str = "Wait") -> SpecialIds:
         ids = {}
-        for t in ("<think>", "</think>", "<answer>", "<|im_end|>"):
+        from ops.generate import stop_token_ids
+
+        for t in ("<think>", "</think>", "<answer>"):
             i = tok.convert_tokens_to_ids(t)
             if i is None or i == tok.unk_token_id or not isinstance(i, int):
                 raise ValueError(
-                    f"the model's tokenizer has no {t!r} token; the chat format needs "
-                    "<think>, </think>, <answer>, </answer> and <|im_end|> as special tokens"
+                    f"the model's tokenizer has no {t!r} token; budget forcing needs <think>, </think> and "
+                    "<answer> as single tokens (an imported model gets them from the hf_model stage's "
+                    "special_tokens field)"
                 )
             ids[t] = i
-        stops = {ids["<|im_end|>"]}
-        if tok.eos_token_id is not None:
-            stops.add(tok.eos_token_id)
+        stops = set(stop_token_ids(tok))
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         wait = tuple(tok.encode(wait_text, add_special_tokens=False))
         if not wait:
             raise ValueError(f"wait_text {wait_text!r} encodes to no tokens")
         return cls(ids["<think>"], ids["</think>"], ids["<answer>"], frozenset(stops), int(pad), wait)
+
+
+def has_think_tokens(tok) -> bool:
+    try:
+        SpecialIds.from_tokenizer(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def _generate_plain(model, tok, prompt_ids, max_new: int, temperature: float, seed: int, batch_size: int):
+    """Unforced decoding (``ops.generate.sample``) with the same accounting as the forced loop."""
+    from ops.generate import pad_token_id, sample, stop_token_ids
+
+    outs = sample(model, prompt_ids, max_new_tokens=max_new, stop_ids=stop_token_ids(tok), pad_id=pad_token_id(tok),
+                  temperature=temperature, seed=seed, batch_size=batch_size)
+    res = []
+    for o in outs:
+        text = tok.decode(o.ids, skip_special_tokens=False)
+        think = 0
+        if "<think>" in text and "</think>" in text.split("<think>", 1)[1]:
+            inner = text.split("<think>", 1)[1].split("</think>", 1)[0]
+            think = min(len(tok(inner, add_special_tokens=False)["input_ids"]), len(o.ids))
+        res.append(Generated(text, list(o.ids), think, len(o.ids) - think, 0, False, o.finished))
+    return res
 
 
 def generate_with_budget(
@@ -103,6 +133,9 @@ def generate_with_budget(
 
     if budget is not None and budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
+    if budget is None and not wait_extensions and not has_think_tokens(tok):
+        return _generate_plain(model, tok, prompt_ids, max_think_tokens + max_answer_tokens, temperature, seed,
+                               batch_size)
     sp = SpecialIds.from_tokenizer(tok, wait_text)
     cap = max_think_tokens if budget is None else min(budget, max_think_tokens)
     gen = torch.Generator().manual_seed(seed)

@@ -16,6 +16,17 @@ from .evaluate import contamination_text
 if TYPE_CHECKING:
     from .report import StageInfo
 
+def origin(s: StageInfo) -> str:
+    """`` <- imported from SOURCE @ REVISION (ARCH, N params, sha256 ...)`` for a model imported from
+    outside lmforge (``hf_model``), else empty."""
+    m = s.manifest.get("metrics") or {}
+    if s.kind != "hf_model" or not m.get("source"):
+        return ""
+    rev = f" @ {m['revision']}" if m.get("revision") else ""
+    return (f" <- imported from {m['source']}{rev} ({m.get('architecture')}, {m.get('parameters')} params, "
+            f"sha256 {str(m.get('content_sha256'))[:12]})")
+
+
 # metrics shown per model, in order: (key in metrics.json "overall", label, higher is better)
 MODEL_METRICS = [
     ("greedy_accuracy", "greedy acc", True),
@@ -170,7 +181,7 @@ def render_markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
                 if a.get("stage")
             }
         )
-        L.append(f"{n} ({s.kind} {s.version[:10]})" + (f" <- {', '.join(ins)}" if ins else ""))
+        L.append(f"{n} ({s.kind} {s.version[:10]})" + (f" <- {', '.join(ins)}" if ins else "") + origin(s))
     L += ["```", ""]
     # environment
     hw = env.get("hardware") or {}

@@ -3,7 +3,8 @@ assistant-only label mask, packing, collation, and task accuracy of a model.
 
 Key design choice: a training example is always ``(question, response)`` text rendered through the
 tokenizer's chat template; the prompt and the response are tokenized separately and concatenated, so the
-label mask falls exactly on the assistant tokens (response + ``<|im_end|>``) whatever the BPE merges.
+label mask falls exactly on the assistant tokens (response + the template's turn end: ``<|im_end|>`` for
+lmforge and ChatML tokenizers, ``<|eot_id|>`` for Llama 3's) whatever the BPE merges.
 Packing puts several examples in one row with a block-diagonal causal mask and per-example position ids,
 so a packed row computes exactly what the examples would compute alone (tested).
 """
@@ -11,11 +12,12 @@ so a packed row computes exactly what the examples would compute alone (tested).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.generate import chat_prompts, generate, require_chat_template
+from ops.generate import chat_prompts, generate, require_chat_template, turn_end
 from ops.tasks import Task, extract_answer, format_ok, is_correct, read_task_set
 
 IM_END = "<|im_end|>"
@@ -73,17 +75,19 @@ def examples_from_artifact(
     raise ValueError(f"cannot train on artifact type {produces!r}")
 
 
+# A completion's closing special token: ``<|im_end|>``, ``<|endoftext|>``, ``<|eot_id|>``, ``</s>``...
+_STOP_RE = re.compile(r"(?:<\|[A-Za-z0-9_]+\|>|</s>)$")
+
+
 def strip_stop(text: str) -> str:
-    for s in (IM_END, "<|endoftext|>"):
-        if text.endswith(s):
-            return text[: -len(s)]
-    return text
+    """The completion without the special token that ended it (whichever model's it is)."""
+    return _STOP_RE.sub("", text)
 
 
 def encode_example(tok: Any, question: str, response: str, max_len: int) -> tuple[list[int], int] | None:
-    """``(ids, n_prompt)`` for one conversation (response + ``<|im_end|>``); None if longer than ``max_len``."""
+    """``(ids, n_prompt)`` for one conversation (response + the turn end); None if longer than ``max_len``."""
     p = chat_prompts(tok, [question])[0]
-    r = tok(strip_stop(response) + IM_END, add_special_tokens=False)["input_ids"]
+    r = tok(strip_stop(response) + turn_end(tok), add_special_tokens=False)["input_ids"]
     ids = p + list(r)
     return (ids, len(p)) if len(ids) <= max_len else None
 
@@ -106,7 +110,8 @@ def encode_all(tok: Any, examples: list[Example], max_len: int) -> tuple[list[tu
     if not examples:
         return [], 0
     prompts = example_prompts(tok, examples)
-    resp = tok([strip_stop(e.response) + IM_END for e in examples], add_special_tokens=False)["input_ids"]
+    end = turn_end(tok)
+    resp = tok([strip_stop(e.response) + end for e in examples], add_special_tokens=False)["input_ids"]
     out, dropped = [], 0
     for p, r in zip(prompts, resp):
         ids = p + list(r)

@@ -1,0 +1,296 @@
+"""Import a pretrained causal LM (a user's ``save_pretrained`` directory or a Hugging Face cache snapshot) as
+the files of a model artifact.
+
+Key design choices:
+
+* Identity is content. A checkpoint is named by the SHA-256 of each file it is made of (weights, config,
+  tokenizer), never by where it lies, so the same bytes at another path are the same model and one changed
+  byte is a new one.
+* Hashing a 15 GB checkpoint takes minutes, so each file's hash is cached under the lmforge home, keyed by
+  the file's cheap fingerprint ``(real path, size, mtime_ns, ctime_ns, inode)``. Any write, replacement or
+  move changes the fingerprint and the file is hashed again in full; an unchanged file costs one ``stat``.
+* Everything that can be refused is refused from the small JSON files before a weight byte is read:
+  pickled weights (``.bin``/``.pt``) without safetensors, anything that needs ``trust_remote_code``, a
+  tokenizer without a chat template (unless one is given), an architecture the trainers do not run.
+* The hub is never contacted: a hub id is resolved in the local cache's layout
+  (``models--org--name/refs/<revision>`` -> ``snapshots/<commit>/``), and a missing entry says which
+  directory to fill and the command that fills it on a machine with internet.
+* The checkpoint is copied once, hashing while copying, and the copy is checked against the hashes the
+  version was computed from; ``link=True`` hard-links the weight files instead (same filesystem only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# model_type values whose decoder layout (q/k/v/o + gate/up/down projections, RMSNorm, plain LM head) the
+# trainers, LoRA targets and the partial-head fast path are written for and tested on.
+SUPPORTED_ARCHS = ("llama", "qwen2")
+
+# The files that make a checkpoint; everything else in the directory (README, .gitattributes, images) is
+# neither copied nor part of its identity.
+_NAMED = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+}
+_PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelImportError(ValueError):
+    """A checkpoint that cannot be imported (raised before anything is copied)."""
+
+
+# --------------------------------------------------------------------------------------------- sources
+def hub_cache_dir(cache_dir: str | None = None) -> Path:
+    """The Hugging Face hub cache: ``cache_dir``, else ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+    ``~/.cache/huggingface/hub`` (read when called, as huggingface_hub does)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path("~/.cache/huggingface/hub").expanduser()
+
+
+def resolve_hub(hub_id: str, revision: str = "main", cache_dir: str | None = None) -> tuple[Path, str]:
+    """``(snapshot directory, commit)`` of ``hub_id`` at ``revision`` (a branch, tag or commit hash) in the
+    local cache; :class:`ModelImportError` saying what to download where when it is not there."""
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", hub_id):
+        raise ModelImportError(f"hub id {hub_id!r} is not of the form 'org/name'")
+    root = hub_cache_dir(cache_dir)
+    repo = root / ("models--" + hub_id.replace("/", "--"))
+    commit = revision
+    ref = repo / "refs" / revision
+    if ref.is_file():
+        commit = ref.read_text().strip()
+    snap = repo / "snapshots" / commit
+    if not (snap / "config.json").is_file():
+        raise ModelImportError(
+            f"{hub_id}@{revision} is not in the local Hugging Face cache ({snap} has no config.json; "
+            "lmforge never downloads at run time). On a machine with internet run "
+            f"`hf download {hub_id} --revision {revision} --cache-dir {root}` (older clients: "
+            f"`huggingface-cli download {hub_id} --revision {revision} --cache-dir {root}`) and copy {root} "
+            "here, or point the stage's cache_dir (or HF_HUB_CACHE / HF_HOME) at a cache that holds it"
+        )
+    return snap, commit
+
+
+def checkpoint_files(src: Path) -> list[str]:
+    """Relative names of the files that make the checkpoint in ``src`` (sorted)."""
+    out = []
+    for p in sorted(src.iterdir()):
+        if p.is_file() and (p.name in _NAMED or p.name.endswith(".safetensors")):
+            out.append(p.name)
+    return out
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelImportError(f"{p}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelImportError(f"{p}: expected a JSON object")
+    return data
+
+
+def has_chat_template(src: Path) -> bool:
+    if (src / "chat_template.jinja").is_file() or (src / "chat_template.json").is_file():
+        return True
+    cfg = src / "tokenizer_config.json"
+    return cfg.is_file() and bool(_read_json(cfg).get("chat_template"))
+
+
+def problems(src: Path, *, chat_template_given: bool = False) -> list[tuple[str, str]]:
+    """Every reason ``src`` cannot be imported, as ``(file, message)``; reads only the small JSON files."""
+    if not src.is_dir():
+        return [(str(src), "no such directory")]
+    out: list[tuple[str, str]] = []
+    cfg_path = src / "config.json"
+    if not cfg_path.is_file():
+        return [(str(cfg_path), "missing: not a save_pretrained model directory")]
+    try:
+        cfg = _read_json(cfg_path)
+    except ModelImportError as e:
+        return [(str(cfg_path), str(e))]
+    names = [p.name for p in src.iterdir() if p.is_file()]
+    if not any(n.endswith(".safetensors") for n in names):
+        pickled = sorted(n for n in names if n.endswith(_PICKLED))
+        what = f"only pickled weights ({', '.join(pickled)})" if pickled else "no weights"
+        out.append((str(src), f"{what}: lmforge loads safetensors only (never pickle); convert with "
+                              "`model.save_pretrained(dir, safe_serialization=True)` on a trusted machine"))
+    code = sorted(n for n in names if n.endswith(".py"))
+    if cfg.get("auto_map"):
+        out.append((str(cfg_path), "config has auto_map: the model needs trust_remote_code, which lmforge "
+                                   "never enables"))
+    elif code:
+        out.append((str(src), f"custom code files ({', '.join(code)}): the model needs trust_remote_code, "
+                              "which lmforge never enables"))
+    tcfg_path = src / "tokenizer_config.json"
+    tcfg = _read_json(tcfg_path) if tcfg_path.is_file() else {}
+    if tcfg.get("auto_map"):
+        out.append((str(tcfg_path), "tokenizer has auto_map: it needs trust_remote_code"))
+    if not (src / "tokenizer.json").is_file():
+        out.append((str(src / "tokenizer.json"), "missing: lmforge needs the fast tokenizer file"))
+    elif not chat_template_given and not has_chat_template(src):
+        out.append((str(tcfg_path), "the tokenizer has no chat template; give one in the stage's "
+                                    "chat_template field"))
+    mt = cfg.get("model_type")
+    archs = cfg.get("architectures") or []
+    if mt not in SUPPORTED_ARCHS:
+        out.append((str(cfg_path), f"model_type {mt!r}: the trainers run {', '.join(SUPPORTED_ARCHS)}"))
+    elif archs and not all(str(a).endswith("ForCausalLM") for a in archs):
+        out.append((str(cfg_path), f"architectures {archs}: not a causal LM (expected *ForCausalLM)"))
+    if cfg.get("quantization_config"):
+        out.append((str(cfg_path), "quantized checkpoint: the trainers need full-precision weights"))
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(_read_json(index).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (src / s).is_file())
+        if missing:
+            out.append((str(index), f"names shard(s) not in the directory: {', '.join(missing)}"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ hash cache
+class HashCache:
+    """SHA-256 of files, cached under ``root`` by each file's cheap fingerprint. One small JSON file per
+    entry, written atomically, so concurrent processes share the cache without a lock."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @staticmethod
+    def key(path: Path) -> str:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        ident = f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}"
+        return hashlib.sha256(ident.encode()).hexdigest()
+
+    def sha256(self, path: Path) -> str:
+        key = self.key(path)
+        entry = self.root / key[:2] / f"{key}.json"
+        if entry.is_file():
+            try:
+                return json.loads(entry.read_text())["sha256"]
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged entry is recomputed below
+        digest = file_sha256(Path(path))
+        if self.key(path) != key:  # written to while it was hashed: do not cache a hash of mixed bytes
+            return digest
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"sha256": digest, "path": os.path.realpath(path)}))
+        os.replace(tmp, entry)
+        return digest
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_identity(src: Path, cache: HashCache) -> dict[str, str]:
+    """``{file name: sha256}`` of the checkpoint files in ``src``, and of any ``*.py`` beside them: such code
+    is never imported (it is refused), but a directory that gains it is no longer the checkpoint it was."""
+    names = checkpoint_files(src) + sorted(p.name for p in src.glob("*.py") if p.is_file())
+    return {n: cache.sha256(src / n) for n in names}
+
+
+def identity_digest(identity: dict[str, str]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- import
+@dataclass
+class Imported:
+    files: dict[str, str]  # name -> sha256 of the bytes written
+    architecture: str
+    model_type: str
+    parameters: int
+    linked: bool
+
+
+def copy_checkpoint(src: Path, out: Path, expected: dict[str, str], *, link: bool = False) -> dict[str, str]:
+    """Copy (or hard-link) the checkpoint files into ``out``, hashing the written bytes, and refuse if they
+    differ from ``expected`` (the hashes the stage was versioned by). ``link`` hard-links the weight files:
+    no second copy, but the artifact then shares its bytes with the source, which must never be rewritten
+    in place."""
+    out.mkdir(parents=True, exist_ok=True)
+    got: dict[str, str] = {}
+    for name in checkpoint_files(src):
+        s, d = Path(os.path.realpath(src / name)), out / name
+        if link and name.endswith(".safetensors"):  # the small files may be rewritten here: always copied
+            os.link(s, d)
+            got[name] = file_sha256(d)
+        else:
+            h = hashlib.sha256()
+            with open(s, "rb") as fi, open(d, "wb") as fo:
+                for chunk in iter(lambda: fi.read(1 << 22), b""):
+                    h.update(chunk)
+                    fo.write(chunk)
+            shutil.copystat(s, d)
+            got[name] = h.hexdigest()
+    if got != expected:
+        changed = sorted(set(got) ^ set(expected) | {n for n in got if got[n] != expected.get(n)})
+        raise ModelImportError(
+            f"{src}: {', '.join(changed)} changed while being imported (the content no longer matches the "
+            "version planned for it); rerun once the checkpoint is no longer being written"
+        )
+    return got
+
+
+def safetensors_parameters(src: Path) -> int:
+    """Number of parameters stored in the ``*.safetensors`` files, from their headers (no tensor is read)."""
+    n = 0
+    for p in sorted(src.glob("*.safetensors")):
+        with open(p, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        for k, v in header.items():
+            if k != "__metadata__":
+                count = 1
+                for d in v["shape"]:
+                    count *= int(d)
+                n += count
+    return n
+
+
+def set_chat_template(out: Path, template: str) -> None:
+    """Make ``template`` the tokenizer's only chat template."""
+    for n in ("chat_template.jinja", "chat_template.json"):
+        (out / n).unlink(missing_ok=True)
+    p = out / "tokenizer_config.json"
+    cfg = _read_json(p) if p.is_file() else {}
+    cfg["chat_template"] = template
+    p.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
+def describe(out: Path) -> tuple[str, str, int]:
+    """``(architecture class, model_type, parameter count)`` of an imported directory."""
+    cfg = _read_json(out / "config.json")
+    archs = cfg.get("architectures") or [f"{cfg.get('model_type')}ForCausalLM"]
+    return str(archs[0]), str(cfg.get("model_type")), safetensors_parameters(out)

@@ -1,0 +1,120 @@
+"""Tiny "user checkpoints" for the import tests: a Llama-family and a Qwen2-family causal LM with their own
+tokenizers and chat templates (Llama 3's header/``<|eot_id|>`` format, Qwen2.5's ChatML with a default
+system turn), randomly initialised with a fixed seed and written with ``save_pretrained`` the way a user's
+checkpoint directory looks (``model.safetensors``, ``config.json``, ``generation_config.json``,
+``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``). Neither tokenizer has lmforge's
+``<think>``/``<answer>`` special tokens. Built locally from generated task text; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+ROOT = Path(tempfile.mkdtemp(prefix="lmforge-hf-tests-"))
+
+LLAMA_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+QWEN_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+FAMILIES = {
+    "llama": {
+        "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+        "template": LLAMA_TEMPLATE,
+    },
+    "qwen2": {
+        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        "template": QWEN_TEMPLATE,
+    },
+}
+
+
+def _texts() -> list[str]:
+    from ops.tasks import make_splits
+
+    train, _ = make_splits(1500, 10, seed=11, difficulties=(1, 2))
+    return [f"{t.question} {t.response} You are a helpful assistant. user assistant system" for t in train]
+
+
+def build_tokenizer(family: str, template: str | None = "default"):
+    """A byte-level BPE (digits split) with the family's special tokens and chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    f = FAMILIES[family]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=420,
+        special_tokens=f["special"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_texts(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **f["tokens"])
+    if template:
+        fast.chat_template = f["template"] if template == "default" else template
+    return fast
+
+
+def build_model(family: str, tok, seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.convert_tokens_to_ids(FAMILIES[family]["tokens"]["eos_token"]),
+        bos_token_id=tok.bos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    cfg = LlamaConfig(**common, tie_word_embeddings=False) if family == "llama" else Qwen2Config(
+        **common, tie_word_embeddings=True
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+
+
+@functools.cache
+def _checkpoint(family: str) -> Path:
+    tok = build_tokenizer(family)
+    model = build_model(family, tok)
+    out = ROOT / f"{family}-ckpt"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def checkpoint(family: str, dest: Path) -> Path:
+    """A fresh copy (the tests move and modify it) of the family's tiny checkpoint directory at ``dest``."""
+    shutil.copytree(_checkpoint(family), dest)
+    return dest
