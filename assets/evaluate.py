@@ -333,8 +333,9 @@ def run(r: StageRun) -> StageResult:
     items = [it for art in r.inputs.get("tasks") or [] for it in _read_eval_items(r, art, cfg.max_items)]
     corpus_stage, docs = _corpus_docs(r, cfg)
 
-    model = load_model(model_art.path)
     tok = load_tokenizer(model_art.path)
+    _check_think_tokens(r, tok)
+    model = load_model(model_art.path)
     records = (
         E.generate_records(
             model, tok, items, s, model_stage=model_art.stage, model_version=model_art.version, log=r.log
@@ -369,6 +370,20 @@ def run(r: StageRun) -> StageResult:
         checks=_checks(records, items, flagged),
         tokens=sum(x["response_tokens"] for x in records),
     )
+
+
+def _check_think_tokens(r: StageRun, tok) -> None:
+    """Budget forcing and Wait need ``<think>``/``</think>``/``<answer>`` as tokens: refused before any
+    generation for a tokenizer without them (an imported model's own, unless its stage added them)."""
+    from ops.eval.budget import has_think_tokens
+
+    cfg: EvaluateConfig = r.config
+    field = "budgets" if cfg.budgets else "wait_extensions" if cfg.wait_extensions else None
+    if field and not has_think_tokens(tok):
+        raise ValueError(
+            f"stage {r.stage!r}, field {field!r}: model {r.input('models').stage!r} has no <think>, </think> "
+            "and <answer> tokens to force; import it with hf_model's special_tokens to add them"
+        )
 
 
 def _audit(r: StageRun, model_art: InputArtifact, items, records) -> tuple[dict[str, Any], list[dict]]:

@@ -39,8 +39,8 @@ class HFModelConfig(StageConfig):
     )
     link: bool = run_option(
         False,
-        description="hard-link the weight files into the artifact instead of copying them (same filesystem "
-        "only; the source files must then never be rewritten in place)",
+        description="hard-link the weight files into the artifact instead of copying them (copied where the "
+        "filesystem cannot link; linked source files must never be rewritten in place)",
     )
     chat_template: str | None = Field(
         None, description="a Jinja chat template for a tokenizer that has none (or to replace its own)"

@@ -16,7 +16,7 @@ Key design choices:
   (``models--org--name/refs/<revision>`` -> ``snapshots/<commit>/``), and a missing entry says which
   directory to fill and the command that fills it on a machine with internet.
 * The checkpoint is copied once, hashing while copying, and the copy is checked against the hashes the
-  version was computed from; ``link=True`` hard-links the weight files instead (same filesystem only).
+  version was computed from; ``link=True`` hard-links the weight files instead (a copy where the filesystem cannot).
 """
 
 from __future__ import annotations
@@ -243,8 +243,7 @@ def copy_checkpoint(src: Path, out: Path, expected: dict[str, str], *, link: boo
     got: dict[str, str] = {}
     for name in checkpoint_files(src):
         s, d = Path(os.path.realpath(src / name)), out / name
-        if link and name.endswith(".safetensors"):  # the small files may be rewritten here: always copied
-            os.link(s, d)
+        if link and name.endswith(".safetensors") and _try_link(s, d):  # small files: always copied
             got[name] = file_sha256(d)
         else:
             h = hashlib.sha256()
@@ -261,6 +260,15 @@ def copy_checkpoint(src: Path, out: Path, expected: dict[str, str], *, link: boo
             "version planned for it); rerun once the checkpoint is no longer being written"
         )
     return got
+
+
+def _try_link(src: Path, dst: Path) -> bool:
+    """Hard-link ``src`` to ``dst``; False (the caller copies) across filesystems or where links fail."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        return False
+    return True
 
 
 def safetensors_parameters(src: Path) -> int:

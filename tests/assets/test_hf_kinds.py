@@ -138,3 +138,28 @@ def test_every_other_model_kind_runs_on_an_imported_llama(lmforge_home, tmp_path
     report, _ = run_kind("report", {"from": ["eval"]}, lmforge_home, inputs={"from_": [ev]}, stage="report", **QUIET)
     md = (report.path / "report.md").read_text()
     assert f"imported from {tmp_path / 'llama-src'}" in md and "LlamaForCausalLM" in md
+
+
+@pytest.mark.unit
+def test_budget_forcing_needs_think_tokens_which_the_import_can_add(lmforge_home, tmp_path):
+    from assets.hf_model import THINK_ANSWER
+
+    src = H.checkpoint("qwen2", tmp_path / "src")
+    plain, _ = run_kind("hf_model", {"path": str(src)}, lmforge_home, stage="base", **QUIET)
+    tasks = _tasks(lmforge_home)
+    cfg = {"models": ["base"], "tasks": ["tasks"], "samples": 0, "max_items": 3, "budgets": [2],
+           "max_think_tokens": 4, "max_answer_tokens": 3}
+    with pytest.raises(ValueError, match=r"stage 'eval', field 'budgets': model 'base' has no <think>"):
+        run_kind("evaluate", cfg, lmforge_home, inputs={"models": [plain], "tasks": [tasks]}, partition="base",
+                 stage="eval", **QUIET)
+    assert not (lmforge_home / "artifacts" / "evaluate").is_dir() or not [
+        p for p in (lmforge_home / "artifacts" / "evaluate").iterdir() if not p.name.startswith(".")
+    ]
+    tagged, _ = run_kind("hf_model", {"path": str(src), "special_tokens": THINK_ANSWER}, lmforge_home,
+                         stage="base", **QUIET)
+    ev, res = run_kind("evaluate", cfg, lmforge_home, inputs={"models": [tagged], "tasks": [tasks]},
+                       partition="base", stage="eval", **QUIET)
+    recs = pq.read_table(ev.path / "records.parquet").to_pylist()
+    assert {r["mode"] for r in recs} == {"greedy", "budget"}
+    assert all(r["thinking_tokens"] <= 2 for r in recs if r["mode"] == "budget")
+    assert all(r["completion"].startswith("<think>") for r in recs)
