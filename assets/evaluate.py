@@ -312,6 +312,7 @@ def run(r: StageRun) -> StageResult:
     import pyarrow.parquet as pq
 
     from ops.eval import evaluate as E
+    from ops.eval.budget import NO_THINK_TOKENS, has_think_tokens
     from ops.model import load_model
     from ops.tokenizer import load_tokenizer
 
@@ -334,7 +335,9 @@ def run(r: StageRun) -> StageResult:
     corpus_stage, docs = _corpus_docs(r, cfg)
 
     tok = load_tokenizer(model_art.path)
-    _check_think_tokens(r, tok)
+    sweep = "budgets" if cfg.budgets else "wait_extensions" if cfg.wait_extensions else None
+    if sweep and not has_think_tokens(tok):  # refused before any generation
+        raise ValueError(f"stage {r.stage!r}, field {sweep!r}: model {model_art.stage!r} {NO_THINK_TOKENS}")
     model = load_model(model_art.path)
     records = (
         E.generate_records(
@@ -370,20 +373,6 @@ def run(r: StageRun) -> StageResult:
         checks=_checks(records, items, flagged),
         tokens=sum(x["response_tokens"] for x in records),
     )
-
-
-def _check_think_tokens(r: StageRun, tok) -> None:
-    """Budget forcing and Wait need ``<think>``/``</think>``/``<answer>`` as tokens: refused before any
-    generation for a tokenizer without them (an imported model's own, unless its stage added them)."""
-    from ops.eval.budget import has_think_tokens
-
-    cfg: EvaluateConfig = r.config
-    field = "budgets" if cfg.budgets else "wait_extensions" if cfg.wait_extensions else None
-    if field and not has_think_tokens(tok):
-        raise ValueError(
-            f"stage {r.stage!r}, field {field!r}: model {r.input('models').stage!r} has no <think>, </think> "
-            "and <answer> tokens to force; import it with hf_model's special_tokens to add them"
-        )
 
 
 def _audit(r: StageRun, model_art: InputArtifact, items, records) -> tuple[dict[str, Any], list[dict]]:

@@ -84,6 +84,10 @@ class SpecialIds:
         return cls(ids["<think>"], ids["</think>"], ids["<answer>"], frozenset(stops), int(pad), wait)
 
 
+NO_THINK_TOKENS = ("has no <think>, </think> and <answer> tokens to force; import it with hf_model's "
+                   "special_tokens to add them")
+
+
 def has_think_tokens(tok) -> bool:
     try:
         SpecialIds.from_tokenizer(tok)
