@@ -503,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     from .instance import GPU_SLOTS_ENV, MAX_RUNS_ENV, POSTGRES_ENV, InstanceConfigError
     from .spec import SpecError
 
+    if args.home:  # every command, validate and plan included, reads and writes this home (e.g. hash caches)
+        os.environ["LMFORGE_HOME"] = str(_home(args))
     for value, env in ((args.postgres, POSTGRES_ENV), (args.gpu_slots, GPU_SLOTS_ENV),
                        (args.max_concurrent_runs, MAX_RUNS_ENV)):
         if value is not None:

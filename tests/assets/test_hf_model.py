@@ -261,3 +261,33 @@ def test_special_tokens_grow_embeddings_with_mean_rows(lmforge_home, tmp_path, f
         assert torch.allclose(w_new[n:], w_old.mean(0, keepdim=True).expand(4, -1), atol=1e-6)
     tied = new.get_output_embeddings().weight is new.get_input_embeddings().weight
     assert tied == (family == "qwen2")
+
+
+@pytest.mark.unit
+def test_lmforge_plan_shows_a_changed_weight_byte_re_versioning_descendants(tmp_path, monkeypatch, capsys):
+    """``lmforge --home H plan``: stored after the import; one flipped weight byte puts the import and the
+    SFT stage after it back to "to compute" under new versions, the task stage untouched; hashes are cached
+    in H."""
+    from pipelines.cli import main
+
+    home = tmp_path / "home"
+    monkeypatch.delenv("LMFORGE_HOME", raising=False)
+    src = H.checkpoint("qwen2", tmp_path / "ckpt")
+    spec = _spec(tmp_path, src)
+
+    def plan() -> dict[str, tuple[str, str]]:
+        capsys.readouterr()
+        assert main(["--home", str(home), "plan", str(spec)]) == 0
+        rows = [ln.split(None, 3) for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+        return {r[0]: (r[2], r[3]) for r in rows}
+
+    before = plan()
+    run_kind("hf_model", {"path": str(src)}, home, stage="base", **QUIET)
+    stored = plan()
+    assert stored["base"] == (before["base"][0], "stored") and stored["sft"][1] == "to compute"
+    assert any((home / "cache" / "sha256").rglob("*.json"))
+    _flip_last_byte(src / "model.safetensors")
+    after = plan()
+    assert after["tasks"] == stored["tasks"]
+    assert after["base"][1] == "to compute" and after["base"][0] != stored["base"][0]
+    assert after["sft"][0] != stored["sft"][0]
