@@ -154,11 +154,15 @@ def build_model(
 
 
 def load_model(path: Path | str, *, device: str | None = None, dtype: Any = None) -> Any:
-    """Load a model artifact directory (local files only, no remote code)."""
+    """Load a model artifact directory (local files only, no remote code), in float32 unless ``dtype`` says
+    otherwise: an imported checkpoint is usually stored in bfloat16, and training bfloat16 weights directly
+    loses every update smaller than their rounding step (a few 1e-3 relative), so the weights the
+    optimiser updates are always full precision (autocast runs the matmuls in bfloat16 on a GPU)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), local_files_only=True, trust_remote_code=False, dtype=dtype
+        str(path), local_files_only=True, trust_remote_code=False, dtype=dtype or torch.float32
     )
     if device:
         model.to(device)

@@ -97,7 +97,7 @@ def init_reward_model(policy_dir: Path | str) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         rm = AutoModelForSequenceClassification.from_pretrained(
-            str(policy_dir), num_labels=1, local_files_only=True
+            str(policy_dir), num_labels=1, local_files_only=True, dtype=torch.float32
         )
     return rm
 
@@ -198,7 +198,8 @@ def fit_likelihood_reward(lm: Any, tok: Any, train_pairs: list[Pair]) -> tuple[L
 
 def load_reward_model(path: Path | str) -> Any:
     """A reward-model artifact: ``LikelihoodReward`` when ``reward.json`` says so, else the sequence
-    classifier (``AutoModelForSequenceClassification``)."""
+    classifier (``AutoModelForSequenceClassification``), in float32."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     path = Path(path)
@@ -210,7 +211,7 @@ def load_reward_model(path: Path | str) -> Any:
 
             return LikelihoodReward(load_model(path), float(meta["scale"]), float(meta["center"]))
         raise ValueError(f"{spec}: unknown reward head {meta.get('head')!r}; expected one of {HEADS}")
-    rm = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+    rm = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     rm.eval()
     return rm
 

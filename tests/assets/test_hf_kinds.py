@@ -163,3 +163,28 @@ def test_budget_forcing_needs_think_tokens_which_the_import_can_add(lmforge_home
     assert {r["mode"] for r in recs} == {"greedy", "budget"}
     assert all(r["thinking_tokens"] <= 2 for r in recs if r["mode"] == "budget")
     assert all(r["completion"].startswith("<think>") for r in recs)
+
+
+@pytest.mark.unit
+def test_bfloat16_checkpoint_trains_in_float32(lmforge_home, tmp_path):
+    """A checkpoint stored in bfloat16 (as released instruct models are) is trained on float32 weights: an
+    update of lr 1e-5 is far below bfloat16's rounding step at these weights and would vanish."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ops.model import load_model
+
+    tok = H.build_tokenizer("qwen2")
+    src = tmp_path / "bf16"
+    H.build_model("qwen2", tok).to(torch.bfloat16).save_pretrained(src)
+    tok.save_pretrained(src)
+    base, _ = run_kind("hf_model", {"path": str(src)}, lmforge_home, stage="base", **QUIET)
+    assert (base.path / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    assert next(load_model(base.path).parameters()).dtype == torch.float32
+    sft, _ = run_kind("sft", {"model": "base", "data": ["tasks"], "steps": 2, "lr": 1e-5, "warmup_steps": 0,
+                              "eval_problems": 0}, lmforge_home,
+                      inputs={"model": [base], "data": [_tasks(lmforge_home)]}, stage="sft", **QUIET)
+    a = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(sft.path, dtype=torch.float32).state_dict()
+    k = "model.layers.0.mlp.up_proj.weight"
+    assert 0 < (a[k] - b[k]).abs().max() < 1e-3
