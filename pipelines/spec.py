@@ -3,9 +3,9 @@
 Key design choice: validation is total and happens before anything runs. All problems of a spec are
 collected (unknown kind, unknown or mistyped field, reference to a missing stage, reference of the wrong
 artifact type, cycle, bad automation entry), each as one :class:`SpecIssue` naming the file, the stage,
-the field and the line, and raised together as :class:`SpecError`. Reading is bounded before anything is
-built from the file (size, nesting, values with aliases expanded, ``extends`` depth), so a hostile or
-runaway file is one SpecError naming it rather than an exhausted memory or a RecursionError.
+the field and the line, and raised together as :class:`SpecError`. Reading the file (bounded against
+hostile input, ``extends:`` merged) is ``pipelines/spec_reader.py``; this module validates, orders and
+versions the stages.
 
 A stage's version is ``hash(kind, code version, canonical config without references, versions of the
 referenced stages, identity of external files)``. Stage *names* are not part of it, so a variant spec
@@ -22,169 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from assets.registry import StageKind, load_kinds, partition_version, ref_fields, stage_version
 from ops.fingerprint import UnhashableValue
 
-SPEC_DIR = Path(__file__).resolve().parent
-TOP_LEVEL = {"pipeline", "description", "extends", "stages", "automation"}
+from .spec_reader import SPEC_DIR, SpecError, SpecIssue, read_raw, resolve_spec_path
+
 AUTOMATION_KEYS = {"cron", "eager", "watch"}
 
 
-@dataclass(frozen=True)
-class SpecIssue:
-    file: str
-    stage: str | None
-    field: str | None
-    message: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        what = ", ".join(x for x in (f"stage '{self.stage}'" if self.stage else "",
-                                     f"field '{self.field}'" if self.field else "") if x)
-        return f"{where}: {what + ': ' if what else ''}{self.message}"
-
-
-class SpecError(ValueError):
-    """One or more problems in a spec; ``issues`` lists them, ``str()`` prints one per line."""
-
-    def __init__(self, issues: list[SpecIssue]):
-        self.issues = issues
-        super().__init__("\n".join(str(i) for i in issues))
-
-
-# ---------------------------------------------------------------------------------------------------
-# YAML with line numbers, bounded against hostile input.
-# A spec is a few kilobytes of hand-written YAML; the limits sit orders of magnitude above that and exist so
-# that a hostile or broken file (an alias bomb, a 50 MB dump, a runaway nesting) is one clear error instead of
-# minutes of parsing, an exhausted memory or a RecursionError.
-MAX_SPEC_BYTES = 1 << 20        # read before parsing: anything larger is refused unparsed
-MAX_NESTING = 64                # mappings/sequences inside each other
-MAX_NODES = 100_000             # YAML values, counted as parsed and again with every alias expanded
-MAX_EXTENDS_DEPTH = 32          # `extends:` hops from the spec named on the command line
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader whose composer refuses nesting deeper than :data:`MAX_NESTING` (PyYAML composes
-    recursively, so a deep enough document would otherwise end in RecursionError) and more than
-    :data:`MAX_NODES` values (pure-Python parsing of a dense 1 MiB list takes tens of seconds)."""
-
-    _depth = 0
-    _nodes = 0
-
-    def compose_node(self, parent, index):
-        self._depth += 1
-        self._nodes += 1
-        try:
-            if self._depth > MAX_NESTING:
-                raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark)
-            if self._nodes > MAX_NODES:
-                raise yaml.composer.ComposerError(
-                    None, None, f"more than {MAX_NODES} values: a pipeline spec is hand-written YAML, not data",
-                    self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _expanded_size(root: yaml.Node) -> int | None:
-    """Number of nodes the document has once every alias is expanded, computed on the shared node graph
-    (each distinct node is visited once, so a billion-laughs document costs its own size, not its
-    expansion). Stops counting past :data:`MAX_NODES`; None for a recursive alias (infinite)."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-    cap = MAX_NODES + 1
-
-    def size(n: yaml.Node) -> int | None:
-        if id(n) in sizes:
-            return sizes[id(n)]
-        if id(n) in active:
-            return None
-        active.add(id(n))
-        total = 1
-        children: list[yaml.Node] = []
-        if isinstance(n, yaml.MappingNode):
-            children = [x for kv in n.value for x in kv]
-        elif isinstance(n, yaml.SequenceNode):
-            children = list(n.value)
-        for c in children:
-            s = size(c)
-            if s is None:
-                return None
-            total = min(cap, total + s)
-        active.discard(id(n))
-        sizes[id(n)] = total
-        return total
-
-    return size(root)
-
-
-def _read_spec_text(path: Path) -> str:
-    """The file's text, refused unread when larger than :data:`MAX_SPEC_BYTES`. The read itself is bounded
-    too, so a device or a file growing while it is read cannot make it unbounded."""
-    f = str(path)
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_SPEC_BYTES + 1)
-    except OSError as e:
-        raise SpecError([SpecIssue(f, None, None, f"cannot read spec: {e.strerror or e}")]) from None
-    if len(raw) > MAX_SPEC_BYTES:
-        size = path.stat().st_size if path.is_file() else None
-        got = f"{size} bytes" if size else "more"
-        raise SpecError([SpecIssue(f, None, None, f"spec is too large ({got}; the limit is {MAX_SPEC_BYTES} "
-                                                  "bytes): a pipeline spec is hand-written YAML, not data")])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise SpecError([SpecIssue(f, None, None, f"not UTF-8 text (byte {e.start})", line)]) from None
-
-
-def _load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
-    """Parse YAML; return data and ``{(key, subkey, ...): line}`` for mapping keys (1-based lines)."""
-    text = _read_spec_text(path)
-    f = str(path)
-    lines: dict[tuple[str, ...], int] = {}
-    loader = _SpecLoader(text)
-    try:
-        try:
-            node = loader.get_single_node()
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise SpecError([SpecIssue(f, None, None, f"invalid YAML: {getattr(e, 'problem', e)}",
-                                       mark.line + 1 if mark else None)]) from None
-        if node is None:
-            return None, lines
-        n = _expanded_size(node)
-        if n is None or n > MAX_NODES:
-            why = ("an alias refers to a node containing itself (infinite expansion)" if n is None else
-                   f"aliases expand the document beyond {MAX_NODES} values")
-            raise SpecError([SpecIssue(f, None, None, f"refused: {why}; write the values out instead")])
-
-        def walk(n: Any, prefix: tuple[str, ...]) -> None:
-            if isinstance(n, yaml.MappingNode):
-                for k, v in n.value:
-                    key = (*prefix, str(k.value))
-                    lines[key] = k.start_mark.line + 1
-                    walk(v, key)
-
-        walk(node, ())
-        try:
-            data = loader.construct_document(node)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise SpecError([SpecIssue(f, None, None, f"invalid YAML: {getattr(e, 'problem', e)}",
-                                       mark.line + 1 if mark else None)]) from None
-    finally:
-        loader.dispose()
-    return data, lines
-
-
-# ---------------------------------------------------------------------------------------------------
 @dataclass
 class Stage:
     name: str
@@ -235,72 +82,12 @@ class Spec:
         return [s for s in self.stages if stage in self.ancestors(s)]
 
 
-def resolve_spec_path(spec: str | Path) -> Path:
-    """A path to a YAML file, or the name of a spec in ``pipelines/`` (``tiny_r1``)."""
-    p = Path(spec)
-    if p.suffix in {".yaml", ".yml"} or p.exists():
-        return p.resolve()
-    cand = SPEC_DIR / f"{spec}.yaml"
-    if cand.exists():
-        return cand
-    raise SpecError([SpecIssue(str(spec), None, None, "no such spec file or pipeline name")])
-
-
-def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict, list[SpecIssue], str | None]:
-    """Read a spec file, merging the parent named by ``extends:``. Returns data, lines, issues, parent name."""
-    issues: list[SpecIssue] = []
-    f = str(path)
-    if path in chain:
-        return {}, {}, [SpecIssue(f, None, "extends", "circular extends: " + " -> ".join(map(str, (*chain, path))))], None
-    if not path.exists():
-        return {}, {}, [SpecIssue(f, None, None, "spec file does not exist")], None
-    data, lines = _load_yaml_with_lines(path)
-    if not isinstance(data, dict):
-        return {}, lines, [SpecIssue(f, None, None, "a spec must be a mapping with 'pipeline' and 'stages'")], None
-    for k in data:
-        if k not in TOP_LEVEL:
-            issues.append(SpecIssue(f, None, str(k), f"unknown top-level field (allowed: {', '.join(sorted(TOP_LEVEL))})",
-                                    lines.get((str(k),))))
-    parent_name = None
-    if data.get("extends"):
-        ppath = (path.parent / str(data["extends"]))
-        if not ppath.suffix:
-            ppath = ppath.with_suffix(".yaml")
-        if len(chain) >= MAX_EXTENDS_DEPTH:
-            # refused before reading the parent: the chain is bounded however long it is on disk
-            root = chain[0] if chain else path
-            raise SpecError([SpecIssue(
-                f, None, "extends",
-                f"extends chain deeper than {MAX_EXTENDS_DEPTH} files (from {root}); flatten it into fewer specs",
-                lines.get(("extends",)))])
-        pdata, _plines, pissues, _ = _read_raw(ppath.resolve(), (*chain, path))
-        if pissues:
-            issues.extend(SpecIssue(i.file, i.stage, i.field, i.message, i.line) for i in pissues)
-            if not pdata:
-                issues.append(SpecIssue(f, None, "extends", f"cannot extend {data['extends']!r}",
-                                        lines.get(("extends",))))
-        parent_name = pdata.get("pipeline")
-        merged_stages: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v
-                                         for k, v in (pdata.get("stages") or {}).items()}
-        for sname, sval in (data.get("stages") or {}).items():
-            if sval is None:                       # `stage: null` removes an inherited stage
-                merged_stages.pop(sname, None)
-            elif isinstance(sval, dict) and isinstance(merged_stages.get(sname), dict) and \
-                    sval.get("kind", merged_stages[sname].get("kind")) == merged_stages[sname].get("kind"):
-                merged_stages[sname] = {**merged_stages[sname], **sval}
-            else:
-                merged_stages[sname] = sval
-        auto = {**(pdata.get("automation") or {}), **(data.get("automation") or {})}
-        data = {**pdata, **data, "stages": merged_stages, "automation": auto}
-    return data, lines, issues, parent_name
-
-
 def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
     """Load, validate and version a spec. Raises :class:`SpecError` listing every problem."""
     kinds = load_kinds()
     path = resolve_spec_path(spec)
     f = str(path)
-    data, lines, issues, parent = _read_raw(path)
+    data, lines, issues, parent = read_raw(path)
     if issues and not data:
         raise SpecError(issues)
     name = data.get("pipeline")

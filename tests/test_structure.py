@@ -26,7 +26,6 @@ MAX_MODULE = 500  # lines, everywhere but the training core
 TRAINING_CORE = {"ops/train/core.py"}
 # Still over a limit: to be split, never to grow.
 MODULE_DEBT = {
-    "pipelines/spec.py",
     "resources/store.py",
 }
 FUNCTION_DEBT: set[str] = set()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tests.pipelines.toy_kinds  # noqa: F401  (registers toy kinds)
-from pipelines import spec as S
+from pipelines import spec_reader as S
 from pipelines.spec import SpecError, load_spec
 
 pytestmark = pytest.mark.unit
