@@ -65,7 +65,7 @@ def _ancestors(run: StageRun) -> dict[str, InputArtifact]:
 
 def run(r: StageRun) -> StageResult:
     from ops.eval import report as R
-    from resources.store import git_state
+    from resources.manifest import git_state
 
     cfg: ReportConfig = r.config
     evals_in = r.inputs.get("from_") or []

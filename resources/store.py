@@ -23,7 +23,8 @@ Resumable work (training checkpoints) must survive a crash, so it lives outside 
 ``$LMFORGE_HOME/work/<kind>/<version>/``; the stage copies what belongs in the final artifact. Work
 directories are never swept: the version lock makes one process at a time use them.
 
-This module imports no Dagster, so the CLI and tests use it directly.
+What the manifest records, how it is written and how a directory is checked against it is
+``resources/manifest.py``. This module imports no Dagster, so the CLI and tests use it directly.
 """
 
 from __future__ import annotations
@@ -31,23 +32,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import getpass
-import hashlib
 import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
-METADATA = "metadata.json"
+from .manifest import (
+    MANIFEST,
+    ArtifactState,
+    StoredArtifact,
+    check_files,
+    utc_now,
+    write_manifest,
+)
 
 DEFAULT_HOME = Path.home() / ".lmforge"
 
@@ -60,151 +63,6 @@ def default_home() -> Path:
     """
     env = os.environ.get("LMFORGE_HOME")
     return Path(env).expanduser().resolve() if env else DEFAULT_HOME
-
-
-def git_state() -> dict[str, Any]:
-    """The commit and dirty flag of the lmforge checkout, when it is a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": dirty if commit else None}
-
-
-def _hash_files(root: Path, exclude: tuple[str, ...]) -> tuple[list[dict[str, Any]], str]:
-    """One pass over the files under ``root``: ``([{path, size, sha256}], data_version)``.
-
-    The file list covers every file except ``manifest.json``; the data version covers the same bytes
-    minus ``exclude`` and ``training_state/`` (resumable state is not data a child depends on).
-    """
-    files: list[dict[str, Any]] = []
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(root).as_posix()
-        if rel == MANIFEST:
-            continue
-        in_data = not (rel in exclude or rel.startswith("training_state/"))
-        fh = hashlib.sha256()
-        if in_data:
-            h.update(rel.encode() + b"\0")
-        size = 0
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                fh.update(chunk)
-                size += len(chunk)
-                if in_data:
-                    h.update(chunk)
-        if in_data:
-            h.update(b"\0")
-        files.append({"path": rel, "size": size, "sha256": fh.hexdigest()})
-    return files, h.hexdigest()[:24]
-
-
-def content_hash(root: Path, exclude: tuple[str, ...] = (MANIFEST, METADATA)) -> str:
-    """SHA-256 over the relative paths and bytes of every file under ``root`` (sorted), minus ``exclude``.
-
-    This is the materialization's Dagster ``data_version``: it changes exactly when what was written
-    changes, so children are marked stale only for real data changes.
-    """
-    return _hash_files(root, exclude)[1]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class StoredArtifact:
-    kind: str
-    version: str
-    path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.manifest.get("metrics", {})
-
-    @property
-    def failed(self) -> str | None:
-        """The blocking check failure this artifact was stored with (then it lives in ``.failed-*``)."""
-        return self.manifest.get("failed")
-
-    @property
-    def legacy(self) -> bool:
-        """Stored without a file list: only the manifest's presence can be checked."""
-        return "files" not in self.manifest
-
-    def metadata(self) -> dict[str, Any]:
-        f = self.path / METADATA
-        return json.loads(f.read_text()) if f.exists() else {}
-
-
-@dataclass(frozen=True)
-class ArtifactState:
-    """What the store holds for one version: ``stored``, ``absent``, ``failed`` or ``damaged``.
-
-    ``message`` says why for ``failed`` (the blocking check) and ``damaged`` (the first bad file);
-    ``path`` is where the stored, failed or damaged directory lies.
-    """
-
-    status: str
-    message: str = ""
-    path: Path | None = None
-    legacy: bool = False
-
-    @property
-    def usable(self) -> bool:
-        return self.status == "stored"
-
-    def describe(self) -> str:
-        if self.status == "stored":
-            return "stored (legacy: no file list)" if self.legacy else "stored"
-        if self.status == "absent":
-            return "to compute"
-        return f"{self.status}: {self.message}"
-
-
-def check_files(path: Path, manifest: dict[str, Any], *, hashes: bool = False) -> list[str]:
-    """Problems of an artifact directory against its manifest's file list (empty: intact).
-
-    Without ``hashes`` this is a ``stat`` per file (presence and size); with it every byte is hashed.
-    A manifest without a file list yields no problems (legacy artifacts are checked by presence only).
-    """
-    problems = []
-    for f in manifest.get("files") or []:
-        p = path / f["path"]
-        try:
-            size = p.stat().st_size
-        except OSError:
-            problems.append(f"{p}: missing")
-            continue
-        if size != f["size"]:
-            problems.append(f"{p}: {size} bytes, the manifest records {f['size']}")
-        elif hashes and file_sha256(p) != f["sha256"]:
-            problems.append(f"{p}: content differs from the manifest's SHA-256")
-    return problems
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class ArtifactStore:
@@ -319,7 +177,7 @@ class ArtifactStore:
         dst = self.root / kind / f".damaged-{version}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
         os.rename(src, dst)
         with contextlib.suppress(OSError):
-            (dst / "DAMAGED.txt").write_text(f"{_now()}: {reason}\n")
+            (dst / "DAMAGED.txt").write_text(f"{utc_now()}: {reason}\n")
         return dst
 
     # -- locks ---------------------------------------------------------------------------------
@@ -389,22 +247,7 @@ class ArtifactStore:
         another process stored the same version meanwhile, its copy wins (same inputs, same version) and
         ``tmp`` is discarded.
         """
-        if metadata is not None:
-            (tmp / METADATA).write_text(json.dumps(metadata, indent=1, default=str))
-        manifest = dict(manifest)
-        files, data_version = _hash_files(tmp, (MANIFEST, METADATA))
-        manifest["files"] = files
-        manifest.setdefault("data_version", data_version)
-        manifest.setdefault("created_at", _now())
-        manifest.setdefault("host", socket.gethostname())
-        with contextlib.suppress(Exception):
-            manifest.setdefault("user", getpass.getuser())
-        manifest.setdefault("git", git_state())
-        if failed is not None:
-            manifest["failed"] = failed
-        mtmp = tmp / (MANIFEST + ".partial")
-        mtmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-        os.replace(mtmp, tmp / MANIFEST)
+        write_manifest(tmp, manifest, metadata, failed=failed)
         with self.lock(kind, version):
             if failed is not None:
                 final = self.failed_path(kind, version)
@@ -517,7 +360,7 @@ def file_lock(
             fcntl.flock(fd, fcntl.LOCK_EX)
             if log is not None:
                 log(f"{name}: lock acquired after waiting {time.time() - t0:.1f}s")
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "holder": holder}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), "holder": holder}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         try:
