@@ -117,7 +117,7 @@ def grpo_run(tok_dir: Path) -> dict[str, Any]:
     from ops.rl.grpo import GRPOParams, train_grpo
     from ops.tasks import Task
     from ops.tokenizer import load_tokenizer
-    from tests.ops.rl_resume_runs import REWARD, register_reward
+    from tests.ops.rl.resume_runs import REWARD, register_reward
 
     register_reward()
     tok = load_tokenizer(tok_dir)

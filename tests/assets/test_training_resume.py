@@ -59,7 +59,7 @@ def test_interrupted_grpo_stage_resumes_in_its_work_dir_and_stores_the_same_arti
     from pipelines.execute import run_kind
     from resources.store import StoredArtifact
     from tests import posttrain_helpers as H
-    from tests.ops import rl_resume_runs as R
+    from tests.ops.rl import resume_runs as R
 
     R.register_reward()
     base = StoredArtifact("pretrain", "v-base", H.base_model_dir(), {"stage": "base", "produces": "model"})

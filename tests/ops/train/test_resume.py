@@ -16,9 +16,9 @@ import pytest
 from ops.train import checkpoint as ckpt
 from ops.train.core import ResumeRefused
 from tests import posttrain_helpers as H
-from tests.ops import rl_resume_runs as R
+from tests.ops.rl import resume_runs as R
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_grpo_killed_by_sigkill_then_resumed_is_bit_identical(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     args = ["grpo", str(model_dir), str(work), str(tmp_path / "out"), "3", str(torch.get_num_threads())]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.ops.rl_resume_runs", *args],
+        [sys.executable, "-m", "tests.ops.rl.resume_runs", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -3,7 +3,7 @@
 A random tiny Qwen2 from ``tests.posttrain_helpers`` and a rule reward that varies within every group (the
 share of digits in a completion), so every step has live groups, optimizer updates and a moving policy.
 
-Child usage: ``python -m tests.ops.rl_resume_runs KIND MODEL_DIR WORK OUT HANG_AT THREADS``. With
+Child usage: ``python -m tests.ops.rl.resume_runs KIND MODEL_DIR WORK OUT HANG_AT THREADS``. With
 ``HANG_AT > 0`` the run writes ``WORK/reached`` after logging that step (before its checkpoint) and then
 waits to be killed; otherwise it finishes and writes its results to ``OUT``.
 """

@@ -17,7 +17,7 @@ from ops.train import checkpoint as ckpt
 from ops.train.core import NonFiniteError, ResumeRefused, TrainConfig, train
 from ops.train.schedule import lr_at
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.unit
 
@@ -114,7 +114,7 @@ def test_grad_accum_matches_one_big_batch():
 _SCRIPT = textwrap.dedent("""
     import os, signal, sys, json
     sys.path.insert(0, {root!r})
-    from tests.ops.test_train_core import _tiny, _batch_fn, _loss
+    from tests.ops.train.test_core import _tiny, _batch_fn, _loss
     from ops.train.core import TrainConfig, train
     from ops.train.checkpoint import save_tensors
     work, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
