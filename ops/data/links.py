@@ -2,8 +2,8 @@
 
 Key design choice: a page's ``rel="nofollow"`` links are skipped and a ``<meta name="robots"
 content="nofollow">`` page yields no links at all; every link is canonicalised (``ops/data/urls.py``) and
-kept once, in document order, so the frontier (and with it the crawl) is the same on every run. Malformed
-markup never fails a page: the links parsed before the error are kept.
+kept once, in document order, so a page always hands the frontier the same links in the same order.
+Malformed markup never fails a page: the links parsed before the error are kept.
 """
 
 from __future__ import annotations

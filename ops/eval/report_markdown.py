@@ -2,7 +2,8 @@
 
 Key design choice: the Markdown is rendered from ``report.json`` alone (plus the stage manifests for the
 lineage), so the two never disagree; each section states how to read its numbers (interval, pairing,
-beyond-noise rule) right above them, and a section with nothing to show says so instead of disappearing.
+beyond-noise rule) right above them, and the comparison and test-time scaling sections say so when there is
+nothing to show instead of disappearing.
 Sections: model metrics, stage-to-stage changes, test-time scaling, decontamination audit, cost ledger,
 lineage, environment.
 """
