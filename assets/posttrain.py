@@ -74,10 +74,10 @@ def check_template(run: StageRun, field: str) -> None:
         tmpl = None
         if cfg.is_file():
             tmpl = json.loads(cfg.read_text()).get("chat_template")
-        if not tmpl and not (a.path / "chat_template.jinja").is_file():
+        if not tmpl and not any((a.path / n).is_file() for n in ("chat_template.jinja", "chat_template.json")):
             raise PostTrainError(
                 f"stage {run.stage!r}, field {field!r}: model {a.stage!r} ({a.path}) has a tokenizer "
-                "without a chat template; post-training needs the lmforge chat format"
+                "without a chat template; post-training renders every prompt with it"
             )
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 # model_type values whose decoder layout (q/k/v/o + gate/up/down projections, RMSNorm, plain LM head) the
 # trainers, LoRA targets and the partial-head fast path are written for and tested on.
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 
 # The files that make a checkpoint; everything else in the directory (README, .gitattributes, images) is
 # neither copied nor part of its identity.

@@ -1,6 +1,6 @@
-"""Tiny "user checkpoints" for the import tests: a Llama-family and a Qwen2-family causal LM with their own
-tokenizers and chat templates (Llama 3's header/``<|eot_id|>`` format, Qwen2.5's ChatML with a default
-system turn), randomly initialised with a fixed seed and written with ``save_pretrained`` the way a user's
+"""Tiny "user checkpoints" for the import tests: Llama, Qwen2, Qwen3 and Mistral causal LMs with their own
+tokenizers and chat templates (Llama 3's header/``<|eot_id|>`` format, Qwen's ChatML with a default system
+turn, Mistral's ``[INST]``/``</s>``), randomly initialised with a fixed seed and written with ``save_pretrained`` the way a user's
 checkpoint directory looks (``model.safetensors``, ``config.json``, ``generation_config.json``,
 ``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``). Neither tokenizer has lmforge's
 ``<think>``/``<answer>`` special tokens. Built locally from generated task text; nothing is downloaded.
@@ -32,6 +32,13 @@ QWEN_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+MISTRAL_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{{- '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{%- else %}{{- message['content'] + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
 FAMILIES = {
     "llama": {
         "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
@@ -42,6 +49,16 @@ FAMILIES = {
         "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
         "template": QWEN_TEMPLATE,
+    },
+    "qwen3": {
+        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        "template": QWEN_TEMPLATE,
+    },
+    "mistral": {
+        "special": ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"],
+        "tokens": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+        "template": MISTRAL_TEMPLATE,
     },
 }
 
@@ -82,7 +99,7 @@ def build_tokenizer(family: str, template: str | None = "default"):
 
 def build_model(family: str, tok, seed: int = 0):
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=len(tok),
@@ -96,9 +113,8 @@ def build_model(family: str, tok, seed: int = 0):
         bos_token_id=tok.bos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    cfg = LlamaConfig(**common, tie_word_embeddings=False) if family == "llama" else Qwen2Config(
-        **common, tie_word_embeddings=True
-    )
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig}[family]
+    cfg = cls(**common, tie_word_embeddings=family.startswith("qwen"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

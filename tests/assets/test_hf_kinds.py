@@ -15,8 +15,10 @@ from tests import hf_helpers as H
 
 load_kinds()
 QUIET = {"log": lambda s: None}
-MARK = {"llama": "<|start_header_id|>assistant<|end_header_id|>", "qwen2": "<|im_start|>assistant"}
-END = {"llama": "<|eot_id|>", "qwen2": "<|im_end|>"}
+MARK = {"llama": "<|start_header_id|>assistant<|end_header_id|>", "qwen2": "<|im_start|>assistant",
+        "qwen3": "<|im_start|>assistant", "mistral": "[/INST]"}
+END = {"llama": "<|eot_id|>", "qwen2": "<|im_end|>", "qwen3": "<|im_end|>", "mistral": "</s>"}
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral"]
 
 
 def _import(home, tmp_path, family):
@@ -49,7 +51,7 @@ def _generates_in_own_format(path, family) -> str:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_training_examples_use_the_models_own_turn_end(tmp_path, family):
     from ops.posttrain.common import Example, encode_all
 
@@ -64,7 +66,7 @@ def test_training_examples_use_the_models_own_turn_end(tmp_path, family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_sft_full_lora_and_grpo_on_imported_checkpoint(lmforge_home, tmp_path, family):
     base, tasks = _import(lmforge_home, tmp_path, family), _tasks(lmforge_home)
     common = {"model": "base", "data": ["tasks"], "eval_problems": 2, "max_new_tokens": 8, "warmup_steps": 0}

@@ -38,7 +38,7 @@ def _flip_last_byte(p: Path, keep_mtime: bool = True) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
 def test_import_loads_back_bit_identical(lmforge_home, tmp_path, family):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -47,7 +47,8 @@ def test_import_loads_back_bit_identical(lmforge_home, tmp_path, family):
     art, res = run_kind("hf_model", {"path": str(src)}, lmforge_home, **QUIET)
     m = res.metrics
     assert m["source"] == str(src) and m["model_type"] == family
-    assert m["architecture"] == {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family]
+    assert m["architecture"] == {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                                 "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM"}[family]
     a = AutoModelForCausalLM.from_pretrained(art.path, local_files_only=True)
     b = AutoModelForCausalLM.from_pretrained(src, local_files_only=True)
     sa, sb = a.state_dict(), b.state_dict()
@@ -148,7 +149,7 @@ def _break(kind: str, src: Path) -> tuple[str, str]:
         return str(src / "tokenizer_config.json"), "no chat template; give one in the stage's chat_template"
     cfg["model_type"], cfg["architectures"] = "gpt2", ["GPT2LMHeadModel"]
     (src / "config.json").write_text(json.dumps(cfg))
-    return str(src / "config.json"), "model_type 'gpt2': the trainers run llama, qwen2"
+    return str(src / "config.json"), "model_type 'gpt2': the trainers run llama, mistral, qwen2, qwen3"
 
 
 @pytest.mark.unit
@@ -291,3 +292,30 @@ def test_lmforge_plan_shows_a_changed_weight_byte_re_versioning_descendants(tmp_
     assert after["tasks"] == stored["tasks"]
     assert after["base"][1] == "to compute" and after["base"][0] != stored["base"][0]
     assert after["sft"][0] != stored["sft"][0]
+
+
+@pytest.mark.unit
+def test_sharded_checkpoint_imports_every_shard(lmforge_home, tmp_path):
+    """A checkpoint saved in several safetensors shards (with its index) imports whole, its parameter count
+    read from the shard headers; an index naming a missing shard is refused before anything is copied."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = H.build_tokenizer("llama")
+    src = tmp_path / "sharded"
+    model = H.build_model("llama", tok)
+    model.save_pretrained(src, max_shard_size="100KB")
+    tok.save_pretrained(src)
+    shards = sorted(p.name for p in src.glob("*.safetensors"))
+    assert len(shards) > 1 and (src / "model.safetensors.index.json").is_file()
+    art, res = run_kind("hf_model", {"path": str(src)}, lmforge_home, **QUIET)
+    assert sorted(p.name for p in art.path.glob("*.safetensors")) == shards
+    assert res.metrics["parameters"] == sum(p.numel() for p in model.parameters())
+    back = AutoModelForCausalLM.from_pretrained(art.path).state_dict()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+    (src / shards[-1]).unlink()
+    from ops.hf_import import ModelImportError
+
+    with pytest.raises(ModelImportError, match=rf"model.safetensors.index.json: names shard\(s\) not in the "
+                                               rf"directory: {shards[-1]}"):
+        run_kind("hf_model", {"path": str(src)}, lmforge_home, stage="base", **QUIET)
