@@ -67,10 +67,7 @@ def _source(c: HFModelConfig) -> tuple[str, Path, str | None]:
         if not p.is_dir():
             raise ModelImportError(f"{p}: no such directory")
         return "path", p.resolve(), None
-    try:
-        snap, commit = resolve_hub(str(c.hub_id), c.revision, c.cache_dir)
-    except ModelImportError as e:
-        raise ModelImportError(str(e)) from None
+    snap, commit = resolve_hub(str(c.hub_id), c.revision, c.cache_dir)
     return "hub_id", snap, commit
 
 
@@ -100,10 +97,15 @@ def _cache():
 
 
 def _fingerprint(c: HFModelConfig) -> dict[str, Any]:
-    """The checkpoint's content: ``{file: sha256}`` (cached by cheap file fingerprints)."""
-    from ops.hf_import import content_identity
+    """The checkpoint's content: ``{file: sha256}`` (cached by cheap file fingerprints). A source that cannot
+    be found gives a placeholder identity instead of an error here: the stage's run refuses it with the
+    message naming stage and field, and nothing is stored under that version."""
+    from ops.hf_import import ModelImportError, content_identity
 
-    _, src, _ = _source(c)
+    try:
+        _, src, _ = _source(c)
+    except ModelImportError as e:
+        return {"unresolved": str(e)}
     return {"files": content_identity(src, _cache())}
 
 

@@ -225,8 +225,12 @@ def test_hub_id_resolves_in_local_cache_only(lmforge_home, tmp_path, monkeypatch
     with pytest.raises(ModelImportError) as ei:
         run_kind("hf_model", {"hub_id": "acme/missing", "revision": "v1"}, lmforge_home, stage="base", **QUIET)
     msg = str(ei.value)
+    assert msg.startswith("stage 'base', field 'hub_id': acme/missing@v1 is not in the local Hugging Face cache")
     assert f"hf download acme/missing --revision v1 --cache-dir {cache}" in msg
     assert str(cache / "models--acme--missing" / "snapshots" / "v1") in msg and "HF_HOME" in msg
+    gone = tmp_path / "gone"
+    with pytest.raises(ModelImportError, match=rf"^stage 'base', field 'path': {gone}: no such directory$"):
+        run_kind("hf_model", {"path": str(gone)}, lmforge_home, stage="base", **QUIET)
     assert len(_stored(lmforge_home)) == 1
 
 
