@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from assets.registry import StageKind, load_kinds, partition_version, ref_fields, stage_version
 from ops.fingerprint import UnhashableValue
 
+from .spec_env import unresolved
 from .spec_reader import SPEC_DIR, SpecError, SpecIssue, read_raw, resolve_spec_path
 
 AUTOMATION_KEYS = {"cron", "eager", "watch"}
@@ -88,8 +89,8 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
     path = resolve_spec_path(spec)
     f = str(path)
     data, lines, issues, parent = read_raw(path)
-    if issues and not data:
-        raise SpecError(issues)
+    if (issues and not data) or unresolved(data):
+        raise SpecError(issues + unresolved(data))
     name = data.get("pipeline")
     if not isinstance(name, str) or not name.replace("_", "").isalnum():
         issues.append(SpecIssue(f, None, "pipeline", "required: a name of letters, digits and underscores",

@@ -5,6 +5,7 @@ aliases expanded, ``extends`` depth), so a hostile or runaway file is one :class
 rather than an exhausted memory or a RecursionError. Every mapping key keeps its line, so the validation
 in ``pipelines/spec.py`` names the line of each problem; reading itself checks only what it must to go on
 (a mapping, known top-level fields, a readable parent) and reports the rest as :class:`SpecIssue` values.
+Environment variables in stage values are substituted per file before merging (``pipelines/spec_env.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .spec_env import interpolate
 
 SPEC_DIR = Path(__file__).resolve().parent
 TOP_LEVEL = {"pipeline", "description", "extends", "stages", "automation"}
@@ -196,6 +199,7 @@ def read_raw(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], 
         if k not in TOP_LEVEL:
             issues.append(SpecIssue(f, None, str(k), f"unknown top-level field (allowed: {', '.join(sorted(TOP_LEVEL))})",
                                     lines.get((str(k),))))
+    data = interpolate(data, lines, f)
     parent_name = None
     if data.get("extends"):
         ppath = (path.parent / str(data["extends"]))

@@ -1,0 +1,88 @@
+"""Environment variables in specs (``${NAME}``, ``${NAME:-default}``)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import tests.pipelines.toy_kinds  # noqa: F401  (registers toy kinds)
+from pipelines.spec import SpecError, load_spec
+from pipelines.spec_env import substitute
+
+pytestmark = pytest.mark.unit
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+TOY = """\
+    pipeline: toy
+    stages:
+      words:  {kind: toy_text, words: ["${WORD_A}", "b-${WORD_B:-beta}"]}
+      upper:  {kind: toy_upper, from: words}
+    """
+
+
+def test_variables_and_defaults_are_substituted(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORD_A", "alpha")
+    monkeypatch.delenv("WORD_B", raising=False)
+    spec = load_spec(write(tmp_path, TOY))
+    assert spec.stages["words"].config.words == ["alpha", "b-beta"]
+    monkeypatch.setenv("WORD_B", "gamma")
+    other = load_spec(write(tmp_path, TOY))
+    assert other.stages["words"].config.words == ["alpha", "b-gamma"]
+    assert other.stages["words"].version != spec.stages["words"].version  # a value like any other
+
+
+def test_unset_variable_is_one_issue_naming_file_stage_field_line_and_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORD_A", raising=False)
+    path = write(tmp_path, TOY)
+    with pytest.raises(SpecError) as ei:
+        load_spec(path)
+    (issue,) = ei.value.issues
+    assert (issue.file, issue.stage, issue.field, issue.line) == (str(path), "words", "words.0", 3)
+    assert "environment variable WORD_A is not set" in issue.message
+
+
+def test_every_unset_variable_is_reported_at_once(tmp_path, monkeypatch):
+    for v in ("X_ONE", "X_TWO"):
+        monkeypatch.delenv(v, raising=False)
+    path = write(tmp_path, """\
+        pipeline: toy
+        stages:
+          words: {kind: toy_text, words: ["${X_ONE}"]}
+          more:  {kind: toy_text, words: ["${X_TWO}", "${bad name}"]}
+        """)
+    with pytest.raises(SpecError) as ei:
+        load_spec(path)
+    msgs = [(i.stage, i.message) for i in ei.value.issues]
+    assert len(msgs) == 3, msgs
+    assert any(s == "words" and "X_ONE" in m for s, m in msgs)
+    assert any(s == "more" and "X_TWO" in m for s, m in msgs)
+    assert any(s == "more" and "'${bad name}'" in m for s, m in msgs)
+
+
+def test_a_child_overriding_the_field_needs_no_value_for_its_parents_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORD_A", raising=False)
+    write(tmp_path, TOY, "parent.yaml")
+    child = write(tmp_path, """\
+        pipeline: child
+        extends: parent.yaml
+        stages:
+          words: {words: [own]}
+        """, "child.yaml")
+    assert load_spec(child).stages["words"].config.words == ["own"]
+
+
+def test_escapes_and_malformed_references():
+    assert substitute("cost $${HOME} $5", {}) == ("cost ${HOME} $5", [])
+    assert substitute("${A}/x", {"A": "/d"}) == ("/d/x", [])
+    assert substitute("${A:-}", {}) == ("", [])
+    assert "unclosed" in substitute("${A", {})[1][0]
+    assert substitute("${A}", {"A": ""})[1]  # empty counts as unset: no silent '/train.parquet'
+
