@@ -1,4 +1,5 @@
-"""Environment variables in specs (``${NAME}``, ``${NAME:-default}``)."""
+"""Environment variables in specs (``${NAME}``, ``${NAME:-default}``), and the gsm8k_grpo recipe's report of
+missing inputs when its model and data are not there."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import tests.pipelines.toy_kinds  # noqa: F401  (registers toy kinds)
+from pipelines.cli import main
 from pipelines.spec import SpecError, load_spec
 from pipelines.spec_env import substitute
 
@@ -86,3 +88,20 @@ def test_escapes_and_malformed_references():
     assert "unclosed" in substitute("${A", {})[1][0]
     assert substitute("${A}", {"A": ""})[1]  # empty counts as unset: no silent '/train.parquet'
 
+
+def test_recipe_without_its_files_lists_every_missing_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("LMFORGE_GSM8K_DIR", str(tmp_path / "gsm8k"))
+    for v in ("LMFORGE_MODEL", "LMFORGE_MODEL_REVISION"):
+        monkeypatch.delenv(v, raising=False)
+    for cmd in ("validate", "plan"):
+        assert main(["--home", str(tmp_path / "home"), cmd, "gsm8k_grpo"]) == 1
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.startswith("error")]
+        assert len(lines) == 3, err
+        assert "stage 'base', field 'hub_id': Qwen/Qwen2.5-0.5B-Instruct@main is not in the local Hugging Face " \
+               f"cache ({tmp_path / 'hub'}" in lines[0]
+        assert f"stage 'gsm8k', field 'path': {tmp_path}/gsm8k/main/train-00000-of-00001.parquet: file not found" \
+               in lines[1]
+        assert "field 'eval_path'" in lines[2] and "test-00000-of-00001.parquet: file not found" in lines[2]
+        assert "Traceback" not in err
