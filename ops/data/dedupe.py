@@ -29,6 +29,10 @@ from datatrove.pipeline.base import PipelineStep
 from .pipeline import ExecutorSettings, fresh_dir, open_executor, step_counts
 from .schema import doc_to_row, documents_schema, read_documents, row_to_doc, write_documents
 
+# What the MinHash steps import at their first document (spaCy, for the word tokenizer of the signatures); a
+# Ray actor loads them when it starts, so every rank it runs finds them loaded.
+LAZY_IMPORTS = ("datatrove.pipeline.dedup", "datatrove.utils.word_tokenizers", "spacy")
+
 DEFAULT_NUM_BUCKETS = 40
 DEFAULT_HASHES_PER_BUCKET = 5
 
@@ -209,7 +213,7 @@ def dedupe(
             hashes_per_bucket,
             seed,
         )
-        with open_executor(executor) as runner:
+        with open_executor(executor, workers=min(workers, num_buckets), warm=LAZY_IMPORTS) as runner:
             for i, (p, tasks) in enumerate(zip(pipes, (1, num_buckets, 1, 1))):
                 steps += step_counts(runner.run(p, stage / f"logs{i + 1}", tasks=tasks, workers=workers))
         tables = [pq.read_table(f, schema=documents_schema()) for f in sorted(kept_dir.glob("*.parquet"))]

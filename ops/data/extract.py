@@ -17,6 +17,10 @@ from datatrove.pipeline.base import PipelineStep
 from .pipeline import ExecutorSettings, fresh_dir, open_executor, step_counts
 from .schema import doc_id, doc_to_row, documents_schema, host_of, write_documents
 
+# What the steps import at their first document (trafilatura in the extractor's forked helper, py3langid for
+# the language); a Ray actor loads them when it starts, so every rank it runs finds them loaded.
+LAZY_IMPORTS = ("trafilatura", "py3langid")
+
 _LID: Any = None
 
 
@@ -123,7 +127,7 @@ def extract(
     files = sorted(warc_dir.glob("*.warc.gz"))
     tasks = max(1, min(tasks, len(files) or 1))
     shards = fresh_dir(work / "extract_shards")
-    with open_executor(executor) as runner:
+    with open_executor(executor, workers=min(workers, tasks), warm=LAZY_IMPORTS) as runner:
         stats = runner.run(
             extract_pipeline(warc_dir, shards, source_version, favour, timeout_s),
             work / "extract_logs",

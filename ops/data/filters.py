@@ -32,6 +32,10 @@ from .filter_spec import DEFAULT_CHAIN, FILTER_PARAMS, LMFORGE_DEFAULTS, normali
 from .pipeline import ExecutorSettings, fresh_dir, open_executor, step_counts
 from .schema import doc_id, doc_to_row, documents_schema, row_to_doc
 
+# What the filters import at their first document (spaCy, for the word tokenizer of the quality filters); a
+# Ray actor loads them when it starts, so every rank it runs finds them loaded.
+LAZY_IMPORTS = ("datatrove.pipeline.filters", "datatrove.utils.word_tokenizers", "spacy")
+
 
 def load_blocklist(path: Path) -> list[str]:
     """One domain (``example.com``: the domain and its subdomains) or URL prefix (``http...``) per line;
@@ -235,7 +239,7 @@ def run_filters(
     pipeline, names = filter_pipeline(
         src_dir, shards, dropped, chain, blocklist, glob_pattern=glob, examples_per_filter=examples_per_filter
     )
-    with open_executor(executor) as runner:
+    with open_executor(executor, workers=min(workers, tasks), warm=LAZY_IMPORTS) as runner:
         stats = step_counts(runner.run(pipeline, work / "filter_logs", tasks=tasks, workers=workers))
     n_out = merge_shards(shards, out, sort_by="")  # rank-numbered shards of consecutive rows: input order
     reader = stats[0] if stats else {}

@@ -8,11 +8,13 @@ Key design choices:
   statistics (kept/dropped and the reason of each drop) are read back from ``stats.json``.
 * ``local``: ``workers=1`` runs tasks in-process (safe inside Dagster and pytest); with more workers the
   pool uses ``fork`` (no ``__main__`` guard is needed, unlike datatrove's default ``forkserver``).
-* ``ray`` and ``slurm`` run the very same pipeline objects with the same number of tasks through
-  datatrove's ``RayPipelineExecutor`` / ``SlurmPipelineExecutor``. Each rank reads the same input shard
-  and writes the same rank-numbered output file as it would locally, and the stages merge those files in a
-  canonical order, so the artifact does not depend on the executor (which is why the executor is not part
-  of a stage's version). Work folders must be on a filesystem the cluster's workers share.
+* ``ray`` and ``slurm`` run the very same pipeline objects with the same number of tasks: on Ray each rank
+  runs datatrove's per-rank code on a pool of long-lived actors, one per worker, that serve every run of
+  the stage (ops/data/ray_pool.py: a fresh process per task would pay the imports each time); on Slurm
+  through datatrove's ``SlurmPipelineExecutor``. Each rank reads the same input shard and writes the same
+  rank-numbered output file as it would locally, and the stages merge those files in a canonical order, so
+  the artifact does not depend on the executor (which is why the executor is not part of a stage's
+  version). Work folders must be on a filesystem the cluster's workers share.
 * A run that leaves any rank incomplete raises: datatrove's Ray and Slurm executors only log it.
 """
 
@@ -162,8 +164,20 @@ def check_ray_address(s: ExecutorSettings) -> None:
 class Runner:
     """Runs datatrove pipelines on one executor; open it with :func:`open_executor`."""
 
-    def __init__(self, settings: ExecutorSettings):
+    def __init__(self, settings: ExecutorSettings, warm: tuple[str, ...] = ()):
         self.settings = settings
+        self.warm = warm
+        self._pool: Any = None
+        self.failures: dict[int, str] = {}
+
+    def pool(self) -> Any:
+        """The Ray actor pool of this connection (created on first use)."""
+        if self._pool is None:
+            from .ray_pool import RayRankPool
+
+            s = self.settings
+            self._pool = RayRankPool(s.cpus_per_task, s.mem_per_cpu_gb, s.setting, self.warm)
+        return self._pool
 
     def run(
         self, pipeline: list[Any], logging_dir: Path, tasks: int = 1, workers: int = 1
@@ -175,28 +189,43 @@ class Runner:
         offline_env()
         fresh_dir(logging_dir)
         if s.kind == "ray":
-            from datatrove.executor import RayPipelineExecutor
-
-            ex: Any = RayPipelineExecutor(
-                pipeline=pipeline,
-                tasks=tasks,
-                workers=max(1, min(workers, tasks)),
-                logging_dir=str(logging_dir),
-                cpus_per_task=s.cpus_per_task,
-                mem_per_cpu_gb=s.mem_per_cpu_gb,
-            )
-            ex.run()
+            ex = self._ray(pipeline, logging_dir, tasks, workers)
         elif s.kind == "slurm":
             ex = self._slurm(pipeline, logging_dir, tasks, workers)
         else:
             raise ExecutorError(f"{s.setting}.kind: unknown executor {s.kind!r} (local, ray or slurm)")
         missing = ex.get_incomplete_ranks(range(tasks))
         if missing:
+            why = "".join(f"; rank {r}: {self.failures[r]}" for r in missing[:3] if r in self.failures)
             raise ExecutorError(
                 f"{s.setting}: {len(missing)} of {tasks} datatrove task(s) did not complete on {s.kind} "
-                f"(ranks {missing[:10]}); their logs are in {logging_dir / 'logs'}{_log_tail(logging_dir)}"
+                f"(ranks {missing[:10]}){why}; their logs are in {logging_dir / 'logs'}"
+                f"{_log_tail(logging_dir)}"
             )
         return read_stats(logging_dir)
+
+    def _ray(self, pipeline: list[Any], logging_dir: Path, tasks: int, workers: int) -> Any:
+        """Run the ranks on the connection's actor pool (ops/data/ray_pool.py) with datatrove's per-rank
+        code; the per-rank stats are merged by :func:`read_stats`."""
+        from datatrove.executor import RayPipelineExecutor
+
+        s = self.settings
+        ex = RayPipelineExecutor(
+            pipeline=pipeline,
+            tasks=tasks,
+            workers=max(1, min(workers, tasks)),
+            logging_dir=str(logging_dir),
+            cpus_per_task=s.cpus_per_task,
+            mem_per_cpu_gb=s.mem_per_cpu_gb,
+        )
+        ex.save_executor_as_json()
+        self.failures = self.pool().run(ex, ex.get_incomplete_ranks(range(tasks)), ex.workers)
+        return ex
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def _slurm(self, pipeline: list[Any], logging_dir: Path, tasks: int, workers: int) -> Any:
         """Submit the sbatch array with datatrove's script, then wait until every rank has completed or the
@@ -268,10 +297,13 @@ def _log_tail(logging_dir: Path, chars: int = 1500) -> str:
 
 
 @contextmanager
-def open_executor(settings: ExecutorSettings | None) -> Iterator[Runner]:
+def open_executor(
+    settings: ExecutorSettings | None, workers: int = 0, warm: tuple[str, ...] = ()
+) -> Iterator[Runner]:
     """A :class:`Runner` for ``settings`` (local when ``None``). For Ray this connects this process to the
-    cluster (after a bounded reachability check) and disconnects at the end; workers get lmforge's source
-    folder on their ``PYTHONPATH`` and the offline environment."""
+    cluster (after a bounded reachability check) and starts ``workers`` actors right away, each importing
+    ``warm`` (the libraries the stage's steps load lazily); at the end it ends them and disconnects.
+    Workers get lmforge's source folder on their ``PYTHONPATH`` and the offline environment."""
     s = settings or ExecutorSettings()
     if s.kind != "ray":
         yield Runner(s)
@@ -293,7 +325,11 @@ def open_executor(settings: ExecutorSettings | None) -> Iterator[Runner]:
         )
     except Exception as e:  # noqa: BLE001 - any failure to join is reported with the setting named
         raise ExecutorError(f"{s.setting}.address: could not join the Ray cluster at {s.address}: {e}") from e
+    runner = Runner(s, warm)
     try:
-        yield Runner(s)
+        if workers > 0:
+            runner.pool().start(workers)
+        yield runner
     finally:
+        runner.close()
         ray.shutdown()

@@ -120,6 +120,69 @@ def test_a_failed_ray_task_fails_the_run_with_its_log(tmp_path, ray_address):
     assert "rank 1 broke on purpose" in msg
 
 
+class _RecordPid:
+    """A pipeline step that writes which process ran each rank to ``folder/<run>-<rank>``; with ``die_once``,
+    rank 1 first kills its own process (as an out-of-memory kill would)."""
+
+    def __init__(self, folder: Path, run: str, die_once: bool = False):
+        self.folder, self.run, self.die_once = folder, run, die_once
+
+    def __call__(self, data, rank: int = 0, world_size: int = 1):
+        flag = self.folder / "died"
+        if self.die_once and rank == 1 and not flag.exists():
+            flag.write_text(str(os.getpid()))
+            os._exit(1)
+        (self.folder / f"{self.run}-{rank}").write_text(str(os.getpid()))
+        return data or []
+
+
+def _pids(folder: Path, run: str) -> dict[int, int]:
+    return {int(f.name.rsplit("-", 1)[1]): int(f.read_text()) for f in folder.glob(f"{run}-*")}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_ray_ranks_share_long_lived_workers_across_runs(tmp_path, ray_address):
+    """Ranks run on one actor per worker that serves every run of the connection (a fresh process per task
+    would import datatrove and the steps' libraries again for each), and an actor that dies is replaced
+    with its rank run again."""
+    import ray
+
+    from ops.data.pipeline import ExecutorSettings, open_executor
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    s = ExecutorSettings(kind="ray", address=ray_address, mem_per_cpu_gb=0.5)
+    with open_executor(s, workers=2) as runner:
+        runner.run([_RecordPid(pids, "a")], tmp_path / "logs_a", tasks=6, workers=2)
+        runner.run([_RecordPid(pids, "b")], tmp_path / "logs_b", tasks=5, workers=2)
+        a, b = _pids(pids, "a"), _pids(pids, "b")
+        assert sorted(a) == list(range(6)) and sorted(b) == list(range(5))
+        assert len(set(a.values())) <= 2 and set(b.values()) <= set(a.values()), (a, b)
+
+        runner.run([_RecordPid(pids, "c", die_once=True)], tmp_path / "logs_c", tasks=3, workers=2)
+        c, died = _pids(pids, "c"), int((pids / "died").read_text())
+        assert sorted(c) == [0, 1, 2] and died in a.values() and c[1] != died, (a, c, died)
+    assert not ray.is_initialized()  # the connection, and with it the actors, ended with the stage
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_ray_task_larger_than_any_node_fails_naming_the_setting_and_stores_nothing(
+    tmp_path, warc_glob, ray_address
+):
+    """Three CPUs per task on a 2-CPU cluster can never be scheduled: one error, not an endless wait."""
+    home = tmp_path / "home"
+    crawl, _ = run_kind("crawl", {"source": "warc", "warc": [warc_glob]}, home, log=lambda m: None)
+    cfg = {"from": "crawl", "executor": {"kind": "ray", "address": ray_address, "cpus_per_task": 3}}
+    with pytest.raises(Exception) as e:
+        run_kind("extract", cfg, home, inputs={"from_": [crawl]}, stage="text", log=lambda m: None)
+    msg = str(e.value)
+    assert "stage 'text', field 'executor'.cpus_per_task" in msg and "no node of the Ray cluster" in msg
+    assert "largest: 2 CPU(s)" in msg
+    assert [k for k, _ in ArtifactStore(home).versions()] == ["crawl"]
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_unreachable_ray_address_fails_naming_the_setting_and_stores_nothing(tmp_path, warc_glob):
