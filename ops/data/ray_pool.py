@@ -17,8 +17,8 @@ local executor's forked workers live as long as its pool, so the start-up is pai
   one-task passes, or while the stage prepares its input) is already warm when its first rank comes.
 * A rank whose step raises stays incomplete (the caller reports it with its log); a rank whose actor died
   (killed, out of memory, node lost) is retried on a fresh actor, at most ``RETRIES`` times.
-* A request no node of the cluster can ever hold fails at once, naming the setting, instead of waiting
-  for resources that do not exist.
+* A request no node of the cluster holds fails at once, naming the setting, instead of waiting for
+  resources that do not exist (an autoscaling cluster needs one node of that size up when the stage starts).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class RayRankPool:
             f"{self.setting}.cpus_per_task / mem_per_cpu_gb: each task needs {self.cpus} CPU(s) and "
             f"{self.memory / 2**30:.2f} GB ({self.cpus} x {self.mem_per_cpu_gb:g} GB), but no node of the "
             f"Ray cluster has that much (largest: {biggest.get('CPU', 0):g} CPU(s), "
-            f"{biggest.get('memory', 0) / 2**30:.2f} GB of Ray memory)"
+            f"{biggest.get('memory', 0) / 2**30:.2f} GB of Ray memory); lower the setting or add a bigger node"
         )
 
     def start(self, n: int) -> None:

@@ -2,8 +2,9 @@
 
 * a real PostgreSQL server (``initdb`` cluster in a temp dir) holds run, event-log and schedule storage
   (``LMFORGE_POSTGRES_URL``): a materialization is recorded there, its run history and lineage read back,
-  and a second run is all cache hits; an unreachable Postgres fails in bounded time naming the setting,
-  storing nothing;
+  and a second run is all cache hits, for a small data spec and for the default pipeline's smoke variant
+  (every stage of ``make demo``'s tiny_r1, shrunk); an unreachable Postgres fails in bounded time naming
+  the setting, storing nothing;
 * the ``gpu`` pool with one slot (``LMFORGE_GPU_SLOTS``): two trainings requested at once never run at the
   same time and both finish; with two slots each training's torch threads are the cores divided by two.
 """
@@ -154,6 +155,106 @@ def test_postgres_instance_history_lineage_and_cache_hits(pg_home, pg_url, monke
     for s in DATA:
         assert second[s]["metadata"]["lmforge/cache_hit"] is True, s
         assert second[s]["metadata"]["lmforge/version"] == first[s]["metadata"]["lmforge/version"]
+
+
+SMOKE = "tests/e2e/specs/tiny_r1_smoke.yaml"
+
+
+def _smoke_db(pg_url: str) -> str:
+    """A database of its own on the module's server, so this test's runs are the only ones it reads."""
+    import psycopg2
+
+    base, _ = pg_url.rsplit("/", 1)
+    con = psycopg2.connect(base + "/postgres", connect_timeout=10)
+    con.autocommit = True
+    with con.cursor() as cur:
+        cur.execute('DROP DATABASE IF EXISTS "smoke"')
+        cur.execute('CREATE DATABASE "smoke"')
+    con.close()
+    return base + "/smoke"
+
+
+def _materializations(instance, runs) -> dict[tuple[str, str | None], dict]:
+    """(stage, partition) -> {metadata, tags} of every asset materialization of ``runs``."""
+    import dagster as dg
+
+    out = {}
+    for r in runs:
+        for rec in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            m = rec.dagster_event.step_materialization_data.materialization
+            key = (m.asset_key.path[-1], m.partition)
+            assert key not in out, key
+            out[key] = {"metadata": {k: v.value for k, v in m.metadata.items()}, "tags": dict(m.tags or {})}
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_default_smoke_pipeline_under_postgres_then_all_cache_hits(pg_url, tmp_path, monkeypatch):
+    """``make demo``'s pipeline in its smoke variant (every stage of tiny_r1, shrunk; the spec
+    tests/e2e/test_pipeline.py runs on SQLite) on the Postgres instance: every stage and partition is
+    computed, the history and lineage read back from Postgres, and a second materialization is all cache
+    hits with the same versions, as on SQLite."""
+    import psycopg2
+
+    from pipelines.spec import load_spec
+
+    spec = load_spec(ROOT / SMOKE)
+    want = {(n, p) for n, st in spec.stages.items() for p in (st.partitions or [None])}
+    url = _smoke_db(pg_url)
+    home = tmp_path / "home"
+    env = _env(home, LMFORGE_POSTGRES_URL=url)
+    rc, out, err = _finish(_cli(env, "materialize", SMOKE), 3000)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    assert not list((home / "dagster").rglob("*.db"))  # no sqlite storage beside Postgres
+
+    instance = _instance(home, url, monkeypatch)
+    first_runs = instance.get_runs()
+    assert first_runs and all(r.status.value == "SUCCESS" for r in first_runs)
+    first = _materializations(instance, first_runs)
+    assert set(first) == want, set(first) ^ want
+    assert not any(m["metadata"]["lmforge/cache_hit"] for m in first.values())
+
+    # lineage read back from Postgres: each materialization records a data version for every stage it
+    # reads, and it is the one that stage materialized (an unpartitioned stage reading a partitioned one,
+    # report <- eval, records Dagster's combined version of all partitions instead)
+    data_version = {k: m["tags"]["dagster/data_version"] for k, m in first.items()}
+    for (stage, part), m in first.items():
+        ups = {
+            tag.split("/", 2)[2].split("/")[-1]: v
+            for tag, v in m["tags"].items()
+            if tag.startswith("dagster/input_data_version/")
+        }
+        assert set(ups) == {u for names in spec.stages[stage].refs.values() for u in names}, (stage, ups)
+        for up, v in ups.items():
+            if spec.stages[up].partitions is None:
+                assert v == data_version[(up, None)], (stage, part, up)
+            else:
+                assert part is None and v and v not in data_version.values(), (stage, up)
+
+    with psycopg2.connect(url) as con, con.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs")
+        assert cur.fetchone()[0] == len(first_runs)
+        cur.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
+        assert cur.fetchone()[0] == len(want)
+
+    rc, out, err = _finish(_cli(env, "materialize", SMOKE), 1200)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    second_runs = [r for r in instance.get_runs() if r.run_id not in {f.run_id for f in first_runs}]
+    assert len(second_runs) == len(first_runs) and all(r.status.value == "SUCCESS" for r in second_runs)
+    second = _materializations(instance, second_runs)
+    assert set(second) == want
+    for k, m in second.items():
+        assert m["metadata"]["lmforge/cache_hit"] is True, k
+        assert m["metadata"]["lmforge/version"] == first[k]["metadata"]["lmforge/version"], k
+        assert m["tags"]["dagster/data_version"] == first[k]["tags"]["dagster/data_version"], k
+
+    # lmforge's catalog agrees: one computed run per stage version, the second materialization all hits
+    q = f"SELECT cache_hit, count(*) AS n FROM stage_runs WHERE pipeline = '{spec.name}' GROUP BY 1 ORDER BY 1"
+    rc, out, err = _finish(_cli(env, "sql", q, "--json"), 300)
+    assert rc == 0, err
+    counts = {r["cache_hit"]: r["n"] for r in json.loads(out[out.index("[") :])}
+    assert counts == {False: len(want), True: len(want)}, counts
 
 
 def test_unreachable_postgres_fails_fast_naming_the_setting(tmp_path):
