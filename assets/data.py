@@ -72,7 +72,8 @@ class DataExecutor(BaseModel):
     kind: Literal["local", "ray", "slurm"] = Field(
         "local",
         description="local: this machine (tasks in-process or forked workers); ray: a running Ray cluster "
-        "(datatrove's RayPipelineExecutor); slurm: sbatch array jobs (datatrove's SlurmPipelineExecutor)",
+        "(datatrove's ranks on one long-lived actor per worker); slurm: sbatch array jobs (datatrove's "
+        "SlurmPipelineExecutor)",
     )
     address: str = Field(
         "", description="ray: host:port of the cluster's head (the port given to `ray start --head --port`)"
