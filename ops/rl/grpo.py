@@ -1,11 +1,12 @@
 """GRPO with rule rewards (DeepSeekMath / DeepSeek-R1): a group of samples per prompt, group-normalised
 advantages (no critic), clipped ratio, k3 KL to a frozen reference inside the loss.
 
-Key design choice: one step = sample -> score -> update, written out plainly so each phase is timed. It
-reuses the training core's optimizer, LR-schedule, non-finite guard and checkpoint helpers
-(``ops.train.core``) rather than a second trainer. Sampling seeds and prompt order are pure functions of the
-step, so with a work directory a run killed at any point resumes from its last checkpoint (weights, optimizer,
-RNG, history and rollouts so far) and ends bit-identical to an uninterrupted run on CPU. The defaults follow what the measured miniature runs taught (see
+Key design choice: one step = sample -> score -> update, run by the training core (``ops.train.core.train``):
+GRPO supplies the rollout batch (a :class:`ops.train.core.StepBatch` of minibatch updates) and the loss; the
+core owns stepping, the LR schedule, the non-finite guard, checkpoints and logging. Sampling seeds and prompt
+order are pure functions of the step, so with a work directory a run killed at any point resumes from its last
+checkpoint (weights, optimizer, RNG, history and rollouts so far) and ends bit-identical to an uninterrupted
+run on CPU. The defaults follow what the measured miniature runs taught (see
 ``/work/shared/reference/measured-facts.md``): fully on-policy (one update per batch, the old log-probs are
 the current ones detached, so the ratio is exactly 1 at the update), lr <= 5e-5 with warm-up, groups whose
 rewards have std <= 1e-6 are dropped from the update (no spurious advantage from float noise, and no compute
@@ -78,41 +79,35 @@ def train_grpo(
 ) -> GRPOState:
     """Run ``p.steps`` GRPO steps on ``policy`` in place; returns per-step history and rollout rows.
 
-    With ``work_dir`` the run checkpoints every ``p.ckpt_every`` steps and resumes from the newest
-    checkpoint there; a checkpoint written under other parameters or another ``fingerprint`` (the caller's
-    data identity) is refused (:class:`ops.train.core.ResumeRefused`).
+    The steps run in the training core (:func:`ops.train.core.train`): each step's batch is a sampled and
+    scored rollout batch whose live groups give ``updates_per_batch`` passes of minibatch updates. With
+    ``work_dir`` the run checkpoints every ``p.ckpt_every`` steps and resumes from the newest checkpoint
+    there; a checkpoint written under other parameters or another ``fingerprint`` (the caller's data identity)
+    is refused (:class:`ops.train.core.ResumeRefused`).
     """
     import torch
 
-    from ops.train.core import Checkpointer, make_optimizer, params_fingerprint, schedule_lr
+    from ops.train.core import CORE_FIELDS, StepBatch, params_fingerprint, train
     from ops.train.optim import train_config
 
     if not tasks:
         raise ValueError("GRPO needs at least one training prompt")
     dev = next(policy.parameters()).device
     torch.manual_seed(p.seed)
-    cfg = train_config(p)
-    params = [q for q in policy.parameters() if q.requires_grad]
-    opt = make_optimizer(params, cfg)
-    ck = Checkpointer(
-        work_dir, cfg, {"grpo": params_fingerprint(p), "keep_rollouts": keep_rollouts, **(fingerprint or {})}
-    )
+    # log-prob ratios are computed in the model's own precision (no bf16 autocast), every step is logged
+    cfg = train_config(p, precision="fp32", log_every=1)
     if ref is not None:
         ref.eval().requires_grad_(False)
     pool = tasks[: p.fixed_prompts] if p.fixed_prompts else tasks
     prompt_ids = chat_prompts(tok, [t.question for t in pool])
     stop, pad = stop_token_ids(tok), pad_token_id(tok)
     names = [s.name for s in specs]
-    st = GRPOState()
-    start = 0
-    resumed = ck.resume(policy, opt)
-    if resumed is not None:
-        start, saved = resumed
-        st.history, st.rollouts = saved["history"], saved["rollouts"]
-        log(f"resumed from checkpoint {ck.last.name} (step {start}/{p.steps})")
-    elif eval_fn is not None:
-        st.history.append({"step": 0, **eval_fn(policy, 0)})
-    for step in range(start, p.steps):
+    state: dict[str, Any] = {"history": [], "rollouts": []}
+    current: dict[str, Any] = {}  # the rollout batch of the step being trained
+
+    def batch_fn(step: int, micro: int) -> StepBatch:
+        if step == 0 and eval_fn is not None and not state["history"]:
+            state["history"].append({"step": 0, **eval_fn(policy, 0)})
         t0 = time.perf_counter()
         idx = pick_prompts(len(pool), p.prompts_per_step, step, p.seed)
         rep = [prompt_ids[i] for i in idx for _ in range(p.group_size)]
@@ -135,125 +130,126 @@ def train_grpo(
         rewards = torch.tensor(total)
         adv, live = group_advantages(rewards, p.group_size, scale=p.scale_rewards, min_std=p.min_std)
         keep = [i for i in range(len(samples)) if bool(live[i])]
-        t1 = time.perf_counter()
-        stats: dict[str, float] = {}
-        if keep:
-            stats = _update(
-                policy,
-                ref,
-                opt,
-                params,
-                [samples[i] for i in keep],
-                adv[keep],
-                p,
-                pad,
-                dev,
-                lr=schedule_lr(step, cfg),
-                step=step + 1,
-                last_ck=ck.last,
-            )
-        t_upd = time.perf_counter() - t1
+        current.update(
+            t0=t0, t_gen=t_gen, t1=time.perf_counter(), idx=idx, samples=samples, texts=texts, total=total,
+            comps=comps, rewards=rewards, adv=adv, keep=keep,
+        )
+        return StepBatch(_minibatches(ref, [samples[i] for i in keep], adv[keep], p, pad, dev) if keep else [])
+
+    def loss_fn(model: Any, mb: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        chunk = mb["samples"]
+        t = completion_tensors(chunk, pad, dev)
+        lp = completion_logprobs(model, t, p.temperature)
+        if p.updates_per_batch > 1:
+            old = torch.zeros_like(lp)
+            for i, smp in enumerate(chunk):
+                old[i, : len(smp.logprobs)] = torch.tensor(smp.logprobs, device=dev)
+        else:
+            old = lp.detach()
+        loss, st = grpo_loss(
+            lp,
+            old,
+            mb["ref_lp"],
+            mb["adv"].to(dev),
+            t["comp_mask"],
+            clip_eps=p.clip_eps,
+            beta=p.beta,
+            norm=p.norm,
+            max_len=p.max_new_tokens,
+            clip_eps_high=p.clip_eps_high,
+        )
+        return loss, st
+
+    def on_step(done: int, record: dict[str, Any]) -> None:
+        c = current
+        samples = c["samples"]
         n_tok = sum(s.n_tokens for s in samples)
         rec = {
-            "step": step + 1,
-            "reward": float(rewards.mean()),
-            **{f"reward_{n}": sum(v) / len(v) for n, v in comps.items()},
-            "live_groups": len(keep) / len(samples),
+            "step": done,
+            "reward": float(c["rewards"].mean()),
+            **{f"reward_{n}": sum(v) / len(v) for n, v in c["comps"].items()},
+            "live_groups": len(c["keep"]) / len(samples),
             "completion_tokens": n_tok / len(samples),
-            "gen_s": t_gen,
-            "update_s": t_upd,
-            "step_s": time.perf_counter() - t0,
-            "gen_tokens_per_s": n_tok / max(t_gen, 1e-9),
-            **stats,
+            "gen_s": c["t_gen"],
+            "update_s": time.perf_counter() - c["t1"],
+            "step_s": time.perf_counter() - c["t0"],
+            "gen_tokens_per_s": n_tok / max(c["t_gen"], 1e-9),
         }
-        if eval_fn is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < p.steps:
-            rec.update(eval_fn(policy, step + 1))
-        if eval_fn is not None and step + 1 == p.steps:
-            rec.update(eval_fn(policy, step + 1))
-        st.history.append(rec)
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+        # the update statistics (loss, grad_norm, kl, ...) averaged over the step's updates, if it had any
+        rec.update({k: v for k, v in record.items() if k not in CORE_FIELDS})
+        if eval_fn is not None and eval_every and done % eval_every == 0 and done < p.steps:
+            rec.update(eval_fn(policy, done))
+        if eval_fn is not None and done == p.steps:
+            rec.update(eval_fn(policy, done))
+        state["history"].append(rec)
+        record.update({k: v for k, v in rec.items() if k not in record})
         if keep_rollouts:
-            for j, s in enumerate(samples):
-                task = pool[idx[j // p.group_size]]
-                st.rollouts.append(
-                    {
-                        "id": f"{stage}-s{step + 1}-{j}",
-                        "prompt_id": task.id,
-                        "prompt": task.question,
-                        "answer": task.answer,
-                        "completion": texts[j],
-                        "prompt_tokens": len(s.prompt_ids),
-                        "completion_tokens": s.n_tokens,
-                        "finished": s.finished,
-                        "group": step * p.prompts_per_step + j // p.group_size,
-                        "reward": total[j],
-                        "advantage": float(adv[j]),
-                        "policy_version": step,
-                        "stage": stage,
-                        **{f"reward_{n}": comps[n][j] for n in names},
-                    }
-                )
-        if ck.due(step + 1):
-            ck.save(step + 1, policy, opt, {"history": st.history, "rollouts": st.rollouts})
-    return st
+            state["rollouts"] += _rollout_rows(c, pool, p, names, stage, done - 1)
+
+    params = [q for q in policy.parameters() if q.requires_grad]
+    train(
+        policy,
+        loss_fn,
+        batch_fn,
+        cfg,
+        work_dir=work_dir,
+        fingerprint={"grpo": params_fingerprint(p), "keep_rollouts": keep_rollouts, **(fingerprint or {})},
+        log=log,
+        trainable_params=params,
+        progress=False,
+        state=state,
+        on_step=on_step,
+    )
+    return GRPOState(history=state["history"], rollouts=state["rollouts"])
 
 
-def _update(
-    policy, ref, opt, params, samples, adv, p: GRPOParams, pad, dev, lr: float, step: int, last_ck
-) -> dict[str, float]:
+def _minibatches(ref, samples, adv, p: GRPOParams, pad, dev) -> list[dict[str, Any]]:
+    """The step's updates: ``updates_per_batch`` passes over minibatches of the live samples, each with its
+    advantages and (with a reference) the reference log-probs, computed once before any update."""
     import torch
 
-    from ops.train.core import NonFiniteError, clip_grads, set_lr
-
-    set_lr(opt, lr)
     n = len(samples)
     mb = p.minibatch_size or n
-    ref_lp_all = None
+    chunks = list(range(0, n, mb))
+    ref_lp: list[Any] = [None] * len(chunks)
     # with a reference the k3 KL is always measured (the stage's "bounded KL" check reads it); beta = 0 only
     # drops it from the loss (DAPO / Dr. GRPO style)
     if ref is not None:
         with torch.no_grad():
-            ref_lp_all = [
+            ref_lp = [
                 completion_logprobs(ref, completion_tensors(samples[s : s + mb], pad, dev), p.temperature)
-                for s in range(0, n, mb)
+                for s in chunks
             ]
-    agg: dict[str, float] = {}
-    cnt = 0
-    max_len = p.max_new_tokens
-    for _epoch in range(p.updates_per_batch):
-        for k, s in enumerate(range(0, n, mb)):
-            chunk = samples[s : s + mb]
-            t = completion_tensors(chunk, pad, dev)
-            lp = completion_logprobs(policy, t, p.temperature)
-            if p.updates_per_batch > 1:
-                old = torch.zeros_like(lp)
-                for i, smp in enumerate(chunk):
-                    old[i, : len(smp.logprobs)] = torch.tensor(smp.logprobs, device=dev)
-            else:
-                old = lp.detach()
-            ref_lp = ref_lp_all[k] if ref_lp_all is not None else None
-            loss, st = grpo_loss(
-                lp,
-                old,
-                ref_lp,
-                adv[s : s + mb].to(dev),
-                t["comp_mask"],
-                clip_eps=p.clip_eps,
-                beta=p.beta,
-                norm=p.norm,
-                max_len=max_len,
-                clip_eps_high=p.clip_eps_high,
-            )
-            if not torch.isfinite(loss):
-                raise NonFiniteError("GRPO loss", step, float(loss), last_ck)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = clip_grads(params, p.optim.grad_clip)
-            opt.step()
-            for key, v in {"loss": float(loss.detach()), "grad_norm": gn, **st}.items():
-                agg[key] = agg.get(key, 0.0) + v
-            cnt += 1
-    return {k: v / cnt for k, v in agg.items()}
+    return [
+        {"samples": samples[s : s + mb], "adv": adv[s : s + mb], "ref_lp": ref_lp[k]}
+        for _epoch in range(p.updates_per_batch)
+        for k, s in enumerate(chunks)
+    ]
+
+
+def _rollout_rows(c: dict[str, Any], pool: list[Task], p: GRPOParams, names, stage: str, step: int) -> list[dict]:
+    rows = []
+    for j, s in enumerate(c["samples"]):
+        task = pool[c["idx"][j // p.group_size]]
+        rows.append(
+            {
+                "id": f"{stage}-s{step + 1}-{j}",
+                "prompt_id": task.id,
+                "prompt": task.question,
+                "answer": task.answer,
+                "completion": c["texts"][j],
+                "prompt_tokens": len(s.prompt_ids),
+                "completion_tokens": s.n_tokens,
+                "finished": s.finished,
+                "group": step * p.prompts_per_step + j // p.group_size,
+                "reward": c["total"][j],
+                "advantage": float(c["adv"][j]),
+                "policy_version": step,
+                "stage": stage,
+                **{f"reward_{n}": c["comps"][n][j] for n in names},
+            }
+        )
+    return rows
 
 
 def save_policy(policy: Any, tok: Any, out: Path) -> None:

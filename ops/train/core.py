@@ -1,17 +1,23 @@
-"""The training core: one loop for every objective (pretraining, SFT, reward model, DPO, distillation).
+"""The training core: one loop for every objective (pretraining, SFT, reward model, DPO, distillation,
+GRPO, PPO).
 
 Key design choice: the loop knows nothing about the objective. It receives ``loss_fn(model, batch) ->
 (loss, stats)`` and ``batch_fn(step, micro) -> batch``; because the batch is a pure function of the step,
 resuming needs only the step counter, the weights, the optimizer state and the RNG state, and a resumed run
-on CPU reproduces the uninterrupted one bit for bit. Everything else is plain composition:
+on CPU reproduces the uninterrupted one bit for bit. RL plugs in the same way (the TrainModule/Trainer seam
+of OLMo-core): its ``batch_fn`` samples and scores a rollout batch and returns a :class:`StepBatch`, the
+list of minibatches the step updates on (``updates_per_batch`` passes, possibly none when no group is live);
+the core runs one guarded update per minibatch at the step's LR, so checkpoints fall on rollout-batch
+boundaries and the caller's own progress (history, rollouts) rides in the checkpoint as ``state``.
+Everything else is plain composition:
 
 * AdamW (fused on CUDA), weight decay on matrices only, the LR from :mod:`ops.train.schedule` written into
-  the param groups each step (no scheduler object to save);
+  the param groups each step (no scheduler object to save; a group's ``lr_mult`` scales it, e.g. PPO's value
+  head);
 * gradient accumulation (DDP's ``no_sync`` on all but the last micro-batch), clipping, bf16 autocast on
   CUDA, optional ``torch.compile`` and activation checkpointing;
 * atomic keep-last-k checkpoints in ``work_dir`` (:mod:`ops.train.checkpoint`) that refuse to resume under a
-  different fingerprint (config, data, tokenizer — whatever the caller puts in ``fingerprint``); the
-  :class:`Checkpointer` that does this is also what the RL loops (``ops.rl``) checkpoint and resume with;
+  different fingerprint (config, data, tokenizer — whatever the caller puts in ``fingerprint``);
 * a non-finite loss or gradient raises :class:`NonFiniteError` naming the step *before* the optimizer
   touches the weights, so the last checkpoint on disk is the last good state;
 * when ``torch.distributed`` is initialised the model is wrapped in DDP, or sharded with FSDP2
@@ -73,6 +79,19 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
 
+# the fields of a step record that the core measures itself; the rest come from the loss and evaluation
+CORE_FIELDS = ("step", "lr", "tokens", "tokens_per_s", "mfu")
+
+
+@dataclass
+class StepBatch:
+    """What ``batch_fn(step, 0)`` returns for a step of several optimizer updates (an RL rollout batch):
+    ``updates`` holds one batch per update, all taken at the step's LR; an empty list leaves the weights and
+    the optimizer state untouched. ``grad_accum`` must be 1."""
+
+    updates: list[Any]
+
+
 @dataclass
 class TrainOutcome:
     curve: list[dict[str, Any]]  # one record per logged step
@@ -107,7 +126,7 @@ class ResumeRefused(RuntimeError):
     """A checkpoint exists in the work directory but was written under a different fingerprint."""
 
 
-# ---------------------------------------------------------------- helpers reused by RL stages
+# ---------------------------------------------------------------- helpers
 def dist_info() -> tuple[int, int]:
     """``(rank, world_size)``; ``(0, 1)`` when torch.distributed is not initialised."""
     import torch.distributed as dist
@@ -134,8 +153,9 @@ def make_optimizer(params: list[Any], cfg: TrainConfig) -> Any:
 
 
 def set_lr(optimizer: Any, lr: float) -> None:
+    """Write ``lr`` into every param group, times the group's ``lr_mult`` when it has one."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g["lr_mult"] if "lr_mult" in g else lr
 
 
 def schedule_lr(step: int, cfg: TrainConfig) -> float:
@@ -225,7 +245,7 @@ def params_fingerprint(params: Any) -> dict[str, Any]:
 class Checkpointer:
     """Fingerprinted, periodic checkpoints of one training run in ``work_dir/checkpoints``.
 
-    The one implementation of resume for every training loop (:func:`train` and the RL loops): the
+    The one implementation of resume, used by :func:`train` for every training kind: the
     fingerprint is the result-changing part of ``cfg``, the world size and the caller's ``fingerprint``
     (data, tokenizer, op parameters); a checkpoint written under another fingerprint is refused with the
     differing fields named. ``model`` may be a ``ModuleDict`` when a run trains several modules (PPO's
@@ -313,13 +333,23 @@ def train(
     peak_flops: float | None = None,
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
+    state: dict[str, Any] | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainOutcome:
-    """Train ``model`` in place for ``cfg.steps`` optimizer updates; see the module docstring.
+    """Train ``model`` in place for ``cfg.steps`` steps; see the module docstring.
 
     ``loss_fn`` may report ``"tokens"`` in its stats (tokens in the micro-batch, for throughput); otherwise
     ``batch["input_ids"].numel()`` is used when the batch has it. ``flops_per_token`` (training FLOPs, i.e.
     ~6N + attention) and ``peak_flops`` (per device) enable an MFU column. ``on_log`` receives each curve
     record as it is logged (e.g. to forward it through Dagster Pipes).
+
+    ``param_groups`` are added to the optimizer after the ``trainable_params`` groups (with their own
+    ``weight_decay`` and ``lr_mult``) and clipped together with them. ``state`` is the caller's progress: it is
+    saved with every checkpoint and, on resume, updated in place from the checkpoint (JSON values only).
+    ``on_step(done, record)`` is called after each step's update, before the step is logged and checkpointed;
+    ``record`` (step, lr, and loss, grad_norm and the loss stats averaged over the step's updates when it had
+    any) may be extended in place and is what the curve keeps for that step.
     """
     import torch
 
@@ -357,6 +387,9 @@ def train(
 
             wrapped = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(params, cfg)
+    for g in param_groups or []:
+        optimizer.add_param_group(g)
+        params = params + [p for p in g["params"] if p.requires_grad]
     fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
 
     # ---- resume
@@ -371,6 +404,8 @@ def train(
         resumed_from, last_ck = start, ck.last
         curve, losses, spikes = st["curve"], st["losses"], st["spikes"]
         tokens_total = int(st["tokens"])
+        if state is not None:
+            state.update(st.get("caller", {}))
         if is_main:
             log(f"resumed from checkpoint {last_ck.name} (step {start}/{cfg.steps})")
 
@@ -388,69 +423,41 @@ def train(
         done = step + 1
         lr = schedule_lr(step, cfg)
         set_lr(optimizer, lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        stat_sums: dict[str, float] = {}
-        micro_tokens = 0
-        for micro in range(cfg.grad_accum):
-            batch = batch_fn(step, micro)
-            sync = micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
-            with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast_ctx(device, cfg.precision):
-                loss, stats = loss_fn(fwd_model, batch)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += float(loss.detach())
-            n_tok = stats.get("tokens") if stats else None
-            if n_tok is None and isinstance(batch, dict) and "input_ids" in batch:
-                n_tok = batch["input_ids"].numel()
-            micro_tokens += int(n_tok or 0)
-            for k, v in (stats or {}).items():
-                if k != "tokens":
-                    stat_sums[k] = stat_sums.get(k, 0.0) + float(v)
-        step_loss, step_tokens = loss_sum / cfg.grad_accum, micro_tokens
-        if world > 1:  # global mean loss and token count: every rank sees the same numbers
-            import torch.distributed as dist
-
-            t = torch.tensor(
-                [step_loss, float(step_tokens)],
-                dtype=torch.float64,
-                device=device if device.type == "cuda" else "cpu",
-            )
-            dist.all_reduce(t)
-            step_loss, step_tokens = float(t[0]) / world, int(t[1])
-        if not math.isfinite(step_loss):
+        first = batch_fn(step, 0)
+        try:
+            if isinstance(first, StepBatch):
+                if world > 1:
+                    raise ValueError("steps of several updates (StepBatch) run in a single process")
+                upd = _updates(first.updates, fwd_model, loss_fn, optimizer, params, cfg, device, done, last_ck)
+            else:
+                upd = _accumulated_update(first, step, batch_fn, wrapped, fwd_model, loss_fn, optimizer, params,
+                                          cfg, device, world, done, last_ck)
+        except NonFiniteError:
             _close(bar)
-            raise NonFiniteError("loss", done, step_loss, last_ck)
-        grad_norm = clip_grads(params, cfg.grad_clip)
-        if not math.isfinite(grad_norm):
-            _close(bar)
-            raise NonFiniteError("gradient norm", done, grad_norm, last_ck)
-        optimizer.step()
-
+            raise
+        step_tokens = upd.tokens if upd is not None else 0
         tokens_total += step_tokens
         tok_log += step_tokens
-        if len(losses) >= 5:
-            ref = sum(losses[-20:]) / len(losses[-20:])
-            if step_loss > cfg.spike_factor * ref:
-                spikes.append({"step": done, "loss": step_loss, "running_mean": ref})
-        losses.append(step_loss)
+        if upd is not None:
+            if len(losses) >= 5:
+                ref = sum(losses[-20:]) / len(losses[-20:])
+                if upd.loss > cfg.spike_factor * ref:
+                    spikes.append({"step": done, "loss": upd.loss, "running_mean": ref})
+            losses.append(upd.loss)
 
         is_last = done == cfg.steps
-        record = None
         do_eval = eval_fn is not None and (is_last or (cfg.eval_every > 0 and done % cfg.eval_every == 0))
-        if done == 1 or is_last or (cfg.log_every > 0 and done % cfg.log_every == 0) or do_eval:
-            dt = max(time.perf_counter() - t_log, 1e-9)
-            record = {
-                "step": done,
-                "loss": step_loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": tokens_total,
-                "tokens_per_s": tok_log / dt,
-            }
-            if flops_per_token and peak_flops:
-                record["mfu"] = tok_log / dt * flops_per_token / (peak_flops * world)
-            for k, v in stat_sums.items():
-                record[k] = v / cfg.grad_accum
+        logged = done == 1 or is_last or (cfg.log_every > 0 and done % cfg.log_every == 0) or do_eval
+        dt = max(time.perf_counter() - t_log, 1e-9)
+        record: dict[str, Any] = {"step": done}
+        if upd is not None:
+            record.update(loss=upd.loss, lr=lr, grad_norm=upd.grad_norm)
+        else:  # a step without an update (no live RL group) measured no loss
+            record["lr"] = lr
+        record.update(tokens=tokens_total, tokens_per_s=tok_log / dt)
+        if flops_per_token and peak_flops:
+            record["mfu"] = tok_log / dt * flops_per_token / (peak_flops * world)
+        record.update(upd.stats if upd is not None else {})
         if do_eval:
             raw.eval()
             with torch.no_grad(), autocast_ctx(device, cfg.precision):
@@ -459,7 +466,9 @@ def train(
             record.update(ev)
             if is_last:
                 final_eval = dict(ev)
-        if record is not None:
+        if on_step is not None:
+            on_step(done, record)
+        if logged:
             curve.append(record)
             if is_main:
                 log(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
@@ -468,10 +477,12 @@ def train(
             t_log, tok_log = time.perf_counter(), 0
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{upd.loss:.4f}" if upd is not None else "-", lr=f"{lr:.2e}")
         if ck.due(done):
-            state = {"curve": curve, "losses": losses, "spikes": spikes, "tokens": tokens_total}
-            last_ck = ck.save(done, raw, optimizer, state)
+            saved = {"curve": curve, "losses": losses, "spikes": spikes, "tokens": tokens_total}
+            if state is not None:
+                saved["caller"] = state
+            last_ck = ck.save(done, raw, optimizer, saved)
     _close(bar)
     if start >= cfg.steps and curve:
         final_eval = {k: v for k, v in curve[-1].items() if k.startswith(("val_", "eval_"))}
@@ -486,6 +497,98 @@ def train(
         last_checkpoint=last_ck,
         final_eval=final_eval,
     )
+
+
+@dataclass
+class _Update:
+    """What one step's update measured: the loss and gradient norm, the loss stats (means over the
+    micro-batches or the updates of the step) and the tokens it processed."""
+
+    loss: float
+    grad_norm: float
+    stats: dict[str, float]
+    tokens: int
+
+
+def _tokens(stats: dict[str, Any] | None, batch: Any) -> int:
+    n_tok = stats.get("tokens") if stats else None
+    if n_tok is None and isinstance(batch, dict) and "input_ids" in batch:
+        n_tok = batch["input_ids"].numel()
+    return int(n_tok or 0)
+
+
+def _accumulated_update(
+    first, step, batch_fn, wrapped, fwd_model, loss_fn, optimizer, params, cfg, device, world, done, last_ck
+) -> _Update:
+    """One optimizer update over ``cfg.grad_accum`` micro-batches (the first one already built), with the
+    loss and gradient norm guarded before the weights move."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    stat_sums: dict[str, float] = {}
+    micro_tokens = 0
+    for micro in range(cfg.grad_accum):
+        batch = first if micro == 0 else batch_fn(step, micro)
+        sync = micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
+        with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast_ctx(device, cfg.precision):
+            loss, stats = loss_fn(fwd_model, batch)
+        (loss / cfg.grad_accum).backward()
+        loss_sum += float(loss.detach())
+        micro_tokens += _tokens(stats, batch)
+        for k, v in (stats or {}).items():
+            if k != "tokens":
+                stat_sums[k] = stat_sums.get(k, 0.0) + float(v)
+    step_loss, step_tokens = loss_sum / cfg.grad_accum, micro_tokens
+    if world > 1:  # global mean loss and token count: every rank sees the same numbers
+        import torch.distributed as dist
+
+        t = torch.tensor(
+            [step_loss, float(step_tokens)],
+            dtype=torch.float64,
+            device=device if device.type == "cuda" else "cpu",
+        )
+        dist.all_reduce(t)
+        step_loss, step_tokens = float(t[0]) / world, int(t[1])
+    if not math.isfinite(step_loss):
+        raise NonFiniteError("loss", done, step_loss, last_ck)
+    grad_norm = clip_grads(params, cfg.grad_clip)
+    if not math.isfinite(grad_norm):
+        raise NonFiniteError("gradient norm", done, grad_norm, last_ck)
+    optimizer.step()
+    return _Update(step_loss, grad_norm, {k: v / cfg.grad_accum for k, v in stat_sums.items()}, step_tokens)
+
+
+def _updates(batches, fwd_model, loss_fn, optimizer, params, cfg, device, done, last_ck) -> _Update | None:
+    """One guarded optimizer update per batch of a :class:`StepBatch` (single process); None when there are
+    none. The loss is checked before its backward pass, the gradient norm before the update."""
+    if not batches:
+        return None
+    if cfg.grad_accum != 1:
+        raise ValueError("a StepBatch step takes one batch per update: grad_accum must be 1")
+    loss_sum = norm_sum = 0.0
+    stat_sums: dict[str, float] = {}
+    n_tok = 0
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_ctx(device, cfg.precision):
+            loss, stats = loss_fn(fwd_model, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteError("loss", done, value, last_ck)
+        loss.backward()
+        grad_norm = clip_grads(params, cfg.grad_clip)
+        if not math.isfinite(grad_norm):
+            raise NonFiniteError("gradient norm", done, grad_norm, last_ck)
+        optimizer.step()
+        loss_sum += value
+        norm_sum += grad_norm
+        n_tok += _tokens(stats, batch)
+        for k, v in (stats or {}).items():
+            if k != "tokens":
+                stat_sums[k] = stat_sums.get(k, 0.0) + float(v)
+    n = len(batches)
+    return _Update(loss_sum / n, norm_sum / n, {k: v / n for k, v in stat_sums.items()}, n_tok)
 
 
 def _fmt(v: Any) -> str:

@@ -1,5 +1,5 @@
 """The shared training core: schedules, exact resume after a real SIGKILL, refused resume, NaN guard,
-gradient accumulation and checkpoint hygiene. Tiny Qwen2 models so the whole file runs in seconds."""
+gradient accumulation, checkpoint hygiene, and steps of several updates or none (the RL seam). Tiny Qwen2 models so the whole file runs in seconds."""
 
 from __future__ import annotations
 
@@ -233,3 +233,109 @@ def test_checkpoint_ignores_partial_writes_and_prunes(tmp_path):
     assert torch.equal(loaded["model"]["tied"], sd["w"]) and loaded["state"] == {"s": 3}
     ckpt.save(root, 6, model_state=sd, optim_state={}, rng_state={}, state={}, keep_last=2)
     assert not list(root.glob(".tmp-*"))
+
+
+# ---------------------------------------------------------------- steps of several updates (the RL seam)
+def _weights(m) -> dict:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_step_batch_updates_equal_plain_steps_at_a_constant_lr():
+    """A step of two updates is two guarded optimizer steps at the step's LR: with a constant LR it ends
+    exactly where four one-update steps over the same batches end."""
+    from ops.train.core import StepBatch
+
+    plain = _batch_fn()
+    cfg = dict(lr=1e-2, schedule="constant", seed=3, log_every=1)
+    a = _tiny()
+    out_a = train(a, _loss, lambda s, m: StepBatch([plain(2 * s, 0), plain(2 * s + 1, 0)]),
+                  TrainConfig(steps=2, **cfg), progress=False, log=lambda s: None)
+    b = _tiny()
+    out_b = train(b, _loss, plain, TrainConfig(steps=4, **cfg), progress=False, log=lambda s: None)
+    assert _same(_weights(a), _weights(b))
+    # the step's loss and gradient norm are the means over its updates
+    assert out_a.losses[0] == (out_b.losses[0] + out_b.losses[1]) / 2
+    assert out_a.curve[1]["grad_norm"] == (out_b.curve[2]["grad_norm"] + out_b.curve[3]["grad_norm"]) / 2
+
+
+def test_a_step_without_updates_moves_nothing_and_records_no_loss(tmp_path):
+    import torch
+
+    from ops.train.core import StepBatch
+
+    plain = _batch_fn()
+    m = _tiny()
+    seen: dict[int, dict] = {}
+
+    def batch_fn(step, micro):
+        return StepBatch([] if step in (1, 2) else [plain(step, 0)])
+
+    def on_step(done, record):
+        seen[done] = _weights(m)
+        record["extra"] = done  # the caller's own fields join the curve record
+
+    out = train(m, _loss, batch_fn, TrainConfig(steps=4, lr=1e-2, log_every=1), progress=False,
+                log=lambda s: None, on_step=on_step, work_dir=tmp_path)
+    assert _same(seen[1], seen[2]) and _same(seen[2], seen[3])  # steps 2 and 3 made no update
+    assert not _same(seen[3], seen[4])
+    assert ["loss" in r for r in out.curve] == [True, False, False, True]
+    assert [r["extra"] for r in out.curve] == [1, 2, 3, 4] and len(out.losses) == 2
+    assert all(math.isfinite(r["lr"]) for r in out.curve)
+    # and the optimizer counted exactly the two updates (its state is what the checkpoint keeps)
+    opt = torch.load(out.last_checkpoint / "optimizer.pt", weights_only=True)
+    assert {int(s["step"]) for s in opt["state"].values()} == {2}
+
+
+def test_param_group_lr_mult_scales_the_scheduled_lr():
+    """An extra param group trains at ``lr_mult`` times the scheduled LR (0 here: it never moves) and is
+    clipped with the rest."""
+    import torch
+
+    m = _tiny()
+    head = torch.nn.Linear(32, 1)
+    before_head, before_m = _weights(head), _weights(m)
+    both = torch.nn.ModuleDict({"lm": m, "head": head})
+
+    def loss(model, batch):
+        out = model["lm"](input_ids=batch["input_ids"], output_hidden_states=True)
+        ce, _ = _loss(model["lm"], batch)
+        return ce + model["head"](out.hidden_states[-1]).pow(2).mean(), {}
+
+    train(both, loss, _batch_fn(), TrainConfig(steps=2, lr=1e-2), progress=False, log=lambda s: None,
+          trainable_params=list(m.parameters()),
+          param_groups=[{"params": list(head.parameters()), "weight_decay": 0.0, "lr_mult": 0.0}])
+    assert _same(_weights(head), before_head) and not _same(_weights(m), before_m)
+
+
+def test_step_batch_resume_restores_the_callers_state_and_is_exact(tmp_path):
+    """Interrupted after step 3 (checkpoint at 2), resumed: the caller's state comes back from the
+    checkpoint and the run ends bit-identical to an uninterrupted one."""
+    from ops.train.core import StepBatch
+
+    plain = _batch_fn()
+
+    def run(work, stop_at=None):
+        m = _tiny()
+        state = {"history": []}
+
+        def on_step(done, record):
+            state["history"].append({"step": done, "loss": record.get("loss")})
+            if done == stop_at:
+                raise KeyboardInterrupt
+
+        train(m, _loss, lambda s, mi: StepBatch([plain(s, 0), plain(s, 1)]),
+              TrainConfig(steps=5, lr=1e-2, warmup_steps=2, ckpt_every=2), work_dir=work, progress=False,
+              log=lambda s: None, state=state, on_step=on_step)
+        return _weights(m), state
+
+    ref_w, ref_state = run(None)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "w", stop_at=3)
+    w, state = run(tmp_path / "w")
+    assert _same(w, ref_w) and state == ref_state
