@@ -132,8 +132,9 @@ def run(
             "seed": seed,
             "after": score(pol.eval()),
             "wall_s": round(time.time() - t0, 1),
-            "train_acc_first_q": sum(x["reward_accuracy"] for x in h[:q]) / q,
-            "train_acc_last_q": sum(x["reward_accuracy"] for x in h[-q:]) / q,
+            # a control run (random or format-only rewards) has no accuracy component
+            "train_acc_first_q": sum(x["reward_accuracy"] for x in h[:q]) / q if "reward_accuracy" in h[0] else None,
+            "train_acc_last_q": sum(x["reward_accuracy"] for x in h[-q:]) / q if "reward_accuracy" in h[0] else None,
             "reward_first_q": sum(x["reward"] for x in h[:q]) / q,
             "reward_last_q": sum(x["reward"] for x in h[-q:]) / q,
             "kl_max": max(x.get("kl", 0.0) for x in h),

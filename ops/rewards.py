@@ -20,10 +20,19 @@ Built-in rewards:
   language-consistency reward); numbers and symbols are neutral; a response with no words scores 1.
 * ``length`` (v1): Kimi k1.5 length penalty within each group: ``lambda = 0.5 - (len - min)/(max - min)``;
   correct samples get ``lambda``, incorrect ones ``min(0, lambda)``; 0 for a group of equal lengths.
+* ``random`` (v1): a control, not a training signal: 1 with probability ``p`` (default 0.5, as in the
+  Spurious Rewards study), else 0, drawn per sample without reading the gold answer, so it is independent of
+  correctness. The draw is a hash of ``(seed, step key, position in the batch)``: the step key is the batch's
+  ``step`` when the caller gives one, else a digest of the batch's completions (which differ at every step, as
+  each step samples with its own seed). The same run therefore scores the same, including after a resume.
+
+A format-only control is RL with ``rewards: [format]``; a random-reward control is ``rewards: [random]`` (or
+``[{random: {p: 0.5, seed: 0}}]``). ``RANDOM_REWARDS`` names the rewards a report treats as controls.
 """
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +52,7 @@ class RewardBatch:
     answers: list[str]  # gold answer of each completion's prompt
     lengths: list[int]  # completion length in tokens
     group_size: int = 1
+    step: int | None = None  # the RL step, for rewards that draw per step (``random``); optional
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,8 @@ def parse_specs(items: list[Any]) -> list[RewardSpec]:
             )
         if FORMAT_PARAM in opts:
             check_format_name(opts[FORMAT_PARAM])
+        if name == "random":
+            _check_random_params(opts)
         specs.append(RewardSpec(name, weight, opts))
     if not specs:
         raise ValueError("at least one reward is required")
@@ -149,7 +161,9 @@ def _accuracy(batch: RewardBatch, answer_format: str | None = None) -> list[floa
 
 
 @register_reward(
-    "format", "v1", "1 if the response has the answer format's shape (default <think>..</think><answer>..</answer>)",
+    "format",
+    "v1",
+    "1 if the response has the answer format's shape (default <think>..</think><answer>..</answer>)",
     params=(FORMAT_PARAM,),
 )
 def _format(batch: RewardBatch, answer_format: str | None = None) -> list[float]:
@@ -240,3 +254,60 @@ def _length(batch: RewardBatch, answer_format: str | None = None) -> list[float]
             ok = is_correct(batch.completions[i], batch.answers[i], answer_format)
             out[i] = lam if ok else min(0.0, lam)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ controls
+RANDOM_REWARDS = ("random",)
+
+
+def _check_random_params(opts: dict) -> None:
+    p = opts.get("p", 0.5)
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"reward 'random': p must be a probability in [0, 1], got {p!r}")
+    seed = opts.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"reward 'random': seed must be an integer, got {seed!r}")
+
+
+def _step_key(batch: RewardBatch) -> str:
+    if batch.step is not None:
+        return f"step{int(batch.step)}"
+    h = hashlib.sha256()
+    for c in batch.completions:
+        h.update(c.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def random_draws(batch: RewardBatch, p: float = 0.5, seed: int = 0) -> list[float]:
+    """Bernoulli(``p``) per completion from ``(seed, step key, position)``; the gold answers are not read."""
+    key = _step_key(batch)
+    out = []
+    for i in range(len(batch.completions)):
+        d = hashlib.sha256(f"{int(seed)}|{key}|{i}".encode()).digest()
+        u = int.from_bytes(d[:8], "big") / 2.0**64
+        out.append(1.0 if u < float(p) else 0.0)
+    return out
+
+
+@register_reward(
+    "random",
+    "v1",
+    "control: Bernoulli(p) per sample, independent of the answer (Spurious Rewards)",
+    params=("p", "seed"),
+)
+def _random(batch: RewardBatch, p: float = 0.5, seed: int = 0) -> list[float]:
+    return random_draws(batch, p, seed)
+
+
+def is_control(reward_items: list[Any]) -> str | None:
+    """``"random"`` when a stage's reward list is a random-reward control, ``"format"`` when it rewards only the
+    format, else None (a real reward)."""
+    names = [
+        it if isinstance(it, str) else next(iter(it)) for it in reward_items if isinstance(it, str | dict)
+    ]
+    if names and all(n in RANDOM_REWARDS for n in names):
+        return "random"
+    if names == ["format"]:
+        return "format"
+    return None

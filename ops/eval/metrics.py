@@ -273,3 +273,41 @@ def item_level_gains(runs: list[dict], start: dict, keys=("greedy", "sampled")) 
         after = [sum(col) / len(col) for col in zip(*per_run)]
         out[f"items_{key}"] = paired_difference(before, after)
     return out
+
+
+def control_gap(treatment: list[dict], control: list[dict], start: dict, keys=("greedy", "sampled")) -> dict:
+    """Real-reward RL (``treatment`` runs) against a control (``control`` runs: random or format-only rewards)
+    from the same ``start``: ``{key: {treatment_gain, control_gain, seeds, items, exceeds}}``.
+
+    ``seeds``: the per-seed difference treatment - control, paired by seed (runs carry ``seed``; the same
+    seed means the same prompts and sampling seeds), with its interval over seeds. ``items``: each item's
+    score averaged over the treatment's seeds minus the same item averaged over the control's, paired over
+    items. ``exceeds``: the treatment's gain is above the control's beyond noise at every level measured
+    (items when per-item scores exist; seeds when at least 3 seeds pair up).
+    """
+    out = {}
+    by_seed = {r["seed"]: r for r in control if "seed" in r}
+    for key in keys:
+        tg = paired_gains(treatment, start, (key,))[f"gain_{key}"]
+        cg = paired_gains(control, start, (key,))[f"gain_{key}"]
+        pairs = [
+            (by_seed[r["seed"]]["after"][key], r["after"][key]) for r in treatment if r.get("seed") in by_seed
+        ]
+        seeds = paired_difference([c for c, _ in pairs], [t for _, t in pairs]) if pairs else None
+        items = None
+        t_items = [r["after"].get(f"{key}_items") for r in treatment]
+        c_items = [r["after"].get(f"{key}_items") for r in control]
+        if t_items and c_items and all(x is not None for x in t_items + c_items):
+            t_mean = [sum(col) / len(col) for col in zip(*t_items)]
+            c_mean = [sum(col) / len(col) for col in zip(*c_items)]
+            items = paired_difference(c_mean, t_mean)
+        levels = [d for d in (items, seeds if seeds and seeds["n"] >= 3 else None) if d is not None]
+        exceeds = bool(levels) and all(d["beyond_noise"] and d["diff"] > 0 for d in levels)
+        out[key] = {
+            "treatment_gain": tg,
+            "control_gain": cg,
+            "seeds": seeds,
+            "items": items,
+            "exceeds": exceeds,
+        }
+    return out
