@@ -42,6 +42,15 @@ TRAINING_FILES = {
 }
 
 
+def _check_increasing(name: str, v: list[int]) -> None:
+    # a sweep is a curve over increasing values: a repeated or out-of-order value is a typo, not a request
+    bad = next((i for i in range(1, len(v)) if v[i] <= v[i - 1]), None)
+    if bad is not None:
+        raise ValueError(
+            f"{name} must be strictly increasing, got {v} ({v[bad]} after {v[bad - 1]} at position {bad})"
+        )
+
+
 class EvaluateConfig(StageConfig):
     """Evaluate every model stage in ``models`` (one partition each) on the eval split of ``tasks``."""
 
@@ -124,14 +133,16 @@ class EvaluateConfig(StageConfig):
     def _budgets(cls, v: list[int]) -> list[int]:
         if any(b < 0 for b in v):
             raise ValueError(f"budgets must be >= 0 thinking tokens, got {v}")
-        return sorted(set(v))
+        _check_increasing("budgets", v)
+        return v
 
     @field_validator("wait_extensions")
     @classmethod
     def _waits(cls, v: list[int]) -> list[int]:
         if any(w < 1 for w in v):
             raise ValueError(f"wait_extensions must be >= 1 (0 is the plain greedy run), got {v}")
-        return sorted(set(v))
+        _check_increasing("wait_extensions", v)
+        return v
 
 
 # ---- validation -------------------------------------------------------------------------------------------

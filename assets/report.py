@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .registry import (
     CheckOutcome,
@@ -28,6 +28,15 @@ from .registry import (
     ref,
     register,
 )
+
+
+class ControlPair(BaseModel):
+    """One real-reward RL model and its control (same parent, settings and seeds; random or format-only
+    rewards); a model in a seed group stands for its whole group."""
+
+    model_config = ConfigDict(extra="forbid")
+    treatment: str = Field(description="The RL model stage trained with the real rewards.")
+    control: str = Field(description="The same RL with a control reward (e.g. rewards: [random]).")
 
 
 class ReportConfig(StageConfig):
@@ -51,6 +60,31 @@ class ReportConfig(StageConfig):
         description="Restrict the ledger and lineage sections to "
         "these stage names (default: every ancestor).",
     )
+    controls: list[ControlPair] = Field(
+        default_factory=list,
+        description="RL models to compare with their controls: [{treatment: rl1, control: rl1_random}]; "
+        "default: pairs found in the lineage (same kind, inputs and settings apart from rewards and seed, "
+        "one rewarded at random or for the format alone).",
+    )
+
+
+def validate(cfg: ReportConfig, kinds: dict[str, str], configs: dict[str, Any] | None = None) -> list:
+    """Every model named in ``controls`` must be evaluated by one of the ``from`` stages."""
+    evaluated = {m for c in (configs or {}).values() for m in (getattr(c, "models", None) or [])}
+    problems = []
+    for i, pair in enumerate(cfg.controls):
+        if pair.treatment == pair.control:
+            problems.append((f"controls.{i}", f"treatment and control are both {pair.treatment!r}"))
+        for role in ("treatment", "control"):
+            name = getattr(pair, role)
+            if configs is not None and name not in evaluated:
+                problems.append(
+                    (
+                        f"controls.{i}.{role}",
+                        f"{name!r} is not a model evaluated by {cfg.from_}: {sorted(evaluated)}",
+                    )
+                )
+    return problems
 
 
 def _ancestors(run: StageRun) -> dict[str, InputArtifact]:
@@ -96,12 +130,13 @@ def run(r: StageRun) -> StageResult:
         hourly_price=cfg.hourly_price,
         currency=cfg.currency,
         env=R.environment(git=git_state()),
+        controls=[(c.treatment, c.control) for c in cfg.controls],
     )
     md = (r.out / "report.md").read_text()
     beyond = [c for c in rep["comparisons"] if c["beyond_noise"]]
     metadata: dict[str, Any] = {
         "report": Markdown(md),
-        "report_json": Json({k: rep[k] for k in ("models", "comparisons")}),
+        "report_json": Json({k: rep[k] for k in ("models", "comparisons", "controls")}),
     }
     for png in rep["images"]:
         metadata[png.removesuffix(".png")] = Image(png)
@@ -117,6 +152,7 @@ def run(r: StageRun) -> StageResult:
         metrics={
             "models": len(rep["models"]),
             "comparisons": len(rep["comparisons"]),
+            "controls_exceeded": sum(c["exceeds"] for c in rep["controls"]),
             "changes_beyond_noise": len(beyond),
             "total_wall_time_s": round(total_wall, 3),
             "total_cost": round(sum(x["cost"] for x in rep["ledger"]), 6),
@@ -140,6 +176,7 @@ REPORT = register(
         config=ReportConfig,
         produces="report",
         run=run,
+        validate=validate,
         description="Report card: per-model metrics with 95% intervals and paired beyond-noise tests, budget "
         "curves, cost ledger, environment and lineage (report.md, report.json, PNGs).",
         checks=(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics as M
+from .report_controls import control_comparisons, derive_pairs
 from .report_markdown import MODEL_METRICS, render_markdown
 from .report_plots import draw_plots
 
@@ -225,8 +226,10 @@ def build(
     hourly_price: float,
     currency: str = "USD",
     env: dict[str, Any] | None = None,
+    controls: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Write report.md, report.json and PNGs into ``out``; return the report.json content."""
+    """Write report.md, report.json and PNGs into ``out``; return the report.json content. ``controls``:
+    (treatment, control) model pairs to compare (``report_controls``); none given: pairs from the lineage."""
     env = env if env is not None else environment()
     evals = list(evals)
     by_model = {e.model_stage: e for e in evals}
@@ -264,6 +267,15 @@ def build(
             if c is not None:
                 comparisons.append(c)
 
+    # real-reward RL against its random / format-only controls
+    control_rows = control_comparisons(
+        list(controls) if controls else derive_pairs(models, stages, groups),
+        by_model,
+        stages,
+        groups,
+        lambda m: parent_model(m, evaluated, stages),
+    )
+
     ledger = _ledger(stages, evals, hourly_price)
     audit = {e.model_stage: (e.summary.get("audit") or {}) for e in evals}
     report_json = {
@@ -288,6 +300,7 @@ def build(
         },
         "seed_groups": groups,
         "comparisons": comparisons,
+        "controls": control_rows,
         "ledger": ledger,
         "price": {"hourly": hourly_price, "currency": currency},
         "audit": audit,

@@ -4,8 +4,8 @@ Key design choice: the Markdown is rendered from ``report.json`` alone (plus the
 lineage), so the two never disagree; each section states how to read its numbers (interval, pairing,
 beyond-noise rule) right above them, and the comparison and test-time scaling sections say so when there is
 nothing to show instead of disappearing.
-Sections: model metrics, stage-to-stage changes, test-time scaling, decontamination audit, cost ledger,
-lineage, environment.
+Sections: model metrics, stage-to-stage changes, RL against its controls, test-time scaling, decontamination
+audit, cost ledger, lineage, environment.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .evaluate import contamination_text
+from .report_controls import render_controls
 
 if TYPE_CHECKING:
     from .report import StageInfo
@@ -104,6 +105,7 @@ def render_markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
     else:
         L.append("No evaluated model descends from another evaluated model; nothing to compare.")
     L.append("")
+    L += render_controls(r.get("controls") or [])
     # budget forcing
     L += ["## Test-time scaling (budget forcing, Wait)", ""]
     if "budget_curves.png" in r.get("images", []):

@@ -1,0 +1,54 @@
+"""Reward lists and evaluation sweeps in a spec: an unknown reward, a bad control-reward parameter or a sweep
+that is not increasing is one issue naming the file, the stage and the field, raised when the spec loads
+(before any compute); the controls themselves load."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipelines.spec import SpecError, load_spec
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, stage: str, body: str) -> Path:
+    # the default pipeline with one stage's field overridden: everything else in the spec is valid
+    p = tmp_path / "spec.yaml"
+    head = f"pipeline: p\nextends: {ROOT / 'pipelines' / 'tiny_r1.yaml'}\nstages:\n  {stage}:\n"
+    p.write_text(head + textwrap.indent(textwrap.dedent(body), "    "))
+    return p
+
+
+@pytest.mark.parametrize(
+    "stage, body, field, words",
+    [
+        ("rl1", "rewards: [accuracy, acurracy]", "rewards", ["unknown reward 'acurracy'", "'random'"]),
+        ("rl1", "rewards: [{random: {p: 1.5}}]", "rewards", ["p must be a probability in [0, 1]"]),
+        ("rl1", "rewards: [{random: {prob: 0.5}}]", "rewards", ["no parameter(s) ['prob']"]),
+        ("rl2", "rewards: [acc]", "rewards", ["unknown reward 'acc'"]),
+        ("eval", "budgets: [32, 16, 64]", "budgets", ["strictly increasing", "16 after 32"]),
+        ("eval", "budgets: [8, 8]", "budgets", ["strictly increasing"]),
+        ("eval", "wait_extensions: [2, 1]", "wait_extensions", ["strictly increasing"]),
+    ],
+)
+def test_bad_reward_or_sweep_is_one_issue_naming_file_stage_and_field(tmp_path, stage, body, field, words):
+    p = _write(tmp_path, stage, body)
+    with pytest.raises(SpecError) as ei:
+        load_spec(p)
+    (issue,) = ei.value.issues
+    assert (issue.file, issue.stage, issue.field) == (str(p), stage, field)
+    msg = str(ei.value)
+    assert f"stage '{stage}'" in msg and f"field '{field}'" in msg
+    for w in words:
+        assert w in msg
+
+
+@pytest.mark.parametrize("rewards", ["[random]", "[{random: {p: 0.5, seed: 3}}]", "[format]"])
+def test_control_rewards_load(tmp_path, rewards):
+    spec = load_spec(_write(tmp_path, "rl1", f"rewards: {rewards}"))
+    assert spec.stages["rl1"].config.rewards
