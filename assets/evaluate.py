@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from ops.eval.budget import check_sweep
+
 from .posttrain import AnswerFormatName, PromptTemplate, answer_format_field, prompt_template_field
 from .registry import (
     CheckOutcome,
@@ -40,15 +42,6 @@ TRAINING_FILES = {
     "rollouts": ("rollouts.parquet",),
     "pairs": ("pairs.parquet",),
 }
-
-
-def _check_increasing(name: str, v: list[int]) -> None:
-    # a sweep is a curve over increasing values: a repeated or out-of-order value is a typo, not a request
-    bad = next((i for i in range(1, len(v)) if v[i] <= v[i - 1]), None)
-    if bad is not None:
-        raise ValueError(
-            f"{name} must be strictly increasing, got {v} ({v[bad]} after {v[bad - 1]} at position {bad})"
-        )
 
 
 class EvaluateConfig(StageConfig):
@@ -131,18 +124,12 @@ class EvaluateConfig(StageConfig):
     @field_validator("budgets")
     @classmethod
     def _budgets(cls, v: list[int]) -> list[int]:
-        if any(b < 0 for b in v):
-            raise ValueError(f"budgets must be >= 0 thinking tokens, got {v}")
-        _check_increasing("budgets", v)
-        return v
+        return check_sweep("budgets", v, 0, "thinking tokens")
 
     @field_validator("wait_extensions")
     @classmethod
     def _waits(cls, v: list[int]) -> list[int]:
-        if any(w < 1 for w in v):
-            raise ValueError(f"wait_extensions must be >= 1 (0 is the plain greedy run), got {v}")
-        _check_increasing("wait_extensions", v)
-        return v
+        return check_sweep("wait_extensions", v, 1, "(0 is the plain greedy run)")
 
 
 # ---- validation -------------------------------------------------------------------------------------------

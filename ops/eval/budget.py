@@ -28,6 +28,17 @@ from dataclasses import dataclass, field
 THINK, ANSWER, DONE = 0, 1, 2
 
 
+def check_sweep(name: str, v: list[int], minimum: int, unit: str) -> list[int]:
+    """``v`` if every value is at least ``minimum`` and the values strictly increase, else a ValueError naming
+    ``name``: a sweep is a curve, so a repeated or out-of-order value is a typo, not a request."""
+    if any(x < minimum for x in v):
+        raise ValueError(f"{name} must be >= {minimum} {unit}, got {v}")
+    bad = next((i for i in range(1, len(v)) if v[i] <= v[i - 1]), None)
+    if bad is not None:
+        raise ValueError(f"{name} must be strictly increasing, got {v} ({v[bad]} after {v[bad - 1]})")
+    return v
+
+
 @dataclass
 class Generated:
     """One completion: the text after the prompt (starting at ``<think>``) and its token accounting."""
