@@ -91,3 +91,21 @@ def test_control_classification():
     assert R.is_control(["format"]) == "format"
     assert R.is_control(["accuracy", "format", {"language": {"weight": 0.1}}]) is None
     assert R.is_control(["accuracy", "random"]) is None
+
+
+def test_draws_are_the_same_in_another_process():
+    # a resumed run scores its step in a new process: the draw must not depend on the process (no hash())
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from ops import rewards as R; "
+        "b = R.RewardBatch(['x'] * 64, ['1'] * 64, [1] * 64, 8); print(json.dumps(R.random_draws(b, 0.5, 3)))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    env_out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    assert json.loads(env_out) == R.random_draws(R.RewardBatch(["x"] * 64, ["1"] * 64, [1] * 64, 8), 0.5, 3)
