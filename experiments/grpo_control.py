@@ -9,7 +9,8 @@ sampling seeds), steps and held-out problems; the results go to ``OUT/<condition
 ``python -m experiments.grpo_control OUT --combine`` pairs the conditions (``ops.eval.metrics.control_gap``):
 each gain over the start, and treatment - control over seeds and over items, with ``exceeds`` = the real
 reward's gain is above the control's beyond noise; written to ``OUT/grpo_control.json``.
-Conditions run as separate processes so that they can share a loaded machine.
+Conditions run as separate processes so that they can share a loaded machine; a seed of a condition can run as
+its own process (``--first-seed S --seeds 1`` into ``OUT/<part>``) and is merged by ``--combine``.
 """
 
 from __future__ import annotations
@@ -29,15 +30,33 @@ CONDITIONS = {
 }
 
 
+def _merged(out: Path, cond: str) -> dict | None:
+    """``OUT/<cond>/grpo_paired.json`` with the seeds of any part run into ``OUT/<part>/<cond>/`` (a seed run as
+    its own process with ``--first-seed``) added; every part must have measured the same start."""
+    from ops.eval.metrics import item_level_gains, paired_gains
+
+    files = sorted(
+        p for p in [out / cond / "grpo_paired.json", *out.glob(f"*/{cond}/grpo_paired.json")] if p.exists()
+    )
+    if not files:
+        return None
+    res = json.loads(files[0].read_text())
+    for f in files[1:]:
+        part = json.loads(f.read_text())
+        if part["start"] != res["start"] or part["config"] != res["config"]:
+            raise SystemExit(f"{f} did not run the same start and settings as {files[0]}: cannot merge")
+        res["runs"] += part["runs"]
+    res["runs"] = sorted({r["seed"]: r for r in res["runs"]}.values(), key=lambda r: r["seed"])
+    res.update(paired_gains(res["runs"], res["start"]))
+    res.update(item_level_gains(res["runs"], res["start"]))
+    return res
+
+
 def combine(out_dir: Path | str) -> dict:
     from ops.eval.metrics import control_gap
 
     out = Path(out_dir)
-    runs = {
-        c: json.loads((out / c / "grpo_paired.json").read_text())
-        for c in CONDITIONS
-        if (out / c / "grpo_paired.json").exists()
-    }
+    runs = {c: r for c in CONDITIONS if (r := _merged(out, c)) is not None}
     if "real" not in runs:
         raise SystemExit(f"{out}/real/grpo_paired.json is missing: run --condition real first")
     real = runs["real"]

@@ -52,3 +52,30 @@ def test_bad_reward_or_sweep_is_one_issue_naming_file_stage_and_field(tmp_path, 
 def test_control_rewards_load(tmp_path, rewards):
     spec = load_spec(_write(tmp_path, "rl1", f"rewards: {rewards}"))
     assert spec.stages["rl1"].config.rewards
+
+
+def _control_spec(tmp_path: Path, controls: str) -> Path:
+    p = tmp_path / "controls.yaml"
+    p.write_text(
+        f"pipeline: p\nextends: {ROOT / 'pipelines' / 'tiny_r1.yaml'}\nstages:\n"
+        "  rl1_random: {kind: grpo, model: cold_sft, prompts: [rl_prompts], rewards: [random], steps: 40,\n"
+        "               prompts_per_step: 64, group_size: 8, lr: 5.0e-5, warmup_steps: 5, beta: 0.0}\n"
+        "  eval: {models: [base, cold_sft, rl1, rl1_random]}\n"
+        f"  report: {{controls: {controls}}}\n"
+    )
+    return p
+
+
+def test_report_controls_load_when_both_models_are_evaluated(tmp_path):
+    spec = load_spec(_control_spec(tmp_path, "[{treatment: rl1, control: rl1_random}]"))
+    (pair,) = spec.stages["report"].config.controls
+    assert (pair.treatment, pair.control) == ("rl1", "rl1_random")
+
+
+def test_report_control_that_is_not_evaluated_is_one_issue(tmp_path):
+    p = _control_spec(tmp_path, "[{treatment: rl1, control: rl2}]")
+    with pytest.raises(SpecError) as ei:
+        load_spec(p)
+    (issue,) = ei.value.issues
+    assert (issue.file, issue.stage, issue.field) == (str(p), "report", "controls.0.control")
+    assert "'rl2' is not a model evaluated by ['eval']" in str(ei.value)
