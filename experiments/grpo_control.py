@@ -80,6 +80,21 @@ def combine(out_dir: Path | str) -> dict:
             c: {k: v for k, v in r.items() if k.startswith(("gain_", "items_"))} for c, r in runs.items()
         },
         "vs": {},
+        # per-item scores (0/1 greedy, share of the k samples right) so the pairing can be recomputed
+        "items": {
+            "start": {k: real["start"][k] for k in ("greedy_items", "sampled_items")},
+            **{
+                c: [
+                    {
+                        "seed": x["seed"],
+                        "greedy_items": x["after"]["greedy_items"],
+                        "sampled_items": x["after"]["sampled_items"],
+                    }
+                    for x in r["runs"]
+                ]
+                for c, r in runs.items()
+            },
+        },
     }
     for c, r in runs.items():
         if c != "real":
