@@ -107,6 +107,55 @@ def dpo_loss(
     }
 
 
+def ipo_loss(
+    pol_chosen: torch.Tensor,
+    pol_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, dict]:
+    """Identity Preference Optimisation (Azar et al. 2023, eq. 17) on summed sequence log-probs ``[B]``.
+
+    ``h = (log pi(y_c|x) - log pi_ref(y_c|x)) - (log pi(y_r|x) - log pi_ref(y_r|x))``;
+    ``L = mean_i (h_i - 1/(2 beta))^2`` with the paper's regularisation ``tau = beta``: the log-ratio gap is
+    pulled toward a finite target instead of being pushed to infinity, so deterministic preferences do not
+    overfit. Stats as :func:`dpo_loss` (the margin is ``beta * h``, DPO's implicit-reward margin).
+    """
+    r_c = pol_chosen.float() - ref_chosen.float()
+    r_r = pol_rejected.float() - ref_rejected.float()
+    h = r_c - r_r
+    loss = ((h - 1 / (2 * beta)) ** 2).mean()
+    return loss, {
+        "accuracy": _num((h > 0).float().mean()),
+        "margin": _num(beta * h.mean()),
+        "chosen_reward": _num(beta * r_c.mean()),
+        "rejected_reward": _num(beta * r_r.mean()),
+    }
+
+
+def rpo_loss(
+    pol_chosen: torch.Tensor,
+    pol_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    chosen_len: torch.Tensor,
+    beta: float = 0.1,
+    alpha: float = 1.0,
+) -> tuple[torch.Tensor, dict]:
+    """Iterative Reasoning Preference Optimisation (Pang et al. 2024, eq. 1): DPO plus ``alpha`` times a
+    length-normalised negative log-likelihood of the chosen response.
+
+    ``L = mean_i [ -log sigma(r_c,i - r_r,i) - alpha log pi(y_c,i|x_i) / len_i ]`` with DPO's implicit rewards
+    ``r = beta (log pi - log pi_ref)``. ``chosen_len`` ``[B]`` is the paper's normaliser ``|x| + |c| + |y|``, the
+    token length of the whole chosen conversation (prompt and response); ``log pi(y_c|x)`` sums the response's
+    tokens (the prompt is conditioned on). The NLL term keeps the chosen chains likely, where plain DPO lowers
+    both responses' likelihood. Stats as :func:`dpo_loss` plus ``nll`` and the DPO term ``dpo``.
+    """
+    nll = -(pol_chosen.float() / chosen_len.float().clamp(min=1)).mean()
+    dpo, st = dpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, beta=beta)
+    return dpo + alpha * nll, {**st, "nll": _num(nll), "dpo": _num(dpo)}
+
+
 # ------------------------------------------------------------------------------------------------ KL
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of ``KL(pi || pi_ref)`` from samples of ``pi`` (Schulman 2020):

@@ -69,6 +69,52 @@ def test_dpo_matches_reference(gen, ls):
     assert st["margin"] == pytest.approx(sum(margins) / 6, rel=1e-5)
 
 
+def test_ipo_matches_reference(gen):
+    # Azar et al. 2023, eq. 17: (h - 1/(2 tau))^2 with h the log-likelihood-ratio difference, tau = beta
+    pc, pr, rc, rr = (torch.randn(7, generator=gen, dtype=torch.float64) * 5 for _ in range(4))
+    beta = 0.25
+    loss, st = losses.ipo_loss(pc, pr, rc, rr, beta=beta)
+    ref = 0.0
+    hs = []
+    for a, b, c, d in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist()):
+        h = math.log(math.exp(a) / math.exp(c)) - math.log(math.exp(b) / math.exp(d))
+        hs.append(h)
+        ref += (h - 1 / (2 * beta)) ** 2
+    assert loss.item() == pytest.approx(ref / 7, rel=1e-6)
+    assert st["margin"] == pytest.approx(beta * sum(hs) / 7, rel=1e-5)
+    assert st["accuracy"] == pytest.approx(sum(h > 0 for h in hs) / 7)
+
+
+def test_ipo_is_minimal_at_the_target_gap():
+    beta = 0.5
+    z = torch.zeros(1, dtype=torch.float64)
+    at = losses.ipo_loss(torch.tensor([1 / (2 * beta)], dtype=torch.float64), z, z, z, beta=beta)[0]
+    past = losses.ipo_loss(torch.tensor([3.0], dtype=torch.float64), z, z, z, beta=beta)[0]
+    assert at.item() == pytest.approx(0.0, abs=1e-12) and past.item() > 0  # DPO would keep pushing
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 2.5])
+def test_rpo_matches_reference(gen, alpha):
+    # Pang et al. 2024, eq. 1: -log sigma(beta log(pi_c/ref_c) - beta log(pi_r/ref_r))
+    #                          - alpha * log pi(x, c, y_c) / (|x| + |c| + |y|)
+    pc, pr, rc, rr = (-torch.rand(5, generator=gen, dtype=torch.float64) * 40 for _ in range(4))
+    lens = torch.tensor([12, 30, 7, 19, 44], dtype=torch.float64)
+    beta = 0.1
+    loss, st = losses.rpo_loss(pc, pr, rc, rr, lens, beta=beta, alpha=alpha)
+    ref, nll = 0.0, 0.0
+    for a, b, c, d, n in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist(), lens.tolist()):
+        ref += -math.log(_sig(beta * (a - c) - beta * (b - d))) - alpha * a / n
+        nll += -a / n
+    assert loss.item() == pytest.approx(ref / 5, rel=1e-6)
+    assert st["nll"] == pytest.approx(nll / 5, rel=1e-6)
+    # the NLL term's gradient on the chosen log-prob is -alpha / (B * len), on top of DPO's
+    pc_ = pc.clone().requires_grad_(True)
+    losses.rpo_loss(pc_, pr, rc, rr, lens, beta=beta, alpha=alpha)[0].backward()
+    pd_ = pc.clone().requires_grad_(True)
+    losses.dpo_loss(pd_, pr, rc, rr, beta=beta)[0].backward()
+    assert torch.allclose(pc_.grad - pd_.grad, -alpha / (5 * lens))
+
+
 def test_sequence_logprobs_sums_labelled_tokens(gen):
     logits = torch.randn(2, 5, 7, generator=gen, dtype=torch.float64)
     labels = torch.tensor([[-100, 1, 2, 3, -100], [-100, -100, 4, 5, 6]])
