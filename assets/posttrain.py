@@ -189,9 +189,10 @@ def pairs_path_fingerprint(cfg):
     return None
 
 
-def collect_pairs(run: StageRun, field: str, max_per_prompt: int, seed: int, path: str | None):
-    """The preference pairs of ``field`` (pairs artifacts, samples paired correct-vs-incorrect) and of the
-    user file ``path``, each source checked first."""
+def pair_sources(run: StageRun, field: str, max_per_prompt: int, seed: int, path: str | None) -> list[tuple]:
+    """The preference pairs of each source as ``(field, source name, pairs)``: each pairs artifact of
+    ``field``, its samples paired correct-vs-incorrect together (a prompt's samples from several stages pair
+    with each other), the user file ``path``; every source is checked before any is read."""
     from ops.posttrain.pairs import collect_pairs as collect
     from ops.posttrain.pairs import pairs_file_problems
 
@@ -207,8 +208,33 @@ def collect_pairs(run: StageRun, field: str, max_per_prompt: int, seed: int, pat
     probs = pairs_file_problems(user) if user else []
     if probs:
         raise PostTrainError(f"stage {run.stage!r}, field 'path': " + "; ".join(probs))
-    pair_dirs = [a.path for a in arts if a.produces == "pairs"]
-    return collect(pair_dirs, [a.path for a in samples], max_per_prompt, seed, user)
+    out = [
+        (
+            field,
+            f"stage {a.stage!r} ({a.path / 'pairs.parquet'})",
+            collect([a.path], [], max_per_prompt, seed),
+        )
+        for a in arts
+        if a.produces == "pairs"
+    ]
+    if samples:
+        names = ", ".join(repr(a.stage) for a in samples)
+        out.append(
+            (
+                field,
+                f"samples of stages {names}",
+                collect([], [a.path for a in samples], max_per_prompt, seed),
+            )
+        )
+    if user is not None:
+        out.append(("path", f"file {user}", collect([], [], max_per_prompt, seed, user)))
+    return out
+
+
+def collect_pairs(run: StageRun, field: str, max_per_prompt: int, seed: int, path: str | None):
+    """The preference pairs of ``field`` (pairs artifacts, samples paired correct-vs-incorrect) and of the
+    user file ``path``, each source checked first."""
+    return [p for _, _, pairs in pair_sources(run, field, max_per_prompt, seed, path) for p in pairs]
 
 
 def keep_training_state(run: StageRun) -> None:

@@ -1,5 +1,8 @@
-"""DPO against a frozen reference on preference pairs, on the shared training core.
+"""DPO and its variants (IPO, Iterative RPO's DPO + NLL) against a frozen reference on preference pairs, on
+the shared training core.
 
+``loss`` picks the objective (:func:`preference_loss`): ``dpo`` (Rafailov et al. 2023), ``ipo`` (Azar et al.
+2023) or ``rpo`` (DPO + ``alpha`` x length-normalised NLL of the chosen response, Pang et al. 2024).
 Key design choice: the reference log-probs of every pair are computed once before training (the reference
 never changes), so each step costs one policy forward over chosen + rejected; held-out pairs report the
 implicit-reward margin ``beta * [(log pi - log pi_ref)(chosen) - (log pi - log pi_ref)(rejected)]`` and
@@ -13,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.losses import dpo_loss
+from ops.losses import dpo_loss, ipo_loss, rpo_loss
 from ops.posttrain.common import (
     Example,
     collate,
@@ -32,6 +35,8 @@ class DPOParams:
     lr: float = 5e-5
     beta: float = 0.1
     label_smoothing: float = 0.0
+    loss: str = "dpo"  # dpo | ipo | rpo
+    alpha: float = 1.0  # rpo: weight of the chosen response's NLL
     batch_size: int = 16
     warmup_steps: int = 10
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -39,6 +44,21 @@ class DPOParams:
     seed: int = 0
     ckpt_every: int = 100  # checkpoint every N steps and at the end (with a work_dir); 0 = at the end only
     keep_last: int = 2  # checkpoints kept in the work directory
+
+
+LOSSES = ("dpo", "ipo", "rpo")
+
+
+def preference_loss(p: DPOParams, pc: Any, pr: Any, rc: Any, rr: Any, chosen_len: Any) -> tuple[Any, dict]:
+    """The objective ``p.loss`` on summed sequence log-probs of the policy (``pc``/``pr``) and reference
+    (``rc``/``rr``); ``chosen_len`` is each chosen conversation's token length (``rpo``'s normaliser)."""
+    if p.loss == "dpo":
+        return dpo_loss(pc, pr, rc, rr, beta=p.beta, label_smoothing=p.label_smoothing)
+    if p.loss == "ipo":
+        return ipo_loss(pc, pr, rc, rr, beta=p.beta)
+    if p.loss == "rpo":
+        return rpo_loss(pc, pr, rc, rr, chosen_len, beta=p.beta, alpha=p.alpha)
+    raise ValueError(f"unknown preference loss {p.loss!r}; use one of {', '.join(LOSSES)}")
 
 
 def _encode_pairs(tok, pairs: list[Pair], max_len: int):
@@ -89,10 +109,13 @@ def train_dpo(
     from ops.train.core import params_fingerprint, train
     from ops.train.optim import train_config
 
+    if p.loss not in LOSSES:
+        raise ValueError(f"unknown preference loss {p.loss!r}; use one of {', '.join(LOSSES)}")
     ch, rj = _encode_pairs(tok, pairs, p.max_len)
     if not ch:
         raise ValueError(f"no preference pair fits max_len={p.max_len}")
     pad = tok.pad_token_id
+    ch_len = torch.tensor([len(e[0]) for e in ch], dtype=torch.float32)
     ref.eval().requires_grad_(False)
     with torch.no_grad():
         ref_c, ref_r = _seq_lp(ref, ch, pad), _seq_lp(ref, rj, pad)
@@ -100,7 +123,7 @@ def train_dpo(
     def batch_fn(step: int, micro: int) -> dict:
         idx = epoch_batches(len(ch), p.batch_size, step, p.seed)
         b = collate([[ch[i]] for i in idx] + [[rj[i]] for i in idx], pad)
-        b["ref_c"], b["ref_r"] = ref_c[idx], ref_r[idx]
+        b["ref_c"], b["ref_r"], b["ch_len"] = ref_c[idx], ref_r[idx], ch_len[idx]
         return b
 
     def loss_fn(model, batch):
@@ -108,9 +131,7 @@ def train_dpo(
         b = to_device(batch, dev)
         lp = labelled_sequence_logprobs(model, b)
         n = lp.shape[0] // 2
-        loss, st = dpo_loss(
-            lp[:n], lp[n:], b["ref_c"], b["ref_r"], beta=p.beta, label_smoothing=p.label_smoothing
-        )
+        loss, st = preference_loss(p, lp[:n], lp[n:], b["ref_c"], b["ref_r"], b["ch_len"])
         return loss, {**st, "tokens": batch["tokens"]}
 
     cfg = train_config(p, log_every=max(p.steps // 20, 1))

@@ -62,6 +62,15 @@ def collect_pairs(
         pairs += pairs_from_rollouts(read_rollout_rows(sample_dirs), max_per_prompt, seed)
     if user_file is not None:
         pairs += pairs_from_table(
-            [{**r, "id": r.get("id") or f"user-{i}"} for i, r in enumerate(pq.read_table(user_file).to_pylist())]
+            [
+                {**r, "id": r.get("id") or f"user-{i}"}
+                for i, r in enumerate(pq.read_table(user_file).to_pylist())
+            ]
         )
     return pairs
+
+
+def identical_pairs(pairs: list[Pair]) -> list[Pair]:
+    """The pairs whose chosen and rejected responses are the same text (after the stop token is stripped):
+    they carry no preference (the preference term of every DPO loss is flat on them)."""
+    return [p for p in pairs if p.chosen.strip() == p.rejected.strip()]
