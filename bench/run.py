@@ -24,6 +24,7 @@ MODULES = [
     "bench_pretrain",
     "bench_multinode",
     "bench_grpo",
+    "bench_sft",
     "bench_eval",
 ]
 
