@@ -18,11 +18,14 @@ Same on both sides: fp32 on the CPU, ``THREADS`` torch threads, batch of ``BATCH
 right padding to the longest row of the batch (TRL's default collator; lmforge's ``collate``), loss on the
 assistant tokens only (TRL: prompt/completion conversations, ``completion_only_loss``), AdamW with the same
 lr, betas (0.9, 0.95), weight decay 0, gradient clip 1.0, cosine schedule with the same warm-up, a log record
-every step. What differs, as each trainer allows: TRL tokenizes prompt + completion as one string and its
-completion ends with the template's text after the turn end (``<|im_end|>\\n`` for ChatML: one token more per
-example than lmforge, which ends at ``<|im_end|>``); TRL shuffles with its own sampler, so the batches hold
-other examples (hence tokens/s, not step time); TRL's loss runs its chunked fused LM head and also computes
-entropy and top-1 accuracy for its metrics; lmforge's applies the head only at labelled positions.
+every step, no activation checkpointing (TRL's ``SFTConfig`` turns it on by default, which recomputes every
+layer's forward in the backward; one extra TRL round per architecture with that default is reported beside the
+headline ratio, as ``ratio_vs_trl_default_checkpointing``). What differs, as each trainer allows: TRL
+tokenizes prompt + completion as one string and its completion ends with the template's text after the turn
+end (``<|im_end|>\\n`` for ChatML: one token more per example than lmforge, which ends at ``<|im_end|>``); TRL
+shuffles with its own sampler, so the batches hold other examples (hence tokens/s, not step time); TRL's loss
+runs its chunked fused LM head and also computes entropy and top-1 accuracy for its metrics; lmforge's applies
+the head only at labelled positions.
 """
 
 from __future__ import annotations
@@ -172,7 +175,7 @@ def _ours(model_dir: Path, examples) -> dict:
     }
 
 
-def _trl(model_dir: Path, examples, tmp: Path) -> dict:
+def _trl(model_dir: Path, examples, tmp: Path, *, checkpointing: bool = False) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -208,6 +211,7 @@ def _trl(model_dir: Path, examples, tmp: Path) -> dict:
         weight_decay=0.0,
         max_grad_norm=1.0,
         optim="adamw_torch",
+        activation_checkpointing=checkpointing,  # TRL's default is on; lmforge's SFT default is off
         max_length=MAX_LEN,
         packing=False,
         padding_free=False,
@@ -283,16 +287,27 @@ def run(out_dir: str | Path) -> dict:
                 except Exception as e:  # noqa: BLE001 - reported in the result instead of a number
                     r["trl_error"] = f"{type(e).__name__}: {e}"
                     r["trl_traceback"] = traceback.format_exc()[-2000:]
+        if trl_rounds:
+            # one more round with TRL's own default (activation checkpointing on): what a user gets out of the box
+            try:
+                r["trl_default_checkpointing"] = _trl(model_dir, examples, tmp, checkpointing=True)
+            except Exception as e:  # noqa: BLE001 - reported in the result instead of a number
+                r["trl_default_checkpointing_error"] = f"{type(e).__name__}: {e}"
         r["lmforge_rounds"] = ours_rounds
         r["lmforge"] = _best(ours_rounds)
         if trl_rounds:
             r["trl_rounds"] = trl_rounds
             r["trl"] = _best(trl_rounds)
             r["ratio_tokens_per_s"] = r["lmforge"]["tokens_per_s"] / r["trl"]["tokens_per_s"]
+            if "trl_default_checkpointing" in r:
+                r["ratio_vs_trl_default_checkpointing"] = (
+                    r["lmforge"]["tokens_per_s"] / r["trl_default_checkpointing"]["tokens_per_s"]
+                )
             lines.append(
                 f"| {family} | {r['lmforge']['tokens_per_s']:.0f} | {r['trl']['tokens_per_s']:.0f} | "
                 f"{r['ratio_tokens_per_s']:.2f}x | {r['lmforge']['tokens_per_step']:.0f} / "
-                f"{r['trl']['tokens_per_step']:.0f} tokens/step |"
+                f"{r['trl']['tokens_per_step']:.0f} tokens/step; vs TRL with its default activation "
+                f"checkpointing {r.get('ratio_vs_trl_default_checkpointing', float('nan')):.2f}x |"
             )
         else:
             err = r.get("trl_error") or res.get("trl_error", "")
