@@ -60,12 +60,12 @@ class HFModelConfig(StageConfig):
 
 def _source(c: HFModelConfig) -> tuple[str, Path, str | None]:
     """``(field, directory, resolved commit)``; raises ModelImportError naming what is missing."""
-    from ops.hf_import import ModelImportError, resolve_hub
+    from ops.hf_import import CheckpointNotFound, resolve_hub
 
     if c.path:
         p = Path(c.path).expanduser()
         if not p.is_dir():
-            raise ModelImportError(f"{p}: no such directory")
+            raise CheckpointNotFound(f"{p}: no such directory")
         return "path", p.resolve(), None
     snap, commit = resolve_hub(str(c.hub_id), c.revision, c.cache_dir)
     return "hub_id", snap, commit
@@ -73,10 +73,13 @@ def _source(c: HFModelConfig) -> tuple[str, Path, str | None]:
 
 def _problems(c: HFModelConfig) -> list[tuple[str, str]]:
     """``[(field, message)]``: an unresolvable source, then every refusal of the checkpoint."""
-    from ops.hf_import import ModelImportError, problems
+    from ops.hf_import import CheckpointNotFound, ModelImportError, problems
+    from ops.loaders import MissingInput
 
     try:
         field, src, _ = _source(c)
+    except CheckpointNotFound as e:
+        return [MissingInput("hub_id" if c.hub_id else "path", str(e))]
     except ModelImportError as e:
         return [("hub_id" if c.hub_id else "path", str(e))]
     return [(field, f"{f}: {m}") for f, m in problems(src, chat_template_given=bool(c.chat_template))]

@@ -126,7 +126,7 @@ def _files(cfg) -> list[tuple[str, str]]:
 
 def validate(cfg, refs=None) -> list[tuple[str, str]]:
     """Missing or unreadable files and missing columns, per field; the chat column modes."""
-    from ops.loaders import file_problems
+    from ops.loaders import MissingInput, file_problems
 
     errs: list[tuple[str, str]] = []
     if isinstance(cfg, ChatFileConfig):
@@ -139,8 +139,10 @@ def validate(cfg, refs=None) -> list[tuple[str, str]]:
             errs.append(("system_column", "a system column goes with prompt/response columns"))
     cols = {k: v for k, v in cfg.columns().items() if v}
     for fld, path in _files(cfg):
-        for where, msg in file_problems(path, cols):
-            errs.append((fld if where == "path" else where, msg))
+        for problem in file_problems(path, cols):
+            where, msg = problem
+            at = fld if where == "path" else where
+            errs.append(MissingInput(at, msg) if isinstance(problem, MissingInput) else (at, msg))
     return errs
 
 

@@ -58,6 +58,11 @@ class ModelImportError(ValueError):
     """A checkpoint that cannot be imported (raised before anything is copied)."""
 
 
+class CheckpointNotFound(ModelImportError):
+    """The checkpoint is not on this machine (no such directory, or not in the local Hugging Face cache): the
+    spec may be right and the files not there yet."""
+
+
 # --------------------------------------------------------------------------------------------- sources
 def hub_cache_dir(cache_dir: str | None = None) -> Path:
     """The Hugging Face hub cache: ``cache_dir``, else ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
@@ -84,7 +89,7 @@ def resolve_hub(hub_id: str, revision: str = "main", cache_dir: str | None = Non
         commit = ref.read_text().strip()
     snap = repo / "snapshots" / commit
     if not (snap / "config.json").is_file():
-        raise ModelImportError(
+        raise CheckpointNotFound(
             f"{hub_id}@{revision} is not in the local Hugging Face cache ({snap} has no config.json; "
             "lmforge never downloads at run time). On a machine with internet run "
             f"`hf download {hub_id} --revision {revision} --cache-dir {root}` (older clients: "

@@ -117,6 +117,15 @@ def _columns(p: Path) -> list[str]:
     return list(cols)
 
 
+class MissingInput(tuple):
+    """A ``(field, message)`` problem saying an input is not on this machine (a file or checkpoint not found),
+    as opposed to one that is there and wrong: the spec is valid, its inputs are not present yet. The Dagster
+    code location leaves such a spec out instead of failing every other pipeline with it."""
+
+    def __new__(cls, field: str, message: str) -> MissingInput:
+        return super().__new__(cls, (field, message))
+
+
 def file_problems(path: str | Path | None, columns: dict[str, str | None]) -> list[tuple[str, str]]:
     """``[(config field, message)]`` for a file that is missing or unreadable, or lacks a mapped column
     (``columns``: config field -> column name; ``None`` entries are not required). Empty when usable."""
@@ -124,7 +133,7 @@ def file_problems(path: str | Path | None, columns: dict[str, str | None]) -> li
         return []
     p = Path(path).expanduser()
     if not p.is_file():
-        return [("path", f"{p}: file not found")]
+        return [MissingInput("path", f"{p}: file not found")]
     try:
         names = _columns(p)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error

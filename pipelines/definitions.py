@@ -2,11 +2,15 @@
 
 Key design choice: loading definitions reads YAML and hashes configs only -- no torch, transformers or
 datatrove import -- so ``dagster dev`` starts in seconds. A spec that fails validation fails the code
-location load with the compiler's message (file, stage, field, line), which the UI shows.
+location load with the compiler's message (file, stage, field, line), which the UI shows. A valid spec whose
+input files or checkpoint are not on this machine (a recipe waiting for its model and data) is left out with
+a warning naming each missing input, so it never takes the other pipelines down with it.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,9 +21,28 @@ from resources.lmforge import LmforgeResource
 
 from .spec import SpecError, SpecIssue, load_spec, spec_files
 
+log = logging.getLogger("lmforge")
+
+
+def _load_present(paths: Iterable[Path]) -> list:
+    """Every spec, except those whose only problems are inputs missing on this machine (warned about)."""
+    specs = []
+    for p in paths:
+        try:
+            specs.append(load_spec(p))
+        except SpecError as e:
+            if not e.issues or not all(i.missing_input for i in e.issues):
+                raise
+            msg = f"{p}: left out of the Dagster definitions, its inputs are not on this machine:\n" + "\n".join(
+                f"  {i}" for i in e.issues
+            )
+            log.warning(msg)
+            warnings.warn(msg, stacklevel=2)
+    return specs
+
 
 def build_definitions(paths: Iterable[Path] | None = None, home: str = "") -> dg.Definitions:
-    specs = [load_spec(p) for p in (paths if paths is not None else spec_files())]
+    specs = _load_present(paths if paths is not None else spec_files())
     seen: dict[str, Path] = {}
     for s in specs:
         if s.name in seen:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from assets.registry import StageKind, load_kinds, partition_version, ref_fields, stage_version
 from ops.fingerprint import UnhashableValue
+from ops.loaders import MissingInput
 
 from .spec_env import unresolved
 from .spec_reader import SPEC_DIR, SpecError, SpecIssue, read_raw, resolve_spec_path
@@ -209,8 +210,10 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
                     problems = st.kind.validate(st.config, kinds_of)
             except Exception as e:  # a validator must not crash the compiler
                 problems = [(None, f"validation failed: {e}")]
-            for fld, msg in problems or []:
-                issues.append(SpecIssue(f, st.name, fld, msg, lines.get(("stages", st.name, str(fld)))))
+            for problem in problems or []:
+                fld, msg = problem
+                issues.append(SpecIssue(f, st.name, fld, msg, lines.get(("stages", st.name, str(fld))),
+                                        missing_input=isinstance(problem, MissingInput)))
 
     # automation
     automation = data.get("automation") or {}

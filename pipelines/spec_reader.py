@@ -29,6 +29,7 @@ class SpecIssue:
     field: str | None
     message: str
     line: int | None = None
+    missing_input: bool = False  # an input file or checkpoint not on this machine (the spec itself is valid)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
