@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.spec import load_spec, spec_files
+from pipelines.spec import SpecError, load_spec, spec_files
 
 from .servers import dagster_server, graphql
 
@@ -23,10 +23,17 @@ def test_definitions_load_and_every_spec_validates():
     from pipelines.definitions import defs
 
     dg.Definitions.validate_loadable(defs)
-    names = {load_spec(p).name for p in spec_files()}
+    names, waiting = set(), set()
+    for p in spec_files():
+        try:
+            names.add(load_spec(p).name)
+        except SpecError as e:  # a recipe whose model or data is not on this machine is left out, nothing else
+            assert e.issues and all(i.missing_input for i in e.issues), str(e)
+            waiting.add(p.stem)
     assert "tiny_r1" in names
     groups = {spec.key.path[0] for spec in defs.resolve_all_asset_specs()}
     assert names <= groups
+    assert not waiting & groups
 
 
 def test_webserver_serves_lineage(lmforge_home, tmp_path):

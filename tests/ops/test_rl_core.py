@@ -59,7 +59,7 @@ def test_grpo_steps_without_a_live_group_move_nothing(tmp_path):
 def test_rl_kinds_are_stepped_by_the_training_core(kind, monkeypatch):
     import ops.train.core as core
     from tests import posttrain_helpers as H
-    from tests.ops.rl_resume_runs import run
+    from tests.ops.rl.resume_runs import run
 
     calls = []
     real = core.train
