@@ -15,7 +15,7 @@ The chat format (every stage agrees on it; post-training imports the helpers bel
 
 from __future__ import annotations
 
-import random
+import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -142,11 +142,16 @@ def load_tokenizer(path: Path | str) -> Any:
 
 
 def split_held_out(texts: list[str], frac: float, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Deterministic document-level split into (train, held_out); held_out gets >= 1 doc when possible."""
-    idx = list(range(len(texts)))
-    random.Random(seed).shuffle(idx)
+    """Document-level split into (train, held_out); held_out gets >= 1 doc when possible.
+
+    Which documents are held out depends on their text and ``seed`` only, never on their position, so the
+    same documents in another order give the same tokenizer (BPE merges depend on word counts alone).
+    """
+    def key(i: int) -> bytes:
+        return hashlib.sha256(f"{seed}\x00{texts[i]}".encode("utf-8", errors="surrogatepass")).digest()
+
     n_held = min(len(texts) - 1, max(1, round(frac * len(texts)))) if len(texts) > 1 else 0
-    held = set(idx[:n_held])
+    held = set(sorted(range(len(texts)), key=lambda i: (key(i), i))[:n_held])
     return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
 
 

@@ -98,8 +98,13 @@ def extract_pipeline(
     ]
 
 
-def merge_shards(shard_dir: Path, out: Path, sort_by: str = "source_record") -> int:
-    """Concatenate per-rank shards into ``out/documents.parquet`` in a deterministic order."""
+def merge_shards(shard_dir: Path, out: Path, sort_by: tuple[str, ...] = ("url", "id")) -> int:
+    """Concatenate per-rank shards into ``out/documents.parquet`` sorted by ``sort_by`` (then ``id``).
+
+    Extraction sorts by URL: a crawl writes records in the order its concurrent fetches finish, so record
+    positions change from crawl to crawl while the pages do not; every later stage keeps this order.
+    An empty ``sort_by`` keeps the shards' order (rank-numbered shards of consecutive input rows).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -107,7 +112,8 @@ def merge_shards(shard_dir: Path, out: Path, sort_by: str = "source_record") -> 
     tables = [pq.read_table(f, schema=documents_schema()) for f in files]
     table = pa.concat_tables(tables) if tables else documents_schema().empty_table()
     if table.num_rows and sort_by:
-        table = table.sort_by([(sort_by, "ascending"), ("id", "ascending")])
+        keys = list(dict.fromkeys([*sort_by, "id"]))
+        table = table.sort_by([(k, "ascending") for k in keys])
     return write_documents(table, out)
 
 

@@ -241,7 +241,7 @@ def run_filters(
     )
     with open_executor(executor, workers=min(workers, tasks), warm=LAZY_IMPORTS) as runner:
         stats = step_counts(runner.run(pipeline, work / "filter_logs", tasks=tasks, workers=workers))
-    n_out = merge_shards(shards, out, sort_by="")  # rank-numbered shards of consecutive rows: input order
+    n_out = merge_shards(shards, out, sort_by=())  # rank-numbered shards of consecutive rows: input order
     reader = stats[0] if stats else {}
     n_in = reader.get("documents", 0)
     funnel = []

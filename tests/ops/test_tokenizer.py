@@ -91,6 +91,39 @@ def test_bpe_compresses_held_out_text_and_round_trips():
         assert all(sum(c.isdigit() for c in p) == 1 for p in pieces), pieces
 
 
+_TRAIN_IN_FRESH_PROCESS = """
+import hashlib, json, random, sys
+from ops import tokenizer as T
+texts = json.load(open(sys.argv[1]))
+random.Random(int(sys.argv[2])).shuffle(texts)
+train, held = T.split_held_out(texts, 0.1)
+tok = T.train_bpe(train, 700)
+print(json.dumps({"held": sorted(held), "tok": hashlib.sha256(tok.to_str().encode()).hexdigest()}))
+"""
+
+
+@pytest.mark.unit
+def test_tokenizer_is_the_same_for_the_same_documents_in_any_order_and_process(tmp_path):
+    """The same corpus in another order (a re-crawl writes pages in fetch order), trained in fresh processes
+    (tokenizers' Rust hash maps are seeded per process), gives the same held-out split and tokenizer."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    texts = [t for _, t in pydoc_paragraphs()][:150]
+    src = tmp_path / "texts.json"
+    src.write_text(json.dumps(texts))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = [
+        json.loads(subprocess.run([sys.executable, "-c", _TRAIN_IN_FRESH_PROCESS, str(src), str(seed)],
+                                  check=True, capture_output=True, text=True, env=env, timeout=300).stdout)
+        for seed in (0, 1)
+    ]
+    assert runs[0] == runs[1]
+    assert 1 <= len(runs[0]["held"]) < len(texts)
+
+
 @pytest.mark.unit
 def test_saved_tokenizer_loads_with_autotokenizer_and_renders_chat(tmp_path):
     from transformers import AutoTokenizer

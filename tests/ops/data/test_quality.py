@@ -325,3 +325,26 @@ def test_language_filter_reuses_extract_language_only_for_unedited_text():
     assert f.stats["language_reused"].total == 1
     # the bare benchmark reference never reuses
     assert LanguageFilter(["en"], reuse=False).filter(kept) is True
+
+
+def test_extract_order_does_not_depend_on_record_order(tmp_path):
+    """A crawl writes records in the order its fetches finish; the same pages in another order extract to the
+    same documents in the same order (by URL), so every later stage sees the same corpus."""
+    from ops.data.extract import extract
+
+    prose = _prose_pages()
+    pages = [
+        (f"http://w/{name}", f"<html><body><article><p>{t}</p></article></body></html>".encode(), "text/html")
+        for name, t in zip(["b", "a", "d", "c", "e"], prose[:5], strict=True)
+    ]
+    rows = []
+    for tag, order in (("fwd", pages), ("rev", pages[::-1])):
+        d = tmp_path / tag / "warc"
+        d.mkdir(parents=True)
+        (d / "crawl-00000.warc.gz").write_bytes(_warc_bytes(order))
+        out = tmp_path / tag / "out"
+        out.mkdir()
+        extract(d, out, tmp_path / tag / "work", "v")
+        rows.append([(r["url"], r["id"], r["text"]) for r in read_documents(out).to_pylist()])
+    assert [u for u, _, _ in rows[0]] == sorted(f"http://w/{n}" for n in "abcde")
+    assert rows[0] == rows[1]
