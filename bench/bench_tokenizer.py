@@ -68,7 +68,7 @@ def _stage(texts: list[str], home: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, float(art.metrics["train_s"])
 
 
-def run(out_dir: Path | str, rounds: int = 3) -> dict:
+def run(out_dir: Path | str, rounds: int = 5) -> dict:
     texts = _texts()
     mb = sum(len(t.encode()) for t in texts) / 1e6
     stage_rounds: list[tuple[float, float]] = []
