@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 # 2: no object addresses, environment or install paths (they differed per process and machine)
-RENDERER_VERSION = "2"
+RENDERER_VERSION = "3"
 
 # Pure-Python standard-library modules that are safe to import (no side effects, no GUI, no network at
 # import) and whose docstrings carry prose. Never add antigravity, this, tkinter, idlelib, turtle.
@@ -286,6 +286,29 @@ def render_site(dest: Path, modules: tuple[str, ...] = MODULES) -> dict[str, int
     return {"modules": len(names), "topics": len(topic_names)}
 
 
+def _render_in_fresh_process(dest: Path, modules: tuple[str, ...]) -> None:
+    """``render_site`` in a new interpreter with a fixed hash seed and a minimal environment.
+
+    Module pages show module-level values, which are run-time state: ``mimetypes.inited`` and its maps change
+    once anything in the process guesses a type (serving the site does), and set reprs follow the per-process
+    string hash seed. A fresh interpreter that only imports the modules renders the same bytes every time.
+    """
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {"PYTHONHASHSEED": "0", "PYTHONPATH": str(root), "LC_ALL": "C.UTF-8", "PATH": os.environ.get("PATH", "")}
+    code = (
+        "import sys; from pathlib import Path; from resources.site import render_site; "
+        "render_site(Path(sys.argv[1]), tuple(sys.argv[2].split(',')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-s", "-c", code, str(dest), ",".join(modules)],
+        env=env, cwd=str(dest.parent), capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"rendering the local documentation site into {dest} failed: {proc.stderr[-2000:]}")
+
+
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - signature fixed by http.server
         pass
@@ -308,7 +331,7 @@ class LocalDocsSite:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.root.parent / f".tmp-{uuid.uuid4().hex[:8]}"
         try:
-            render_site(tmp, self.modules)
+            _render_in_fresh_process(tmp, self.modules)
             try:
                 os.rename(tmp, self.root)
             except OSError:  # another process rendered the same key first: theirs is identical

@@ -39,3 +39,20 @@ def test_two_renders_in_different_processes_are_identical_and_leak_nothing(tmp_p
         assert "s3cr3t" not in text and " at 0x" not in text, p.name
         assert sys.executable not in text and str(ROOT) not in text, p.name
     assert "Lib/os.py" in (a / "os.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_the_site_does_not_depend_on_the_state_of_the_process_that_asks_for_it(tmp_path, monkeypatch):
+    """Module pages show module-level values; serving files initialises ``mimetypes`` (its ``inited`` flag
+    and maps change), so a site rendered by a process that had already served or crawled would differ."""
+    import mimetypes
+
+    from resources.site import LocalDocsSite
+
+    mods = ("mimetypes", "os")
+    monkeypatch.setattr(mimetypes, "inited", False)
+    a = LocalDocsSite(tmp_path / "a", mods).ensure_rendered()
+    mimetypes.init()
+    b = LocalDocsSite(tmp_path / "b", mods).ensure_rendered()
+    for rel in ("mimetypes.html", "os.html", "index.html"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
