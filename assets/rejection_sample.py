@@ -1,5 +1,6 @@
 """Stage kind ``rejection_sample``: k samples per prompt, kept when verified correct (or best-of-k by a
-reward model), de-duplicated and length-capped, into SFT data (``ops.posttrain.rejection``).
+reward model, or the shortest correct one for a long-to-short SFT), de-duplicated and length-capped, into SFT
+data (``ops.posttrain.rejection``).
 
 Key design choice: config -> one ``rejection_sample`` call -> an ``sft_data`` artifact that also keeps
 every sample drawn (``rollouts.parquet``); each kept row names its rollout in ``parent_ids``, and blocking
@@ -44,11 +45,12 @@ class RejectionConfig(StageConfig):
     )
     reward_model: str | None = ref(*MODEL, optional=True, description="scores samples for keep=best_of_k")
     samples: int = Field(8, ge=1, description="samples per prompt (k)")
-    keep: Literal["correct", "best_of_k"] = Field(
+    keep: Literal["correct", "best_of_k", "shortest"] = Field(
         "correct",
         description="'correct': every verified-correct "
         "distinct sample (up to max_per_prompt); 'best_of_k': the verified "
-        "sample the reward model scores highest",
+        "sample the reward model scores highest; 'shortest': the shortest verified sample (Kimi k1.5's "
+        "long-to-short rejection sampling)",
     )
     max_prompts: int = Field(1000, ge=1, description="prompts to sample (the first N of the training split)")
     max_per_prompt: int = Field(2, ge=1, description="kept responses per prompt after de-duplication")
@@ -59,6 +61,22 @@ class RejectionConfig(StageConfig):
     seed: int = Field(0, description="sampling seed")
 
 
+def validate(c: RejectionConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
+    """``best_of_k`` needs a reward model; ``shortest`` selects by length alone, so a reward model there would
+    be loaded and ignored; ``shortest`` keeps one sample per prompt, so a larger ``max_per_prompt`` is a
+    mistake."""
+    problems = []
+    if c.keep == "best_of_k" and not c.reward_model:
+        problems.append(("reward_model", "keep=best_of_k needs a reward_model"))
+    if c.keep == "shortest" and c.reward_model:
+        problems.append(("reward_model", "keep=shortest selects by length alone; remove the reward_model"))
+    if c.keep == "shortest" and "max_per_prompt" in c.model_fields_set and c.max_per_prompt != 1:
+        problems.append(
+            ("max_per_prompt", f"keep=shortest keeps one sample per prompt; got max_per_prompt={c.max_per_prompt}")
+        )
+    return problems
+
+
 def run(run: StageRun) -> StageResult:
     from ops.posttrain.rejection import RejectionParams, rejection_sample, write_sft
     from ops.posttrain.rm import load_reward_model
@@ -67,10 +85,8 @@ def run(run: StageRun) -> StageResult:
 
     c: RejectionConfig = run.config
     check_template(run, "model")
-    if c.keep == "best_of_k" and not run.inputs.get("reward_model"):
-        raise PostTrainError(
-            f"stage {run.stage!r}, field 'reward_model': keep=best_of_k needs a reward_model"
-        )
+    for field, msg in validate(c, {}):
+        raise PostTrainError(f"stage {run.stage!r}, field {field!r}: {msg}")
     tasks = train_tasks(run, "prompts")[: c.max_prompts]
     model, tok = load_policy(run, "model")
     rm = load_reward_model(run.input("reward_model").path) if run.inputs.get("reward_model") else None
@@ -104,8 +120,10 @@ REJECTION = register(
         config=RejectionConfig,
         produces="sft_data",
         run=run,
+        validate=validate,
         pool="gpu",
-        description="k samples per prompt, verified (or best-of-k by a reward model), de-duplicated -> SFT data",
+        description="k samples per prompt, verified (all, best-of-k by a reward model, or the shortest), "
+        "de-duplicated -> SFT data",
         checks=(
             CheckSpec("only_verified", "only verified-correct answers are kept", blocking=True),
             CheckSpec("provenance", "kept rows point at their rollouts", blocking=True),

@@ -1,5 +1,6 @@
-"""Rejection sampling: k samples per prompt, kept by the verifier (all correct) or by a reward model
-(best-of-k), de-duplicated and length-capped, into an SFT dataset whose rows point at their rollouts.
+"""Rejection sampling: k samples per prompt, kept by the verifier (all correct), by a reward model
+(best-of-k) or by length (the shortest correct one, Kimi k1.5's long-to-short rejection sampling),
+de-duplicated and length-capped, into an SFT dataset whose rows point at their rollouts.
 
 Key design choice: every sample drawn is written as a rollout row with its own id, and every kept SFT row
 lists that id in ``parent_ids``; the verifier is ``ops.tasks.is_correct`` in each task's answer format
@@ -17,11 +18,13 @@ from ops.generate import generate
 from ops.posttrain.common import strip_stop
 from ops.tasks import Task, format_ok, is_correct
 
+KEEP_MODES = ("correct", "best_of_k", "shortest")
+
 
 @dataclass
 class RejectionParams:
     samples: int = 8
-    keep: str = "correct"  # correct | best_of_k (needs a reward model)
+    keep: str = "correct"  # correct | best_of_k (needs a reward model) | shortest
     max_per_prompt: int = 2  # kept responses per prompt after de-duplication
     max_response_tokens: int = 96  # length cap (longer samples are rejected)
     temperature: float = 1.0
@@ -40,8 +43,8 @@ def rejection_sample(
     stage: str = "rs",
 ) -> tuple[list[dict], list[dict], dict]:
     """Returns ``(sft_rows, rollout_rows, stats)``."""
-    if p.keep not in ("correct", "best_of_k"):
-        raise ValueError(f"keep must be 'correct' or 'best_of_k', got {p.keep!r}")
+    if p.keep not in KEEP_MODES:
+        raise ValueError(f"keep must be one of {list(KEEP_MODES)}, got {p.keep!r}")
     if p.keep == "best_of_k" and reward_model is None:
         raise ValueError("keep='best_of_k' needs a reward model")
     samples = generate(
@@ -74,6 +77,8 @@ def rejection_sample(
         "too_long": 0,
         "prompts_kept": 0,
     }
+    cand_tokens: list[int] = []  # lengths of the distinct correct samples (the candidates)
+    kept_tokens: list[int] = []
     for ti, task in enumerate(tasks):
         seen: set[str] = set()
         cands = []
@@ -114,10 +119,13 @@ def rejection_sample(
                 stats["duplicates"] += 1
                 continue
             seen.add(body)
-            cands.append((rm_scores[k] if rm_scores is not None else 0.0, -s.n_tokens, rid, body))
-        cands.sort(reverse=True)  # best reward-model score first, then shortest
-        chosen = cands[:1] if p.keep == "best_of_k" else cands[: p.max_per_prompt]
-        for _, _, rid, body in chosen:
+            cand_tokens.append(s.n_tokens)
+            score = rm_scores[k] if rm_scores is not None and p.keep != "shortest" else 0.0
+            cands.append((score, -s.n_tokens, rid, body, s.n_tokens))
+        cands.sort(reverse=True)  # best reward-model score first (shortest: length only), then shortest
+        chosen = cands[:1] if p.keep in ("best_of_k", "shortest") else cands[: p.max_per_prompt]
+        for _, _, rid, body, n_tokens in chosen:
+            kept_tokens.append(n_tokens)
             sft.append(
                 {
                     "id": f"{rid}-sft",
@@ -129,6 +137,9 @@ def rejection_sample(
             )
         stats["prompts_kept"] += bool(chosen)
     stats["kept"] = len(sft)
+    # mean length of the candidates and of the kept samples: what a length-based selection saved
+    stats["candidate_mean_tokens"] = sum(cand_tokens) / len(cand_tokens) if cand_tokens else None
+    stats["kept_mean_tokens"] = sum(kept_tokens) / len(kept_tokens) if kept_tokens else None
     return sft, rollouts, stats
 
 

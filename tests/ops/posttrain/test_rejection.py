@@ -62,7 +62,17 @@ def test_only_correct_formatted_finished_distinct_samples_are_kept(planted):
         "answer": "12",
         "parent_ids": ["rs-t1-0", "t1"],
     }
-    assert stats == {"sampled": 8, "correct": 6, "kept": 3, "duplicates": 1, "too_long": 1, "prompts_kept": 2}
+    assert stats == {
+        "sampled": 8,
+        "correct": 6,
+        "kept": 3,
+        "duplicates": 1,
+        "too_long": 1,
+        "prompts_kept": 2,
+        # distinct correct samples of 10, 14 and 9 tokens, all kept
+        "candidate_mean_tokens": 11.0,
+        "kept_mean_tokens": 11.0,
+    }
     # every sample is a rollout row, kept or not, with its verifier reward
     assert [r["id"] for r in rollouts] == [f"rs-t{t}-{j}" for t in (1, 2) for j in range(4)]
     assert [r["reward"] for r in rollouts] == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
@@ -94,8 +104,26 @@ def test_best_of_k_keeps_the_reward_models_favourite_among_the_correct(planted, 
     assert [r["reward_model"] for r in rollouts] == scores
 
 
+def test_shortest_keeps_one_shortest_correct_sample_per_prompt_whatever_a_reward_model_says(
+    planted, monkeypatch
+):
+    import ops.posttrain.rm as rm
+
+    # a reward model favouring the longer correct answer of t1 does not change a length-based selection
+    monkeypatch.setattr(rm, "score_texts", lambda model, tok, prompts, texts: [0.1, 0.9, 5.0, 0.1, 0, 0, 5, 0.3])
+    for reward_model in (None, object()):
+        sft, _, stats = rejection_sample(
+            None, None, TASKS, RejectionParams(samples=4, keep="shortest"), reward_model=reward_model
+        )
+        assert [r["id"] for r in sft] == ["rs-t1-0-sft", "rs-t2-3-sft"]
+        assert (stats["candidate_mean_tokens"], stats["kept_mean_tokens"]) == (11.0, 9.5)
+    # keep=correct keeps both correct answers of t1 (10 and 14 tokens): the candidates' mean
+    _, _, stats = rejection_sample(None, None, TASKS, RejectionParams(samples=4, keep="correct"))
+    assert stats["kept_mean_tokens"] == 11.0
+
+
 def test_bad_settings_are_refused_before_sampling(planted):
-    with pytest.raises(ValueError, match="keep must be 'correct' or 'best_of_k'"):
+    with pytest.raises(ValueError, match=r"keep must be one of \['correct', 'best_of_k', 'shortest'\]"):
         rejection_sample(None, None, TASKS, RejectionParams(keep="all"))
     with pytest.raises(ValueError, match="needs a reward model"):
         rejection_sample(None, None, TASKS, RejectionParams(keep="best_of_k"))
