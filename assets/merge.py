@@ -2,7 +2,11 @@
 (``ops.posttrain.merge``).
 
 Key design choice: config -> one ``merge_models`` call -> a model artifact; with ``eval_tasks`` every input
-and the merge are scored on the same held-out problems, so the table shows what the merge kept.
+and the merge are scored on the same held-out problems, so the table shows what the merge kept. Averaged
+weights mean something only over one vocabulary, so models of different tokenizers are refused twice before
+any weight is read: when the spec is compiled (their lineages lead to different tokenizer stages or imported
+checkpoints, :func:`tokenizer_sources`) and when the stage runs (their stored tokenizers' vocabularies
+differ), each naming the stage, the field and both models.
 """
 
 from __future__ import annotations
@@ -28,6 +32,81 @@ class MergeConfig(StageConfig):
     eval_problems: int = Field(100, ge=0, description="held-out problems scored per model")
 
 
+def source_stages(stage: str, stages: dict[str, Any]) -> list[str]:
+    """The stages ``stage``'s vocabulary comes from: each ``tokenizer`` stage and each model stage with no
+    model or tokenizer input (an imported checkpoint) reached upwards through model and tokenizer inputs only
+    (training data does not carry a vocabulary). ``stages``: ``{name: object with .kind, .config and .deps}``
+    of the whole spec."""
+    names: list[str] = []
+    seen: set[str] = set()
+    stack = [stage]
+    while stack:
+        s = stack.pop()
+        if s in seen or s not in stages:
+            continue
+        seen.add(s)
+        st = stages[s]
+        up = (
+            []
+            if st.kind.produces == "tokenizer"
+            else [d for d in st.deps if d in stages and stages[d].kind.produces in ("model", "tokenizer")]
+        )
+        if not up:
+            names.append(s)
+        stack += up
+    return sorted(names)
+
+
+def tokenizer_sources(stage: str, stages: dict[str, Any]) -> set[str]:
+    """Identities of :func:`source_stages`: two sources of the same kind and config are one (two imports of
+    the same checkpoint)."""
+    import json
+
+    return {
+        stages[s].kind.name
+        + json.dumps(stages[s].config.model_dump(mode="json", by_alias=True), sort_keys=True, default=str)
+        for s in source_stages(stage, stages)
+    }
+
+
+def validate(cfg: MergeConfig, kinds: dict[str, str], configs: Any = None, stages: Any = None) -> list:
+    """Refuse, before compute, merging models whose lineages lead to disjoint tokenizer sources."""
+    named = [("models", m) for m in cfg.models] + ([("base", cfg.base)] if cfg.base else [])
+    if not stages or not named:
+        return []
+    first = named[0][1]
+    src0 = tokenizer_sources(first, stages)
+    for field, m in named[1:]:
+        src = tokenizer_sources(m, stages)
+        if src0 and src and not (src0 & src):
+            return [
+                (
+                    field,
+                    f"{m!r} and {first!r} use different tokenizers ({m!r} from {source_stages(m, stages)}, "
+                    f"{first!r} from {source_stages(first, stages)}); a weight merge needs one vocabulary",
+                )
+            ]
+    return []
+
+
+def check_tokenizers(run: StageRun) -> None:
+    """Refuse models whose stored tokenizers differ in vocabulary, before any weights are loaded."""
+    from ops.tokenizer import load_tokenizer
+
+    arts = [("models", a) for a in run.inputs.get("models", [])] + [
+        ("base", a) for a in run.inputs.get("base", [])
+    ]
+    if not arts:
+        return
+    vocab0 = load_tokenizer(arts[0][1].path).get_vocab()
+    for field, a in arts[1:]:
+        if load_tokenizer(a.path).get_vocab() != vocab0:
+            raise PostTrainError(
+                f"stage {run.stage!r}, field {field!r}: {a.stage!r} ({a.path}) uses a different tokenizer "
+                f"than {arts[0][1].stage!r} ({arts[0][1].path}); a weight merge needs one vocabulary"
+            )
+
+
 def run(run: StageRun) -> StageResult:
     from ops.model import save_model
     from ops.posttrain.merge import merge_models
@@ -40,6 +119,7 @@ def run(run: StageRun) -> StageResult:
     w = c.weights or [1.0 / len(arts)] * len(arts)
     if len(w) != len(arts):
         raise PostTrainError(f"stage {run.stage!r}, field 'weights': {len(w)} weights for {len(arts)} models")
+    check_tokenizers(run)
     loaded = [load_policy(run, "models", a) for a in arts]
     base = load_policy(run, "base")[0] if run.inputs.get("base") else None
     if c.method == "task_arithmetic" and base is None:
@@ -65,6 +145,7 @@ MERGE = register(
         config=MergeConfig,
         produces="model",
         run=run,
+        validate=validate,
         description="Linear or task-arithmetic merge of same-architecture checkpoints (Kimi's long-to-short)",
     )
 )

@@ -236,7 +236,9 @@ class StageKind:
     partition_field: str | None = None  # a ref field with one Dagster partition per referenced stage
     validate: Callable[[Any, dict[str, str]], list[tuple[str, str]]] | None = None
     """Extra validation before compute: ``(config, {ref stage: its kind name}[, {ref stage: its config}])``
-    -> ``[(field, message)]``. A validator taking three parameters also receives the referenced configs."""
+    -> ``[(field, message)]``. A validator taking three parameters also receives the referenced configs; one
+    taking four also receives every stage of the spec (``{name: object with .kind, .config, .deps}``), for
+    checks that follow a lineage further up."""
     fingerprint: Callable[[Any], Any] | None = None
     """Identity of external inputs named by the config (user files); hashed into the version."""
     resources: tuple[str, ...] = ()  # names of lmforge resources the kind needs (e.g. "site")

@@ -204,7 +204,12 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
         if st.kind.validate is not None and all(d in stages for d in st.deps):
             try:
                 kinds_of = {d: stages[d].kind.name for d in st.deps}
-                if len(inspect.signature(st.kind.validate).parameters) >= 3:
+                n_params = len(inspect.signature(st.kind.validate).parameters)
+                if n_params >= 4:
+                    problems = st.kind.validate(
+                        st.config, kinds_of, {d: stages[d].config for d in st.deps}, stages
+                    )
+                elif n_params >= 3:
                     problems = st.kind.validate(st.config, kinds_of, {d: stages[d].config for d in st.deps})
                 else:
                     problems = st.kind.validate(st.config, kinds_of)

@@ -328,3 +328,41 @@ def test_student_pruned_from_the_teacher_starts_near_it_and_bad_prune_sizes_are_
         kind.config.model_validate({**cfg, "prune": {"width": 3}})
     with pytest.raises(Exception, match="max_examples"):
         kind.config.model_validate({**cfg, "max_examples": 0})
+
+
+def _other_vocabulary_dir() -> Path:
+    """A model of the teacher's architecture and vocabulary size whose BPE was trained on other problems: the
+    same tensor shapes, a different vocabulary."""
+    from ops.model import save_model
+
+    out = A.ROOT / "other_vocabulary"
+    if not (out / "config.json").is_file():
+        from ops.tasks import make_splits
+        from ops.tokenizer import chat_prompt, chat_response, to_transformers, train_bpe
+
+        train, _ = make_splits(2000, 10, seed=12, difficulties=(2, 3))
+        tok = to_transformers(
+            train_bpe([chat_prompt(t.question) + chat_response(t.solution, t.answer) for t in train], 400)
+        )
+        save_model(H.tiny_model(tok), tok, out)
+    return out
+
+
+def test_merge_of_models_with_different_tokenizers_is_one_clear_error(lmforge_home, teacher):
+    from ops.tokenizer import load_tokenizer
+    from pipelines.execute import run_kind
+
+    other_dir = _other_vocabulary_dir()
+    mine, theirs = load_tokenizer(A.teacher_dir()), load_tokenizer(other_dir)
+    # same vocabulary size and architecture (the shape checks pass), different tokens
+    assert len(mine) == len(theirs) and mine.get_vocab() != theirs.get_vocab()
+    other = A.as_input(other_dir, "model", "other")
+    with pytest.raises(Exception, match=r"field 'models': 'other' .* uses a different tokenizer than 'teacher'"):
+        run_kind(
+            "merge",
+            {"models": ["teacher", "other"], "eval_problems": 0},
+            lmforge_home,
+            inputs={"models": [teacher, other]},
+            log=lambda s: None,
+        )
+    assert _stored(lmforge_home, "merge") == []
