@@ -39,6 +39,15 @@ class ControlPair(BaseModel):
     control: str = Field(description="The same RL with a control reward (e.g. rewards: [random]).")
 
 
+class LongShortPair(BaseModel):
+    """A long-thinking model and a short-thinking model derived from it (Kimi k1.5's long-to-short): the
+    report plots both at (mean response tokens, accuracy) and tests the change paired over items."""
+
+    model_config = ConfigDict(extra="forbid")
+    long: str = Field(description="The long-thinking model stage (e.g. rl2).")
+    short: str = Field(description="The short-thinking model stage made from it (e.g. l2s_sft).")
+
+
 class ReportConfig(StageConfig):
     """Build the report card from evaluate stage(s) and the lineage above them."""
 
@@ -66,12 +75,30 @@ class ReportConfig(StageConfig):
         "default: pairs found in the lineage (same kind, inputs and settings apart from rewards and seed, "
         "one rewarded at random or for the format alone).",
     )
+    long_to_short: list[LongShortPair] = Field(
+        default_factory=list,
+        description="Long- and short-thinking models to compare: [{long: rl2, short: l2s_sft}]; plotted as "
+        "accuracy vs mean response tokens (long_to_short.png) with the paired token ratio and accuracy change.",
+    )
 
 
 def validate(cfg: ReportConfig, kinds: dict[str, str], configs: dict[str, Any] | None = None) -> list:
-    """Every model named in ``controls`` must be evaluated by one of the ``from`` stages."""
+    """Every model named in ``controls`` and ``long_to_short`` must be evaluated by one of the ``from``
+    stages, and each pair must name two different models."""
     evaluated = {m for c in (configs or {}).values() for m in (getattr(c, "models", None) or [])}
     problems = []
+    for i, ls in enumerate(cfg.long_to_short):
+        if ls.long == ls.short:
+            problems.append((f"long_to_short.{i}", f"long and short are both {ls.long!r}"))
+        for role in ("long", "short"):
+            name = getattr(ls, role)
+            if configs is not None and name not in evaluated:
+                problems.append(
+                    (
+                        f"long_to_short.{i}.{role}",
+                        f"{name!r} is not a model evaluated by {cfg.from_}: {sorted(evaluated)}",
+                    )
+                )
     for i, pair in enumerate(cfg.controls):
         if pair.treatment == pair.control:
             problems.append((f"controls.{i}", f"treatment and control are both {pair.treatment!r}"))
@@ -131,12 +158,13 @@ def run(r: StageRun) -> StageResult:
         currency=cfg.currency,
         env=R.environment(git=git_state()),
         controls=[(c.treatment, c.control) for c in cfg.controls],
+        long_to_short=[(p.long, p.short) for p in cfg.long_to_short],
     )
     md = (r.out / "report.md").read_text()
     beyond = [c for c in rep["comparisons"] if c["beyond_noise"]]
     metadata: dict[str, Any] = {
         "report": Markdown(md),
-        "report_json": Json({k: rep[k] for k in ("models", "comparisons", "controls")}),
+        "report_json": Json({k: rep[k] for k in ("models", "comparisons", "controls", "long_to_short")}),
     }
     for png in rep["images"]:
         metadata[png.removesuffix(".png")] = Image(png)
@@ -148,6 +176,11 @@ def run(r: StageRun) -> StageResult:
         and (d["metrics"].get("bits_per_byte") or {}).get("low") is None
     ]
     total_wall = sum(x["wall_time_s"] for x in rep["ledger"])
+    extra = (
+        {"long_to_short_holds": sum(bool(p.get("holds")) for p in rep["long_to_short"])}
+        if rep["long_to_short"]
+        else {}
+    )
     return StageResult(
         metrics={
             "models": len(rep["models"]),
@@ -157,6 +190,7 @@ def run(r: StageRun) -> StageResult:
             "total_wall_time_s": round(total_wall, 3),
             "total_cost": round(sum(x["cost"] for x in rep["ledger"]), 6),
             "contaminated_items": sum(a.get("n_flagged", 0) for a in rep["audit"].values()),
+            **extra,
         },
         metadata=metadata,
         checks=[

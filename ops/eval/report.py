@@ -22,6 +22,7 @@ from typing import Any
 
 from . import metrics as M
 from .report_controls import control_comparisons, derive_pairs
+from .report_length import length_pairs
 from .report_markdown import MODEL_METRICS, render_markdown
 from .report_plots import draw_plots
 
@@ -227,9 +228,12 @@ def build(
     currency: str = "USD",
     env: dict[str, Any] | None = None,
     controls: list[tuple[str, str]] | None = None,
+    long_to_short: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Write report.md, report.json and PNGs into ``out``; return the report.json content. ``controls``:
-    (treatment, control) model pairs to compare (``report_controls``); none given: pairs from the lineage."""
+    (treatment, control) model pairs to compare (``report_controls``); none given: pairs from the lineage.
+    ``long_to_short``: (long, short) model pairs whose accuracy and response length are compared and plotted
+    (``report_length``)."""
     env = env if env is not None else environment()
     evals = list(evals)
     by_model = {e.model_stage: e for e in evals}
@@ -301,6 +305,7 @@ def build(
         "seed_groups": groups,
         "comparisons": comparisons,
         "controls": control_rows,
+        "long_to_short": length_pairs(list(long_to_short or []), by_model),
         "ledger": ledger,
         "price": {"hourly": hourly_price, "currency": currency},
         "audit": audit,

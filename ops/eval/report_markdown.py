@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .evaluate import contamination_text
 from .report_controls import render_controls
+from .report_length import render_length_pairs
 
 if TYPE_CHECKING:
     from .report import StageInfo
@@ -106,6 +107,7 @@ def render_markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
         L.append("No evaluated model descends from another evaluated model; nothing to compare.")
     L.append("")
     L += render_controls(r.get("controls") or [])
+    L += render_length_pairs(r.get("long_to_short") or [], "long_to_short.png" in r.get("images", []))
     # budget forcing
     L += ["## Test-time scaling (budget forcing, Wait)", ""]
     if "budget_curves.png" in r.get("images", []):

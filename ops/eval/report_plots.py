@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .report_length import plot_length_pairs
 from .report_markdown import MODEL_METRICS
 
 
@@ -76,6 +77,7 @@ def draw_plots(r: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "budget_curves.png")
         plt.close(fig)
         written.append("budget_curves.png")
+    written += plot_length_pairs(r, out)
     # cost ledger
     rows = [x for x in r["ledger"] if x["wall_time_s"] > 0]
     if rows:
