@@ -1,0 +1,96 @@
+"""The long-to-short recipe (``pipelines/long2short.yaml``) as a spec: it loads on top of the default pipeline
+and reuses its stages (same versions); each bad setting of its levers is one issue naming the file, the stage
+and the field, raised when the spec loads (before any compute): an unknown selection mode, a reward model or a
+per-prompt cap that a shortest-sample selection would ignore, a merge of models with different tokenizers, a
+report pair naming a model that is not evaluated or the same model twice."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipelines.spec import SpecError, load_spec
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+L2S = ROOT / "pipelines" / "long2short.yaml"
+
+# a second tokenizer (a different vocabulary size on the same corpus) and a model pretrained with it
+OTHER_TOKENIZER = """\
+tok2:  {kind: train_tokenizer, from: corpus_dc, vocab_size: 1024}
+toks2: {kind: tokenize, from: corpus_dc, tokenizer: tok2}
+base2: {kind: pretrain, data: toks2, tokenizer: tok2, model: {arch: qwen2, d_model: 128, layers: 4, heads: 4, kv_heads: 2}, tokens: 1000}
+"""
+
+
+def _write(tmp_path: Path, stages: str) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text(f"pipeline: p\nextends: {L2S}\nstages:\n" + textwrap.indent(textwrap.dedent(stages), "  "))
+    return p
+
+
+def test_the_recipe_loads_and_reuses_the_default_stages():
+    l2s, default = load_spec(L2S), load_spec("tiny_r1")
+    for name in ("rl_prompts", "tasks", "sft2", "rl2"):
+        assert l2s.stages[name].version == default.stages[name].version, name
+    assert l2s.stages["l2s_rs"].config.keep == "shortest"
+    assert {d for d in l2s.stages["l2s_merged"].deps} == {"rl2", "l2s_rl"}
+    assert [(p.long, p.short) for p in l2s.stages["l2s_report"].config.long_to_short] == [
+        ("rl2", "l2s_sft"),
+        ("rl2", "l2s_rl"),
+        ("rl2", "l2s_merged"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "stages, stage, field, words",
+    [
+        ("l2s_rs: {keep: longest}", "l2s_rs", "keep", ["'correct', 'best_of_k' or 'shortest'", "longest"]),
+        ("l2s_rs: {reward_model: rm}", "l2s_rs", "reward_model", ["keep=shortest selects by length alone"]),
+        ("l2s_rs: {max_per_prompt: 2}", "l2s_rs", "max_per_prompt", ["one sample per prompt"]),
+        ("l2s_rl: {rewards: [accuracy, lenght]}", "l2s_rl", "rewards", ["unknown reward 'lenght'"]),
+        (
+            OTHER_TOKENIZER + "l2s_merged: {models: [rl2, base2]}",
+            "l2s_merged",
+            "models",
+            ["'base2' and 'rl2' use different tokenizers", "['tok2']", "['tokenizer']", "one vocabulary"],
+        ),
+        (
+            "l2s_report: {long_to_short: [{long: rl2, short: dpo}]}",
+            "l2s_report",
+            "long_to_short.0.short",
+            ["'dpo' is not a model evaluated by ['l2s_eval']"],
+        ),
+        (
+            "l2s_report: {long_to_short: [{long: rl2, short: rl2}]}",
+            "l2s_report",
+            "long_to_short.0",
+            ["long and short are both 'rl2'"],
+        ),
+    ],
+)
+def test_bad_long_to_short_setting_is_one_issue_naming_file_stage_and_field(tmp_path, stages, stage, field, words):
+    p = _write(tmp_path, stages)
+    with pytest.raises(SpecError) as ei:
+        load_spec(p)
+    (issue,) = ei.value.issues
+    assert (issue.file, issue.stage, issue.field) == (str(p), stage, field)
+    msg = str(ei.value)
+    for w in words:
+        assert w in msg
+
+
+def test_models_sharing_a_tokenizer_merge_and_a_second_import_of_it_counts_as_the_same(tmp_path):
+    # sft2 and rl2 share the default's tokenizer; a copy of the tokenizer stage with the same config (and so
+    # the same vocabulary) is the same source
+    p = _write(
+        tmp_path,
+        OTHER_TOKENIZER.replace("tok2:  {kind: train_tokenizer, from: corpus_dc, vocab_size: 1024}",
+                                "tok2:  {kind: train_tokenizer, from: corpus_dc, tasks: [tasks], vocab_size: 2048}")
+        + "l2s_merged: {models: [rl2, sft2, base2]}",
+    )
+    spec = load_spec(p)
+    assert spec.stages["l2s_merged"].deps == ["rl2", "sft2", "base2"]
