@@ -331,8 +331,8 @@ def test_student_pruned_from_the_teacher_starts_near_it_and_bad_prune_sizes_are_
 
 
 def _other_vocabulary_dir() -> Path:
-    """A model of the teacher's architecture and vocabulary size whose BPE was trained on other problems: the
-    same tensor shapes, a different vocabulary."""
+    """A model of the base model's architecture and vocabulary size whose BPE was trained on other problems:
+    the same tensor shapes, a different vocabulary."""
     from ops.model import save_model
 
     out = A.ROOT / "other_vocabulary"
@@ -348,21 +348,22 @@ def _other_vocabulary_dir() -> Path:
     return out
 
 
-def test_merge_of_models_with_different_tokenizers_is_one_clear_error(lmforge_home, teacher):
+def test_merge_of_models_with_different_tokenizers_is_one_clear_error(lmforge_home):
     from ops.tokenizer import load_tokenizer
     from pipelines.execute import run_kind
 
     other_dir = _other_vocabulary_dir()
-    mine, theirs = load_tokenizer(A.teacher_dir()), load_tokenizer(other_dir)
+    mine, theirs = load_tokenizer(_base_dir()), load_tokenizer(other_dir)
     # same vocabulary size and architecture (the shape checks pass), different tokens
     assert len(mine) == len(theirs) and mine.get_vocab() != theirs.get_vocab()
+    base = A.as_input(_base_dir(), "model", "base")
     other = A.as_input(other_dir, "model", "other")
-    with pytest.raises(Exception, match=r"field 'models': 'other' .* uses a different tokenizer than 'teacher'"):
+    with pytest.raises(Exception, match=r"field 'models': 'other' .* uses a different tokenizer than 'base'"):
         run_kind(
             "merge",
-            {"models": ["teacher", "other"], "eval_problems": 0},
+            {"models": ["base", "other"], "eval_problems": 0},
             lmforge_home,
-            inputs={"models": [teacher, other]},
+            inputs={"models": [base, other]},
             log=lambda s: None,
         )
     assert _stored(lmforge_home, "merge") == []
