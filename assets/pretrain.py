@@ -46,10 +46,11 @@ class RopeScaling(StageConfig):
 class ModelSpec(StageConfig):
     """Decoder architecture; any size left out is chosen by the compute planner from the budget."""
 
-    arch: Literal["qwen2", "llama", "qwen2_moe", "deepseek_v3"] = Field(
+    arch: Literal["qwen2", "llama", "qwen2_moe", "deepseek_v3", "minimax"] = Field(
         "qwen2",
         description="transformers class: Qwen2 (dense, QKV bias), Llama (dense, no bias), Qwen2-MoE, "
-        "DeepSeek-V3 (multi-head latent attention + MoE)",
+        "DeepSeek-V3 (multi-head latent attention + MoE), MiniMax (lightning linear attention, a softmax "
+        "layer every k layers, MoE)",
     )
     d_model: int | None = Field(
         None, ge=16, description="hidden size; omit (with layers) to let the planner choose"
@@ -81,6 +82,18 @@ class ModelSpec(StageConfig):
     qk_rope_head_dim: int | None = Field(None, ge=2, description="MLA: rotary part of each Q/K head")
     qk_nope_head_dim: int | None = Field(None, ge=2, description="MLA: non-rotary part of each Q/K head")
     v_head_dim: int | None = Field(None, ge=2, description="MLA: value head size")
+    full_attention_every: int | None = Field(
+        None,
+        description="MiniMax: one softmax-attention layer, then k-1 lightning-attention layers (MiniMax-01: 8)",
+    )
+    layer_pattern: list[str] | None = Field(
+        None,
+        description="MiniMax: one period of full_attention / linear_attention layers (first: full_attention), "
+        "repeated over the layers",
+    )
+    block_size: int | None = Field(
+        None, ge=1, description="MiniMax: lightning attention block length (default 256)"
+    )
 
     def arch_dict(self, seq_len: int) -> dict[str, Any]:
         d = {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
@@ -94,6 +107,7 @@ class ModelSpec(StageConfig):
 
 
 _MOE_FIELDS = ("experts", "top_k", "expert_ffn", "shared_expert_ffn", "router_aux_loss_coef")
+_MINIMAX_FIELDS = ("full_attention_every", "layer_pattern", "block_size")
 _MLA_FIELDS = (
     "kv_lora_rank",
     "q_lora_rank",
@@ -208,6 +222,24 @@ def _validate(cfg: PretrainConfig, kinds: dict[str, str]) -> list[tuple[str, str
         errs += [
             (f"model.{f}", "only for arch 'deepseek_v3'") for f in _MLA_FIELDS if getattr(m, f) is not None
         ]
+    if m.arch != "minimax":
+        errs += [
+            (f"model.{f}", f"only for arch 'minimax', not {m.arch!r}")
+            for f in _MINIMAX_FIELDS
+            if getattr(m, f) is not None
+        ]
+    else:
+        from ops.model import NOT_MINIMAX, minimax_pattern_problems
+
+        errs += [
+            (f"model.{f}", "not a MiniMax setting (no dense MLP, no shared expert, no latent attention; each "
+             "expert's width is expert_ffn)")
+            for f in NOT_MINIMAX
+            if getattr(m, f) is not None
+        ]
+        if m.qkv_bias:
+            errs.append(("model.qkv_bias", "MiniMax's projections have no bias"))
+        errs += minimax_pattern_problems(m.layers, m.full_attention_every, m.layer_pattern)
     if m.arch == "qwen2" and m.qkv_bias is False:
         errs.append(("model.qkv_bias", "Qwen2 always has a QKV bias; use arch 'llama' for none"))
     if (m.d_model is None) != (m.layers is None):
@@ -452,7 +484,8 @@ PRETRAIN = register(
         config=PretrainConfig,
         produces="model",
         run=_run,
-        description="Pretrain a Qwen2/Llama/Qwen2-MoE/DeepSeek-V3 decoder on token shards (in-process or torchrun)",
+        description="Pretrain a Qwen2/Llama/Qwen2-MoE/DeepSeek-V3/MiniMax decoder on token shards (in-process or "
+        "torchrun)",
         checks=(
             CheckSpec("finite_loss", "training and validation losses are finite", blocking=True),
             CheckSpec("reloads", "the saved directory loads with from_pretrained and runs", blocking=True),

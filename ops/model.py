@@ -1,4 +1,5 @@
-"""Decoder models from transformers config classes: dense Qwen2 (or Llama), Qwen2-MoE and DeepSeek-V3 (MLA+MoE).
+"""Decoder models from transformers config classes: dense Qwen2 (or Llama), Qwen2-MoE, DeepSeek-V3 (MLA+MoE) and
+MiniMax-01 (lightning linear attention with a softmax-attention layer every k layers, MoE in every layer).
 
 Key design choice: lmforge never defines its own architecture. ``build_model`` maps a small, spec-friendly
 dict (``d_model``, ``layers``, ``heads``, ...) onto a transformers config class, so every checkpoint is a plain
@@ -6,12 +7,17 @@ dict (``d_model``, ``layers``, ``heads``, ...) onto a transformers config class,
 The vocabulary size always comes from the tokenizer (an argument here, never a config field).
 
 Architecture dict keys (all optional except ``d_model`` and ``layers``):
-``arch`` qwen2 | llama | qwen2_moe | deepseek_v3; ``heads``, ``kv_heads`` (GQA), ``ffn`` (SwiGLU width),
+``arch`` qwen2 | llama | qwen2_moe | deepseek_v3 | minimax; ``heads``, ``kv_heads`` (GQA), ``ffn`` (SwiGLU width),
 ``max_seq_len``, ``rope_theta``, ``rope_scaling`` ({type: yarn, factor, original_max_position_embeddings}),
 ``qkv_bias`` (qwen2 always has it; llama/deepseek: attention_bias), ``tie_embeddings``, ``dropout``,
 ``init_std``; MoE: ``experts``, ``top_k``, ``expert_ffn``, ``shared_expert_ffn``, ``shared_experts``,
 ``dense_layers`` (DeepSeek: first k layers dense), ``router_aux_loss_coef``; MLA: ``kv_lora_rank``,
-``q_lora_rank``, ``qk_rope_head_dim``, ``qk_nope_head_dim``, ``v_head_dim``.
+``q_lora_rank``, ``qk_rope_head_dim``, ``qk_nope_head_dim``, ``v_head_dim``; MiniMax: ``full_attention_every``
+(k: one softmax-attention layer then k-1 lightning-attention layers, MiniMax-01 uses 8) or ``layer_pattern`` (one
+period of ``full_attention`` / ``linear_attention`` starting with a softmax layer, repeated over the layers),
+``block_size`` (lightning
+attention's block length), MoE keys as above (no shared expert, no dense MLP: ``expert_ffn`` is each expert's
+width). ``kv_heads`` applies to the softmax layers; the lightning layers use every head.
 """
 
 from __future__ import annotations
@@ -19,7 +25,99 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ARCHS = ("qwen2", "llama", "qwen2_moe", "deepseek_v3")
+ARCHS = ("qwen2", "llama", "qwen2_moe", "deepseek_v3", "minimax")
+MINIMAX_LAYER_TYPES = ("linear_attention", "full_attention")
+# keys of a MiniMax arch dict that other architectures do not take, and keys MiniMax does not take
+MINIMAX_ONLY = ("full_attention_every", "layer_pattern", "block_size")
+NOT_MINIMAX = (
+    "ffn",
+    "shared_expert_ffn",
+    "shared_experts",
+    "dense_layers",
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_rope_head_dim",
+    "qk_nope_head_dim",
+    "v_head_dim",
+)
+
+
+def minimax_pattern_problems(
+    layers: int | None, full_attention_every: int | None, layer_pattern: list[str] | None
+) -> list[tuple[str, str]]:
+    """``(field, message)`` for every way a MiniMax layer pattern is inconsistent; ``layers`` None (the
+    planner chooses the depth) checks the pattern alone. The pattern is one period: ``full_attention_every``
+    k means one ``full_attention`` layer then k-1 ``linear_attention`` layers, and the period repeats over the
+    layers, so it must divide the layer count and hold both kinds of layer (all-softmax is not a hybrid).
+
+    The first layer must be softmax attention. MiniMax-01 puts the softmax layer last in each group of 8, but
+    transformers' ``MiniMaxCache`` takes the cached length (and the padding mask's width) from layer 0, which a
+    lightning layer leaves empty: cached decoding of a left-padded batch then lets the softmax layers attend to
+    the padding, and a forward without explicit positions restarts them at 0."""
+    if full_attention_every is None and layer_pattern is None:
+        return [
+            (
+                "model.full_attention_every",
+                "arch 'minimax' needs its layer pattern: full_attention_every k (one softmax-attention layer, then "
+                "k-1 lightning-attention layers; MiniMax-01 uses 8) or layer_pattern",
+            )
+        ]
+    if full_attention_every is not None and layer_pattern is not None:
+        return [("model.layer_pattern", "give full_attention_every or layer_pattern, not both")]
+    if full_attention_every is not None:
+        field, k = "model.full_attention_every", int(full_attention_every)
+        if k < 2:
+            return [(field, f"{k} leaves no lightning-attention layer; it must be at least 2")]
+        period = k
+    else:
+        field = "model.layer_pattern"
+        pattern = list(layer_pattern or [])
+        if not pattern:
+            return [(field, "is empty; list one period of linear_attention / full_attention layers")]
+        unknown = sorted({str(t) for t in pattern if t not in MINIMAX_LAYER_TYPES})
+        if unknown:
+            return [(field, f"unknown layer type(s) {unknown}; expected {' or '.join(MINIMAX_LAYER_TYPES)}")]
+        missing = [t for t in MINIMAX_LAYER_TYPES if t not in pattern]
+        if missing:
+            return [(field, f"has no {missing[0]} layer; a MiniMax period holds both kinds of layer")]
+        if pattern[0] != "full_attention":
+            return [
+                (
+                    field,
+                    f"starts with {pattern[0]}; the first layer must be full_attention (transformers' MiniMax "
+                    "cache reads the cached length from layer 0, which a lightning layer leaves empty)",
+                )
+            ]
+        period = len(pattern)
+    if layers is not None and int(layers) % period:
+        return [(field, f"a period of {period} layers does not divide layers {layers}")]
+    return []
+
+
+def minimax_layer_types(
+    layers: int, full_attention_every: int | None = None, layer_pattern: list[str] | None = None
+) -> list[str]:
+    """The per-layer ``layer_types`` of a MiniMax model (raises ``ValueError`` naming the field when the
+    pattern is inconsistent, see :func:`minimax_pattern_problems`)."""
+    problems = minimax_pattern_problems(layers, full_attention_every, layer_pattern)
+    if problems:
+        field, msg = problems[0]
+        raise ValueError(f"{field}: {msg}")
+    if full_attention_every is not None:
+        k = int(full_attention_every)
+        period = ["full_attention"] + ["linear_attention"] * (k - 1)
+    else:
+        period = list(layer_pattern or [])
+    return period * (int(layers) // len(period))
+
+
+def minimax_period(arch_cfg: dict[str, Any]) -> int:
+    """Layers in one period of a MiniMax pattern (1 for any other architecture or an incomplete pattern)."""
+    if arch_cfg.get("arch") != "minimax":
+        return 1
+    if arch_cfg.get("full_attention_every"):
+        return max(1, int(arch_cfg["full_attention_every"]))
+    return max(1, len(arch_cfg.get("layer_pattern") or []))
 
 
 def _ffn(d: int) -> int:
@@ -72,7 +170,39 @@ def make_config(
         use_cache=True,
     )
     qkv_bias = a.pop("qkv_bias", None)
-    if arch == "qwen2":
+    if arch != "minimax":
+        given = [k for k in MINIMAX_ONLY if k in a]
+        if given:
+            raise ValueError(f"model.{given[0]}: only for arch 'minimax', not {arch!r}")
+    if arch == "minimax":
+        from transformers import MiniMaxConfig
+
+        given = [k for k in NOT_MINIMAX if k in arch_cfg]
+        if given:
+            raise ValueError(
+                f"model.{given[0]}: not a MiniMax setting (no dense MLP, no shared expert, no latent attention; "
+                "each expert's width is expert_ffn)"
+            )
+        if qkv_bias:
+            raise ValueError("model.qkv_bias: MiniMax's projections have no bias")
+        common.pop("intermediate_size")
+        layer_types = minimax_layer_types(n_layers, a.pop("full_attention_every", None), a.pop("layer_pattern", None))
+        experts, top_k = int(a.pop("experts", 8)), int(a.pop("top_k", 2))
+        if top_k > experts:
+            raise ValueError(f"model.top_k: {top_k} > experts {experts}")
+        cfg = MiniMaxConfig(
+            **common,
+            # top_k experts of this width are about one SwiGLU MLP of the default width
+            intermediate_size=int(a.pop("expert_ffn", max(32, _ffn(d) // top_k))),
+            head_dim=d // heads,
+            layer_types=layer_types,
+            block_size=int(a.pop("block_size", 256)),
+            num_local_experts=experts,
+            num_experts_per_tok=top_k,
+            router_aux_loss_coef=float(a.pop("router_aux_loss_coef", 0.001)),
+            output_router_logits=True,
+        )
+    elif arch == "qwen2":
         from transformers import Qwen2Config
 
         if qkv_bias is False:

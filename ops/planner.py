@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ops.model import minimax_period
+
 # Dense bf16 peak FLOP/s per device (vendor datasheets, no sparsity). CPU: unknown -> no MFU.
 PEAK_FLOPS = {
     "h200": 989e12,
@@ -84,6 +86,19 @@ def param_counts(arch: dict[str, Any], vocab_size: int) -> dict[str, int]:
         active = emb + head + L * layer_active + d
         matmul = L * (attn_matmul + (mlp_active if a == "qwen2_moe" else 3 * d * ffn)) + vocab_size * d
         return {"total": total, "active": active, "embedding": emb, "matmul": matmul}
+    if a == "minimax":
+        n_full, n_lin = _minimax_layer_counts(arch)
+        e, k = int(arch.get("experts", 8)), int(arch.get("top_k", 2))
+        ef = int(arch.get("expert_ffn", max(32, int(32 * -(-(8 * d // 3) // 32)) // k)))
+        full_attn = d * d + 2 * d * kv * hd + d * d  # q, k, v (GQA), o; no bias
+        lin_attn = 3 * d * d + d * d + d * d  # fused qkv, output gate, out projection
+        lin_norm = d  # RMSNorm over the heads' outputs
+        moe_total, moe_active = d * e + e * 3 * d * ef, d * e + k * 3 * d * ef  # router + SwiGLU experts
+        attn_total = n_full * full_attn + n_lin * (lin_attn + lin_norm)
+        total = emb + head + d + L * (norms + moe_total) + attn_total
+        active = emb + head + d + L * (norms + moe_active) + attn_total
+        matmul = n_full * full_attn + n_lin * lin_attn + L * moe_active + vocab_size * d
+        return {"total": total, "active": active, "embedding": emb, "matmul": matmul}
     if a == "deepseek_v3":
         h = x["h"]
         r = int(arch.get("qk_rope_head_dim", max(8, d // h // 2)))
@@ -108,9 +123,27 @@ def param_counts(arch: dict[str, Any], vocab_size: int) -> dict[str, int]:
     raise ValueError(f"model.arch: unknown {a!r}")
 
 
+def _minimax_layer_counts(arch: dict[str, Any]) -> tuple[int, int]:
+    """``(softmax layers, lightning layers)`` of a MiniMax arch dict."""
+    from ops.model import minimax_layer_types
+
+    types = minimax_layer_types(int(arch["layers"]), arch.get("full_attention_every"), arch.get("layer_pattern"))
+    n_full = types.count("full_attention")
+    return n_full, len(types) - n_full
+
+
 def attention_flops_per_token(arch: dict[str, Any], seq_len: int) -> float:
-    """Training FLOPs per token of the attention score/value products: 12 * L * d_attn * T (PaLM)."""
+    """Training FLOPs per token of the attention score/value products: 12 * L * d_attn * T (PaLM).
+
+    A MiniMax lightning layer pays that only within its block (``min(block_size, T)`` instead of T) plus
+    the inter-block recurrence: per token ``q @ KV`` and the ``K^T V`` state update, each ``d_attn * head_dim``
+    multiply-adds, which does not grow with T."""
     x = _dims(arch)
+    if arch.get("arch") == "minimax":
+        n_full, n_lin = _minimax_layer_counts(arch)
+        d_attn = x["h"] * x["hd"]
+        intra = min(int(arch.get("block_size", 256)), seq_len)
+        return 12.0 * d_attn * (n_full * seq_len + n_lin * (intra + x["hd"]))
     if arch.get("arch") == "deepseek_v3":
         h = x["h"]
         qk = int(arch.get("qk_nope_head_dim", x["hd"])) + int(
@@ -215,6 +248,9 @@ def plan(
         else:
             raise ValueError("planner: give model.d_model and model.layers, or tokens, or budget_flops")
         cands = [{**c, **base, "arch": name} for c in ladder(name)]
+        period = minimax_period(cands[0])
+        for c in cands:  # a hybrid's depth is whole periods of its layer pattern
+            c["layers"] = period * -(-c["layers"] // period)
         chosen = min(cands, key=lambda c: abs(math.log(param_counts(c, vocab_size)["matmul"] / n_target)))
         pc = param_counts(chosen, vocab_size)
         fpt = train_flops_per_token(chosen, vocab_size, seq_len)

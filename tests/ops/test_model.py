@@ -42,6 +42,16 @@ def tok():
             "top_k": 2,
         },
         {"arch": "deepseek_v3", "d_model": 64, "layers": 2, "heads": 4, "experts": 4, "top_k": 2},
+        {
+            "arch": "minimax",
+            "d_model": 64,
+            "layers": 4,
+            "heads": 4,
+            "kv_heads": 2,
+            "full_attention_every": 2,
+            "experts": 4,
+            "block_size": 8,
+        },
     ],
     ids=lambda a: a["arch"],
 )
@@ -87,3 +97,48 @@ def test_config_mapping_and_errors():
         make_config({"d_model": 64, "layers": 1, "qkv_bias": False}, 100)
     with pytest.raises(ValueError, match="unknown 'gpt9'"):
         make_config({"arch": "gpt9", "d_model": 64, "layers": 1}, 100)
+
+
+def test_minimax_config_mapping_and_errors():
+    mm = {"arch": "minimax", "d_model": 64, "layers": 8, "heads": 4, "kv_heads": 2}
+    c = make_config({**mm, "full_attention_every": 4, "block_size": 32, "experts": 6, "top_k": 1}, 100)
+    assert c.model_type == "minimax" and c.block_size == 32
+    assert c.layer_types == (["full_attention"] + ["linear_attention"] * 3) * 2
+    assert (c.num_local_experts, c.num_experts_per_tok, c.output_router_logits) == (6, 1, True)
+    pattern = ["full_attention", "linear_attention"]
+    assert make_config({**mm, "layer_pattern": pattern}, 100).layer_types == pattern * 4
+    for extra, words in [
+        ({"full_attention_every": 3}, "model.full_attention_every: a period of 3 layers does not divide layers 8"),
+        ({"layer_pattern": ["linear_attention", "mamba"]}, "model.layer_pattern: unknown layer type(s) ['mamba']"),
+        ({"layer_pattern": ["linear_attention", "full_attention"]}, "the first layer must be full_attention"),
+        ({"layer_pattern": ["linear_attention"] * 2}, "no full_attention layer"),
+        ({}, "needs its layer pattern"),
+        ({"full_attention_every": 2, "ffn": 128}, "model.ffn: not a MiniMax setting"),
+    ]:
+        with pytest.raises(ValueError) as ei:
+            make_config({**mm, **extra}, 100)
+        assert words in str(ei.value)
+    with pytest.raises(ValueError, match="only for arch 'minimax'"):
+        make_config({"d_model": 64, "layers": 2, "block_size": 64}, 100)
+
+
+def test_minimax_cached_sampling_matches_full_recompute(tok):
+    """lmforge's sampler (left-padded batch, KV cache for the softmax layers, the recurrent ``K^T V`` state for
+    the lightning layers) picks, at every step, the argmax of a fresh full forward over the unpadded prefix:
+    the lightning layers' one-token recurrence agrees with their block-wise prefill and padding leaks into
+    neither the lightning state nor the softmax layers' cache."""
+    import torch
+
+    from ops.generate import sample
+
+    arch = {"arch": "minimax", "d_model": 64, "layers": 4, "heads": 4, "full_attention_every": 2}
+    m = build_model({**arch, "block_size": 4, "init_std": 0.2}, len(tok), seed=3).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, len(tok), (n,), generator=g).tolist() for n in (3, 9, 6)]
+    got = sample(m, prompts, max_new_tokens=12, stop_ids=[], pad_id=0, temperature=0.0)
+    with torch.no_grad():
+        for p, s in zip(prompts, got):
+            seq = list(p)
+            for _ in range(12):
+                seq.append(int(m(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+            assert s.ids == seq[len(p) :]

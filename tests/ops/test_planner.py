@@ -24,6 +24,18 @@ ARCHS = [
         "top_k": 2,
         "q_lora_rank": 32,
     },
+    {"arch": "minimax", "d_model": 64, "layers": 4, "heads": 4, "kv_heads": 2, "full_attention_every": 2},
+    {
+        "arch": "minimax",
+        "d_model": 64,
+        "layers": 3,
+        "heads": 2,
+        "experts": 4,
+        "top_k": 1,
+        "expert_ffn": 48,
+        "layer_pattern": ["full_attention", "linear_attention", "linear_attention"],
+        "tie_embeddings": False,
+    },
 ]
 
 
@@ -66,6 +78,22 @@ def test_budget_sizing_follows_tokens_per_param():
     assert r.tokens == pytest.approx(20 * r.matmul_params, rel=0.01)
     with pytest.raises(ValueError, match="give model.d_model"):
         planner.plan(vocab_size=100, seq_len=8, tokens_per_step=8)
+
+
+def test_minimax_sizing_keeps_whole_periods_and_flat_lightning_attention_cost():
+    p = planner.plan(
+        vocab_size=4096,
+        seq_len=256,
+        tokens_per_step=4096,
+        arch={"arch": "minimax", "full_attention_every": 4},
+        budget_flops=1e15,
+    )
+    assert p.arch["layers"] % 4 == 0
+    build_model(p.arch, 4096)  # the chosen shape is a valid MiniMax model
+    # the softmax layers' attention FLOPs grow with the context, the lightning layers' stop at the block size
+    a = {"arch": "minimax", "d_model": 64, "layers": 4, "heads": 4, "full_attention_every": 4, "block_size": 64}
+    grow = planner.attention_flops_per_token(a, 1024) - planner.attention_flops_per_token(a, 512)
+    assert grow == pytest.approx(12 * 64 * 512)  # one softmax layer: 12 * d_attn * (1024 - 512)
 
 
 def test_peak_flops_lookup():
