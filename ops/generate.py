@@ -192,7 +192,8 @@ def _sample_batch(model, chunk, max_new, stop, pad_id, temperature, top_p, gen, 
         mask[i, P - len(p) :] = 1
     ids, mask = ids.to(dev), mask.to(dev)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    extra = decode_kwargs(model)
+    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
     past, logits = _cache(res), res.logits[:, -1]
     last_pos = pos[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -214,6 +215,7 @@ def _sample_batch(model, chunk, max_new, stop, pad_id, temperature, top_p, gen, 
             position_ids=last_pos[:, None],
             use_cache=True,
             **{ck: past},
+            **extra,
         )
         past, logits = _cache(res), res.logits[:, -1]
     T = torch.stack(toks, 1).cpu() if toks else torch.zeros((B, 0), dtype=torch.long)
@@ -229,6 +231,21 @@ def _sample_batch(model, chunk, max_new, stop, pad_id, temperature, top_p, gen, 
                 break
         out.append(Sample(list(chunk[i]), row[:n], fin, "", L[i, :n].tolist() if want_lp else []))
     return out
+
+
+def decode_kwargs(model: Any) -> dict[str, Any]:
+    """Extra forward arguments for decoding: an MoE model's router logits off. Decoding never uses the load
+    balancing loss, and transformers computes it against the whole attention mask while a decode step routes
+    only the new token (MiniMax, Qwen2-MoE: a shape error as soon as the batch has a mask)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if getattr(cfg, "output_router_logits", False) and (
+        "output_router_logits" in inspect.signature(base.forward).parameters
+    ):
+        return {"output_router_logits": False}
+    return {}
 
 
 def _cache_kwarg(model: Any) -> str:

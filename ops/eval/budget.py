@@ -175,7 +175,8 @@ def _decode_batch(
     model, tok, prompts, sp: SpecialIds, cap: int, max_answer: int, n_wait: int, temperature: float, gen
 ) -> list[Generated]:
     import torch
-    from transformers import DynamicCache
+
+    from ops.generate import decode_kwargs
 
     b = len(prompts)
     # the response prefix <think> is part of the prefill: left-pad so every row ends at the same column
@@ -187,9 +188,11 @@ def _decode_batch(
         ids[i, width - len(r) :] = torch.tensor(r)
         mask[i, width - len(r) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()  # mutated in place by every forward call
-    ckw = {_cache_kwarg(model): cache}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **ckw)
+    # the model makes its own cache on the prefill (a MiniMax model keeps its lightning layers' state in a
+    # cache class of its own and refuses any other); it is passed back on every step
+    extra = decode_kwargs(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
+    ckw = {_cache_kwarg(model): _out_cache(out), **extra}
     logits = out.logits[:, -1, :]
     next_pos = pos[:, -1:] + 1
     seqs = [_Seq() for _ in range(b)]
@@ -210,6 +213,7 @@ def _decode_batch(
         x = torch.tensor(step_tokens, dtype=torch.long).unsqueeze(1)
         mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
         out = model(input_ids=x, attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw)
+        ckw[_cache_kwarg(model)] = _out_cache(out)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     res = []
@@ -226,6 +230,12 @@ def _decode_batch(
             )
         )
     return res
+
+
+def _out_cache(out):
+    # transformers 5.2x returns the cache as ``cache``; older releases as ``past_key_values``
+    c = getattr(out, "cache", None)
+    return c if c is not None else out.past_key_values
 
 
 def _cache_kwarg(model) -> str:
