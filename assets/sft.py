@@ -76,7 +76,7 @@ def run(run: StageRun) -> StageResult:
     import torch
 
     from ops.model import save_model
-    from ops.posttrain.sft import SFTParams, train_sft
+    from ops.posttrain.sft import SFTParams, packing_refusal, train_sft
 
     c: SFTConfig = run.config
     check_template(run, "model")
@@ -87,6 +87,11 @@ def run(run: StageRun) -> StageResult:
         )
     torch.manual_seed(c.seed)
     model, tok = load_policy(run, "model")
+    refusal = packing_refusal(model) if c.pack else None
+    if refusal:
+        raise PostTrainError(
+            f"stage {run.stage!r}, field 'pack' (model from stage {run.input('model').stage!r}): {refusal}"
+        )
     ev = eval_tasks(run, ("data",), c.eval_problems)
     p = params(SFTParams, c)
     merged, peft_model, info = train_sft(

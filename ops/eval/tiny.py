@@ -72,8 +72,10 @@ def make_tiny_chat_model(
     d_model: int = 32,
     layers: int = 2,
     extra_texts: tuple[str, ...] = (),
+    arch: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a tokenizer + Qwen2 ``save_pretrained`` directory into ``out``; returns ``out``."""
+    """Write a tokenizer + ``save_pretrained`` directory into ``out``; returns ``out``. The model is a Qwen2 of
+    ``d_model`` x ``layers`` unless ``arch`` (an :func:`ops.model.build_model` dict) says otherwise."""
     from ops.model import build_model, save_model
     from ops.tokenizer import chat_response
 
@@ -82,7 +84,7 @@ def make_tiny_chat_model(
     texts += ["Wait", " Wait", *extra_texts]
     tok = build_tokenizer(texts)
     model = build_model(
-        {"arch": "qwen2", "d_model": d_model, "layers": layers, "heads": 4, "kv_heads": 2},
+        arch or {"arch": "qwen2", "d_model": d_model, "layers": layers, "heads": 4, "kv_heads": 2},
         len(tok),
         seed=seed,
         pad_token_id=tok.pad_token_id,

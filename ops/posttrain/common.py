@@ -188,7 +188,7 @@ def collate(
 
 # Architectures whose causal-LM head is a plain ``lm_head(hidden)`` (no logit scaling or soft-capping), so the
 # head may be applied to a subset of positions and give exactly those positions' logits.
-PLAIN_HEAD = ("qwen2", "qwen3", "llama", "mistral", "qwen2_moe", "qwen3_moe", "deepseek_v3")
+PLAIN_HEAD = ("qwen2", "qwen3", "llama", "mistral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "minimax")
 
 
 def head_on_subset_ok(model: Any) -> bool:

@@ -17,7 +17,34 @@ from ops.losses import sft_loss
 from ops.posttrain.common import Example, collate, encode_all, epoch_batches, labelled_logits, pack, to_device
 from ops.train.optim import OptimConfig
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# attention and MLP projections; qkv_proj / out_proj / output_gate are MiniMax's lightning-attention layers
+LORA_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "qkv_proj",
+    "out_proj",
+    "output_gate",
+)
+
+
+def packing_refusal(model: Any) -> str | None:
+    """Why ``model`` cannot train on packed rows, or None. Packing isolates the examples of a row with a 4-D
+    block-diagonal mask; transformers' linear-attention layers (MiniMax's lightning attention) take only a 2-D
+    padding mask and ignore a 4-D one, so their recurrent state would carry one example into the next."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    types = getattr(getattr(base, "config", None), "layer_types", None) or []
+    if "linear_attention" in types:
+        mt = getattr(base.config, "model_type", "?")
+        return (
+            f"a {mt!r} model has linear-attention layers, which ignore the block-diagonal mask that keeps packed "
+            "examples apart (their state would run from one example into the next); set pack: false"
+        )
+    return None
 
 
 @dataclass
@@ -98,6 +125,9 @@ def train_sft(
     from ops.train.core import params_fingerprint, train
     from ops.train.optim import train_config
 
+    refusal = packing_refusal(model) if p.pack else None
+    if refusal:
+        raise ValueError(f"field 'pack': {refusal}")
     batch_fn, stats = make_batches(tok, examples, p)
     peft_model = add_lora(model, p) if p.lora_r > 0 else None
     net = peft_model if peft_model is not None else model

@@ -1,6 +1,6 @@
 """The ``pretrain`` stage end to end on text that ships with Python: quality bar against the unigram entropy,
 kill-and-resume bitwise identity through the stage, refused resume after the data changed, NaN stop, the MoE
-variant, torchrun with 2 gloo ranks through Dagster Pipes vs 1 rank, and config validation."""
+variant, the MiniMax hybrid, torchrun with 2 gloo ranks through Dagster Pipes vs 1 rank, and config validation."""
 
 from __future__ import annotations
 
@@ -199,6 +199,46 @@ def test_moe_variant_trains_and_reloads(base_home, tmp_path):
 
 
 @pytest.mark.slow
+def test_minimax_hybrid_trains_reloads_and_generates(base_home, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ops.generate import sample
+
+    home = _home_copy(base_home, tmp_path / "h")
+    cfg = {
+        **TINY,
+        "model": {
+            "arch": "minimax",
+            "d_model": 64,
+            "layers": 4,
+            "heads": 4,
+            "kv_heads": 2,
+            "full_attention_every": 2,
+            "experts": 4,
+            "top_k": 2,
+            "block_size": 16,  # training sequences of 64 cross lightning-attention blocks
+        },
+        "tokens": 16 * 8 * 64,
+        "eval_every": 0,
+    }
+    art, res = _pretrain(home, cfg)
+    checks = {c.name: c.passed for c in res.checks}
+    assert checks["finite_loss"] and checks["reloads"]
+    assert res.metrics["active_params"] < res.metrics["params"]
+    curve = res.metadata["curve"].records
+    assert curve[-1]["loss"] < curve[0]["loss"] - 0.5 and "aux_loss" in curve[-1]
+    assert res.metrics["val_loss"] < curve[0]["loss"]
+    model = AutoModelForCausalLM.from_pretrained(str(art.path))
+    assert type(model).__name__ == "MiniMaxForCausalLM"
+    assert model.config.layer_types == ["full_attention", "linear_attention"] * 2
+    assert model.config.block_size == 16 and model.config.num_local_experts == 4
+    out = model.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=6, do_sample=False)
+    mine = sample(model, [[5, 6, 7, 8]], max_new_tokens=6, stop_ids=[], pad_id=0, temperature=0.0)
+    assert out[0, 4:].tolist() == mine[0].ids  # transformers' generate and lmforge's sampler agree
+
+
+@pytest.mark.slow
 @pytest.mark.integration
 def test_torchrun_two_gloo_ranks_through_pipes_match_one_rank(base_home, tmp_path):
     import dagster as dg
@@ -246,6 +286,12 @@ def test_config_validation_names_fields():
     assert "model.kv_heads" in errs(model={"d_model": 64, "layers": 2, "heads": 4, "kv_heads": 3})
     assert "batch_size" in errs(launcher="torchrun", nproc_per_node=3)
     assert "model.d_model" in errs(model={"d_model": 64})
+    mm = {"arch": "minimax", "d_model": 64, "layers": 4, "heads": 4}
+    assert "model.full_attention_every" in errs(model={**mm, "full_attention_every": 3})
+    assert "model.layer_pattern" in errs(model={**mm, "layer_pattern": ["full_attention", "sliding"]})
+    assert "model.shared_expert_ffn" in errs(model={**mm, "full_attention_every": 2, "shared_expert_ffn": 64})
+    assert "model.block_size" in errs(model={"d_model": 64, "layers": 2, "block_size": 64})
+    assert errs(model={**mm, "full_attention_every": 2}) == {}
     assert "launcher" in errs(nproc_per_node=2)
     assert errs() == {}
     with pytest.raises(Exception, match="extra"):
