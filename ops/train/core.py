@@ -19,7 +19,9 @@ Everything else is plain composition:
 * atomic keep-last-k checkpoints in ``work_dir`` (:mod:`ops.train.checkpoint`) that refuse to resume under a
   different fingerprint (config, data, tokenizer — whatever the caller puts in ``fingerprint``);
 * a non-finite loss or gradient raises :class:`NonFiniteError` naming the step *before* the optimizer
-  touches the weights, so the last checkpoint on disk is the last good state;
+  touches the weights, so the last checkpoint on disk is the last good state; the step's loss, gradient
+  norm and tensor stats reach the host in one read, the one this guard needs (on a GPU the step's only
+  wait for the device: losses are summed over micro-batches where they live);
 * when ``torch.distributed`` is initialised the model is wrapped in DDP, or sharded with FSDP2
   (``fully_shard`` per decoder layer and at the root, CPU/gloo or CUDA/NCCL) with ``fsdp=True``; under FSDP
   ``precision: bf16`` (or ``auto`` on CUDA) becomes a mixed-precision policy (bf16 parameters and compute,
@@ -172,15 +174,8 @@ def schedule_lr(step: int, cfg: TrainConfig) -> float:
 
 def clip_grads(params: list[Any], max_norm: float) -> float:
     """Clip to ``max_norm`` (no-op when 0) and return the global L2 norm before clipping."""
-    import torch
-
-    grads = [p for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else float("inf"))
-    if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
-        norm = norm.full_tensor()
-    return float(norm)
+    norm = _clip(params, max_norm)
+    return 0.0 if norm is None else float(norm)
 
 
 def autocast_ctx(device: Any, precision: str = "auto") -> Any:
@@ -521,42 +516,74 @@ def _accumulated_update(
     first, step, batch_fn, wrapped, fwd_model, loss_fn, optimizer, params, cfg, device, world, done, last_ck
 ) -> _Update:
     """One optimizer update over ``cfg.grad_accum`` micro-batches (the first one already built), with the
-    loss and gradient norm guarded before the weights move."""
+    loss and gradient norm guarded before the weights move.
+
+    The micro-batches' losses and tensor stats are summed where they live (float64, in micro-batch order,
+    so the sums equal a host-side float sum bit for bit) and read back with the gradient norm in one
+    transfer: on a GPU that is the step's only wait for the device, the one the guard needs."""
     import torch
 
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = 0.0
-    stat_sums: dict[str, float] = {}
+    loss_sum: Any = None
+    stat_sums: dict[str, Any] = {}  # a float, or a float64 tensor on the stat's device
     micro_tokens = 0
     for micro in range(cfg.grad_accum):
         batch = first if micro == 0 else batch_fn(step, micro)
         sync = micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
         with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast_ctx(device, cfg.precision):
             loss, stats = loss_fn(fwd_model, batch)
-        (loss / cfg.grad_accum).backward()
-        loss_sum += float(loss.detach())
+        (loss if cfg.grad_accum == 1 else loss / cfg.grad_accum).backward()
+        value = loss.detach().double()
+        loss_sum = value if loss_sum is None else loss_sum + value
         micro_tokens += _tokens(stats, batch)
         for k, v in (stats or {}).items():
             if k != "tokens":
-                stat_sums[k] = stat_sums.get(k, 0.0) + float(v)
-    step_loss, step_tokens = loss_sum / cfg.grad_accum, micro_tokens
+                v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+                stat_sums[k] = stat_sums.get(k, 0.0) + v
+    step_loss = loss_sum / cfg.grad_accum
+    step_tokens = micro_tokens
     if world > 1:  # global mean loss and token count: every rank sees the same numbers
         import torch.distributed as dist
 
-        t = torch.tensor(
-            [step_loss, float(step_tokens)],
-            dtype=torch.float64,
-            device=device if device.type == "cuda" else "cpu",
-        )
+        t = torch.stack([step_loss, step_loss.new_tensor(float(step_tokens))])
+        if device.type != "cuda":
+            t = t.cpu()
         dist.all_reduce(t)
-        step_loss, step_tokens = float(t[0]) / world, int(t[1])
-    if not math.isfinite(step_loss):
-        raise NonFiniteError("loss", done, step_loss, last_ck)
-    grad_norm = clip_grads(params, cfg.grad_clip)
+        step_loss, step_tokens = t[0] / world, t[1]
+    norm = _clip(params, cfg.grad_clip)
+    tensor_stats = [k for k, v in stat_sums.items() if isinstance(v, torch.Tensor)]
+    host = _read([step_loss, norm, step_tokens, *(stat_sums[k] for k in tensor_stats)])
+    step_loss_f, grad_norm, step_tokens = host[0], host[1], int(host[2])
+    stat_sums.update(zip(tensor_stats, host[3:], strict=True))
+    if not math.isfinite(step_loss_f):
+        raise NonFiniteError("loss", done, step_loss_f, last_ck)
     if not math.isfinite(grad_norm):
         raise NonFiniteError("gradient norm", done, grad_norm, last_ck)
     optimizer.step()
-    return _Update(step_loss, grad_norm, {k: v / cfg.grad_accum for k, v in stat_sums.items()}, step_tokens)
+    return _Update(step_loss_f, grad_norm, {k: v / cfg.grad_accum for k, v in stat_sums.items()}, step_tokens)
+
+
+def _clip(params: list[Any], max_norm: float) -> Any:
+    """:func:`clip_grads` without reading the norm back: the norm as a tensor (0-d), None without grads."""
+    import torch
+
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else float("inf"))
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # DTensor under FSDP2
+
+
+def _read(values: list[Any]) -> list[float]:
+    """Scalars (0-d tensors on any device, floats, None = 0.0) as host floats, with one device-to-host copy."""
+    import torch
+
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return [0.0 if v is None else float(v) for v in values]
+    dev = tensors[0].device
+    read = iter(torch.stack([t.detach().to(dev, torch.float64) for t in tensors]).cpu().tolist())
+    return [next(read) if isinstance(v, torch.Tensor) else 0.0 if v is None else float(v) for v in values]
 
 
 def _updates(batches, fwd_model, loss_fn, optimizer, params, cfg, device, done, last_ck) -> _Update | None:

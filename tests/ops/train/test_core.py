@@ -111,6 +111,46 @@ def test_grad_accum_matches_one_big_batch():
     assert acc.losses == pytest.approx(big.losses, rel=1e-4)
 
 
+def test_a_step_reads_the_device_once_and_keeps_the_exact_host_sums(monkeypatch):
+    """The micro-batches' losses and tensor stats stay on the device until the step's one read (with the
+    gradient norm, for the guard); the logged means equal the float sums a host-side loop would make."""
+    import torch
+
+    class NoHostRead(torch.Tensor):
+        """A loss or stat that fails if the core reads it back on its own (``float()``/``.item()``)."""
+
+        def item(self):
+            raise AssertionError("a per-micro-batch host read")
+
+        def __float__(self):
+            raise AssertionError("a per-micro-batch host read")
+
+    calls: list[tuple[float, float]] = []  # (loss, stat) of every micro-batch, read by the test itself
+
+    def loss_fn(model, batch):
+        loss, _ = _loss(model, batch)
+        frac = (batch["labels"] < 40).float().mean()
+        calls.append((loss.detach().item(), frac.item()))
+        return loss.as_subclass(NoHostRead), {"low_frac": frac.as_subclass(NoHostRead), "const": 0.1}
+
+    import ops.train.core as core
+
+    reads = []
+    real_read = core._read
+    monkeypatch.setattr(core, "_read", lambda values: reads.append(len(values)) or real_read(values))
+    out = train(_tiny(), loss_fn, _batch_fn(), TrainConfig(steps=4, lr=1e-2, grad_accum=3, log_every=1),
+                log=lambda s: None, progress=False)
+    assert len(reads) == 4  # one read per step, whatever the number of micro-batches
+    for step, rec in enumerate(out.curve):
+        loss_sum = frac_sum = const_sum = 0.0
+        for loss, frac in calls[3 * step : 3 * step + 3]:
+            loss_sum, frac_sum, const_sum = loss_sum + loss, frac_sum + frac, const_sum + 0.1
+        assert out.losses[step] == rec["loss"] == loss_sum / 3  # exact: same float64 sums, same order
+        assert rec["low_frac"] == frac_sum / 3 and rec["const"] == const_sum / 3
+        assert isinstance(rec["low_frac"], float) and math.isfinite(rec["grad_norm"])
+    json.dumps(out.curve)  # records hold host numbers only
+
+
 _SCRIPT = textwrap.dedent("""
     import os, signal, sys, json
     sys.path.insert(0, {root!r})
