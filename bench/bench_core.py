@@ -8,7 +8,9 @@ when it already holds every stage at the current code versions (what ``make demo
 bench's own home (``$LMFORGE_BENCH_HOME``, default ``$LMFORGE_HOME`` with ``-bench`` appended), which
 this benchmark materializes first when it is incomplete: the first ``make bench`` on a machine (or after
 a code change that re-versions stages) then runs the whole pipeline once, about as long as ``make demo``,
-and reports that cold time too; later runs reuse it. The user's own home is only read, never written.
+and reports that cold time too; later runs reuse it. No artifact is ever written into the user's home (the
+no-op run there adds only a run to its Dagster history); a re-run that wrote any artifact is reported as an
+error instead of a time.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import traceback
 from pathlib import Path
 
 THREADS, BATCH, STEPS, WARM, MAX_LEN, N_EXAMPLES = 1, 16, 30, 2, 256, 512
-LR, WARMUP = 5e-4, 2
+LR, WARMUP, VOCAB = 5e-4, 2, 1000
 SHAPE = {
     "hidden_size": 128,
     "intermediate_size": 344,
@@ -46,84 +46,15 @@ SHAPE = {
     "num_key_value_heads": 2,
 }
 
-LLAMA_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
-    " + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
-QWEN_TEMPLATE = (
-    "{%- if messages[0]['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-FAMILIES = {
-    "llama": {
-        "special": [
-            "<|begin_of_text|>",
-            "<|end_of_text|>",
-            "<|start_header_id|>",
-            "<|end_header_id|>",
-            "<|eot_id|>",
-        ],
-        "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
-        "template": LLAMA_TEMPLATE,
-    },
-    "qwen2": {
-        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        "template": QWEN_TEMPLATE,
-    },
-}
+FAMILIES = ("llama", "qwen2")
 
 
 def _checkpoint(family: str, texts: list[str], out: Path) -> Path:
-    """A user-style checkpoint directory: random init (seed 0), tokenizer with the family's chat template."""
-    import torch
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
+    """A user-style checkpoint directory: random init (seed 0), tokenizer with the family's chat template;
+    built by the same code as the import tests' checkpoints, at this benchmark's vocabulary and shape."""
+    from testkit.hf_checkpoints import write_checkpoint
 
-    f = FAMILIES[family]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=1000,
-            special_tokens=f["special"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, model_max_length=1024, **f["tokens"])
-    tok.chat_template = f["template"]
-    cls = LlamaConfig if family == "llama" else Qwen2Config
-    cfg = cls(
-        vocab_size=len(tok),
-        max_position_embeddings=1024,
-        eos_token_id=tok.convert_tokens_to_ids(f["tokens"]["eos_token"]),
-        bos_token_id=tok.bos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=family == "qwen2",
-        **SHAPE,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return write_checkpoint(family, out, shape=SHAPE, texts=texts, vocab_size=VOCAB, max_len=1024)
 
 
 def _import(src: Path, out: Path) -> Path:
@@ -247,6 +178,7 @@ def run(out_dir: str | Path) -> dict:
 
     from ops.posttrain.common import Example
     from ops.tasks import make_splits
+    from testkit.hf_checkpoints import task_texts
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(out_dir)
@@ -255,7 +187,7 @@ def run(out_dir: str | Path) -> dict:
     torch.set_num_threads(THREADS)
     train, _ = make_splits(N_EXAMPLES, 10, seed=0, difficulties=(1, 2))
     examples = [Example(t.id, t.question, t.response, t.answer) for t in train]
-    texts = [f"{t.question} {t.response} You are a helpful assistant. user assistant system" for t in train]
+    texts = task_texts(N_EXAMPLES, seed=0)
     res: dict = {
         "threads": THREADS,
         "batch_size": BATCH,

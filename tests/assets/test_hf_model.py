@@ -15,7 +15,7 @@ import pytest
 
 from assets.registry import load_kinds
 from pipelines.execute import run_kind
-from tests import hf_helpers as H
+from testkit import hf_checkpoints as H
 
 load_kinds()
 QUIET = {"log": lambda s: None}

@@ -1,6 +1,6 @@
 """End to end: the ``gsm8k_grpo`` recipe (import an instruct model -> SFT -> GRPO -> evaluate -> report card) on
 the CPU, through ``tests/e2e/specs/gsm8k_grpo_cpu.yaml``, which extends the recipe and swaps in a tiny Qwen2-family
-checkpoint written by ``save_pretrained`` into a local Hugging Face cache (``tests/hf_helpers.py``) and small
+checkpoint written by ``save_pretrained`` into a local Hugging Face cache (``testkit/hf_checkpoints.py``) and small
 GSM8K- (Parquet, ``#### n``) and MATH-format (JSONL, ``\\boxed{}``) files written here. Nothing is downloaded.
 Materialized from a fresh home by the CLI; the second run is all cache hits; the report card names the
 imported model with its source and revision."""
@@ -28,7 +28,7 @@ def write_inputs(root: Path) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     from ops.tasks import make_splits
-    from tests.hf_helpers import checkpoint
+    from testkit.hf_checkpoints import checkpoint
 
     repo = root / "hub" / ("models--" + HUB_ID.replace("/", "--"))
     checkpoint("qwen2", repo / "snapshots" / COMMIT)

@@ -1,9 +1,12 @@
-"""Tiny "user checkpoints" for the import tests: Llama, Qwen2, Qwen3 and Mistral causal LMs with their own
-tokenizers and chat templates (Llama 3's header/``<|eot_id|>`` format, Qwen's ChatML with a default system
-turn, Mistral's ``[INST]``/``</s>``), randomly initialised with a fixed seed and written with ``save_pretrained`` the way a user's
-checkpoint directory looks (``model.safetensors``, ``config.json``, ``generation_config.json``,
-``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``). Neither tokenizer has lmforge's
+"""Tiny "user checkpoints": Llama, Qwen2, Qwen3 and Mistral causal LMs with their own tokenizers and chat
+templates (Llama 3's header/``<|eot_id|>`` format, Qwen's ChatML with a default system turn, Mistral's
+``[INST]``/``</s>``), randomly initialised with a fixed seed and written with ``save_pretrained`` the way a
+user's checkpoint directory looks (``model.safetensors``, ``config.json``, ``generation_config.json``,
+``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``). No tokenizer has lmforge's
 ``<think>``/``<answer>`` special tokens. Built locally from generated task text; nothing is downloaded.
+
+Used by the import tests (the defaults: a ~420-token BPE, 2 layers of width 64) and by ``bench/bench_sft.py``
+(a larger vocabulary and shape, passed in), so a benchmark's checkpoint is built exactly like a test's.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import functools
 import shutil
 import tempfile
 from pathlib import Path
-
-ROOT = Path(tempfile.mkdtemp(prefix="lmforge-hf-tests-"))
+from typing import Any
 
 LLAMA_TEMPLATE = (
     "{{- bos_token }}"
@@ -63,15 +65,33 @@ FAMILIES = {
 }
 
 
-def _texts() -> list[str]:
+TEST_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def task_texts(n: int = 1500, seed: int = 11) -> list[str]:
+    """Tokenizer training text: ``n`` generated problems with their worked responses and the role words."""
     from ops.tasks import make_splits
 
-    train, _ = make_splits(1500, 10, seed=11, difficulties=(1, 2))
+    train, _ = make_splits(n, 10, seed=seed, difficulties=(1, 2))
     return [f"{t.question} {t.response} You are a helpful assistant. user assistant system" for t in train]
 
 
-def build_tokenizer(family: str, template: str | None = "default"):
-    """A byte-level BPE (digits split) with the family's special tokens and chat template."""
+def build_tokenizer(
+    family: str,
+    template: str | None = "default",
+    *,
+    texts: list[str] | None = None,
+    vocab_size: int = 420,
+    max_len: int = 512,
+):
+    """A byte-level BPE (digits split) with the family's special tokens and chat template, trained on
+    ``texts`` (default :func:`task_texts`)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -85,30 +105,28 @@ def build_tokenizer(family: str, template: str | None = "default"):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=420,
+        vocab_size=vocab_size,
         special_tokens=f["special"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_texts(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **f["tokens"])
+    tok.train_from_iterator(texts if texts is not None else task_texts(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **f["tokens"])
     if template:
         fast.chat_template = f["template"] if template == "default" else template
     return fast
 
 
-def build_model(family: str, tok, seed: int = 0):
+def build_model(family: str, tok, seed: int = 0, *, shape: dict[str, Any] | None = None, max_len: int = 512):
+    """The family's causal LM over ``tok``'s vocabulary, ``shape`` (default :data:`TEST_SHAPE`), fp32, seeded
+    without touching the caller's RNG; Qwen families tie the embeddings, as the real ones do."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **(shape or TEST_SHAPE),
+        max_position_embeddings=max_len,
         eos_token_id=tok.convert_tokens_to_ids(FAMILIES[family]["tokens"]["eos_token"]),
         bos_token_id=tok.bos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -120,17 +138,23 @@ def build_model(family: str, tok, seed: int = 0):
         return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
 
 
-@functools.cache
-def _checkpoint(family: str) -> Path:
-    tok = build_tokenizer(family)
-    model = build_model(family, tok)
-    out = ROOT / f"{family}-ckpt"
+def write_checkpoint(family: str, out: Path, *, seed: int = 0, shape: dict[str, Any] | None = None,
+                     texts: list[str] | None = None, vocab_size: int = 420, max_len: int = 512) -> Path:
+    """A user-style checkpoint directory at ``out``: ``save_pretrained`` of the model and its tokenizer."""
+    tok = build_tokenizer(family, texts=texts, vocab_size=vocab_size, max_len=max_len)
+    model = build_model(family, tok, seed, shape=shape, max_len=max_len)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
 
 
+@functools.cache
+def _cached(family: str) -> Path:
+    return write_checkpoint(family, Path(tempfile.mkdtemp(prefix="lmforge-hf-ckpt-")) / f"{family}-ckpt")
+
+
 def checkpoint(family: str, dest: Path) -> Path:
-    """A fresh copy (the tests move and modify it) of the family's tiny checkpoint directory at ``dest``."""
-    shutil.copytree(_checkpoint(family), dest)
+    """A fresh copy (tests move and modify it) of the family's default tiny checkpoint directory at ``dest``;
+    each family is built once per process."""
+    shutil.copytree(_cached(family), dest)
     return dest
