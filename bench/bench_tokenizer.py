@@ -21,23 +21,9 @@ def _texts() -> list[str]:
 
 
 def _bare(texts: list[str]) -> float:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from testkit.hf_checkpoints import digit_byte_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        min_frequency=2,
-        show_progress=False,
-        special_tokens=[f"<|special{i}|>" for i in range(8)],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
+    tok, trainer = digit_byte_bpe([f"<|special{i}|>" for i in range(8)], VOCAB, min_frequency=2)
     t0 = time.perf_counter()
     tok.train_from_iterator(texts, trainer=trainer)
     return time.perf_counter() - t0

@@ -82,20 +82,11 @@ def task_texts(n: int = 1500, seed: int = 11) -> list[str]:
     return [f"{t.question} {t.response} You are a helpful assistant. user assistant system" for t in train]
 
 
-def build_tokenizer(
-    family: str,
-    template: str | None = "default",
-    *,
-    texts: list[str] | None = None,
-    vocab_size: int = 420,
-    max_len: int = 512,
-):
-    """A byte-level BPE (digits split) with the family's special tokens and chat template, trained on
-    ``texts`` (default :func:`task_texts`)."""
+def digit_byte_bpe(special: list[str], vocab_size: int, **trainer_kw: Any):
+    """An untrained bare ``tokenizers`` BPE with the stage's pre-tokenizer (each digit its own piece, then
+    byte-level) and its trainer (``special`` tokens first, the 256-byte initial alphabet): ``(tok, trainer)``."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    f = FAMILIES[family]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -106,10 +97,28 @@ def build_tokenizer(
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=f["special"],
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+        **trainer_kw,
     )
+    return tok, trainer
+
+
+def build_tokenizer(
+    family: str,
+    template: str | None = "default",
+    *,
+    texts: list[str] | None = None,
+    vocab_size: int = 420,
+    max_len: int = 512,
+):
+    """A byte-level BPE (digits split) with the family's special tokens and chat template, trained on
+    ``texts`` (default :func:`task_texts`)."""
+    from transformers import PreTrainedTokenizerFast
+
+    f = FAMILIES[family]
+    tok, trainer = digit_byte_bpe(f["special"], vocab_size)
     tok.train_from_iterator(texts if texts is not None else task_texts(), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **f["tokens"])
     if template:
