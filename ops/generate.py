@@ -143,11 +143,16 @@ def sample(
     seed: int | None = None,
     batch_size: int = 256,
     return_logprobs: bool = False,
+    share_prefix: bool = True,
+    drop_finished: bool = True,
 ) -> list[Sample]:
     """Sample one completion per prompt (repeat a prompt to get several), in batches, with a KV cache.
 
     Prompts are left-padded; position ids follow the attention mask so padding never shifts positions.
     A row stops at its first stop token or after ``max_new_tokens``; the batch stops when every row has.
+    ``share_prefix`` (prefill a repeated prompt once) and ``drop_finished`` (finished rows leave the decode
+    batch) change the cost, not the tokens (see :func:`_sample_batch`); turning them off gives the plain
+    loop the benchmark measures them against.
     """
     import torch
 
@@ -173,6 +178,8 @@ def sample(
                         gen,
                         return_logprobs,
                         dev,
+                        share_prefix,
+                        drop_finished,
                     )
                 )
     finally:
@@ -180,44 +187,70 @@ def sample(
     return out
 
 
-def _sample_batch(model, chunk, max_new, stop, pad_id, temperature, top_p, gen, want_lp, dev):
+def _sample_batch(
+    model, chunk, max_new, stop, pad_id, temperature, top_p, gen, want_lp, dev, share_prefix=True, drop_finished=True
+):
+    """One batch of the decode loop. Two savings leave every row's tokens and log-probs unchanged:
+
+    * each distinct prompt is prefilled once and its KV cache copied to every row that repeats it (a GRPO
+      group, ``generate(n=...)``): the prefill costs ``distinct prompts x P`` instead of ``rows x P``;
+    * a row that has produced its stop token leaves the forward batch (its cache rows are dropped), so the
+      decode steps cost the rows still running, not the whole batch.
+
+    Sampling still draws for all ``B`` rows every step (a finished row's draw is discarded): the sampler's
+    random stream then depends on the batch shape only, never on which rows are still running, so a seed
+    gives the same tokens as a loop that keeps every row in the batch. A row's logits are computed by the
+    same kernels whichever other rows share its batch, up to the matrix-multiply blocking of the batch
+    size (tested: equal tokens, log-probs within float tolerance, against the plain loop).
+    """
     import torch
 
     B = len(chunk)
-    P = max(len(p) for p in chunk)
-    ids = torch.full((B, P), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, P), dtype=torch.long)
-    for i, p in enumerate(chunk):
-        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p) :] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
+    first: dict[tuple[int, ...], int] = {}
+    if share_prefix:
+        inv = [first.setdefault(tuple(p), len(first)) for p in chunk]
+        uniq = [list(k) for k in first]
+    else:
+        inv, uniq = list(range(B)), [list(p) for p in chunk]
+    ids, mask = _left_pad(uniq, pad_id, dev)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = decode_kwargs(model)
     res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
-    past, logits = _cache(res), res.logits[:, -1]
+    past, logits = _cache(res), res.logits[:, -1].float()
+    if len(uniq) < B:
+        rows = torch.tensor(inv, dtype=torch.long, device=dev)
+        past.batch_select_indices(rows)
+        logits, mask, pos = logits[rows], mask[rows], pos[rows]
     last_pos = pos[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    active = torch.arange(B, device=dev)  # the rows in the forward batch, in order
     ck = _cache_kwarg(model)
     toks, lps = [], []
-    for _ in range(max_new):
+    for step in range(max_new):
         nxt, lp = sample_next(logits, temperature, top_p, gen if dev.type == "cpu" else None)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         toks.append(nxt)
         lps.append(lp)
         done = done | torch.isin(nxt, stop)
-        if bool(done.all()):
+        if step == max_new - 1 or bool(done.all()):  # no forward for a token that will not be drawn
             break
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], 1)
         last_pos = last_pos + 1
+        running = (~done[active]).nonzero().squeeze(1) if drop_finished else active
+        if len(running) < len(active):
+            past.batch_select_indices(running)
+            active = active[running]
         res = model(
-            input_ids=nxt[:, None],
-            attention_mask=mask,
-            position_ids=last_pos[:, None],
+            input_ids=nxt[active, None],
+            attention_mask=mask[active],
+            position_ids=last_pos[active, None],
             use_cache=True,
             **{ck: past},
             **extra,
         )
-        past, logits = _cache(res), res.logits[:, -1]
+        past = _cache(res)
+        # finished rows keep stale logits: their draws are replaced by padding above
+        logits = logits.index_copy(0, active, res.logits[:, -1].float())
     T = torch.stack(toks, 1).cpu() if toks else torch.zeros((B, 0), dtype=torch.long)
     L = torch.stack(lps, 1).float().cpu() if lps else torch.zeros((B, 0))
     stop_set = set(stop.tolist())
@@ -246,6 +279,18 @@ def decode_kwargs(model: Any) -> dict[str, Any]:
     ):
         return {"output_router_logits": False}
     return {}
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, dev: Any) -> tuple[Any, Any]:
+    import torch
+
+    B, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
+    return ids.to(dev), mask.to(dev)
 
 
 def _cache_kwarg(model: Any) -> str:

@@ -133,3 +133,60 @@ def test_top_p_draws_only_from_the_nucleus_with_renormalised_frequencies():
     ids2, _ = G.sample_next(logits, temperature=0.5, top_p=1.0, generator=g)
     want = 0.25 / (0.25 + 0.09 + 0.0225 + 0.0025)
     assert abs((ids2 == 0).float().mean() - want) < 0.015
+
+
+def _biased_stop(model, tok, bias: float):
+    """Raise ``<|im_end|>``'s logit so rows stop at scattered lengths (a random model rarely stops)."""
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    saved = model.get_output_embeddings().weight.data.clone()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.data[im_end] += bias * model.model.norm.weight.sign()
+    return saved
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.9), (0.0, 1.0)])
+def test_shared_prefix_and_dropped_rows_give_the_plain_loops_tokens(tok, model, temperature, top_p):
+    # groups of repeated prompts, not consecutive, plus a prompt of its own: the GRPO and generate(n=) layout
+    # and an arbitrary one. The plain loop prefills every row and keeps finished rows in the batch.
+    prompts = G.chat_prompts(tok, QUESTIONS)
+    rows = [prompts[0]] * 4 + [prompts[1]] * 4 + [prompts[2]] + [prompts[0]] * 3
+    saved = _biased_stop(model, tok, 1.2)
+    try:
+        kw = dict(
+            max_new_tokens=24, stop_ids=G.stop_token_ids(tok), pad_id=tok.pad_token_id, temperature=temperature,
+            top_p=top_p, seed=5, return_logprobs=True, batch_size=8,  # two batches: the second has 4 rows
+        )
+        plain = G.sample(model, rows, share_prefix=False, drop_finished=False, **kw)
+        variants = [G.sample(model, rows, share_prefix=s, drop_finished=d, **kw) for s, d in
+                    [(True, True), (True, False), (False, True)]]
+    finally:
+        model.get_output_embeddings().weight.data.copy_(saved)
+    lengths = [x.n_tokens for x in plain]
+    if temperature > 0:  # the case must exercise rows leaving the batch while others run on
+        assert any(x.finished for x in plain) and len(set(lengths)) > 2 and max(lengths) > min(lengths)
+    for fast in variants:
+        for a, b in zip(plain, fast):
+            assert a.ids == b.ids and a.finished == b.finished and a.prompt_ids == b.prompt_ids
+            # the same kernels on a different number of rows: equal up to float rounding of the batch blocking
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+
+
+def test_forward_batches_shrink_to_distinct_prompts_and_running_rows(tok, model):
+    prompts = G.chat_prompts(tok, QUESTIONS)
+    rows = [p for p in prompts for _ in range(4)]
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: sizes.append(int(kw["input_ids"].shape[0])),
+                                           with_kwargs=True)
+    saved = _biased_stop(model, tok, 1.2)
+    try:
+        out = G.sample(model, rows, max_new_tokens=24, stop_ids=G.stop_token_ids(tok), pad_id=tok.pad_token_id,
+                       seed=5)
+    finally:
+        hook.remove()
+        model.get_output_embeddings().weight.data.copy_(saved)
+    assert sizes[0] == 3  # one prefill row per distinct prompt
+    # every decode forward carries exactly the rows that have not stopped before it
+    for step, n in enumerate(sizes[1:], start=1):
+        assert n == sum(1 for x in out if not (x.finished and x.n_tokens <= step))
+    assert sizes[-1] < len(rows)
+    assert len(sizes) <= 24  # no forward after the last token a row can take
