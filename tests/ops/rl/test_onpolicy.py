@@ -40,7 +40,8 @@ def test_on_policy_update_runs_one_forward_per_minibatch_and_its_ratio_is_exactl
     steps = [h for h in st.history if h["step"] > 0]
     minibatches = sum(-(-round(h["live_groups"] * 16) // 8) for h in steps)
     assert minibatches >= 2  # the case has updates to check
-    assert calls == {"grad": minibatches, "no_grad": 0}
+    # each minibatch: one training forward (its prompts once per group, then the completions), nothing else
+    assert calls == {"grad": 2 * minibatches, "no_grad": 0}
     for h in steps:
         if h["live_groups"] > 0:
             assert h["ratio"] == 1.0 and h["clip_frac"] == 0.0
