@@ -14,6 +14,8 @@ decode batch (``drop_finished``), both (the default), and the plain loop on tran
 each variant's best of ``LEVER_ROUNDS`` alternating rounds, and whether it drew the same tokens as the plain
 loop. ``old_logprob_forward_s`` is what a separate no-grad forward for the old log-probs would cost on that
 batch: the fully on-policy update never runs it (its old log-probs are the training forward's, detached).
+``update_fwd_bwd_s``: the update's log-prob forward and backward on that batch with every row in full and with
+each prompt run once per group (``ops.rl.common.completion_logprobs``'s shared prefix, the default).
 """
 
 from __future__ import annotations
@@ -214,11 +216,22 @@ def _gen_levers(train, model_dir) -> dict:
         with torch.no_grad():
             completion_logprobs(policy, t)
         fwd = min(fwd, time.perf_counter() - t0)
+    # the update's forward + backward on the whole rollout batch, full rows vs each prompt once per group
+    policy.train()
+    upd = {"full": float("inf"), "share_prefix": float("inf")}
+    for _ in range(LEVER_ROUNDS):
+        for name in upd:
+            t0 = time.perf_counter()
+            completion_logprobs(policy, t, share_prefix=name == "share_prefix").sum().backward()
+            upd[name] = min(upd[name], time.perf_counter() - t0)
+            policy.zero_grad()
     return {
         "gen_s": {k: round(v, 4) for k, v in best.items()},
         "speedup_vs_plain": {k: round(best["plain"] / v, 2) for k, v in best.items()},
         "same_tokens_as_plain": same,
         "old_logprob_forward_s": round(fwd, 4),
+        "update_fwd_bwd_s": {k: round(v, 4) for k, v in upd.items()},
+        "update_fwd_bwd_speedup": round(upd["full"] / upd["share_prefix"], 2),
     }
 
 
@@ -336,6 +349,14 @@ def run(out_dir: str | Path) -> dict:
         for k, v in lv["gen_s"].items()
     ]
     lines.append(f"| separate old-log-prob forward (not run on-policy) | {lv['old_logprob_forward_s']:.4f} | | |")
+    u = lv["update_fwd_bwd_s"]
+    lines += [
+        "",
+        "| update forward + backward | s | vs full |",
+        "|---|---|---|",
+        f"| full rows | {u['full']:.4f} | 1.00x |",
+        f"| each prompt once per group | {u['share_prefix']:.4f} | {lv['update_fwd_bwd_speedup']:.2f}x |",
+    ]
     (out / "bench_grpo.md").write_text("\n".join(lines) + "\n")
     return res
 

@@ -194,8 +194,8 @@ def _sample_batch(
 
     * each distinct prompt is prefilled once and its KV cache copied to every row that repeats it (a GRPO
       group, ``generate(n=...)``): the prefill costs ``distinct prompts x P`` instead of ``rows x P``;
-    * a row that has produced its stop token leaves the forward batch (its cache rows are dropped), so the
-      decode steps cost the rows still running, not the whole batch.
+    * rows that have produced their stop token leave the forward batch (their cache rows are dropped) once
+      they are a quarter of it, so the decode steps cost about the rows still running, not the whole batch.
 
     Sampling still draws for all ``B`` rows every step (a finished row's draw is discarded): the sampler's
     random stream then depends on the batch shape only, never on which rows are still running, so a seed
@@ -237,7 +237,8 @@ def _sample_batch(
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], 1)
         last_pos = last_pos + 1
         running = (~done[active]).nonzero().squeeze(1) if drop_finished else active
-        if len(running) < len(active):
+        # gathering the cache copies it: worth it once a quarter of the batch has finished, not per row
+        if 4 * len(running) <= 3 * len(active):
             past.batch_select_indices(running)
             active = active[running]
         res = model(

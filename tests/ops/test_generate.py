@@ -185,8 +185,13 @@ def test_forward_batches_shrink_to_distinct_prompts_and_running_rows(tok, model)
         hook.remove()
         model.get_output_embeddings().weight.data.copy_(saved)
     assert sizes[0] == 3  # one prefill row per distinct prompt
-    # every decode forward carries exactly the rows that have not stopped before it
+    # every decode forward carries the rows that have not stopped before it, and finished rows leave it once
+    # they are a quarter of it
+    batch = len(rows)
     for step, n in enumerate(sizes[1:], start=1):
-        assert n == sum(1 for x in out if not (x.finished and x.n_tokens <= step))
+        running = sum(1 for x in out if not (x.finished and x.n_tokens <= step))
+        if 4 * running <= 3 * batch:
+            batch = running
+        assert n == batch
     assert sizes[-1] < len(rows)
     assert len(sizes) <= 24  # no forward after the last token a row can take
