@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 PROMPTS, GROUP, MAX_NEW, STEPS = 8, 8, 48, 4
-THREADS, ROUNDS, LEVER_ROUNDS = 1, 2, 5
+THREADS, ROUNDS, LEVER_ROUNDS = 1, 4, 10
 SFT_STEPS = 150  # a short SFT first: from a random init every reward is 0, every group is skipped and a step
 # is generation only (lmforge skips the update while TRL still back-propagates), which is not a comparison
 
