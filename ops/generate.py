@@ -190,7 +190,7 @@ def sample(
 def _sample_batch(
     model, chunk, max_new, stop, pad_id, temperature, top_p, gen, want_lp, dev, share_prefix=True, drop_finished=True
 ):
-    """One batch of the decode loop. Two savings leave every row's tokens and log-probs unchanged:
+    """One batch of the decode loop. Two savings leave every row's tokens unchanged (log-probs up to float rounding):
 
     * each distinct prompt is prefilled once and its KV cache copied to every row that repeats it (a GRPO
       group, ``generate(n=...)``): the prefill costs ``distinct prompts x P`` instead of ``rows x P``;
