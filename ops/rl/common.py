@@ -152,19 +152,23 @@ def completion_logprobs(
 def _shared_prefix_hidden(decoder: Any, t: dict[str, Any]) -> Any:
     """The last hidden states at the completion positions ``[N, L, d]``: the distinct prompts (left-padded, so
     each ends at the last column) through ``decoder`` once, their cache gathered to the samples, then the
-    completions' first ``L - 1`` tokens on that cache. ``None`` when the decoder keeps no cache (activation
-    checkpointing turns it off in training) or its cache cannot gather rows."""
+    completions' first ``L - 1`` tokens on that cache. ``None`` (use the full forward) under activation
+    checkpointing (no cache in training) and for layers other than full attention."""
     import torch
 
     from ops.generate import _cache, _cache_kwarg
 
     if decoder.training and getattr(decoder, "gradient_checkpointing", False):
         return None
+    # a plain key/value cache only: a sliding window drops prompt keys, and a linear-attention layer's state
+    # (MiniMax) decodes the completions token by token, slower than its full forward
+    if any(x != "full_attention" for x in getattr(decoder.config, "layer_types", None) or []):
+        return None
     pmask, row = t["prompt_mask"], t["prompt_row"]
     pos = (pmask.cumsum(-1) - 1).clamp(min=0)
     out = decoder(input_ids=t["prompt_ids"], attention_mask=pmask, position_ids=pos, use_cache=True)
     cache = _cache(out)
-    if cache is None or not hasattr(cache, "batch_select_indices"):
+    if type(cache).__name__ != "DynamicCache":
         return None
     cache.batch_select_indices(row)
     first = out.last_hidden_state[row, -1:]  # the prompt's last position predicts the first completion token
