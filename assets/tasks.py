@@ -40,6 +40,19 @@ class ReasoningTasksConfig(StageConfig):
         "2: 2-3 ops of + - * / up to 99, 3, 4: longer and larger)",
     )
     seed: int = Field(0, description="generator seed; train and eval use separate streams of it")
+    solution_style: Literal["plain", "verify"] = Field(
+        "plain",
+        description="how generated solutions are written: 'plain': the chain of equations; 'verify': each step "
+        "followed by a check of it, and slipped steps corrected after ' Wait,' (the text evaluate's wait_text "
+        "must be to force the same tokens)",
+    )
+    correction_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="solution_style=verify: probability that a step is first written with a slipped result, "
+        "then corrected after ' Wait,'",
+    )
     path: str | None = Field(
         None, description="generator=parquet: training Parquet with question/answer columns"
     )
@@ -61,7 +74,7 @@ class ReasoningTasksConfig(StageConfig):
 
 
 def _validate(cfg: ReasoningTasksConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
-    from ops.tasks import DIFFICULTY, check_task_parquet
+    from ops.tasks import DIFFICULTY, check_solution_style, check_task_parquet
 
     errs: list[tuple[str, str]] = []
     if cfg.generator == "parquet":
@@ -73,7 +86,20 @@ def _validate(cfg: ReasoningTasksConfig, refs: dict[str, str]) -> list[tuple[str
             v = getattr(cfg, fld)
             if v:
                 errs += [(fld, msg) for msg in check_task_parquet(Path(v).expanduser())]
+        if cfg.solution_style != "plain" or cfg.correction_rate:
+            errs.append(
+                (
+                    "solution_style",
+                    "generator 'parquet' uses the file's own solutions; solution_style and correction_rate "
+                    "apply to the arithmetic generator only",
+                )
+            )
     else:
+        try:
+            check_solution_style(cfg.solution_style, cfg.correction_rate)
+        except ValueError as e:
+            fld, msg = str(e).split(": ", 1)
+            errs.append((fld, msg))
         bad = [d for d in cfg.difficulties if d not in DIFFICULTY]
         if bad or not cfg.difficulties:
             errs.append(
@@ -134,7 +160,15 @@ def _run(run: StageRun) -> StageResult:
         ev = [t for t in ev if t.question not in excluded]
         dropped = n - len(train) - len(ev)
     else:
-        train, ev = make_splits(cfg.train, cfg.eval, cfg.seed, cfg.difficulties, exclude=excluded)
+        train, ev = make_splits(
+            cfg.train,
+            cfg.eval,
+            cfg.seed,
+            cfg.difficulties,
+            exclude=excluded,
+            solution_style=cfg.solution_style,
+            correction_rate=cfg.correction_rate,
+        )
     if excluded:
         run.log(f"excluding {len(excluded)} questions of {run.config.exclude}; {dropped} user rows dropped")
     write_tasks(train, run.out / "train.parquet")

@@ -9,7 +9,9 @@ task's answer format, so they can never disagree about what counts as a correct,
 
 Stable API (used by rewards, rejection sampling, the evaluation stage):
 
-* ``generate_tasks(n, seed, difficulties=(2,), id_prefix="t") -> list[Task]`` - deterministic problems.
+* ``generate_tasks(n, seed, difficulties=(2,), id_prefix="t", solution_style="plain", correction_rate=0.0)
+  -> list[Task]`` - deterministic problems; ``verify`` solutions check every step and, at ``correction_rate``,
+  correct a slipped step after ``WAIT_TEXT`` (the text evaluation forces for a Wait extension).
 * ``make_splits(n_train, n_eval, seed, difficulties) -> (train, eval)`` - disjoint by question text and by
   seed stream (train draws from ``seed``'s stream, eval from a separate stream; any eval question that also
   occurs in train is replaced).
@@ -245,9 +247,8 @@ def _step(
     return None
 
 
-def generate_task(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
-    """One problem: (question, solution, answer). The solution is the chain of equations, e.g.
-    ``"12+5=17. 17*3=51."``, and the answer the final value."""
+def _equations(rng: random.Random, difficulty: int) -> tuple[str, list[str], str]:
+    """One problem: (question, its equations in order, answer)."""
     if difficulty not in DIFFICULTY:
         raise ValueError(f"unknown difficulty {difficulty}; choose one of {sorted(DIFFICULTY)}")
     lo, hi, max_operand, max_value, allowed = DIFFICULTY[difficulty]
@@ -263,7 +264,75 @@ def generate_task(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
         sentences.append(s)
         eqs.append(e)
     sentences.append(f"How many {item} does {who} have?")
-    return " ".join(sentences), " ".join(e + "." for e in eqs), str(cur)
+    return " ".join(sentences), eqs, str(cur)
+
+
+def generate_task(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
+    """One problem: (question, solution, answer). The solution is the chain of equations, e.g.
+    ``"12+5=17. 17*3=51."``, and the answer the final value."""
+    q, eqs, ans = _equations(rng, difficulty)
+    return q, plain_solution(eqs), ans
+
+
+# ---------------------------------------------------------------------------------------------- solution styles
+# How a worked solution is written. ``plain``: the chain of equations. ``verify``: every step is followed by a
+# check (the inverse operation gives back the previous value), and with probability ``correction_rate`` a step
+# is first written with a slipped result, then WAIT_TEXT, a comma and the corrected step. The text the evaluator
+# forces for a Wait extension must be WAIT_TEXT (evaluate's ``wait_text``), so the forced tokens are exactly the
+# ones the model saw: the byte-level pre-tokenizer attaches the space to the word, so " Wait" inside a trace
+# encodes as ``encode(" Wait")``, while the bare "Wait" is other tokens.
+SOLUTION_STYLES = ("plain", "verify")
+WAIT_TEXT = " Wait"
+_INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
+_EQ = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
+
+
+def plain_solution(eqs: list[str]) -> str:
+    """``"12+5=17. 17*3=51."``: the equations, each closed by a full stop."""
+    return " ".join(e + "." for e in eqs)
+
+
+def _check(eq: str) -> str:
+    """The check of a correct step: its result under the inverse operation gives back the first operand
+    (``17*3=51`` -> ``51/3=17``); exact for all four operations because every step's result is an integer."""
+    a, op, b, c = _EQ.match(eq).groups()
+    return f"{c}{_INVERSE[op]}{b}={a}"
+
+
+def _slip(rng: random.Random, value: int) -> int:
+    """A plausible arithmetic slip: one digit of ``value`` changed (never the leading digit to 0)."""
+    digits = list(str(value))
+    i = rng.randrange(len(digits))
+    choices = [d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0" and len(digits) > 1)]
+    digits[i] = rng.choice(choices)
+    return int("".join(digits))
+
+
+def verify_solution(eqs: list[str], rng: random.Random, correction_rate: float) -> str:
+    """The ``verify`` style of a chain: ``"17*3=51, check 51/3=17."`` per step; a step drawn at
+    ``correction_rate`` reads ``"17*3=41. Wait, 17*3=51, check 51/3=17."``. The answer is unchanged: the
+    trace's last result is still the final value."""
+    parts = []
+    for eq in eqs:
+        lhs, c = eq.split("=")
+        step = f"{eq}, check {_check(eq)}."
+        if rng.random() < correction_rate:
+            step = f"{lhs}={_slip(rng, int(c))}.{WAIT_TEXT}, {step}"
+        parts.append(step)
+    return " ".join(parts)
+
+
+def check_solution_style(style: str, correction_rate: float) -> None:
+    """ValueError naming the field for an unknown style or a correction rate outside [0, 1] (or set for a
+    style that has no corrections)."""
+    if style not in SOLUTION_STYLES:
+        raise ValueError(f"solution_style: unknown style {style!r}; choose one of {list(SOLUTION_STYLES)}")
+    if not (0.0 <= correction_rate <= 1.0):
+        raise ValueError(f"correction_rate: must be within [0, 1], got {correction_rate}")
+    if style == "plain" and correction_rate:
+        raise ValueError(
+            f"correction_rate: {correction_rate} needs solution_style 'verify' (plain solutions have no corrections)"
+        )
 
 
 def _task_id(prefix: str, question: str) -> str:
@@ -276,15 +345,20 @@ def generate_tasks(
     difficulties: tuple[int, ...] | list[int] = (2,),
     id_prefix: str = "t",
     exclude: set[str] | None = None,
+    solution_style: str = "plain",
+    correction_rate: float = 0.0,
 ) -> list[Task]:
     """``n`` distinct problems from ``seed`` (deterministic), difficulty cycling through ``difficulties``.
 
     Questions in ``exclude`` (and duplicates) are skipped; ids are a hash of the question text, so the same
-    question always has the same id.
+    question always has the same id. ``solution_style`` only changes how solutions are written: the problems
+    (and answers) of a seed are the same in every style, since the style draws from its own random stream.
     """
     if not difficulties:
         raise ValueError("difficulties must name at least one level")
+    check_solution_style(solution_style, correction_rate)
     rng = random.Random(seed)
+    style_rng = random.Random(f"{seed}:{solution_style}")
     seen = set(exclude or ())
     out: list[Task] = []
     tries = 0
@@ -293,10 +367,11 @@ def generate_tasks(
         if tries > 50 * n + 1000:
             raise ValueError(f"could only generate {len(out)} distinct problems of {n} requested")
         d = difficulties[len(out) % len(difficulties)]
-        q, sol, ans = generate_task(rng, d)
+        q, eqs, ans = _equations(rng, d)
         if q in seen:
             continue
         seen.add(q)
+        sol = plain_solution(eqs) if solution_style == "plain" else verify_solution(eqs, style_rng, correction_rate)
         out.append(Task(_task_id(id_prefix, q), q, ans, sol, int(d), "arithmetic"))
     return out
 
@@ -307,12 +382,16 @@ def make_splits(
     seed: int,
     difficulties: tuple[int, ...] | list[int] = (2,),
     exclude: set[str] | None = None,
+    solution_style: str = "plain",
+    correction_rate: float = 0.0,
 ) -> tuple[list[Task], list[Task]]:
     """Disjoint train/eval splits: eval comes from its own seed stream and never repeats a train question;
-    neither split contains a question in ``exclude`` (e.g. another task set's problems)."""
+    neither split contains a question in ``exclude`` (e.g. another task set's problems). Both splits' solutions
+    are in ``solution_style`` (:func:`generate_tasks`)."""
     ex = set(exclude or ())
+    style = {"solution_style": solution_style, "correction_rate": correction_rate}
     train = generate_tasks(
-        n_train, seed=seed * 2 + 0, difficulties=difficulties, id_prefix="train", exclude=ex
+        n_train, seed=seed * 2 + 0, difficulties=difficulties, id_prefix="train", exclude=ex, **style
     )
     ev = generate_tasks(
         n_eval,
@@ -320,6 +399,7 @@ def make_splits(
         difficulties=difficulties,
         id_prefix="eval",
         exclude=ex | {t.question for t in train},
+        **style,
     )
     return train, ev
 

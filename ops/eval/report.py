@@ -298,6 +298,7 @@ def build(
                 "seed_spread": spread.get(m, {}),
                 "budget_curve": by_model[m].summary.get("budget_curve") or [],
                 "wait_curve": by_model[m].summary.get("wait_curve") or [],
+                "wait_effect": by_model[m].summary.get("wait_effect") or [],
                 "unbudgeted": by_model[m].summary.get("unbudgeted"),
             }
             for m in models

@@ -52,6 +52,18 @@ def _fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{v} [{m['low']:.{digits}f}, {m['high']:.{digits}f}]"
 
 
+def wait_effect_text(e: dict[str, Any]) -> str:
+    """One line: forced Waits minus stopping at the model's own ``</think>``, paired over items."""
+    head = f"wait ×{e['wait_extensions']} − own </think>"
+    if e.get("low") is None:
+        return f"{head}: {e['n']} paired items, too few for an interval"
+    verdict = "**beyond noise**" if e["beyond_noise"] else "within noise"
+    return (
+        f"{head}: {e['diff']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] accuracy, paired over {e['n']} items, "
+        f"{verdict}"
+    )
+
+
 def render_markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
     """``report.md`` from the report ``r`` (the content of ``report.json``) and the stages it covers."""
     L: list[str] = [f"# {r['title']}", ""]
@@ -129,6 +141,8 @@ def render_markdown(r: dict[str, Any], stages: dict[str, StageInfo]) -> str:
                 for lbl, p in pts
             )
         )
+        for e in d.get("wait_effect") or []:
+            L.append(f"  - {wait_effect_text(e)}")
     if not any_curve:
         L.append("No budget sweep was run.")
     L.append("")

@@ -159,3 +159,40 @@ def test_evaluate_scores_a_gsm8k_task_set_by_plain_decoding(lmforge_home, tmp_pa
         assert r["format_ok"] == well_formed(r["completion"], "gsm8k")
     m = json.loads((art.path / "metrics.json").read_text())
     assert "format_rate" in m["overall"] and "maj@2" in m["overall"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        ("solution_style: verbose", "solution_style", "'plain' or 'verify'"),
+        ("solution_style: verify, correction_rate: 1.5", "correction_rate", "less than or equal to 1"),
+        ("correction_rate: 0.2", "correction_rate", "needs solution_style 'verify'"),
+        ("generator: parquet, path: x.parquet, solution_style: verify", "solution_style", "arithmetic generator only"),
+    ],
+)
+def test_bad_solution_style_is_one_error_naming_file_stage_and_field(tmp_path, fields, field, message):
+    p = tmp_path / "spec.yaml"
+    p.write_text(f"pipeline: bad_style\nstages:\n  tasks: {{kind: reasoning_tasks, train: 10, eval: 2, {fields}}}\n")
+    with pytest.raises(SpecError) as ei:
+        load_spec(p)
+    issues = [i for i in ei.value.issues if i.field == field]
+    assert len(issues) == 1, str(ei.value)
+    assert (issues[0].file, issues[0].stage) == (str(p), "tasks")
+    assert message in str(ei.value), str(ei.value)
+
+
+@pytest.mark.unit
+def test_verify_style_task_set_trains_its_traces(tmp_path):
+    """The stage writes verify-style solutions (checks, Wait corrections) and SFT's responses carry them."""
+    from ops.tasks import WAIT_TEXT, read_task_set
+
+    art, _ = run_kind(
+        "reasoning_tasks",
+        {"train": 40, "eval": 4, "difficulties": [3, 4], "solution_style": "verify", "correction_rate": 0.5},
+        tmp_path,
+    )
+    train = read_task_set(art.path, "train")
+    assert all(", check " in t.solution for t in train)
+    assert any(WAIT_TEXT + ", " in t.response and t.response.endswith(f"<answer>{t.answer}</answer>")
+               for t in train)

@@ -165,3 +165,108 @@ def test_non_numeric_answers_are_refused_naming_file_column_and_rows(tmp_path):
     pq.write_table(pa.table({"question": [f"q{i}?" for i in range(len(ok))], "answer": ok}), good)
     assert T.check_task_parquet(good) == []
     assert [t.answer for t in T.load_task_parquet(good)] == ["6", "-5/2", "1200", "7/2", "10", "42"]
+
+
+# ---- solution styles -------------------------------------------------------------------------------------
+_STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+
+
+def _replay_verify(solution: str) -> tuple[int, int, int]:
+    """Re-derive the answer from a verify-style solution: every kept step is exact and starts from the previous
+    result, its check inverts it, and a slipped step is followed by WAIT_TEXT and the same step done right.
+    Returns (answer, kept steps, corrections)."""
+    val, steps, fixes = None, 0, 0
+    wait = T.WAIT_TEXT.strip()
+    for part in filter(None, (s.strip() for s in solution.split("."))):
+        if part.startswith(wait + ", "):
+            part = part[len(wait) + 2 :]
+            fixes += 1
+        m = re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)(?:, check (\d+)([-+*/])(\d+)=(\d+))?", part)
+        assert m, part
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        if val is not None:
+            assert a == val, f"step starts from the previous result: {part}"
+        if m[5] is None:  # the slipped step: wrong result, and the next part must be its correction
+            assert _OPS[op](a, b) != c, part
+            continue
+        assert _OPS[op](a, b) == c, part
+        ca, cop, cb, cc = int(m[5]), m[6], int(m[7]), int(m[8])
+        assert (ca, cb, cc) == (c, b, a) and _OPS[cop](ca, cb) == cc, f"check inverts the step: {part}"
+        val, steps = c, steps + 1
+    return val, steps, fixes
+
+
+def test_plain_style_is_the_unchanged_default():
+    import hashlib
+
+    tr, ev = T.make_splits(200, 50, 3, [1, 2, 3, 4])
+    digest = hashlib.sha256(repr([(t.id, t.question, t.solution, t.answer) for t in tr + ev]).encode())
+    # the generator's problems and plain solutions, byte for byte as before solution styles existed
+    assert digest.hexdigest() == "f03d9ef36dbeb63712090047089f701ce8b82dd1cc5afb25840ed259d658b1f3"
+    assert tr == T.make_splits(200, 50, 3, [1, 2, 3, 4], solution_style="plain")[0]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 1.0])
+def test_verify_style_replays_and_corrects_at_the_rate(rate):
+    plain = T.generate_tasks(300, seed=5, difficulties=[3, 4])
+    ver = T.generate_tasks(300, seed=5, difficulties=[3, 4], solution_style="verify", correction_rate=rate)
+    assert [t.question for t in ver] == [t.question for t in plain], "same problems in every style"
+    steps = fixes = 0
+    for p, v in zip(plain, ver):
+        ans, n, f = _replay_verify(v.solution)
+        assert str(ans) == v.answer == p.answer
+        assert n == len(p.solution.split(". "))
+        assert T.format_ok(v.response) and T.is_correct(v.response, v.answer)
+        steps, fixes = steps + n, fixes + f
+    if rate == 0.0:
+        assert fixes == 0
+    elif rate == 1.0:
+        assert fixes == steps
+    else:
+        assert abs(fixes / steps - rate) < 0.05, (fixes, steps)
+
+
+def test_verify_example_reads_as_documented():
+    t = T.generate_tasks(50, seed=0, difficulties=[3], solution_style="verify", correction_rate=0.5)
+    fixed = next(x.solution for x in t if "Wait" in x.solution)
+    m = re.search(r"(\d+[-+*/]\d+)=(\d+)\. Wait, (\d+[-+*/]\d+)=(\d+), check ", fixed)
+    assert m and m[1] == m[3] and m[2] != m[4], fixed
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"solution_style": "verbose"}, r"solution_style: unknown style 'verbose'; choose one of \['plain', 'verify'\]"),
+        ({"solution_style": "verify", "correction_rate": 1.5}, r"correction_rate: must be within \[0, 1\], got 1.5"),
+        ({"solution_style": "verify", "correction_rate": -0.1}, r"correction_rate: must be within"),
+        ({"correction_rate": 0.2}, r"correction_rate: 0.2 needs solution_style 'verify'"),
+    ],
+)
+def test_bad_solution_style_or_rate_is_a_clear_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        T.generate_tasks(3, seed=0, difficulties=[3], **kw)
+
+
+def test_trace_wait_tokens_are_the_tokens_evaluation_forces():
+    """The Wait a verify trace contains is encoded exactly as ``encode(WAIT_TEXT)``, the token ids the
+    budget-forcing loop forces (SpecialIds.wait), while the bare word "Wait" after a full stop is not."""
+    from ops.eval.budget import SpecialIds
+    from ops.tokenizer import chat_prompt, chat_response, to_transformers, train_bpe
+
+    tasks = T.generate_tasks(400, seed=1, difficulties=[3, 4], solution_style="verify", correction_rate=0.3)
+    tok = to_transformers(
+        train_bpe([chat_prompt(t.question) + chat_response(t.solution, t.answer) for t in tasks], vocab_size=400)
+    )
+    forced = SpecialIds.from_tokenizer(tok, T.WAIT_TEXT).wait
+    assert forced == tuple(tok.encode(T.WAIT_TEXT, add_special_tokens=False))
+
+    with_wait = [t for t in tasks if "Wait" in t.solution]
+    assert with_wait
+    for t in with_wait[:50]:
+        ids = tok.encode(chat_response(t.solution, t.answer), add_special_tokens=False)
+        n_text = t.solution.count(T.WAIT_TEXT + ",")
+        n_ids = sum(1 for i in range(len(ids)) if tuple(ids[i : i + len(forced)]) == forced)
+        assert n_text == n_ids >= 1, t.solution
+    # evaluate's default wait_text "Wait" would force other tokens than the trained ones
+    assert tuple(tok.encode("Wait", add_special_tokens=False)) != forced

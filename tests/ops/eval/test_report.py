@@ -110,3 +110,37 @@ def test_build_writes_the_report_its_sections_and_plots(tmp_path):
     assert "| **total** | | | 5400.0 | | | 3.0000 |" in md
     assert "rl (ppo v-rl) <- rm, sft" in md
     assert "- git: `abc123`, dirty: False" in md
+
+
+def _rec(item: int, mode: str, correct: bool, waits: int = 0, think: int = 10) -> dict:
+    return {"task": "tasks", "item_id": f"i{item}", "mode": mode, "budget": None, "wait_extensions": waits,
+            "waits_used": waits, "sample_index": 0, "correct": correct, "format_ok": True,
+            "completion": "<think>1+1=2.</think><answer>2</answer>", "extracted_answer": "2", "gold_answer": "2",
+            "answer_format": "think_answer", "thinking_tokens": think, "answer_tokens": 2,
+            "response_tokens": think + 4, "forced_end": False, "finished": True}
+
+
+def test_wait_effect_is_paired_over_items_and_shown_in_the_report(tmp_path):
+    from ops.eval.evaluate import EvalSettings, summarize
+
+    # 40 items: stopping at the own </think> gets 10 right; one forced Wait keeps those and fixes 12 more
+    recs = [_rec(i, "greedy", i < 10) for i in range(40)]
+    recs += [_rec(i, "wait", i < 22, waits=1, think=18) for i in range(40)]
+    summary = summarize(recs, EvalSettings(samples=0, wait_extensions=[1]))
+    (eff,) = summary["wait_effect"]
+    want = M.paired_difference([float(i < 10) for i in range(40)], [float(i < 22) for i in range(40)])
+    assert eff == {"wait_extensions": 1, **want}
+    assert eff["n"] == 40 and eff["diff"] == pytest.approx(0.3) and eff["beyond_noise"]
+    # a Wait that changes nothing is within noise
+    same = summarize([_rec(i, "greedy", i < 10) for i in range(40)] + [_rec(i, "wait", i < 10, 1) for i in range(40)],
+                     EvalSettings(samples=0, wait_extensions=[1]))
+    assert same["wait_effect"][0]["diff"] == 0.0 and not same["wait_effect"][0]["beyond_noise"]
+
+    info = _eval("sft", {"greedy_accuracy": [float(i < 10) for i in range(40)]})
+    info.summary.update(wait_curve=summary["wait_curve"], wait_effect=summary["wait_effect"],
+                        unbudgeted=summary["unbudgeted"])
+    r = build(title="t", evals=[info], stages={"sft": _stage("sft", "sft")}, out=tmp_path, hourly_price=1.0, env=ENV)
+    assert r["models"]["sft"]["wait_effect"] == summary["wait_effect"]
+    md = (tmp_path / "report.md").read_text()
+    lo, hi = want["low"], want["high"]
+    assert f"wait ×1 − own </think>: +0.300 [{lo:+.3f}, {hi:+.3f}] accuracy, paired over 40 items, **beyond noise**" in md

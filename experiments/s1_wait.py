@@ -1,0 +1,170 @@
+"""s1 test-time scaling at tiny scale: does accuracy rise with the thinking budget, and does forcing one "Wait"
+raise accuracy over stopping at the model's own ``</think>``?
+
+``python -m experiments.s1_wait OUT_DIR START_MODEL [--steps N ...]``. One start checkpoint (a pretrain or SFT
+artifact directory) is fine-tuned twice on the same difficulty-3/4 problems: once on ``verify``-style worked
+solutions (each step checked, slipped steps corrected after " Wait,"; ``ops.tasks.verify_solution``) and once
+on ``plain`` ones (the control). Each arm is scored by the evaluate stage's own code (``generate_records`` /
+``summarize``) on the same held-out problems: greedy until the model's own ``</think>``, budget forcing at each
+budget, and one forced Wait whose text is ``ops.tasks.WAIT_TEXT``, the exact text (and so tokens) the traces
+contain. Key design choice: every comparison is paired over items (``metrics.paired_difference``): budget b
+against the next smaller budget, the Wait run against the model's own stop, verify against plain. The JSON is
+rewritten after each phase, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ops.eval.metrics import paired_difference
+
+
+def _items(tasks):
+    from ops.eval.evaluate import EvalItem
+
+    return [EvalItem("heldout", t.id, t.question, t.answer) for t in tasks]
+
+
+def _correct(records, mode: str, key: str | None = None, value=None) -> dict[str, float]:
+    return {
+        r["item_id"]: float(r["correct"])
+        for r in records
+        if r["mode"] == mode and (key is None or r[key] == value)
+    }
+
+
+def _paired(a: dict[str, float], b: dict[str, float]) -> dict:
+    keys = sorted(set(a) & set(b))
+    return paired_difference([a[k] for k in keys], [b[k] for k in keys])
+
+
+def score(model, tok, tasks, budgets: list[int], max_think: int, arm: str, log=print) -> dict:
+    """The evaluate stage's sweeps on ``tasks`` for one model, plus the paired budget steps."""
+    from ops.eval.evaluate import EvalSettings, generate_records, summarize
+    from ops.tasks import WAIT_TEXT
+
+    s = EvalSettings(
+        samples=0,
+        budgets=budgets,
+        wait_extensions=[1],
+        max_think_tokens=max_think,
+        max_answer_tokens=10,
+        wait_text=WAIT_TEXT,
+        batch_size=64,
+    )
+    recs = generate_records(model, tok, _items(tasks), s, model_stage=arm, model_version="-", log=log)
+    summ = summarize(recs, s)
+    own = _correct(recs, "greedy")
+    steps = []
+    for lo, hi in zip(budgets, budgets[1:]):
+        d = _paired(_correct(recs, "budget", "budget", lo), _correct(recs, "budget", "budget", hi))
+        steps.append({"from": lo, "to": hi, **d})
+    waits = [r for r in recs if r["mode"] == "wait"]
+    examples = [
+        {"item_id": r["item_id"], "gold": r["gold_answer"], "completion": r["completion"], "correct": r["correct"]}
+        for r in waits[:6]
+    ]
+    return {
+        "greedy_accuracy": summ["overall"]["greedy_accuracy"],
+        "unbudgeted": summ.get("unbudgeted"),
+        "budget_curve": summ["budget_curve"],
+        "budget_steps": steps,
+        "wait_curve": summ["wait_curve"],
+        "wait_effect": summ["wait_effect"],
+        "wait_examples": examples,
+        "per_item": {"own": own, "wait1": _correct(recs, "wait")},
+    }
+
+
+def run(
+    out_dir: str | Path,
+    start: str | Path,
+    *,
+    steps: int = 150,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    n_train: int = 6000,
+    n_eval: int = 300,
+    correction_rate: float = 0.3,
+    budgets: tuple[int, ...] = (16, 32, 64, 128),
+    max_think: int = 256,
+    seed: int = 11,
+    arms: tuple[str, ...] = ("verify", "plain"),
+    threads: int = 1,
+) -> dict:
+    import torch
+
+    from ops.eval.budget import check_sweep
+    from ops.posttrain.common import Example, load_policy
+    from ops.posttrain.sft import SFTParams, train_sft
+    from ops.tasks import WAIT_TEXT, make_splits
+
+    torch.set_num_threads(threads)
+    check_sweep("budgets", list(budgets), 0, "tokens")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    res: dict = {
+        "start": str(start),
+        "config": dict(steps=steps, batch_size=batch_size, lr=lr, n_train=n_train, n_eval=n_eval,
+                       correction_rate=correction_rate, budgets=list(budgets), max_think_tokens=max_think,
+                       seed=seed, difficulties=[3, 4], wait_text=WAIT_TEXT, threads=threads),
+        "arms": {},
+    }
+
+    def save():
+        res["elapsed_s"] = round(time.time() - t0, 1)
+        (out / "s1_wait.json").write_text(json.dumps(res, indent=1))
+
+    _, tok = load_policy(start)
+    res["wait_tokens"] = {
+        "forced": tok.convert_ids_to_tokens(tok.encode(WAIT_TEXT, add_special_tokens=False)),
+        "bare_Wait": tok.convert_ids_to_tokens(tok.encode("Wait", add_special_tokens=False)),
+    }
+    for arm in arms:
+        rate = correction_rate if arm == "verify" else 0.0
+        train, ev = make_splits(n_train, n_eval, seed, [3, 4], solution_style=arm, correction_rate=rate)
+        model, tok = load_policy(start)
+        model.train()
+        ex = [Example(t.id, t.question, t.response, t.answer) for t in train]
+        ts = time.time()
+        p = SFTParams(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=10, max_len=320, ckpt_every=0)
+        train_sft(model, tok, ex, p, work_dir=None, log=lambda m, arm=arm: print(arm, m, flush=True))
+        arm_res = {"sft_s": round(time.time() - ts, 1), "trace_example": train[0].response}
+        res["arms"][arm] = arm_res
+        save()
+        arm_res.update(score(model, tok, ev, list(budgets), max_think, arm, log=print))
+        arm_res["eval_s"] = round(time.time() - ts - arm_res["sft_s"], 1)
+        save()
+        print(f"{arm}: own {arm_res['unbudgeted']['accuracy']:.3f}, wait {arm_res['wait_effect']}", flush=True)
+    if {"verify", "plain"} <= set(res["arms"]):
+        v, p = res["arms"]["verify"]["per_item"], res["arms"]["plain"]["per_item"]
+        res["verify_minus_plain"] = {"own_stop": _paired(p["own"], v["own"]), "wait1": _paired(p["wait1"], v["wait1"])}
+    save()
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("start", help="a pretrain or sft artifact directory (model + tokenizer)")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--n-eval", type=int, default=300)
+    ap.add_argument("--correction-rate", type=float, default=0.3)
+    ap.add_argument("--budgets", default="16,32,64,128")
+    ap.add_argument("--max-think", type=int, default=256)
+    ap.add_argument("--arms", default="verify,plain")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    run(a.out_dir, a.start, steps=a.steps, batch_size=a.batch_size, lr=a.lr, n_eval=a.n_eval,
+        correction_rate=a.correction_rate, budgets=tuple(int(b) for b in a.budgets.split(",")),
+        max_think=a.max_think, arms=tuple(a.arms.split(",")), threads=a.threads)
+
+
+if __name__ == "__main__":
+    main()
