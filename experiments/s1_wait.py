@@ -1,8 +1,11 @@
 """s1 test-time scaling at tiny scale: does accuracy rise with the thinking budget, and does forcing one "Wait"
 raise accuracy over stopping at the model's own ``</think>``?
 
-``python -m experiments.s1_wait OUT_DIR START_MODEL [--steps N ...]``. One start checkpoint (a pretrain or SFT
-artifact directory) is fine-tuned twice on the same difficulty-3/4 problems: once on ``verify``-style worked
+``python -m experiments.s1_wait OUT_DIR START_MODEL [--steps N --arms verify,plain ...]``; arms run as
+separate processes are merged by ``python -m experiments.s1_wait --combine OUT.json RUN.json RUN.json``.
+
+One start checkpoint (a pretrain or SFT artifact directory) is fine-tuned twice on the same difficulty-3/4
+problems: once on ``verify``-style worked
 solutions (each step checked, slipped steps corrected after " Wait,"; ``ops.tasks.verify_solution``) and once
 on ``plain`` ones (the control). Each arm is scored by the evaluate stage's own code (``generate_records`` /
 ``summarize``) on the same held-out problems: greedy until the model's own ``</think>``, budget forcing at each
@@ -140,14 +143,44 @@ def run(
         arm_res["eval_s"] = round(time.time() - ts - arm_res["sft_s"], 1)
         save()
         print(f"{arm}: own {arm_res['unbudgeted']['accuracy']:.3f}, wait {arm_res['wait_effect']}", flush=True)
-    if {"verify", "plain"} <= set(res["arms"]):
-        v, p = res["arms"]["verify"]["per_item"], res["arms"]["plain"]["per_item"]
-        res["verify_minus_plain"] = {"own_stop": _paired(p["own"], v["own"]), "wait1": _paired(p["wait1"], v["wait1"])}
+    res.update(_verify_minus_plain(res["arms"]))
     save()
     return res
 
 
+def _verify_minus_plain(arms: dict) -> dict:
+    """Verify-trained minus plain-trained accuracy on the same items, at the own stop and with one Wait."""
+    if not {"verify", "plain"} <= set(arms) or "per_item" not in arms["plain"] or "per_item" not in arms["verify"]:
+        return {}
+    v, p = arms["verify"]["per_item"], arms["plain"]["per_item"]
+    return {"verify_minus_plain": {"own_stop": _paired(p["own"], v["own"]), "wait1": _paired(p["wait1"], v["wait1"])}}
+
+
+def combine(paths: list[str | Path], out: str | Path) -> dict:
+    """Merge runs of single arms (same start, config and held-out items) into one result with the paired
+    verify - plain comparison; refuses runs whose start or configuration differ (other than their arms)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    for r in runs[1:]:
+        if r["start"] != first["start"] or r["config"] != first["config"]:
+            raise ValueError(f"combine: runs differ in start or config: {first['config']} vs {r['config']}")
+    res = {k: v for k, v in first.items() if k != "arms"}
+    res["arms"] = {a: v for r in runs for a, v in r["arms"].items()}
+    res["elapsed_s"] = max(r.get("elapsed_s", 0.0) for r in runs)
+    res.update(_verify_minus_plain(res["arms"]))
+    Path(out).write_text(json.dumps(res, indent=1))
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if argv[:1] == ["--combine"]:
+        # --combine OUT.json RUN.json RUN.json ...: one result from arms run as separate processes
+        combine(argv[2:], argv[1])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("start", help="a pretrain or sft artifact directory (model + tokenizer)")
