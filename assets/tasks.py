@@ -74,7 +74,8 @@ class ReasoningTasksConfig(StageConfig):
 
 
 def _validate(cfg: ReasoningTasksConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
-    from ops.tasks import DIFFICULTY, check_solution_style, check_task_parquet
+    from ops.solutions import check_solution_style
+    from ops.tasks import DIFFICULTY, check_task_parquet
 
     errs: list[tuple[str, str]] = []
     if cfg.generator == "parquet":

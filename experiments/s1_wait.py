@@ -6,10 +6,10 @@ separate processes are merged by ``python -m experiments.s1_wait --combine OUT.j
 
 One start checkpoint (a pretrain or SFT artifact directory) is fine-tuned twice on the same difficulty-3/4
 problems: once on ``verify``-style worked
-solutions (each step checked, slipped steps corrected after " Wait,"; ``ops.tasks.verify_solution``) and once
+solutions (each step checked, slipped steps corrected after " Wait,"; ``ops.solutions.verify_solution``) and once
 on ``plain`` ones (the control). Each arm is scored by the evaluate stage's own code (``generate_records`` /
 ``summarize``) on the same held-out problems: greedy until the model's own ``</think>``, budget forcing at each
-budget, and one forced Wait whose text is ``ops.tasks.WAIT_TEXT``, the exact text (and so tokens) the traces
+budget, and one forced Wait whose text is ``ops.solutions.WAIT_TEXT``, the exact text (and so tokens) the traces
 contain. Key design choice: every comparison is paired over items (``metrics.paired_difference``): budget b
 against the next smaller budget, the Wait run against the model's own stop, verify against plain. The JSON is
 rewritten after each phase, so a run cut short keeps what it measured.
@@ -47,7 +47,7 @@ def _paired(a: dict[str, float], b: dict[str, float]) -> dict:
 def score(model, tok, tasks, budgets: list[int], max_think: int, arm: str, log=print) -> dict:
     """The evaluate stage's sweeps on ``tasks`` for one model, plus the paired budget steps."""
     from ops.eval.evaluate import EvalSettings, generate_records, summarize
-    from ops.tasks import WAIT_TEXT
+    from ops.solutions import WAIT_TEXT
 
     s = EvalSettings(
         samples=0,
@@ -103,7 +103,8 @@ def run(
     from ops.eval.budget import check_sweep
     from ops.posttrain.common import Example, load_policy
     from ops.posttrain.sft import SFTParams, train_sft
-    from ops.tasks import WAIT_TEXT, make_splits
+    from ops.solutions import WAIT_TEXT
+    from ops.tasks import make_splits
 
     torch.set_num_threads(threads)
     check_sweep("budgets", list(budgets), 0, "tokens")

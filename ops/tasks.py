@@ -10,8 +10,7 @@ task's answer format, so they can never disagree about what counts as a correct,
 Stable API (used by rewards, rejection sampling, the evaluation stage):
 
 * ``generate_tasks(n, seed, difficulties=(2,), id_prefix="t", solution_style="plain", correction_rate=0.0)
-  -> list[Task]`` - deterministic problems; ``verify`` solutions check every step and, at ``correction_rate``,
-  correct a slipped step after ``WAIT_TEXT`` (the text evaluation forces for a Wait extension).
+  -> list[Task]`` - deterministic problems, solutions written in a style of ``ops.solutions``.
 * ``make_splits(n_train, n_eval, seed, difficulties) -> (train, eval)`` - disjoint by question text and by
   seed stream (train draws from ``seed``'s stream, eval from a separate stream; any eval question that also
   occurs in train is replaced).
@@ -55,6 +54,7 @@ from ops.answers import (
     to_number,
     well_formed,
 )
+from ops.solutions import check_solution_style, plain_solution, verify_solution
 
 TASK_SCHEMA = pa.schema(
     [
@@ -274,67 +274,6 @@ def generate_task(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
     return q, plain_solution(eqs), ans
 
 
-# ---------------------------------------------------------------------------------------------- solution styles
-# How a worked solution is written. ``plain``: the chain of equations. ``verify``: every step is followed by a
-# check (the inverse operation gives back the previous value), and with probability ``correction_rate`` a step
-# is first written with a slipped result, then WAIT_TEXT, a comma and the corrected step. The text the evaluator
-# forces for a Wait extension must be WAIT_TEXT (evaluate's ``wait_text``), so the forced tokens are exactly the
-# ones the model saw: the byte-level pre-tokenizer attaches the space to the word, so " Wait" inside a trace
-# encodes as ``encode(" Wait")``, while the bare "Wait" is other tokens.
-SOLUTION_STYLES = ("plain", "verify")
-WAIT_TEXT = " Wait"
-_INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
-_EQ = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
-
-
-def plain_solution(eqs: list[str]) -> str:
-    """``"12+5=17. 17*3=51."``: the equations, each closed by a full stop."""
-    return " ".join(e + "." for e in eqs)
-
-
-def _check(eq: str) -> str:
-    """The check of a correct step: its result under the inverse operation gives back the first operand
-    (``17*3=51`` -> ``51/3=17``); exact for all four operations because every step's result is an integer."""
-    a, op, b, c = _EQ.match(eq).groups()
-    return f"{c}{_INVERSE[op]}{b}={a}"
-
-
-def _slip(rng: random.Random, value: int) -> int:
-    """A plausible arithmetic slip: one digit of ``value`` changed (never the leading digit to 0)."""
-    digits = list(str(value))
-    i = rng.randrange(len(digits))
-    choices = [d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0" and len(digits) > 1)]
-    digits[i] = rng.choice(choices)
-    return int("".join(digits))
-
-
-def verify_solution(eqs: list[str], rng: random.Random, correction_rate: float) -> str:
-    """The ``verify`` style of a chain: ``"17*3=51, check 51/3=17."`` per step; a step drawn at
-    ``correction_rate`` reads ``"17*3=41. Wait, 17*3=51, check 51/3=17."``. The answer is unchanged: the
-    trace's last result is still the final value."""
-    parts = []
-    for eq in eqs:
-        lhs, c = eq.split("=")
-        step = f"{eq}, check {_check(eq)}."
-        if rng.random() < correction_rate:
-            step = f"{lhs}={_slip(rng, int(c))}.{WAIT_TEXT}, {step}"
-        parts.append(step)
-    return " ".join(parts)
-
-
-def check_solution_style(style: str, correction_rate: float) -> None:
-    """ValueError naming the field for an unknown style or a correction rate outside [0, 1] (or set for a
-    style that has no corrections)."""
-    if style not in SOLUTION_STYLES:
-        raise ValueError(f"solution_style: unknown style {style!r}; choose one of {list(SOLUTION_STYLES)}")
-    if not (0.0 <= correction_rate <= 1.0):
-        raise ValueError(f"correction_rate: must be within [0, 1], got {correction_rate}")
-    if style == "plain" and correction_rate:
-        raise ValueError(
-            f"correction_rate: {correction_rate} needs solution_style 'verify' (plain solutions have no corrections)"
-        )
-
-
 def _task_id(prefix: str, question: str) -> str:
     return f"{prefix}-{hashlib.sha1(question.encode()).hexdigest()[:12]}"
 
@@ -389,18 +328,9 @@ def make_splits(
     neither split contains a question in ``exclude`` (e.g. another task set's problems). Both splits' solutions
     are in ``solution_style`` (:func:`generate_tasks`)."""
     ex = set(exclude or ())
-    style = {"solution_style": solution_style, "correction_rate": correction_rate}
-    train = generate_tasks(
-        n_train, seed=seed * 2 + 0, difficulties=difficulties, id_prefix="train", exclude=ex, **style
-    )
-    ev = generate_tasks(
-        n_eval,
-        seed=seed * 2 + 1,
-        difficulties=difficulties,
-        id_prefix="eval",
-        exclude=ex | {t.question for t in train},
-        **style,
-    )
+    kw = {"difficulties": difficulties, "solution_style": solution_style, "correction_rate": correction_rate}
+    train = generate_tasks(n_train, seed=seed * 2 + 0, id_prefix="train", exclude=ex, **kw)
+    ev = generate_tasks(n_eval, seed=seed * 2 + 1, id_prefix="eval", exclude=ex | {t.question for t in train}, **kw)
     return train, ev
 
 

@@ -16,6 +16,8 @@ A tokenizer without ``<think>``/``</think>``/``<answer>`` tokens (an imported mo
 decoding in its own chat format for the unbudgeted runs (nothing forced, thinking tokens counted from the
 text); budget forcing and Wait on it are refused with the reason.
 
+:func:`wait_effect` scores a Wait sweep against the model's own stop, paired over items.
+
 Generation is greedy at ``temperature == 0`` and sampled with a seeded ``torch.Generator`` otherwise, so a
 record set is reproducible on the same hardware.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 THINK, ANSWER, DONE = 0, 1, 2
 
@@ -288,3 +291,22 @@ def _advance(q: _Seq, model_tok: int, sp: SpecialIds, cap: int, max_answer: int,
         if q.answer >= max_answer:
             q.phase = DONE
     return t
+
+
+def wait_effect(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per Wait count: accuracy with that many forced Waits minus accuracy when thinking stops at the model's
+    own ``</think>`` (the unbudgeted greedy run, same thinking cap), paired over the items both runs scored
+    (``metrics.paired_difference``: the interval, p and ``beyond_noise``)."""
+    from .metrics import paired_difference
+
+    own = {(r["task"], r["item_id"]): float(r["correct"]) for r in records if r["mode"] == "greedy"}
+    by_w: dict[int, dict[tuple[str, str], float]] = {}
+    for r in records:
+        if r["mode"] == "wait":
+            by_w.setdefault(int(r["wait_extensions"]), {})[(r["task"], r["item_id"])] = float(r["correct"])
+    out = []
+    for w in sorted(by_w):
+        keys = sorted(set(by_w[w]) & set(own))
+        d = paired_difference([own[k] for k in keys], [by_w[w][k] for k in keys])
+        out.append({"wait_extensions": w, **d})
+    return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics as M
+from .budget import wait_effect
 
 RECORD_COLUMNS = [
     "model_stage",
@@ -276,7 +277,7 @@ def summarize(records: list[dict[str, Any]], s: EvalSettings) -> dict[str, Any]:
     }
     summary["budget_curve"] = _curve(records, "budget", "budget")
     summary["wait_curve"] = _curve(records, "wait", "wait_extensions")
-    summary["wait_effect"] = wait_effect(records)
+    summary["wait_effect"] = wait_effect(records)  # ops.eval.budget: forced Waits vs the model's own stop
     # the unconstrained greedy run is the reference point of both curves
     greedy = [r for r in records if r["mode"] == "greedy"]
     if greedy:
@@ -323,23 +324,6 @@ def contamination_text(by_contamination: dict[str, Any]) -> str:
         f"Greedy accuracy on the {c['n']} unflagged items {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}], "
         f"on the {f['n']} flagged {f['value']:.3f} ({diff})"
     )
-
-
-def wait_effect(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per Wait count: accuracy with that many forced Waits minus accuracy when thinking stops at the model's
-    own ``</think>`` (the unbudgeted greedy run, same thinking cap), paired over the items both runs scored
-    (``metrics.paired_difference``: the interval, p and ``beyond_noise``)."""
-    own = {(r["task"], r["item_id"]): float(r["correct"]) for r in records if r["mode"] == "greedy"}
-    by_w: dict[int, dict[tuple[str, str], float]] = defaultdict(dict)
-    for r in records:
-        if r["mode"] == "wait":
-            by_w[int(r["wait_extensions"])][(r["task"], r["item_id"])] = float(r["correct"])
-    out = []
-    for w in sorted(by_w):
-        keys = sorted(set(by_w[w]) & set(own))
-        d = M.paired_difference([own[k] for k in keys], [by_w[w][k] for k in keys])
-        out.append({"wait_extensions": w, **d})
-    return out
 
 
 def _point(recs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -185,7 +185,8 @@ def test_bad_solution_style_is_one_error_naming_file_stage_and_field(tmp_path, f
 @pytest.mark.unit
 def test_verify_style_task_set_trains_its_traces(tmp_path):
     """The stage writes verify-style solutions (checks, Wait corrections) and SFT's responses carry them."""
-    from ops.tasks import WAIT_TEXT, read_task_set
+    from ops.solutions import WAIT_TEXT
+    from ops.tasks import read_task_set
 
     art, _ = run_kind(
         "reasoning_tasks",

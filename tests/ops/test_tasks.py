@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ops import tasks as T
+from ops.solutions import WAIT_TEXT
 
 pytestmark = pytest.mark.unit
 
@@ -177,7 +178,7 @@ def _replay_verify(solution: str) -> tuple[int, int, int]:
     result, its check inverts it, and a slipped step is followed by WAIT_TEXT and the same step done right.
     Returns (answer, kept steps, corrections)."""
     val, steps, fixes = None, 0, 0
-    wait = T.WAIT_TEXT.strip()
+    wait = WAIT_TEXT.strip()
     for part in filter(None, (s.strip() for s in solution.split("."))):
         if part.startswith(wait + ", "):
             part = part[len(wait) + 2 :]
@@ -258,14 +259,14 @@ def test_trace_wait_tokens_are_the_tokens_evaluation_forces():
     tok = to_transformers(
         train_bpe([chat_prompt(t.question) + chat_response(t.solution, t.answer) for t in tasks], vocab_size=400)
     )
-    forced = SpecialIds.from_tokenizer(tok, T.WAIT_TEXT).wait
-    assert forced == tuple(tok.encode(T.WAIT_TEXT, add_special_tokens=False))
+    forced = SpecialIds.from_tokenizer(tok, WAIT_TEXT).wait
+    assert forced == tuple(tok.encode(WAIT_TEXT, add_special_tokens=False))
 
     with_wait = [t for t in tasks if "Wait" in t.solution]
     assert with_wait
     for t in with_wait[:50]:
         ids = tok.encode(chat_response(t.solution, t.answer), add_special_tokens=False)
-        n_text = t.solution.count(T.WAIT_TEXT + ",")
+        n_text = t.solution.count(WAIT_TEXT + ",")
         n_ids = sum(1 for i in range(len(ids)) if tuple(ids[i : i + len(forced)]) == forced)
         assert n_text == n_ids >= 1, t.solution
     # evaluate's default wait_text "Wait" would force other tokens than the trained ones
