@@ -162,11 +162,15 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
     verify - plain comparison; refuses runs whose start or configuration differ (other than their arms)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     first = runs[0]
+
+    def setup(r: dict) -> dict:  # the torch thread count is how fast a run went, not what it computed
+        return {k: v for k, v in r["config"].items() if k != "threads"}
+
     for r in runs[1:]:
-        if r["start"] != first["start"] or r["config"] != first["config"]:
+        if r["start"] != first["start"] or setup(r) != setup(first):
             raise ValueError(f"combine: runs differ in start or config: {first['config']} vs {r['config']}")
     res = {k: v for k, v in first.items() if k != "arms"}
-    res["arms"] = {a: v for r in runs for a, v in r["arms"].items()}
+    res["arms"] = {a: {**v, "threads": r["config"].get("threads")} for r in runs for a, v in r["arms"].items()}
     res["elapsed_s"] = max(r.get("elapsed_s", 0.0) for r in runs)
     res.update(_verify_minus_plain(res["arms"]))
     Path(out).write_text(json.dumps(res, indent=1))

@@ -23,13 +23,13 @@ def _run(path, arm, own, wait1, **config):
 def test_combine_pairs_verify_against_plain_over_items(tmp_path):
     plain = {f"i{i}": float(i < 5) for i in range(30)}
     verify = {f"i{i}": float(i < 15) for i in range(30)}
-    a = _run(tmp_path / "v.json", "verify", verify, verify)
-    b = _run(tmp_path / "p.json", "plain", plain, plain)
+    a = _run(tmp_path / "v.json", "verify", verify, verify, threads=2)
+    b = _run(tmp_path / "p.json", "plain", plain, plain, threads=1)  # thread count: speed, not results
     res = combine([a, b], tmp_path / "out.json")
     keys = sorted(plain)
     want = paired_difference([plain[k] for k in keys], [verify[k] for k in keys])
     assert res["verify_minus_plain"]["own_stop"] == want and want["beyond_noise"]
-    assert set(res["arms"]) == {"verify", "plain"}
+    assert set(res["arms"]) == {"verify", "plain"} and res["arms"]["verify"]["threads"] == 2
     assert json.loads((tmp_path / "out.json").read_text()) == res
 
 
