@@ -81,6 +81,27 @@ def check_template(run: StageRun, field: str) -> None:
             )
 
 
+def check_same_tokenizer(run: StageRun, field: str, policy_field: str = "model") -> None:
+    """Refuse a reward model (``field``) whose tokenizer differs from the policy's (``policy_field``), before
+    anything is loaded: the policy's completions reach the reward model as the policy's token ids and chat
+    format, which mean other text under another tokenizer."""
+    from ops.tokenizer import tokenizer_difference
+
+    for r in run.inputs.get(field, []):
+        for m in run.inputs.get(policy_field, []):
+            try:
+                diff = tokenizer_difference(m.path, r.path)
+            except (OSError, ValueError) as e:
+                diff = f"its tokenizer cannot be read ({e})"
+            if diff:
+                raise PostTrainError(
+                    f"stage {run.stage!r}, field {field!r}: reward model {r.stage!r} ({r.path}) does not use the "
+                    f"tokenizer of the policy in field {policy_field!r} (stage {m.stage!r}, {m.path}): {diff}; "
+                    "it would score other text than the policy wrote. Use a reward model trained from a "
+                    "checkpoint with the policy's tokenizer"
+                )
+
+
 def _known_format(name: str | None) -> str | None:
     from ops.answers import check_format_name
 

@@ -2,7 +2,10 @@
 
 Key design choice: config -> one ``train_ppo`` call -> a model artifact with its value head
 (``value_head.safetensors``) and rollouts; the reward is a reward-model stage's score, rule rewards, or
-both, and a spec that gives neither is refused when it is compiled.
+both, and a spec that gives neither is refused when it is compiled. A reward model whose tokenizer differs
+from the policy's is refused before anything is loaded. The metadata shows the reward model's score and the
+rollouts' rule-based accuracy per step side by side (``rewards.png``): a score that rises while the accuracy
+falls is the reward model being gamed, and the ``no_reward_hacking`` check says so.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .posttrain import (
     PromptTemplate,
     accuracy,
     answer_format_field,
+    check_same_tokenizer,
     check_template,
     ckpt_every,
     eval_tasks,
@@ -32,7 +36,17 @@ from .posttrain import (
     validate_rewards,
     write_curve,
 )
-from .registry import CheckOutcome, CheckSpec, StageConfig, StageKind, StageResult, StageRun, ref, register
+from .registry import (
+    CheckOutcome,
+    CheckSpec,
+    StageConfig,
+    StageKind,
+    StageResult,
+    StageRun,
+    Table,
+    ref,
+    register,
+)
 
 
 class PPOConfig(StageConfig):
@@ -53,7 +67,41 @@ class PPOConfig(StageConfig):
     max_new_tokens: int = Field(64, ge=1, description="completion budget")
     lr: float = Field(2e-5, gt=0, description="policy learning rate (value head: x value_lr_mult)")
     optim: OptimConfig = optim_field(RLOptimConfig)
-    kl_coef: float = Field(0.05, ge=0, description="per-token KL penalty coefficient in the reward")
+    kl_coef: float = Field(
+        0.05,
+        gt=0,
+        description="per-token KL penalty coefficient in the reward (> 0: the penalty is what keeps the policy "
+        "where the reward model was fitted, and adaptive control scales it multiplicatively)",
+    )
+    kl_target: float | None = Field(
+        None,
+        gt=0,
+        description="adaptive KL (Ziegler et al. 2019): steer kl_coef towards this mean sequence KL "
+        "(None: fixed kl_coef)",
+    )
+    kl_horizon: int = Field(
+        10000, ge=1, description="adaptive KL: rollout samples over which kl_coef moves by at most e^(+-0.2)"
+    )
+    rm_weight: float = Field(
+        1.0, gt=0, description="weight of the reward model's score beside the rule rewards (their mix)"
+    )
+    rm_clip: float | None = Field(
+        None,
+        gt=0,
+        description="clip the reward model's score to [-rm_clip, rm_clip]: its extremes are where it is least "
+        "reliable and easiest to exploit (None: no clipping)",
+    )
+    reward_whiten: bool = Field(
+        False,
+        description="whiten each rollout batch's sequence scores (mean 0, std 1) so the KL penalty and the "
+        "value targets see one scale whatever the reward model's",
+    )
+    value_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="the first N of `steps` fit only the fresh value head (policy frozen), so the first policy "
+        "updates use a fitted baseline",
+    )
     clip_eps: float = Field(0.2, gt=0, description="policy ratio clip")
     value_clip_eps: float = Field(0.2, gt=0, description="value clip around the old values")
     vf_coef: float = Field(0.1, ge=0, description="value loss weight")
@@ -73,6 +121,18 @@ def validate(cfg, refs):
     errs = validate_rewards(cfg, refs) if cfg.rewards else []
     if not cfg.rewards and cfg.reward_model is None:
         errs.append(("rewards", "PPO needs rule rewards, a reward_model, or both"))
+    if cfg.value_warmup_steps >= cfg.steps:
+        errs.append(
+            (
+                "value_warmup_steps",
+                f"{cfg.value_warmup_steps} value-only steps leave none of the {cfg.steps} steps to train the "
+                "policy; use fewer than `steps`",
+            )
+        )
+    if cfg.reward_model is None:
+        for f in ("rm_clip", "rm_weight"):
+            if f in cfg.model_fields_set:
+                errs.append((f, "applies to a reward model's score; set `reward_model` or remove it"))
     return errs
 
 
@@ -84,13 +144,15 @@ def run(run: StageRun) -> StageResult:
     from ops.rewards import parse_specs, with_answer_format
     from ops.rl.common import write_rollouts
     from ops.rl.ppo import PPOParams, train_ppo
-    from ops.rl.summary import all_finite, ppo_summary, training_steps
+    from ops.rl.summary import all_finite, ppo_summary, reward_hacking, training_steps
 
     c: PPOConfig = run.config
     check_template(run, "model")
+    check_same_tokenizer(run, "reward_model")
     tasks = train_tasks(run, "prompts")
+    fmt = single_format(run, "prompts", tasks)
     specs = parse_specs(list(c.rewards)) if c.rewards else []
-    specs = with_answer_format(specs, single_format(run, "prompts", tasks))
+    specs = with_answer_format(specs, fmt)
     ev = eval_tasks(run, ("prompts",), c.eval_problems)
     policy, tok = load_policy(run, "model")
     reference, _ = load_policy(run, "model")
@@ -105,7 +167,7 @@ def run(run: StageRun) -> StageResult:
         tok,
         tasks,
         specs,
-        params(PPOParams, c),
+        params(PPOParams, c, monitor_format=fmt),
         reward_model=rm,
         eval_fn=eval_fn if ev else None,
         log=run.log,
@@ -123,7 +185,13 @@ def run(run: StageRun) -> StageResult:
     write_rollouts(st.rollouts, names, run.out / "rollouts.parquet")
     h = training_steps(st.history)
     metrics = ppo_summary(st.history)
-    md = write_curve(run.out, h, ["score", "kl", "value_loss"])
+    md = write_curve(run.out, h, ["score", "kl", "kl_coef", "value_loss"])
+    # the two curves that tell learning from reward hacking: the reward model's score and the rule accuracy
+    md.update(write_curve(run.out, h, ["reward_model", "rule_accuracy"], name="rewards"))
+    md["history"] = Table(
+        [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in st.history]
+    )
+    hacked = reward_hacking(h)
     return StageResult(
         metrics=metrics,
         metadata=md,
@@ -132,6 +200,7 @@ def run(run: StageRun) -> StageResult:
             CheckOutcome(
                 "kl_bounded", metrics["kl_max"] < 10.0, f"max sequence KL {metrics['kl_max']:.3f} < 10"
             ),
+            CheckOutcome("no_reward_hacking", hacked is None, hacked or "rule accuracy did not fall"),
         ],
     )
 
@@ -147,6 +216,11 @@ PPO = register(
         checks=(
             CheckSpec("no_nan", "no NaN in any step", blocking=True),
             CheckSpec("kl_bounded", "sequence KL to the reference stays below 10"),
+            CheckSpec(
+                "no_reward_hacking",
+                "the rollouts' rule accuracy does not fall (beyond 2 SE, first vs last quarter) while the reward "
+                "model's score rises",
+            ),
         ),
         validate=validate,
     )

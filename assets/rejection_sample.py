@@ -1,6 +1,6 @@
 """Stage kind ``rejection_sample``: k samples per prompt, kept when verified correct (or best-of-k by a
-reward model, or the shortest correct one for a long-to-short SFT), de-duplicated and length-capped, into SFT
-data (``ops.posttrain.rejection``).
+reward model, refused before sampling when its tokenizer differs from the policy's; or the shortest correct
+one for a long-to-short SFT), de-duplicated and length-capped, into SFT data (``ops.posttrain.rejection``).
 
 Key design choice: config -> one ``rejection_sample`` call -> an ``sft_data`` artifact that also keeps
 every sample drawn (``rollouts.parquet``); each kept row names its rollout in ``parent_ids``, and blocking
@@ -19,6 +19,7 @@ from .posttrain import (
     PostTrainError,
     PromptTemplate,
     answer_format_field,
+    check_same_tokenizer,
     check_template,
     load_policy,
     params,
@@ -87,6 +88,7 @@ def run(run: StageRun) -> StageResult:
     check_template(run, "model")
     for field, msg in validate(c, {}):
         raise PostTrainError(f"stage {run.stage!r}, field {field!r}: {msg}")
+    check_same_tokenizer(run, "reward_model")
     tasks = train_tasks(run, "prompts")[: c.max_prompts]
     model, tok = load_policy(run, "model")
     rm = load_reward_model(run.input("reward_model").path) if run.inputs.get("reward_model") else None

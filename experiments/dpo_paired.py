@@ -141,20 +141,21 @@ def run(
     return res
 
 
-def merge(out_path: Path | str, parts: list[Path | str]) -> dict:
+def merge(out_path: Path | str, parts: list[Path | str], keys: tuple = ("greedy",)) -> dict:
     """One result from runs of the same configuration and start in separate processes (e.g. one seed each):
-    the runs concatenated in seed order and the paired statistics recomputed over all of them."""
+    the runs concatenated in seed order and the paired statistics (of the scores ``keys``) recomputed over all
+    of them."""
     from ops.eval.metrics import item_level_gains, paired_gains
 
     docs = [json.loads(Path(p).read_text()) for p in parts]
     base = docs[0]
     for d in docs[1:]:
-        if d["config"] != base["config"] or d["start"]["greedy_items"] != base["start"]["greedy_items"]:
+        if d["config"] != base["config"] or any(d["start"][f"{k}_items"] != base["start"][f"{k}_items"] for k in keys):
             raise ValueError("the parts differ in configuration or start; they cannot be merged")
     res = {k: v for k, v in base.items() if not k.startswith(("gain_", "items_"))}
     res["runs"] = sorted((r for d in docs for r in d["runs"]), key=lambda r: r["seed"])
-    res.update(paired_gains(res["runs"], res["start"], keys=("greedy",)))
-    res.update(item_level_gains(res["runs"], res["start"], keys=("greedy",)))
+    res.update(paired_gains(res["runs"], res["start"], keys=keys))
+    res.update(item_level_gains(res["runs"], res["start"], keys=keys))
     Path(out_path).write_text(json.dumps(res, indent=1))
     return res
 

@@ -16,6 +16,7 @@ The chat format (every stage agrees on it; post-training imports the helpers bel
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,59 @@ def format_probes(fast: Any) -> dict[str, bool]:
             for s in ("12345", "9876543210")
         ),
     }
+
+
+def _chat_template_of(model_dir: Path) -> str | None:
+    cfg = model_dir / "tokenizer_config.json"
+    if cfg.is_file():
+        t = json.loads(cfg.read_text()).get("chat_template")
+        if t:
+            return t if isinstance(t, str) else json.dumps(t, sort_keys=True)
+    jinja = model_dir / "chat_template.jinja"
+    return jinja.read_text() if jinja.is_file() else None
+
+
+def _vocab_difference(a: dict[str, int], b: dict[str, int]) -> str | None:
+    if len(a) != len(b):
+        return f"vocabulary sizes differ ({len(a)} vs {len(b)})"
+    for t, i in sorted(a.items(), key=lambda kv: kv[1]):
+        if b.get(t) != i:
+            return f"token ids differ (first: {t!r} is {i} vs {b.get(t)})"
+    return None
+
+
+def tokenizer_difference(a: Path | str, b: Path | str) -> str | None:
+    """How the tokenizers saved in model directories ``a`` and ``b`` differ, or None when they encode every
+    text and chat the same way: the vocabulary (token -> id), the BPE merges, the added tokens, the
+    normalizer and pre-tokenizer (``tokenizer.json``), and the chat template. Directories without a
+    ``tokenizer.json`` are compared by the vocabulary and special tokens ``transformers`` loads."""
+    a, b = Path(a), Path(b)
+    ja, jb = a / "tokenizer.json", b / "tokenizer.json"
+    if ja.is_file() and jb.is_file():
+        ta, tb = json.loads(ja.read_text()), json.loads(jb.read_text())
+        ma, mb = ta.get("model") or {}, tb.get("model") or {}
+        diff = _vocab_difference(ma.get("vocab") or {}, mb.get("vocab") or {})
+        if diff:
+            return diff
+        if ma.get("merges") != mb.get("merges"):
+            xa, xb = ma.get("merges") or [], mb.get("merges") or []
+            i = next((k for k, (x, y) in enumerate(zip(xa, xb)) if x != y), min(len(xa), len(xb)))
+            first_a, first_b = (xa[i] if i < len(xa) else None), (xb[i] if i < len(xb) else None)
+            return f"BPE merges differ (first at merge {i}: {first_a!r} vs {first_b!r})"
+        for key, what in (("added_tokens", "added tokens"), ("normalizer", "normalizer"),
+                          ("pre_tokenizer", "pre-tokenizer"), ("model", "tokenizer model")):
+            if ta.get(key) != tb.get(key):
+                return f"{what} differ"
+    else:
+        from transformers import AutoTokenizer
+
+        fa = AutoTokenizer.from_pretrained(str(a), local_files_only=True)
+        fb = AutoTokenizer.from_pretrained(str(b), local_files_only=True)
+        diff = _vocab_difference(fa.get_vocab(), fb.get_vocab())
+        if diff:
+            return diff
+        if fa.all_special_tokens != fb.all_special_tokens:
+            return f"special tokens differ ({fa.all_special_tokens} vs {fb.all_special_tokens})"
+    if _chat_template_of(a) != _chat_template_of(b):
+        return "chat templates differ"
+    return None

@@ -47,20 +47,45 @@ def grpo_summary(history: list[dict], rollouts: int) -> dict[str, Any]:
     return metrics
 
 
-def ppo_summary(history: list[dict]) -> dict[str, Any]:
-    """Score in the first and last quarter, sequence KL (max, last) and held-out accuracy at the start and
-    the end."""
-    h = training_steps(history)
+def quarter_means(h: list[dict], key: str) -> tuple[float, float]:
+    """The mean of ``key`` over the first and over the last quarter of the trained steps ``h``."""
     q = max(len(h) // 4, 1)
-    metrics = {
-        "score_first_quarter": sum(r["score"] for r in h[:q]) / q,
-        "score_last_quarter": sum(r["score"] for r in h[-q:]) / q,
-        "kl_max": max(r["kl"] for r in h),
-        "kl_last": h[-1]["kl"],
-    }
+    return sum(r[key] for r in h[:q]) / q, sum(r[key] for r in h[-q:]) / q
+
+
+def ppo_summary(history: list[dict]) -> dict[str, Any]:
+    """Score, reward-model score and rollout rule accuracy in the first and last quarter, sequence KL (max,
+    last), the last KL coefficient, and held-out accuracy at the start and the end."""
+    h = training_steps(history)
+    metrics = {}
+    for key, name in (("score", "score"), ("reward_model", "rm_score"), ("rule_accuracy", "rule_accuracy")):
+        if key in h[0]:
+            metrics[f"{name}_first_quarter"], metrics[f"{name}_last_quarter"] = quarter_means(h, key)
+    metrics |= {"kl_max": max(r["kl"] for r in h), "kl_last": h[-1]["kl"]}
+    if "kl_coef" in h[-1]:
+        metrics["kl_coef_last"] = h[-1]["kl_coef"]
     if history[0]["step"] == 0 and "eval_accuracy" in history[0]:
         metrics["eval_accuracy_start"], metrics["eval_accuracy_end"] = (
             history[0]["eval_accuracy"],
             h[-1].get("eval_accuracy"),
         )
     return metrics
+
+
+def reward_hacking(h: list[dict]) -> str | None:
+    """Why the trained steps ``h`` look like the reward model being gamed, or None: its score rose from the
+    first to the last quarter while the rollouts' rule accuracy fell by more than twice the binomial standard
+    error of that difference (over the quarters' rollouts). None without a reward model."""
+    if not h or "reward_model" not in h[0] or "rule_accuracy" not in h[0]:
+        return None
+    q = max(len(h) // 4, 1)
+    rm0, rm1 = quarter_means(h, "reward_model")
+    a0, a1 = quarter_means(h, "rule_accuracy")
+    n0, n1 = (sum(r.get("rollouts", 1) for r in part) for part in (h[:q], h[-q:]))
+    se = (a0 * (1 - a0) / n0 + a1 * (1 - a1) / n1) ** 0.5
+    if rm1 > rm0 and a1 < a0 - 2 * se:
+        return (
+            f"reward-model score rose {rm0:.3f} -> {rm1:.3f} while rule accuracy fell {a0:.3f} -> {a1:.3f} "
+            f"(more than 2 SE = {2 * se:.3f}; first vs last quarter)"
+        )
+    return None

@@ -23,7 +23,8 @@ EXPECTED = {
     },
     ("ppo", "ops.rl.ppo", "PPOParams"): {
         "steps", "prompts_per_step", "max_new_tokens", "lr", "kl_coef", "clip_eps", "value_clip_eps",
-        "vf_coef", "gamma", "lam", "epochs", "minibatch_size", "seed", *CKPT, *OPTIM,
+        "vf_coef", "gamma", "lam", "epochs", "minibatch_size", "seed", "kl_target", "kl_horizon", "rm_weight",
+        "rm_clip", "reward_whiten", "value_warmup_steps", *CKPT, *OPTIM,
     },
     ("dpo", "ops.posttrain.dpo", "DPOParams"): {
         "steps", "lr", "beta", "label_smoothing", "loss", "alpha", "batch_size", "seed", *CKPT, *OPTIM,
