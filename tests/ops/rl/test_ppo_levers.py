@@ -109,7 +109,8 @@ def _run(sft, monkeypatch, seen=None, **kw):
 @pytest.mark.slow
 def test_value_warmup_steps_move_only_the_value_head(sft, monkeypatch):
     seen: list[dict] = []
-    st, vh, policy, start = _run(sft, monkeypatch, seen, value_warmup_steps=2)
+    rm = _ConstRM([1.0, -1.0, 0.5, 2.0])  # scores that vary, so the value head has returns to fit
+    st, vh, policy, start = _run(sft, monkeypatch, seen, value_warmup_steps=2, reward_model=rm)
     h = [r for r in st.history if r["step"] > 0]
     assert [r["value_warmup"] for r in h] == [1, 1, 0]
     init = start.state_dict()
@@ -126,12 +127,14 @@ def test_value_warmup_steps_move_only_the_value_head(sft, monkeypatch):
 def test_adaptive_kl_coefficient_follows_each_steps_kl(sft, monkeypatch):
     from ops.rl.ppo import adaptive_kl_coef
 
-    st, *_ = _run(sft, monkeypatch, steps=4, kl_coef=0.2, kl_target=1e-4, kl_horizon=32)
+    rm = _ConstRM([1.0, -1.0, 0.5, 2.0])
+    st, *_ = _run(sft, monkeypatch, steps=4, kl_coef=0.2, kl_target=1e-4, kl_horizon=32, reward_model=rm)
     h = [r for r in st.history if r["step"] > 0]
-    assert h[0]["kl_coef"] == 0.2
+    assert h[0]["kl_coef"] == 0.2 and h[0]["kl"] == 0.0  # the first batch is sampled from the reference itself
     for prev, cur in zip(h, h[1:]):
         assert cur["kl_coef"] == pytest.approx(adaptive_kl_coef(prev["kl_coef"], prev["kl"], 1e-4, 16, 32))
-    assert h[-1]["kl_coef"] > 0.2  # the policy moved past a tiny target, so the penalty grew
+    assert h[1]["kl_coef"] < 0.2  # KL 0 below the target: the penalty shrank ...
+    assert h[-1]["kl_coef"] > h[1]["kl_coef"]  # ... and grew once the updated policy moved past the tiny target
 
 
 @pytest.mark.slow

@@ -157,3 +157,18 @@ def test_ppo_interrupted_then_resumed_is_bit_identical(tmp_path):
     assert rollouts == ref_rollouts
     with pytest.raises(ResumeRefused, match=r"data\.ppo\.kl_coef: stored 0\.05, now 0\.1"):
         R.run("ppo", model_dir, tmp_path, kl_coef=0.1)
+
+
+def test_ppo_with_adaptive_kl_and_value_warmup_resumes_bit_identical(tmp_path):
+    """The adaptive KL coefficient is carried by the checkpointed history, so a resumed run continues it."""
+    model_dir = H.base_model_dir()
+    over = {"kl_target": 0.01, "kl_horizon": 64, "value_warmup_steps": 2, "reward_whiten": True}
+    ref_w, ref_vh, ref_hist, _ = R.run("ppo", model_dir, None, **over)
+    with pytest.raises(Interrupted):
+        R.run("ppo", model_dir, tmp_path, log=_stop_at(5), **over)
+    w, vh, hist, _ = R.run("ppo", model_dir, tmp_path, **over)
+    _assert_same_weights(ref_w, w)
+    _assert_same_weights(ref_vh, vh)
+    assert R.without_timing(hist) == R.without_timing(ref_hist)
+    coefs = [r["kl_coef"] for r in hist if r["step"] > 0]
+    assert len(set(coefs)) > 1 and [r["value_warmup"] for r in hist if r["step"] > 0][:3] == [1, 1, 0]
