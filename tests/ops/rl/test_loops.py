@@ -1,5 +1,5 @@
-"""RL loops on a tiny SFT'd model: GRPO's update is right (sampled accuracy on 16 fixed prompts at least
-doubles within 30 steps), PPO runs with finite statistics and bounded KL, rollouts are well-formed."""
+"""RL loops on a tiny SFT'd model: GRPO's update is right (sampled accuracy on 16 fixed prompts rises
+by 0.15 and x1.5 within 30 steps), PPO runs with finite statistics and bounded KL, rollouts are well-formed."""
 
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ def _mixed_outcome_prompts(model, tok, tasks, n: int = 16, k: int = 8, max_rate:
     raise AssertionError(f"only {len(picked)} training prompts with mixed outcomes")
 
 
-def test_grpo_doubles_sampled_accuracy_on_16_fixed_prompts(sft):
-    """The update is right: on 16 fixed prompts the policy solves sometimes, sampled accuracy at least doubles
-    within 30 steps. Groups of 16 samples (a less noisy group baseline than 8), three updates per rollout batch,
+def test_grpo_raises_sampled_accuracy_on_16_fixed_prompts(sft):
+    """The update is right: on 16 fixed prompts the policy solves sometimes, sampled accuracy rises by at least
+    0.15 and x1.5 within 30 steps. Groups of 16 samples (a less noisy group baseline than 8), three updates per rollout batch,
     lr 2e-4, no KL term (KL still measured and asserted bounded). Measured on this reduced model (mean of the
     first 5 -> last 5 steps): seed 1 (this test) 0.20 -> 0.48, max KL 0.44; seed 2 0.19 -> 0.52, max KL 0.93.
     Two updates per batch: 0.20 -> 0.40 and 0.17 -> 0.36 (KL 0.41, 0.46). With groups of 8 (lr 1e-4..5e-4, one
@@ -83,7 +83,9 @@ def test_grpo_doubles_sampled_accuracy_on_16_fixed_prompts(sft):
     acc = [h["reward_accuracy"] for h in st.history]
     first, last = sum(acc[:5]) / 5, sum(acc[-5:]) / 5
     assert first > 0, "the SFT model must solve some of the fixed prompts for the test to mean anything"
-    assert last >= 2 * first, f"sampled accuracy {first:.3f} -> {last:.3f} did not double"
+    # Float details (thread count) move the start: 0.20 -> 0.48 and 0.28 -> 0.52 on two machines. A broken
+    # update leaves accuracy flat or lower; a working one adds > 0.2, so the bar is +0.15 and x1.5.
+    assert last - first >= 0.15 and last >= 1.5 * first, f"sampled accuracy {first:.3f} -> {last:.3f}"
     assert max(h.get("kl", 0.0) for h in st.history) < 1.0
     r = st.rollouts[0]
     assert {
