@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.spec import SpecError, load_spec
+from pipelines.spec import load_spec
+from tests.spec_helpers import assert_one_issue
 
 pytestmark = pytest.mark.unit
 
@@ -68,14 +69,7 @@ MM = "arch: minimax, d_model: 64, heads: 4, kv_heads: 2"
 )
 def test_inconsistent_minimax_pattern_is_one_issue_naming_file_stage_and_field(tmp_path, model, field, words):
     p = _write(tmp_path, model)
-    with pytest.raises(SpecError) as ei:
-        load_spec(p)
-    (issue,) = ei.value.issues
-    assert (issue.file, issue.stage, issue.field) == (str(p), "base", field)
-    msg = str(ei.value)
-    assert "stage 'base'" in msg and f"field '{field}'" in msg
-    for w in words:
-        assert w in msg
+    assert_one_issue(p, "base", field, words)
 
 
 @pytest.mark.parametrize(
