@@ -349,11 +349,37 @@ def build_spec_definitions(spec) -> dg.Definitions:
                 default_status=dg.DefaultSensorStatus.RUNNING,
             )
         )
+    return dg.Definitions(assets=assets, schedules=schedules, sensors=sensors, jobs=_jobs(spec))
+
+
+def _jobs(spec) -> list:
+    """``<pipeline>__all``. A Dagster job holds one partitions definition, so when partitioned stages differ in
+    their partitions (two evaluate stages over other models), ``__all`` takes the unpartitioned stages and
+    each partitioned stage gets its own ``<pipeline>__<stage>__partitions`` job."""
+    partitioned = {n: st.partitions for n, st in spec.stages.items() if st.partitions is not None}
+    if len({tuple(p) for p in partitioned.values()}) <= 1:
+        return [
+            dg.define_asset_job(
+                f"{spec.name}__all",
+                selection=dg.AssetSelection.groups(spec.name),
+                description=f"Materialize every stage of {spec.name}",
+            )
+        ]
+    plain = [dg.AssetKey([spec.name, n]) for n in spec.stages if n not in partitioned]
     jobs = [
         dg.define_asset_job(
             f"{spec.name}__all",
-            selection=dg.AssetSelection.groups(spec.name),
-            description=f"Materialize every stage of {spec.name}",
+            selection=dg.AssetSelection.assets(*plain),
+            description=f"Materialize every unpartitioned stage of {spec.name}; "
+            f"{', '.join(sorted(partitioned))} have their own jobs (one partition per model)",
         )
     ]
-    return dg.Definitions(assets=assets, schedules=schedules, sensors=sensors, jobs=jobs)
+    for n in sorted(partitioned):
+        jobs.append(
+            dg.define_asset_job(
+                f"{spec.name}__{n}__partitions",
+                selection=dg.AssetSelection.assets(dg.AssetKey([spec.name, n])),
+                description=f"Materialize {spec.name}/{n}, one partition per model",
+            )
+        )
+    return jobs

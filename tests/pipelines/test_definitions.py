@@ -61,3 +61,15 @@ def test_missing_inputs_are_still_errors_for_validate(bare_machine):
     with pytest.raises(SpecError) as e:
         load_spec(Path(spec_files()[0]).parent / "gsm8k_grpo.yaml")
     assert e.value.issues and all(i.missing_input for i in e.value.issues)
+
+
+def test_a_pipeline_with_two_differently_partitioned_stages_loads_with_a_job_per_partitioning(bare_machine):
+    """long2short evaluates two sets of models (two partitions definitions): one Dagster job cannot hold both,
+    so ``__all`` takes the unpartitioned stages and each evaluate stage gets its own job."""
+    import dagster as dg
+
+    path = next(p for p in spec_files() if p.name == "long2short.yaml")
+    defs = build_definitions([path], home=str(bare_machine / "home"))
+    dg.Definitions.validate_loadable(defs)
+    names = {j.name for j in defs.resolve_all_job_defs()}
+    assert {"long2short__all", "long2short__eval__partitions", "long2short__l2s_eval__partitions"} <= names
