@@ -127,7 +127,7 @@ def completion_logprobs(
 
     parts = decoder_and_head(model)
     hidden = None
-    if parts is not None and share_prefix and len(t["prompt_ids"]) < len(t["comp_ids"]):
+    if parts is not None and share_prefix and "prompt_ids" in t and len(t["prompt_ids"]) < len(t["comp_ids"]):
         hidden = _shared_prefix_hidden(parts[0], t)
     kw = {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
     if hidden is not None:
