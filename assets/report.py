@@ -87,30 +87,19 @@ def validate(cfg: ReportConfig, kinds: dict[str, str], configs: dict[str, Any] |
     stages, and each pair must name two different models."""
     evaluated = {m for c in (configs or {}).values() for m in (getattr(c, "models", None) or [])}
     problems = []
-    for i, ls in enumerate(cfg.long_to_short):
-        if ls.long == ls.short:
-            problems.append((f"long_to_short.{i}", f"long and short are both {ls.long!r}"))
-        for role in ("long", "short"):
-            name = getattr(ls, role)
-            if configs is not None and name not in evaluated:
-                problems.append(
-                    (
-                        f"long_to_short.{i}.{role}",
-                        f"{name!r} is not a model evaluated by {cfg.from_}: {sorted(evaluated)}",
+    for field, pairs, (a, b) in (
+        ("long_to_short", cfg.long_to_short, ("long", "short")),
+        ("controls", cfg.controls, ("treatment", "control")),
+    ):
+        for i, pair in enumerate(pairs):
+            if getattr(pair, a) == getattr(pair, b):
+                problems.append((f"{field}.{i}", f"{a} and {b} are both {getattr(pair, a)!r}"))
+            for role in (a, b):
+                name = getattr(pair, role)
+                if configs is not None and name not in evaluated:
+                    problems.append(
+                        (f"{field}.{i}.{role}", f"{name!r} is not a model evaluated by {cfg.from_}: {sorted(evaluated)}")
                     )
-                )
-    for i, pair in enumerate(cfg.controls):
-        if pair.treatment == pair.control:
-            problems.append((f"controls.{i}", f"treatment and control are both {pair.treatment!r}"))
-        for role in ("treatment", "control"):
-            name = getattr(pair, role)
-            if configs is not None and name not in evaluated:
-                problems.append(
-                    (
-                        f"controls.{i}.{role}",
-                        f"{name!r} is not a model evaluated by {cfg.from_}: {sorted(evaluated)}",
-                    )
-                )
     return problems
 
 
