@@ -69,6 +69,20 @@ class Spec:
     stages: dict[str, Stage]                 # in topological order
     automation: dict[str, dict[str, Any]]
     parent: str | None = None
+    # inputs not on this machine (only with load_spec(missing_ok=True)): stage -> its problems
+    missing: dict[str, list[SpecIssue]] = field(default_factory=dict)
+
+    def blocked(self) -> dict[str, str]:
+        """Stages that cannot be versioned here -> why: their own input is missing, or an ancestor's."""
+        out: dict[str, str] = {}
+        for s, st in self.stages.items():  # topological order: an ancestor is decided first
+            if s in self.missing:
+                out[s] = "missing input: " + ", ".join(str(i.field) for i in self.missing[s])
+            else:
+                waits = [d for d in st.deps if d in out]
+                if waits:
+                    out[s] = "waits on " + ", ".join(waits)
+        return out
 
     def ancestors(self, stage: str) -> list[str]:
         out: list[str] = []
@@ -84,8 +98,12 @@ class Spec:
         return [s for s in self.stages if stage in self.ancestors(s)]
 
 
-def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
-    """Load, validate and version a spec. Raises :class:`SpecError` listing every problem."""
+def load_spec(spec: str | Path, *, fingerprints: bool = True, missing_ok: bool = False) -> Spec:
+    """Load, validate and version a spec. Raises :class:`SpecError` listing every problem.
+
+    ``missing_ok``: when the only problems are inputs missing from this machine (a valid spec whose model or
+    data files are elsewhere), return the spec anyway with ``spec.missing`` set and no version for the
+    stages that need those inputs (``Spec.blocked``), so ``plan`` can show the rest."""
     kinds = load_kinds()
     path = resolve_spec_path(spec)
     f = str(path)
@@ -246,12 +264,15 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True) -> Spec:
                 issues.append(SpecIssue(f, str(sname), "automation.watch",
                                         "expected a folder path or {path: ..., pattern: '*.parquet'}", aline))
 
-    if issues:
+    if issues and not (missing_ok and all(i.missing_input for i in issues)):
         raise SpecError(issues)
 
     ordered = {s: stages[s] for s in order}
+    missing: dict[str, list[SpecIssue]] = {}
+    for i in issues:
+        missing.setdefault(i.stage, []).append(i)
     spec = Spec(name=name, description=str(data.get("description") or ""), path=path, stages=ordered,
-                automation=automation, parent=parent)
+                automation=automation, parent=parent, missing=missing)
     compute_versions(spec, fingerprints=fingerprints)
     return spec
 
@@ -274,8 +295,12 @@ def _block_model(config_cls: Any, path: list[str]) -> Any:
 
 
 def compute_versions(spec: Spec, *, fingerprints: bool = True) -> None:
-    """Fill ``stage.version`` (and per-partition versions) in topological order."""
+    """Fill ``stage.version`` (and per-partition versions) in topological order; stages that need a
+    missing input (``Spec.blocked``) keep an empty version."""
+    blocked = spec.blocked()
     for st in spec.stages.values():
+        if st.name in blocked:
+            continue
         kind = st.kind
         pf = kind.partition_field
         inputs = {fname: [v for n in names for v in spec.stages[n].output_versions()]
@@ -299,9 +324,16 @@ def spec_files(directory: Path = SPEC_DIR) -> list[Path]:
 
 def plan(spec: Spec, store) -> list[dict[str, Any]]:
     """One row per stage (per partition for partitioned stages): name, kind, version, ``stored`` (usable
-    as is) and ``status`` (``stored``, ``to compute``, ``failed: <check>`` or ``damaged: <file problem>``)."""
+    as is) and ``status`` (``stored``, ``to compute``, ``failed: <check>`` or ``damaged: <file problem>``; for a
+    stage that needs an input missing from this machine, ``missing input: <field>`` or ``waits on <stage>``,
+    with no version)."""
     rows = []
+    blocked = spec.blocked()
     for st in spec.stages.values():
+        if st.name in blocked:
+            rows.append({"stage": st.name, "partition": None, "kind": st.kind.name, "version": "-" * 16,
+                         "stored": False, "status": blocked[st.name]})
+            continue
         keys = st.partitions if st.partitions is not None else [None]
         for p in keys:
             v = st.partition_versions[p] if p is not None else st.version

@@ -29,18 +29,21 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from resources.store import ArtifactStore
 
-    from ..spec import load_spec
+    from ..spec import load_spec, plan
 
-    spec = load_spec(args.spec)
+    # a spec whose model or data files are not on this machine still plans: those stages and their
+    # descendants are marked, then every missing input is listed as an error (exit status 1)
+    spec = load_spec(args.spec, missing_ok=True)
     store = ArtifactStore(home_of(args))
-    from ..spec import plan
-
     rows = plan(spec, store)
     w = max(len(r["stage"] + (f"[{r['partition']}]" if r["partition"] else "")) for r in rows)
     for r in rows:
         name = r["stage"] + (f"[{r['partition']}]" if r["partition"] else "")
         print(f"{name:<{w}}  {r['kind']:<17} {r['version']}  {r['status']}")
-    return 0
+    for issues in spec.missing.values():
+        for issue in issues:
+            print(f"error  {issue}", file=sys.stderr)
+    return 1 if spec.missing else 0
 
 def cmd_kinds(args) -> int:
     """Print every stage kind with its fields (the spec language's reference, generated from the code)."""

@@ -96,7 +96,13 @@ def test_recipe_without_its_files_lists_every_missing_input(tmp_path, monkeypatc
         monkeypatch.delenv(v, raising=False)
     for cmd in ("validate", "plan"):
         assert main(["--home", str(tmp_path / "home"), cmd, "gsm8k_grpo"]) == 1
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
+        if cmd == "plan":  # the stage table still comes, with what each stage waits for
+            rows = {r.split()[0]: r for r in out.splitlines()}
+            assert rows["base"].endswith("missing input: hub_id")
+            assert rows["gsm8k"].endswith("missing input: path, eval_path")
+            assert rows["sft"].endswith("waits on base, gsm8k"), rows["sft"]
+            assert "waits on" in rows["report"] and "----------------" in rows["report"]
         lines = [x for x in err.splitlines() if x.startswith("error")]
         assert len(lines) == 3, err
         assert "stage 'base', field 'hub_id': Qwen/Qwen2.5-0.5B-Instruct@main is not in the local Hugging Face " \
@@ -105,3 +111,35 @@ def test_recipe_without_its_files_lists_every_missing_input(tmp_path, monkeypatc
                in lines[1]
         assert "field 'eval_path'" in lines[2] and "test-00000-of-00001.parquet: file not found" in lines[2]
         assert "Traceback" not in err
+
+
+def test_plan_versions_what_it_can_and_marks_what_waits_for_a_missing_file(tmp_path, capsys):
+    spec = tmp_path / "mixed.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        pipeline: mixed
+        stages:
+          ours:  {{kind: reasoning_tasks, train: 20, eval: 5}}
+          theirs: {{kind: task_file, path: {tmp_path}/absent.parquet}}
+          sft:   {{kind: sft, model: base, data: [ours, theirs], steps: 1}}
+          base:  {{kind: pretrain, data: toks, tokenizer: tok, tokens: 1000}}
+          tok:   {{kind: train_tokenizer, from: text, vocab_size: 300}}
+          toks:  {{kind: tokenize, from: text, tokenizer: tok}}
+          text:  {{kind: extract, from: crawl}}
+          crawl: {{kind: crawl, source: local_docs, max_pages: 5}}
+    """))
+    assert main(["--home", str(tmp_path / "home"), "plan", str(spec)]) == 1
+    out, err = capsys.readouterr()
+    rows = {r.split()[0]: r.split(None, 3) for r in out.splitlines()}
+    assert rows, err
+    assert set(rows) == {"ours", "theirs", "sft", "base", "tok", "toks", "text", "crawl"}
+    for s in ("ours", "base", "tok", "toks", "text", "crawl"):  # no missing input above them: versioned as usual
+        assert len(rows[s][2]) == 16 and rows[s][2] != "-" * 16 and rows[s][3] == "to compute", rows[s]
+    assert rows["theirs"][3] == "missing input: path"
+    assert rows["sft"][3] == "waits on theirs"
+    assert [x for x in err.splitlines() if x.startswith("error")] == [
+        f"error  {spec}:4: stage 'theirs', field 'path': {tmp_path}/absent.parquet: file not found"]
+    # a spec with a real mistake besides the missing file is still refused as a whole
+    spec.write_text(spec.read_text().replace("steps: 1", "steps: 0"))
+    assert main(["--home", str(tmp_path / "home"), "plan", str(spec)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "field 'steps'" in err
