@@ -146,6 +146,17 @@ def _p_two_sided(zscore: float) -> float:
     return math.erfc(abs(zscore) / math.sqrt(2))
 
 
+def _interval(m: float, se: float, n: int, z: float) -> dict:
+    """The difference ``m`` with its standard error: interval, two-sided p and whether it excludes 0."""
+    if se == 0.0:
+        # every unit moved by exactly the same amount: zero is excluded iff that amount is not zero
+        return {"diff": m, "se": 0.0, "low": m, "high": m, "p": 0.0 if m else 1.0, "n": n,
+                "beyond_noise": m != 0.0}
+    lo, hi = m - z * se, m + z * se
+    return {"diff": m, "se": se, "low": lo, "high": hi, "p": _p_two_sided(m / se), "n": n,
+            "beyond_noise": lo > 0 or hi < 0}
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> dict:
     """Per-item paired difference ``b - a`` (same items, same order): mean, standard error, 95% interval,
     two-sided p (normal approximation) and ``beyond_noise`` = the interval excludes 0.
@@ -162,68 +173,19 @@ def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) ->
     if n < 2:
         return {"diff": m, "se": None, "low": None, "high": None, "p": None, "n": n, "beyond_noise": False}
     sd = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1))
-    se = sd / math.sqrt(n)
-    if se == 0.0:
-        # every item moved by exactly the same amount: zero is excluded iff that amount is not zero
-        return {
-            "diff": m,
-            "se": 0.0,
-            "low": m,
-            "high": m,
-            "p": 0.0 if m else 1.0,
-            "n": n,
-            "beyond_noise": m != 0.0,
-        }
-    lo, hi = m - z * se, m + z * se
-    return {
-        "diff": m,
-        "se": se,
-        "low": lo,
-        "high": hi,
-        "p": _p_two_sided(m / se),
-        "n": n,
-        "beyond_noise": lo > 0 or hi < 0,
-    }
+    return _interval(m, sd / math.sqrt(n), n, z)
 
 
 def unpaired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> dict:
     """``mean(b) - mean(a)`` for independent samples (Welch standard error); same keys as paired."""
     na, nb = len(a), len(b)
     if na < 2 or nb < 2:
-        return {
-            "diff": None,
-            "se": None,
-            "low": None,
-            "high": None,
-            "p": None,
-            "n": min(na, nb),
-            "beyond_noise": False,
-        }
+        return {"diff": None, "se": None, "low": None, "high": None, "p": None, "n": min(na, nb),
+                "beyond_noise": False}
     ma, mb = sum(a) / na, sum(b) / nb
     va = sum((x - ma) ** 2 for x in a) / (na - 1)
     vb = sum((x - mb) ** 2 for x in b) / (nb - 1)
-    se = math.sqrt(va / na + vb / nb)
-    m = mb - ma
-    if se == 0.0:
-        return {
-            "diff": m,
-            "se": 0.0,
-            "low": m,
-            "high": m,
-            "p": 0.0 if m else 1.0,
-            "n": min(na, nb),
-            "beyond_noise": m != 0.0,
-        }
-    lo, hi = m - z * se, m + z * se
-    return {
-        "diff": m,
-        "se": se,
-        "low": lo,
-        "high": hi,
-        "p": _p_two_sided(m / se),
-        "n": min(na, nb),
-        "beyond_noise": lo > 0 or hi < 0,
-    }
+    return _interval(mb - ma, math.sqrt(va / na + vb / nb), min(na, nb), z)
 
 
 def seed_spread(values: Sequence[float]) -> dict:
