@@ -204,6 +204,7 @@ def run(run: StageRun) -> StageResult:
         "accuracy_kept": keep,
         "final_loss": info["losses"][-1],
         "examples": info["examples"],
+        "teacher_logits_cached": info["teacher_logits_cached"],
         **prune_md,
     }
     md = write_curve(run.out, info["curve"], ["loss", "kl", "ce"])

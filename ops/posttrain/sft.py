@@ -68,23 +68,36 @@ class SFTParams:
 
 def make_batches(tok: Any, examples: list[Example], p: SFTParams) -> tuple[Callable[[int, int], dict], dict]:
     """``batch_fn(step, micro)`` (pure function of the step) and data stats."""
+    units, pad, stats = sft_units(tok, examples, p)
+    return units_batch_fn(units, pad, p), stats
+
+
+def sft_units(tok: Any, examples: list[Example], p: SFTParams) -> tuple[list, int, dict]:
+    """``(units, pad_id, stats)``: the training rows (one ``[(ids, n_prompt)]`` segment list each, several
+    segments when packing) that :func:`units_batch_fn` draws batches from, and data stats."""
     enc, dropped = encode_all(tok, examples, p.max_len)
     if not enc:
         raise ValueError(f"no SFT example fits max_len={p.max_len} ({dropped} dropped)")
     units = pack(enc, p.seq_len) if p.pack else [[e] for e in enc]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-    def batch_fn(step: int, micro: int) -> dict:
-        idx = epoch_batches(len(units), p.batch_size, step, p.seed)
-        return collate([units[i] for i in idx], pad)
-
     stats = {
         "examples": len(enc),
         "dropped_too_long": dropped,
         "rows": len(units),
         "assistant_tokens": sum(len(ids) - n for ids, n in enc),
     }
-    return batch_fn, stats
+    return units, pad, stats
+
+
+def units_batch_fn(units: list, pad: int, p: SFTParams) -> Callable[[int, int], dict]:
+    """``batch_fn(step, micro)``: the collated rows of ``units`` for the step, a fresh seeded permutation per
+    epoch; the batch's ``index`` names those rows, in order."""
+
+    def batch_fn(step: int, micro: int) -> dict:
+        idx = epoch_batches(len(units), p.batch_size, step, p.seed)
+        return {**collate([units[i] for i in idx], pad), "index": idx}
+
+    return batch_fn
 
 
 def sft_loss_fn(model: Any, batch: dict) -> tuple[Any, dict]:
