@@ -1,17 +1,19 @@
 """Does a DPO variant raise held-out accuracy over the default pipeline's sft2? A paired experiment over seeds.
 
 ``python -m experiments.dpo_paired OUT SFT_DIR PROMPTS_DIR EVAL_TASKS_DIR [--loss dpo|ipo|rpo] [--beta X]
-[--alpha X] [--lr X] [--steps N] [--iterations N] [--samples N] [--prompts-per-iteration N]
-[--reference-update previous|initial] [--seeds N] [--first-seed N] [--n-eval N] [--pairs-from DIR ...]``: the
+[--alpha X] [--lr X] [--steps N] [--iterations N] [--samples N] [--prompts-per-iteration N] [--temperature X]
+[--max-new-tokens N] [--reference-update previous|initial] [--seeds N] [--first-seed N] [--n-eval N]
+[--eval-samples N] [--pairs-from DIR ...]``: the
 same stored checkpoint (e.g. the default pipeline's ``sft2``) is the start and the first reference of every
 run. By default each seed runs on-policy iterative DPO (``ops.posttrain.onpolicy.train_iterative_dpo``, the
 ``dpo`` stage's code with ``iterations``): each iteration samples ``samples`` completions for
 ``prompts_per_iteration`` problems of PROMPTS_DIR's training split from the current policy, pairs correct
 against incorrect ones and trains ``steps`` updates; ``--pairs-from`` instead trains once on the offline pairs of
-those rollout artifacts (the default ``dpo`` stage's ``pairs: [rl1, rs]``). Scored by greedy accuracy on the
-first ``n_eval`` held-out problems of EVAL_TASKS_DIR (a task set the training prompts exclude).
-Reported: the start's score, per-seed scores and iteration statistics, and the paired gain (after - start)
-with its standard error over seeds (``significant``: mean > 2 SE with at least 3 seeds), plus the item-level
+those rollout artifacts (the default ``dpo`` stage's ``pairs: [rl1, rs]``). Scored on the first ``n_eval``
+held-out problems of EVAL_TASKS_DIR (a task set the training prompts exclude): greedy accuracy and sampled
+accuracy (T=1, ``eval_samples`` per problem, R1's pass@1), by the rules.
+Reported: the start's scores, per-seed scores and iteration statistics, and the paired gains (after - start)
+with their standard error over seeds (``significant``: mean > 2 SE with at least 3 seeds), plus the item-level
 paired difference. Results go to ``OUT/<tag>.json`` after every seed, so a run cut short keeps what it
 measured; :func:`merge` joins seeds run as separate processes.
 """
@@ -28,11 +30,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def greedy_scores(model, tok, tasks) -> dict:
-    from ops.posttrain.common import task_accuracy
+KEYS = ("greedy", "sampled")
 
-    g = task_accuracy(model, tok, tasks, temperature=0.0, max_new_tokens=64, batch_size=1024, per_item=True)
-    return {"greedy": g["accuracy"], "parse": g["parse_rate"], "greedy_items": g["per_item"]}
+
+def heldout(model, tok, tasks, eval_samples: int) -> dict:
+    """Greedy and sampled accuracy (the sampling seed fixed, so start and after see the same draw)."""
+    from experiments.grpo_regime import heldout_scores
+
+    return heldout_scores(model, tok, tasks, tasks, eval_samples, seed=1)
 
 
 def run(
@@ -49,10 +54,13 @@ def run(
     iterations: int = 2,
     samples: int = 8,
     prompts_per_iteration: int = 128,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
     reference_update: str = "previous",
     seeds: int = 3,
     first_seed: int = 0,
     n_eval: int = 300,
+    eval_samples: int = 4,
     pairs_from: tuple = (),
     tag: str = "dpo_paired",
 ) -> dict:
@@ -75,11 +83,13 @@ def run(
     overlap = {t.question for t in prompts} & {t.question for t in ev}
     if overlap:
         raise ValueError(f"{len(overlap)} held-out problems are among the training prompts")
-    start = greedy_scores(start_model, tok, ev)
+    start = heldout(start_model, tok, ev, eval_samples)
     o = OnPolicyParams(
         iterations=iterations,
         samples=samples,
         prompts_per_iteration=prompts_per_iteration,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
         reference_update=reference_update,
     )
     res: dict = {
@@ -97,8 +107,11 @@ def run(
             "iterations": 1 if pairs_from else iterations,
             "samples": samples,
             "prompts_per_iteration": prompts_per_iteration,
+            "temperature": temperature,
+            "max_new_tokens": max_new_tokens,
             "reference_update": reference_update,
             "n_eval": len(ev),
+            "eval_samples": eval_samples,
         },
         "threads": torch.get_num_threads(),
         "start": start,
@@ -127,21 +140,21 @@ def run(
             its = train_iterative_dpo(pol, ref, tok, prompts, p, o, work_dir=None, log=print)["iterations"]
         row = {
             "seed": seed,
-            "after": greedy_scores(pol.eval(), tok, ev),
+            "after": heldout(pol.eval(), tok, ev, eval_samples),
             "wall_s": round(time.time() - t0, 1),
         }
         row["iterations"] = its
         res["runs"].append(row)
-        res.update(paired_gains(res["runs"], start, keys=("greedy",)))
-        res.update(item_level_gains(res["runs"], start, keys=("greedy",)))
+        res.update(paired_gains(res["runs"], start, keys=KEYS))
+        res.update(item_level_gains(res["runs"], start, keys=KEYS))
         (out / f"{tag}.json").write_text(json.dumps(res, indent=1))
         print(
-            json.dumps({"seed": seed, "greedy": row["after"]["greedy"], "wall_s": row["wall_s"]}), flush=True
+            json.dumps({"seed": seed, **{k: row["after"][k] for k in KEYS}, "wall_s": row["wall_s"]}), flush=True
         )
     return res
 
 
-def merge(out_path: Path | str, parts: list[Path | str], keys: tuple = ("greedy",)) -> dict:
+def merge(out_path: Path | str, parts: list[Path | str], keys: tuple = KEYS) -> dict:
     """One result from runs of the same configuration and start in separate processes (e.g. one seed each):
     the runs concatenated in seed order and the paired statistics (of the scores ``keys``) recomputed over all
     of them."""
@@ -183,10 +196,13 @@ if __name__ == "__main__":
         ("iterations", int),
         ("samples", int),
         ("prompts_per_iteration", int),
+        ("temperature", float),
+        ("max_new_tokens", int),
         ("reference_update", str),
         ("seeds", int),
         ("first_seed", int),
         ("n_eval", int),
+        ("eval_samples", int),
         ("tag", str),
     ):
         ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])

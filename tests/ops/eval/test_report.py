@@ -144,3 +144,36 @@ def test_wait_effect_is_paired_over_items_and_shown_in_the_report(tmp_path):
     md = (tmp_path / "report.md").read_text()
     lo, hi = want["low"], want["high"]
     assert f"wait ×1 − own </think>: +0.300 [{lo:+.3f}, {hi:+.3f}] accuracy, paired over 40 items, **beyond noise**" in md
+
+
+def test_both_rlhf_branches_are_compared_with_their_shared_start_with_intervals(tmp_path):
+    # the default pipeline's shape: rl2 (PPO against rm) and dpo both start from sft2; dpo's offline pairs come
+    # from rl1, itself an evaluated model, yet each branch is measured against the policy it starts from
+    stages = {
+        "base": _stage("base", "pretrain"),
+        "rl1": _stage("rl1", "grpo", {"model": ["base"]}),
+        "rs": _stage("rs", "rejection_sample", {"model": ["rl1"]}),
+        "sft2": _stage("sft2", "sft", {"model": ["rl1"], "data": ["rs"]}),
+        "rm": _stage("rm", "reward_model", {"model": ["sft2"], "pairs": ["rl1", "rs"]}),
+        "rl2": _stage("rl2", "ppo", {"model": ["sft2"], "prompts": ["rl_prompts"], "reward_model": ["rm"]}),
+        "dpo": _stage("dpo", "dpo", {"model": ["sft2"], "pairs": ["rl1", "rs"]}),
+        "dpo_on": _stage("dpo_on", "dpo", {"model": ["sft2"], "tasks": ["rl_prompts"]}),
+    }
+    start = [1.0] * 10 + [0.0] * 30
+    evals = [
+        _eval("rl1", {"greedy_accuracy": [0.0] * 40}),
+        _eval("sft2", {"greedy_accuracy": start}),
+        _eval("rl2", {"greedy_accuracy": [1.0] * 12 + [0.0] * 28}),
+        _eval("dpo", {"greedy_accuracy": [1.0] * 20 + [0.0] * 20}),
+        _eval("dpo_on", {"greedy_accuracy": [1.0] * 8 + [0.0] * 32}),
+    ]
+    r = build(title="t", evals=evals, stages=stages, out=tmp_path, hourly_price=1.0, env=ENV)
+    got = {c["child"]: c for c in r["comparisons"] if c["metric"] == "greedy_accuracy"}
+    assert {k: got[k]["parent"] for k in ("rl2", "dpo", "dpo_on")} == {"rl2": "sft2", "dpo": "sft2", "dpo_on": "sft2"}
+    md = (tmp_path / "report.md").read_text()
+    for child, scores in (("rl2", evals[2]), ("dpo", evals[3]), ("dpo_on", evals[4])):
+        want = M.paired_difference(start, list(scores.item_scores["greedy_accuracy"].values()))
+        verdict = "**beyond noise**" if want["beyond_noise"] else "within noise"
+        row = f"| sft2 → {child} | greedy_accuracy | {want['diff']:+.3f} [{want['low']:+.3f}, {want['high']:+.3f}] | 40 |"
+        assert f"{row} {verdict} |" in md
+    assert got["dpo"]["beyond_noise"] and not got["rl2"]["beyond_noise"]
