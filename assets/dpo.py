@@ -97,6 +97,9 @@ class DPOConfig(StageConfig):
     max_pairs_per_prompt: int = Field(4, ge=1, description="pairs built from each prompt's samples")
     steps: int = Field(100, ge=1, description="optimizer updates (per iteration when on-policy)")
     lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    warmup_steps: int = Field(
+        10, ge=0, description="updates of linear learning-rate warm-up (per iteration when on-policy)"
+    )
     optim: OptimConfig = optim_field()
     batch_size: int = Field(16, ge=1, description="pairs per update")
     seed: int = Field(0, description="split and order seed")

@@ -47,12 +47,13 @@ def _stored(home: Path) -> list:
         ("{beta: -0.1}", "beta", ["greater than 0", "-0.1"]),
         ("{loss: rpo, alpha: -1}", "alpha", ["greater than or equal to 0", "-1"]),
         ("{loss: kto}", "loss", ["'dpo', 'ipo' or 'rpo'", "kto"]),
-        ("{iterations: 2, tasks: [rl_prompts]}", "iterations", ["leave `pairs` and `path` unset"]),
-        ("{pairs: [], iterations: 2}", "tasks", ["name a tasks stage"]),
-        ("{tasks: [rl_prompts]}", "tasks", ["sampled only on-policy (iterations >= 1)"]),
-        ("{pairs: []}", "pairs", ["no preference pairs"]),
+        ("{pairs: [rl1, rs], iterations: 2, tasks: [rl_prompts]}", "iterations", ["leave `pairs` and `path` unset"]),
+        ("{tasks: [], iterations: 2}", "tasks", ["name a tasks stage"]),
+        ("{pairs: [rl1], tasks: [rl_prompts], iterations: 0}", "tasks", ["sampled only on-policy (iterations >= 1)"]),
+        ("{tasks: [], iterations: 0}", "pairs", ["no preference pairs"]),
         ("{pairs: [], iterations: 2, tasks: [rl_prompts], reference_update: latest}", "reference_update",
          ["'previous' or 'initial'"]),
+        ("{warmup_steps: -1}", "warmup_steps", ["greater than or equal to 0", "-1"]),
     ],
 )
 def test_bad_dpo_field_is_one_issue_naming_file_stage_and_field(tmp_path, body, field, words):
@@ -62,11 +63,28 @@ def test_bad_dpo_field_is_one_issue_naming_file_stage_and_field(tmp_path, body, 
 
 @pytest.mark.unit
 def test_variants_and_on_policy_load_with_their_fields(tmp_path):
-    c = load_spec(_spec(tmp_path, "{loss: ipo, beta: 0.5}")).stages["dpo"].config
-    assert (c.loss, c.beta, c.iterations) == ("ipo", 0.5, 0)
+    body = "{tasks: [], iterations: 0, pairs: [rl1, rs], loss: ipo, beta: 0.5}"
+    c = load_spec(_spec(tmp_path, body)).stages["dpo"].config
+    assert (c.loss, c.beta, c.iterations, c.pairs) == ("ipo", 0.5, 0, ["rl1", "rs"])
     body = "{pairs: [], tasks: [rl_prompts], iterations: 3, loss: rpo, alpha: 0.5, reference_update: initial}"
     c = load_spec(_spec(tmp_path, body)).stages["dpo"].config
     assert (c.loss, c.alpha, c.iterations, c.tasks, c.reference_update) == ("rpo", 0.5, 3, ["rl_prompts"], "initial")
+
+
+@pytest.mark.unit
+def test_warmup_steps_reach_the_training_parameters(tmp_path):
+    from assets.dpo import DPOConfig
+    from assets.posttrain import params
+    from ops.posttrain.dpo import DPOParams
+    from ops.posttrain.onpolicy import OnPolicyParams
+
+    body = "{pairs: [], tasks: [rl_prompts], iterations: 2, warmup_steps: 3, temperature: 0.4, prompts_per_iteration: 512}"
+    c = load_spec(_spec(tmp_path, body)).stages["dpo"].config
+    assert params(DPOParams, c).warmup_steps == 3
+    o = params(OnPolicyParams, c)
+    assert (o.temperature, o.prompts_per_iteration, o.iterations) == (0.4, 512, 2)
+    # unset, the stage keeps the training core's warm-up
+    assert params(DPOParams, DPOConfig(model="m", path="p.parquet")).warmup_steps == DPOParams().warmup_steps == 10
 
 
 # ------------------------------------------------------------------------------------------ identical pairs
