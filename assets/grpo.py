@@ -73,6 +73,20 @@ class GRPOConfig(StageConfig):
     optim: OptimConfig = optim_field(RLOptimConfig)
     beta: float = Field(0.04, ge=0, description="k3 KL coefficient (0: no reference forward)")
     clip_eps: float = Field(0.2, gt=0, description="ratio clip epsilon")
+    clip_eps_high: float | None = Field(
+        None,
+        gt=0,
+        description="upper ratio clip epsilon (DAPO clip-higher, >= clip_eps; acts only with updates_per_batch > 1)"
+        "; default: clip_eps",
+    )
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO dynamic sampling: replace groups whose rewards are all equal by groups of further "
+        "prompts, up to prompts_per_step groups with signal per update",
+    )
+    max_refill: int = Field(
+        2, ge=1, description="with dynamic_sampling: extra sampling rounds per step (each <= prompts_per_step prompts)"
+    )
     norm: Literal["token", "sequence", "unbiased"] = Field(
         "token",
         description="loss normalisation: token-level, per-sequence mean (original), or unbiased Dr. GRPO",
@@ -90,6 +104,30 @@ class GRPOConfig(StageConfig):
     )
     ckpt_every: int = ckpt_every(10)
     keep_last: int = keep_last()
+
+
+def validate(cfg: GRPOConfig, refs) -> list[tuple[str, str]]:
+    errs = validate_rewards(cfg, refs)
+    if cfg.clip_eps_high is not None:
+        if cfg.clip_eps_high < cfg.clip_eps:
+            errs.append(
+                (
+                    "clip_eps_high",
+                    f"{cfg.clip_eps_high} is below clip_eps {cfg.clip_eps}: clip-higher widens the upper bound; "
+                    "use a value >= clip_eps",
+                )
+            )
+        elif cfg.updates_per_batch == 1:
+            errs.append(
+                (
+                    "clip_eps_high",
+                    "has no effect with updates_per_batch 1 (fully on-policy: the ratio is exactly 1); "
+                    "set updates_per_batch >= 2 or remove it",
+                )
+            )
+    if "max_refill" in cfg.model_fields_set and not cfg.dynamic_sampling:
+        errs.append(("max_refill", "applies to dynamic sampling; set `dynamic_sampling: true` or remove it"))
+    return errs
 
 
 def run(run: StageRun) -> StageResult:
@@ -167,6 +205,6 @@ GRPO = register(
             CheckSpec("kl_bounded", "per-token KL to the reference stays below 1"),
             CheckSpec("reward_not_falling", "training reward does not fall"),
         ),
-        validate=validate_rewards,
+        validate=validate,
     )
 )

@@ -1,10 +1,13 @@
 """Does GRPO raise held-out accuracy on the default pipeline's own SFT checkpoint? A paired experiment over seeds.
 
 ``python -m experiments.grpo_paired OUT SFT_DIR TASKS_DIR [--steps N] [--seeds N] [--first-seed N] [--prompts-per-step N] [--lr X]
-[--fresh N] [--updates-per-batch N] [--beta X] [--temperature T] [--eval-tasks DIR] [--n-eval N]``: the same stored
+[--fresh N] [--updates-per-batch N] [--beta X] [--temperature T] [--eval-tasks DIR] [--n-eval N] [--clip-eps-high X]
+[--dynamic-sampling] [--max-refill N] [--tag NAME]``: the same stored
 SFT checkpoint (e.g. the default pipeline's ``cold_sft``) is the start and the KL reference of every run; each
 seed runs the grpo stage's code (``ops.rl.grpo.train_grpo``) with the default ``rl1`` settings (rewards
-accuracy + format + 0.1 language, group 8, beta 0.04) unless overridden, and is scored on the tasks' held-out
+accuracy + format + 0.1 language, group 8, beta 0.04) unless overridden (DAPO's levers: ``--clip-eps-high``, an upper
+ratio clip above 0.2, acting from the second pass of ``--updates-per-batch``; ``--dynamic-sampling``, groups
+without signal replaced by groups of further prompts in at most ``--max-refill`` extra rounds), and is scored on the tasks' held-out
 split (``fresh`` > 0: RL on that many newly generated problems the SFT never saw, instead of the tasks' training
 split; ``--eval-tasks``: score on that tasks artifact's held-out split instead, e.g. RL on the default's
 ``rl_prompts`` and score on its benchmark ``tasks``): greedy accuracy over ``n_eval`` problems and sampled accuracy (T=1, 8 samples each, R1's pass@1) over the same problems.
@@ -12,7 +15,7 @@ Reported: the start's scores, per-seed scores, training reward and KL, and the p
 with their standard error over seeds; ``significant`` means mean gain > 2 SE with at least 3 seeds; and the
 item-level paired difference (each item's score averaged over seeds minus the start's), whose interval says
 whether the gain would hold on other problems of the same distribution. Results go
-to ``OUT/grpo_paired.json`` after every seed, so a run cut short keeps what it measured.
+to ``OUT/grpo_paired.json`` (``OUT/grpo_paired_TAG.json`` with ``--tag``) after every seed, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ def run(
     eval_tasks_dir: Path | str | None = None,
     first_seed: int = 0,
     temperature: float = 1.0,
+    clip_eps_high: float | None = None,
+    dynamic_sampling: bool = False,
+    max_refill: int = 2,
+    tag: str = "",
 ) -> dict:
     import copy
 
@@ -92,10 +99,13 @@ def run(
             "beta": beta,
             "updates_per_batch": updates_per_batch,
             "temperature": temperature,
+            "clip_eps_high": clip_eps_high,
+            "dynamic_sampling": dynamic_sampling,
+            "max_refill": max_refill if dynamic_sampling else None,
             "rewards": list(rewards),
             "n_eval": len(ev),
             "samples": samples,
-            "rl_prompts": f"{fresh} fresh problems" if fresh else f"the {sft_seen} SFT training problems",
+            "rl_prompts": f"{fresh} fresh problems" if fresh else f"the {sft_seen} training problems of the tasks",
         },
         "threads": torch.get_num_threads(),
         "start": start,
@@ -122,6 +132,9 @@ def run(
                 gen_batch_size=1024,
                 updates_per_batch=updates_per_batch,
                 temperature=temperature,
+                clip_eps_high=clip_eps_high,
+                dynamic_sampling=dynamic_sampling,
+                max_refill=max_refill,
             ),
             log=lambda s: None,
             keep_rollouts=False,
@@ -138,11 +151,14 @@ def run(
             "reward_first_q": sum(x["reward"] for x in h[:q]) / q,
             "reward_last_q": sum(x["reward"] for x in h[-q:]) / q,
             "kl_max": max(x.get("kl", 0.0) for x in h),
+            "live_groups_mean": sum(x["live_groups"] for x in h) / len(h),
+            "sampled_groups_mean": sum(x.get("sampled_groups", prompts_per_step) for x in h) / len(h),
+            "train_s": round(sum(x["step_s"] for x in h), 1),
         }
         res["runs"].append(row)
         res.update(paired_gains(res["runs"], start))
         res.update(item_level_gains(res["runs"], start))
-        (out / "grpo_paired.json").write_text(json.dumps(res, indent=1))
+        (out / (f"grpo_paired_{tag}.json" if tag else "grpo_paired.json")).write_text(json.dumps(res, indent=1))
         print(
             json.dumps({k: v for k, v in row.items() if k != "after"} | {"after": _scalars(row["after"])}),
             flush=True,
@@ -175,8 +191,12 @@ if __name__ == "__main__":
         ("beta", float),
         ("n_eval", int),
         ("temperature", float),
+        ("clip_eps_high", float),
+        ("max_refill", int),
+        ("tag", str),
     ):
         ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])
+    ap.add_argument("--dynamic-sampling", action="store_true")
     ap.add_argument("--eval-tasks", dest="eval_tasks_dir", default=None)
     r = run(**vars(ap.parse_args()))
     print(json.dumps({k: _scalars(v) if k == "start" else v for k, v in r.items() if k != "runs"}, indent=1))

@@ -10,11 +10,16 @@ run on CPU. The defaults follow what the measured miniature runs taught (see
 ``/work/shared/reference/measured-facts.md``): fully on-policy (one update per batch, the old log-probs are
 the current ones detached, so the ratio is exactly 1 at the update), lr <= 5e-5 with warm-up, groups whose
 rewards have std <= 1e-6 are dropped from the update (no spurious advantage from float noise, and no compute
-spent on them), and many prompts per step.
+spent on them), and many prompts per step. DAPO's two levers are options: clip-higher (``clip_eps_high``, an
+upper ratio bound above ``clip_eps``; it acts only off-policy, from the second pass over a batch) and dynamic
+sampling (``dynamic_sampling``: the dropped groups are replaced by groups of further prompts, sampled in at
+most ``max_refill`` extra rounds per step, so each update sees up to ``prompts_per_step`` groups with signal).
 """
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +47,8 @@ class GRPOParams:
     beta: float = 0.04  # k3 KL coefficient in the loss (0: KL to the reference measured, not penalised)
     clip_eps: float = 0.2
     clip_eps_high: float | None = None  # DAPO's clip-higher; None = symmetric
+    dynamic_sampling: bool = False  # DAPO: replace groups without signal by groups of further prompts
+    max_refill: int = 2  # extra sampling rounds per step with dynamic sampling (each at most prompts_per_step)
     norm: str = "token"  # token | sequence | unbiased (Dr. GRPO)
     scale_rewards: bool = True  # False = Dr. GRPO advantages (no std division)
     updates_per_batch: int = 1  # > 1 re-uses each rollout batch (off-policy after the first)
@@ -105,12 +112,10 @@ def train_grpo(
     state: dict[str, Any] = {"history": [], "rollouts": []}
     current: dict[str, Any] = {}  # the rollout batch of the step being trained
 
-    def batch_fn(step: int, micro: int) -> StepBatch:
-        if step == 0 and eval_fn is not None and not state["history"]:
-            state["history"].append({"step": 0, **eval_fn(policy, 0)})
-        t0 = time.perf_counter()
-        idx = pick_prompts(len(pool), p.prompts_per_step, step, p.seed)
+    def rollout(idx: list[int], seed: int) -> dict[str, Any]:
+        """Sample a group per prompt of ``idx`` and score it: samples, texts, rewards and advantages."""
         rep = [prompt_ids[i] for i in idx for _ in range(p.group_size)]
+        t0 = time.perf_counter()
         samples = sample(
             policy,
             rep,
@@ -119,7 +124,7 @@ def train_grpo(
             pad_id=pad,
             temperature=p.temperature,
             top_p=p.top_p,
-            seed=p.seed * 1_000_003 + step,
+            seed=seed,
             batch_size=p.gen_batch_size,
             return_logprobs=p.updates_per_batch > 1,
         )
@@ -129,11 +134,32 @@ def train_grpo(
         total, comps = score(specs, RewardBatch(texts, answers, [s.n_tokens for s in samples], p.group_size))
         rewards = torch.tensor(total)
         adv, live = group_advantages(rewards, p.group_size, scale=p.scale_rewards, min_std=p.min_std)
-        keep = [i for i in range(len(samples)) if bool(live[i])]
-        current.update(
-            t0=t0, t_gen=t_gen, t1=time.perf_counter(), idx=idx, samples=samples, texts=texts, total=total,
-            comps=comps, rewards=rewards, adv=adv, keep=keep,
-        )
+        return {"idx": idx, "samples": samples, "texts": texts, "total": total, "comps": comps, "rewards": rewards,
+                "adv": adv, "live": live, "t_gen": t_gen}
+
+    def batch_fn(step: int, micro: int) -> StepBatch:
+        if step == 0 and eval_fn is not None and not state["history"]:
+            state["history"].append({"step": 0, **eval_fn(policy, 0)})
+        t0 = time.perf_counter()
+        r = rollout(pick_prompts(len(pool), p.prompts_per_step, step, p.seed), p.seed * 1_000_003 + step)
+        rounds = 0
+        while p.dynamic_sampling and rounds < p.max_refill:
+            n_live = int(r["live"].sum()) // p.group_size
+            missing = p.prompts_per_step - n_live
+            if missing <= 0:
+                break
+            rounds += 1
+            idx = refill_prompts(len(pool), _refill_size(missing, n_live, len(r["idx"]), p), step, rounds, p.seed,
+                                 set(r["idx"]))
+            if not idx:
+                break
+            r = _concat(r, rollout(idx, p.seed * 1_000_003 + step + 500_000 * rounds))
+        keep = [i for i in range(len(r["samples"])) if bool(r["live"][i])]
+        # dynamic sampling trains on at most prompts_per_step groups, the first ones sampled
+        keep = keep[: p.prompts_per_step * p.group_size] if p.dynamic_sampling else keep
+        adv, samples = r["adv"], r["samples"]
+        current.clear()
+        current.update(r, t0=t0, t1=time.perf_counter(), keep=keep, refills=rounds)
         return StepBatch(_minibatches(ref, [samples[i] for i in keep], adv[keep], p, pad, dev) if keep else [])
 
     def loss_fn(model: Any, mb: dict[str, Any]) -> tuple[Any, dict[str, float]]:
@@ -169,6 +195,7 @@ def train_grpo(
             "reward": float(c["rewards"].mean()),
             **{f"reward_{n}": sum(v) / len(v) for n, v in c["comps"].items()},
             "live_groups": len(c["keep"]) / len(samples),
+            **({"sampled_groups": len(c["idx"]), "refill_rounds": c["refills"]} if p.dynamic_sampling else {}),
             "completion_tokens": n_tok / len(samples),
             "gen_s": c["t_gen"],
             "update_s": time.perf_counter() - c["t1"],
@@ -201,6 +228,38 @@ def train_grpo(
         on_step=on_step,
     )
     return GRPOState(history=state["history"], rollouts=state["rollouts"])
+
+
+def refill_prompts(n_tasks: int, k: int, step: int, round_: int, seed: int, used: set[int]) -> list[int]:
+    """Up to ``k`` task indices outside ``used`` for refill round ``round_`` of ``step`` (dynamic sampling): a
+    seeded permutation per (seed, step, round), so a resumed run draws the same prompts."""
+    perm = list(range(n_tasks))
+    random.Random((seed * 1_000_003 + step) * 64 + round_).shuffle(perm)
+    return [i for i in perm if i not in used][:k]
+
+
+def _refill_size(missing: int, n_live: int, n_sampled: int, p: GRPOParams) -> int:
+    """Prompts for the next refill round: the missing groups over the live rate seen so far (one full round
+    when no group had signal yet), at most ``prompts_per_step``."""
+    if n_live == 0:
+        return p.prompts_per_step
+    return min(p.prompts_per_step, math.ceil(missing * n_sampled / n_live))
+
+
+def _concat(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    return {
+        "idx": a["idx"] + b["idx"],
+        "samples": a["samples"] + b["samples"],
+        "texts": a["texts"] + b["texts"],
+        "total": a["total"] + b["total"],
+        "comps": {n: a["comps"][n] + b["comps"][n] for n in a["comps"]},
+        "rewards": torch.cat([a["rewards"], b["rewards"]]),
+        "adv": torch.cat([a["adv"], b["adv"]]),
+        "live": torch.cat([a["live"], b["live"]]),
+        "t_gen": a["t_gen"] + b["t_gen"],
+    }
 
 
 def _minibatches(ref, samples, adv, p: GRPOParams, pad, dev) -> list[dict[str, Any]]:
@@ -241,7 +300,7 @@ def _rollout_rows(c: dict[str, Any], pool: list[Task], p: GRPOParams, names, sta
                 "prompt_tokens": len(s.prompt_ids),
                 "completion_tokens": s.n_tokens,
                 "finished": s.finished,
-                "group": step * p.prompts_per_step + j // p.group_size,
+                "group": step * p.prompts_per_step * _rounds(p) + j // p.group_size,
                 "reward": c["total"][j],
                 "advantage": float(c["adv"][j]),
                 "policy_version": step,
@@ -250,6 +309,11 @@ def _rollout_rows(c: dict[str, Any], pool: list[Task], p: GRPOParams, names, sta
             }
         )
     return rows
+
+
+def _rounds(p: GRPOParams) -> int:
+    """The most sampling rounds of ``prompts_per_step`` prompts one step can take (group ids stay unique)."""
+    return 1 + p.max_refill if p.dynamic_sampling else 1
 
 
 def save_policy(policy: Any, tok: Any, out: Path) -> None:

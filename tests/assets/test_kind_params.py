@@ -19,7 +19,8 @@ EXPECTED = {
     },
     ("grpo", "ops.rl.grpo", "GRPOParams"): {
         "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "top_p", "lr",
-        "warmup_steps", "beta", "clip_eps", "norm", "scale_rewards", "updates_per_batch", "seed", *CKPT, *OPTIM,
+        "warmup_steps", "beta", "clip_eps", "clip_eps_high", "norm", "scale_rewards", "updates_per_batch",
+        "dynamic_sampling", "max_refill", "seed", *CKPT, *OPTIM,
     },
     ("ppo", "ops.rl.ppo", "PPOParams"): {
         "steps", "prompts_per_step", "max_new_tokens", "lr", "kl_coef", "clip_eps", "value_clip_eps",
