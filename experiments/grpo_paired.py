@@ -151,6 +151,8 @@ def run(
             "reward_first_q": sum(x["reward"] for x in h[:q]) / q,
             "reward_last_q": sum(x["reward"] for x in h[-q:]) / q,
             "kl_max": max(x.get("kl", 0.0) for x in h),
+            # share of tokens whose ratio left [1 - 0.2, 1 + 0.2] (non-zero only from a second pass over a batch)
+            "clip_frac_max": max(x.get("clip_frac", 0.0) for x in h),
             "live_groups_mean": sum(x["live_groups"] for x in h) / len(h),
             "sampled_groups_mean": sum(x.get("sampled_groups", prompts_per_step) for x in h) / len(h),
             "train_s": round(sum(x["step_s"] for x in h), 1),

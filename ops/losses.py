@@ -282,7 +282,8 @@ def grpo_loss(
     * ``norm="unbiased"``: ``L = sum_{i,t} l_t / (N * max_len)`` with a constant ``max_len`` (Dr. GRPO;
       no length bias; pair it with ``group_advantages(scale=False)``).
 
-    ``ref_logp=None`` or ``beta=0`` drops the KL term. Stats: mean k3 KL, clip fraction, mean ratio.
+    ``ref_logp=None`` or ``beta=0`` drops the KL term. Stats: mean k3 KL, clip fraction (tokens whose ratio is
+    outside ``[1 - eps, 1 + eps_high]``), mean ratio.
     """
     if norm not in ("token", "sequence", "unbiased"):
         raise ValueError(f"unknown GRPO normalisation {norm!r}; use 'token', 'sequence' or 'unbiased'")
@@ -305,7 +306,7 @@ def grpo_loss(
     with torch.no_grad():
         stats = {
             "kl": _num(_masked_mean(kl, m)),
-            "clip_frac": _num(_masked_mean(((ratio - 1).abs() > clip_eps).float(), m)),
+            "clip_frac": _num(_masked_mean(((ratio < 1 - clip_eps) | (ratio > 1 + hi)).float(), m)),
             "ratio": _num(_masked_mean(ratio, m)),
         }
     return loss, stats

@@ -155,3 +155,13 @@ def test_dynamic_sampling_run_interrupted_then_resumed_is_bit_identical(tmp_path
     assert _same(whole, resumed)
     assert R.without_timing(st.history) == R.without_timing(st2.history)
     assert [r["prompt_id"] for r in st.rollouts] == [r["prompt_id"] for r in st2.rollouts]
+
+
+@pytest.mark.unit
+def test_clip_fraction_counts_the_asymmetric_clip_region():
+    lp = torch.zeros(1, 4)
+    old = -torch.log(torch.tensor([[0.7, 0.9, 1.25, 1.3]]))  # ratios 0.7, 0.9, 1.25, 1.3
+    mask, adv = torch.ones(1, 4), torch.ones(1)
+    _, sym = losses.grpo_loss(lp, old, None, adv, mask, clip_eps=0.2)
+    _, high = losses.grpo_loss(lp, old, None, adv, mask, clip_eps=0.2, clip_eps_high=0.28)
+    assert (sym["clip_frac"], high["clip_frac"]) == (0.75, 0.5)
