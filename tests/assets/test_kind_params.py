@@ -28,7 +28,8 @@ EXPECTED = {
         "rm_clip", "reward_whiten", "value_warmup_steps", *CKPT, *OPTIM,
     },
     ("dpo", "ops.posttrain.dpo", "DPOParams"): {
-        "steps", "lr", "beta", "label_smoothing", "loss", "alpha", "batch_size", "seed", *CKPT, *OPTIM,
+        "steps", "lr", "warmup_steps", "beta", "label_smoothing", "loss", "alpha", "batch_size", "seed", *CKPT,
+        *OPTIM,
     },
     ("dpo", "ops.posttrain.onpolicy", "OnPolicyParams"): {
         "iterations", "samples", "prompts_per_iteration", "max_pairs_per_prompt", "max_new_tokens", "temperature",
