@@ -78,3 +78,20 @@ def test_pretrain_top_level_optimiser_fields_load_into_optim(tmp_path):
     assert c == same
     with pytest.raises(ValueError, match="schedule is given both at the top level and in optim"):
         PretrainConfig.model_validate({"data": "t", "tokenizer": "k", "schedule": "wsd", "optim": {"schedule": "linear"}})
+
+
+def test_default_cold_start_holds_its_peak_lr_until_the_last_fifth():
+    """The default ``cold_sft`` runs the wsd schedule through the sft kind's own mapping (stage config ->
+    ``SFTParams`` -> ``TrainConfig``): the peak LR lasts to 80% of the steps, then decays to the floor. With
+    cosine its accuracy swung with the base's draw (experiments/LEDGER.md, cold start over base draws)."""
+    from assets.posttrain import params
+    from ops.posttrain.sft import SFTParams
+    from ops.train.optim import train_config
+    from ops.train.schedule import lr_at
+
+    cfg = train_config(params(SFTParams, load_spec(ROOT / "pipelines" / "tiny_r1.yaml").stages["cold_sft"].config))
+    knobs = {k: getattr(cfg, k) for k in ("lr", "steps", "warmup_steps", "schedule", "min_lr_ratio", "decay_frac")}
+    lrs = [lr_at(i, **knobs) for i in range(cfg.steps)]
+    assert cfg.schedule == "wsd"
+    assert lrs[cfg.warmup_steps : int(0.8 * cfg.steps)] == [cfg.lr] * (int(0.8 * cfg.steps) - cfg.warmup_steps)
+    assert lrs[-1] == pytest.approx(cfg.min_lr_ratio * cfg.lr)
