@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.spec import SpecError, load_spec
+from tests.spec_helpers import assert_one_issue
 
 pytestmark = pytest.mark.unit
 
@@ -37,15 +38,7 @@ def _write(tmp_path: Path, stage: str, body: str) -> Path:
     ],
 )
 def test_bad_reward_or_sweep_is_one_issue_naming_file_stage_and_field(tmp_path, stage, body, field, words):
-    p = _write(tmp_path, stage, body)
-    with pytest.raises(SpecError) as ei:
-        load_spec(p)
-    (issue,) = ei.value.issues
-    assert (issue.file, issue.stage, issue.field) == (str(p), stage, field)
-    msg = str(ei.value)
-    assert f"stage '{stage}'" in msg and f"field '{field}'" in msg
-    for w in words:
-        assert w in msg
+    assert_one_issue(_write(tmp_path, stage, body), stage, field, words)
 
 
 @pytest.mark.parametrize("rewards", ["[random]", "[{random: {p: 0.5, seed: 3}}]", "[format]"])
