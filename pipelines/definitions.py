@@ -28,16 +28,15 @@ def _load_present(paths: Iterable[Path]) -> list:
     """Every spec, except those whose only problems are inputs missing on this machine (warned about)."""
     specs = []
     for p in paths:
-        try:
-            specs.append(load_spec(p))
-        except SpecError as e:
-            if not e.issues or not all(i.missing_input for i in e.issues):
-                raise
-            msg = f"{p}: left out of the Dagster definitions, its inputs are not on this machine:\n" + "\n".join(
-                f"  {i}" for i in e.issues
-            )
-            log.warning(msg)
-            warnings.warn(msg, stacklevel=2)
+        spec = load_spec(p, missing_ok=True)  # any other problem still raises
+        if not spec.missing:
+            specs.append(spec)
+            continue
+        msg = f"{p}: left out of the Dagster definitions, its inputs are not on this machine:\n" + "\n".join(
+            f"  {i}" for issues in spec.missing.values() for i in issues
+        )
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=2)
     return specs
 
 
