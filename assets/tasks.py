@@ -40,18 +40,26 @@ class ReasoningTasksConfig(StageConfig):
         "2: 2-3 ops of + - * / up to 99, 3, 4: longer and larger)",
     )
     seed: int = Field(0, description="generator seed; train and eval use separate streams of it")
-    solution_style: Literal["plain", "verify"] = Field(
+    solution_style: Literal["plain", "verify", "recheck"] = Field(
         "plain",
         description="how generated solutions are written: 'plain': the chain of equations; 'verify': each step "
-        "followed by a check of it, and slipped steps corrected after ' Wait,' (the text evaluate's wait_text "
-        "must be to force the same tokens)",
+        "followed by a check of it, and slipped steps corrected after ' Wait,'; 'recheck': the chain, with some "
+        "steps followed by ' Wait,' and a re-check by smaller sub-steps that confirms or corrects them (' Wait' "
+        "is the text evaluate's wait_text must be to force the same tokens)",
     )
     correction_rate: float = Field(
         0.0,
         ge=0.0,
         le=1.0,
-        description="solution_style=verify: probability that a step is first written with a slipped result, "
-        "then corrected after ' Wait,'",
+        description="solution_style=verify or recheck: probability that a step is first written with a slipped "
+        "result, then corrected after ' Wait,'",
+    )
+    confirm_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="solution_style=recheck: probability that a correct step is followed by ' Wait,' and a "
+        "re-check that confirms it (so a Wait does not mean 'change the result')",
     )
     path: str | None = Field(
         None, description="generator=parquet: training Parquet with question/answer columns"
@@ -87,17 +95,17 @@ def _validate(cfg: ReasoningTasksConfig, refs: dict[str, str]) -> list[tuple[str
             v = getattr(cfg, fld)
             if v:
                 errs += [(fld, msg) for msg in check_task_parquet(Path(v).expanduser())]
-        if cfg.solution_style != "plain" or cfg.correction_rate:
+        if cfg.solution_style != "plain" or cfg.correction_rate or cfg.confirm_rate:
             errs.append(
                 (
                     "solution_style",
-                    "generator 'parquet' uses the file's own solutions; solution_style and correction_rate "
-                    "apply to the arithmetic generator only",
+                    "generator 'parquet' uses the file's own solutions; solution_style, correction_rate and "
+                    "confirm_rate apply to the arithmetic generator only",
                 )
             )
     else:
         try:
-            check_solution_style(cfg.solution_style, cfg.correction_rate)
+            check_solution_style(cfg.solution_style, cfg.correction_rate, cfg.confirm_rate)
         except ValueError as e:
             fld, msg = str(e).split(": ", 1)
             errs.append((fld, msg))
@@ -169,6 +177,7 @@ def _run(run: StageRun) -> StageResult:
             exclude=excluded,
             solution_style=cfg.solution_style,
             correction_rate=cfg.correction_rate,
+            confirm_rate=cfg.confirm_rate,
         )
     if excluded:
         run.log(f"excluding {len(excluded)} questions of {run.config.exclude}; {dropped} user rows dropped")

@@ -4,10 +4,11 @@ raise accuracy over stopping at the model's own ``</think>``?
 ``python -m experiments.s1_wait OUT_DIR START_MODEL [--steps N --arms verify,plain ...]``; arms run as
 separate processes are merged by ``python -m experiments.s1_wait --combine OUT.json RUN.json RUN.json``.
 
-One start checkpoint (a pretrain or SFT artifact directory) is fine-tuned twice on the same difficulty-3/4
-problems: once on ``verify``-style worked
-solutions (each step checked, slipped steps corrected after " Wait,"; ``ops.solutions.verify_solution``) and once
-on ``plain`` ones (the control). Each arm is scored by the evaluate stage's own code (``generate_records`` /
+One start checkpoint (a pretrain or SFT artifact directory) is fine-tuned once per arm on the same problems
+(``--train-difficulties``), each arm writing their worked solutions in its own style (:data:`ARMS`): ``recheck``
+(a step, then " Wait," and a re-check by smaller sub-steps that confirms it or corrects a slipped result;
+``ops.solutions.recheck_solution``), ``fixonly`` (the same with corrections only), ``verify`` (each step checked,
+slipped steps corrected after " Wait,"; ``ops.solutions.verify_solution``) and ``plain`` (the control). Each arm is scored by the evaluate stage's own code (``generate_records`` /
 ``summarize``) on the same held-out problems: greedy until the model's own ``</think>``, budget forcing at each
 budget, and one forced Wait whose text is ``ops.solutions.WAIT_TEXT``, the exact text (and so tokens) the traces
 contain. Key design choice: every comparison is paired over items (``metrics.paired_difference``): budget b
@@ -23,6 +24,14 @@ import time
 from pathlib import Path
 
 from ops.eval.metrics import paired_difference
+
+# arm -> (solution_style, uses correction_rate, uses confirm_rate)
+ARMS = {
+    "recheck": ("recheck", True, True),
+    "fixonly": ("recheck", True, False),
+    "verify": ("verify", True, False),
+    "plain": ("plain", False, False),
+}
 
 
 def _items(tasks):
@@ -92,11 +101,15 @@ def run(
     n_train: int = 6000,
     n_eval: int = 300,
     correction_rate: float = 0.3,
+    confirm_rate: float = 0.0,
     budgets: tuple[int, ...] = (16, 32, 64, 128),
     max_think: int = 256,
     seed: int = 11,
     arms: tuple[str, ...] = ("verify", "plain"),
     threads: int = 1,
+    train_difficulties: tuple[int, ...] = (3, 4),
+    eval_difficulties: tuple[int, ...] | None = None,
+    warmup_steps: int = 10,
 ) -> dict:
     import torch
 
@@ -108,14 +121,20 @@ def run(
 
     torch.set_num_threads(threads)
     check_sweep("budgets", list(budgets), 0, "tokens")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"arms: unknown arm(s) {unknown}; choose from {list(ARMS)}")
+    eval_difficulties = tuple(eval_difficulties or train_difficulties)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     res: dict = {
         "start": str(start),
         "config": dict(steps=steps, batch_size=batch_size, lr=lr, n_train=n_train, n_eval=n_eval,
-                       correction_rate=correction_rate, budgets=list(budgets), max_think_tokens=max_think,
-                       seed=seed, difficulties=[3, 4], wait_text=WAIT_TEXT, threads=threads),
+                       correction_rate=correction_rate, confirm_rate=confirm_rate, budgets=list(budgets),
+                       max_think_tokens=max_think, seed=seed, difficulties=list(train_difficulties),
+                       eval_difficulties=list(eval_difficulties), warmup_steps=warmup_steps, wait_text=WAIT_TEXT,
+                       threads=threads),
         "arms": {},
     }
 
@@ -129,32 +148,42 @@ def run(
         "bare_Wait": tok.convert_ids_to_tokens(tok.encode("Wait", add_special_tokens=False)),
     }
     for arm in arms:
-        rate = correction_rate if arm == "verify" else 0.0
-        train, ev = make_splits(n_train, n_eval, seed, [3, 4], solution_style=arm, correction_rate=rate)
+        style, fixes, confirms = ARMS[arm]
+        kw = dict(solution_style=style, correction_rate=correction_rate if fixes else 0.0,
+                  confirm_rate=confirm_rate if confirms else 0.0)
+        train, _ = make_splits(n_train, 0, seed, list(train_difficulties), **kw)
+        # held-out problems from the eval stream, never a training question; the same items in every arm
+        _, ev = make_splits(0, n_eval, seed, list(eval_difficulties), exclude={t.question for t in train})
         model, tok = load_policy(start)
         model.train()
         ex = [Example(t.id, t.question, t.response, t.answer) for t in train]
         ts = time.time()
-        p = SFTParams(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=10, max_len=320, ckpt_every=0)
+        p = SFTParams(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_len=320, ckpt_every=0)
         train_sft(model, tok, ex, p, work_dir=None, log=lambda m, arm=arm: print(arm, m, flush=True))
-        arm_res = {"sft_s": round(time.time() - ts, 1), "trace_example": train[0].response}
+        waits = [t.response for t in train if WAIT_TEXT + "," in t.response][:3]
+        arm_res = {"sft_s": round(time.time() - ts, 1), "trace_example": train[0].response, "wait_traces": waits}
         res["arms"][arm] = arm_res
         save()
         arm_res.update(score(model, tok, ev, list(budgets), max_think, arm, log=print))
         arm_res["eval_s"] = round(time.time() - ts - arm_res["sft_s"], 1)
         save()
         print(f"{arm}: own {arm_res['unbudgeted']['accuracy']:.3f}, wait {arm_res['wait_effect']}", flush=True)
-    res.update(_verify_minus_plain(res["arms"]))
+    res.update(_minus_plain(res["arms"]))
     save()
     return res
 
 
-def _verify_minus_plain(arms: dict) -> dict:
-    """Verify-trained minus plain-trained accuracy on the same items, at the own stop and with one Wait."""
-    if not {"verify", "plain"} <= set(arms) or "per_item" not in arms["plain"] or "per_item" not in arms["verify"]:
+def _minus_plain(arms: dict) -> dict:
+    """Each arm's accuracy minus the plain-trained one on the same items, at the own stop and with one Wait."""
+    if "per_item" not in arms.get("plain", {}):
         return {}
-    v, p = arms["verify"]["per_item"], arms["plain"]["per_item"]
-    return {"verify_minus_plain": {"own_stop": _paired(p["own"], v["own"]), "wait1": _paired(p["wait1"], v["wait1"])}}
+    p = arms["plain"]["per_item"]
+    out = {}
+    for arm, r in arms.items():
+        if arm != "plain" and "per_item" in r:
+            v = r["per_item"]
+            out[f"{arm}_minus_plain"] = {"own_stop": _paired(p["own"], v["own"]), "wait1": _paired(p["wait1"], v["wait1"])}
+    return out
 
 
 def combine(paths: list[str | Path], out: str | Path) -> dict:
@@ -172,7 +201,7 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
     res = {k: v for k, v in first.items() if k != "arms"}
     res["arms"] = {a: {**v, "threads": r["config"].get("threads")} for r in runs for a, v in r["arms"].items()}
     res["elapsed_s"] = max(r.get("elapsed_s", 0.0) for r in runs)
-    res.update(_verify_minus_plain(res["arms"]))
+    res.update(_minus_plain(res["arms"]))
     Path(out).write_text(json.dumps(res, indent=1))
     return res
 
@@ -194,14 +223,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n-eval", type=int, default=300)
     ap.add_argument("--correction-rate", type=float, default=0.3)
+    ap.add_argument("--confirm-rate", type=float, default=0.0)
+    ap.add_argument("--n-train", type=int, default=6000)
+    ap.add_argument("--train-difficulties", default="3,4")
+    ap.add_argument("--eval-difficulties", default=None, help="default: the training difficulties")
+    ap.add_argument("--warmup-steps", type=int, default=10)
     ap.add_argument("--budgets", default="16,32,64,128")
     ap.add_argument("--max-think", type=int, default=256)
     ap.add_argument("--arms", default="verify,plain")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
-    run(a.out_dir, a.start, steps=a.steps, batch_size=a.batch_size, lr=a.lr, n_eval=a.n_eval,
-        correction_rate=a.correction_rate, budgets=tuple(int(b) for b in a.budgets.split(",")),
-        max_think=a.max_think, arms=tuple(a.arms.split(",")), threads=a.threads)
+    ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
+    run(a.out_dir, a.start, steps=a.steps, batch_size=a.batch_size, lr=a.lr, n_train=a.n_train, n_eval=a.n_eval,
+        correction_rate=a.correction_rate, confirm_rate=a.confirm_rate, budgets=ints(a.budgets),
+        max_think=a.max_think, arms=tuple(a.arms.split(",")), threads=a.threads,
+        train_difficulties=ints(a.train_difficulties),
+        eval_difficulties=ints(a.eval_difficulties) if a.eval_difficulties else None, warmup_steps=a.warmup_steps)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ task's answer format, so they can never disagree about what counts as a correct,
 
 Stable API (used by rewards, rejection sampling, the evaluation stage):
 
-* ``generate_tasks(n, seed, difficulties=(2,), id_prefix="t", solution_style="plain", correction_rate=0.0)
-  -> list[Task]`` - deterministic problems, solutions written in a style of ``ops.solutions``.
+* ``generate_tasks(n, seed, difficulties=(2,), id_prefix="t", solution_style="plain", correction_rate=0.0,
+  confirm_rate=0.0) -> list[Task]`` - deterministic problems, solutions written in a style of ``ops.solutions``.
 * ``make_splits(n_train, n_eval, seed, difficulties) -> (train, eval)`` - disjoint by question text and by
   seed stream (train draws from ``seed``'s stream, eval from a separate stream; any eval question that also
   occurs in train is replaced).
@@ -54,7 +54,7 @@ from ops.answers import (
     to_number,
     well_formed,
 )
-from ops.solutions import check_solution_style, plain_solution, verify_solution
+from ops.solutions import check_solution_style, plain_solution, write_solution
 
 TASK_SCHEMA = pa.schema(
     [
@@ -286,6 +286,7 @@ def generate_tasks(
     exclude: set[str] | None = None,
     solution_style: str = "plain",
     correction_rate: float = 0.0,
+    confirm_rate: float = 0.0,
 ) -> list[Task]:
     """``n`` distinct problems from ``seed`` (deterministic), difficulty cycling through ``difficulties``.
 
@@ -295,7 +296,7 @@ def generate_tasks(
     """
     if not difficulties:
         raise ValueError("difficulties must name at least one level")
-    check_solution_style(solution_style, correction_rate)
+    check_solution_style(solution_style, correction_rate, confirm_rate)
     rng = random.Random(seed)
     style_rng = random.Random(f"{seed}:{solution_style}")
     seen = set(exclude or ())
@@ -310,7 +311,7 @@ def generate_tasks(
         if q in seen:
             continue
         seen.add(q)
-        sol = plain_solution(eqs) if solution_style == "plain" else verify_solution(eqs, style_rng, correction_rate)
+        sol = write_solution(eqs, solution_style, style_rng, correction_rate, confirm_rate)
         out.append(Task(_task_id(id_prefix, q), q, ans, sol, int(d), "arithmetic"))
     return out
 
@@ -323,12 +324,18 @@ def make_splits(
     exclude: set[str] | None = None,
     solution_style: str = "plain",
     correction_rate: float = 0.0,
+    confirm_rate: float = 0.0,
 ) -> tuple[list[Task], list[Task]]:
     """Disjoint train/eval splits: eval comes from its own seed stream and never repeats a train question;
     neither split contains a question in ``exclude`` (e.g. another task set's problems). Both splits' solutions
     are in ``solution_style`` (:func:`generate_tasks`)."""
     ex = set(exclude or ())
-    kw = {"difficulties": difficulties, "solution_style": solution_style, "correction_rate": correction_rate}
+    kw = {
+        "difficulties": difficulties,
+        "solution_style": solution_style,
+        "correction_rate": correction_rate,
+        "confirm_rate": confirm_rate,
+    }
     train = generate_tasks(n_train, seed=seed * 2 + 0, id_prefix="train", exclude=ex, **kw)
     ev = generate_tasks(n_eval, seed=seed * 2 + 1, id_prefix="eval", exclude=ex | {t.question for t in train}, **kw)
     return train, ev

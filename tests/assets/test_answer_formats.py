@@ -165,7 +165,10 @@ def test_evaluate_scores_a_gsm8k_task_set_by_plain_decoding(lmforge_home, tmp_pa
 @pytest.mark.parametrize(
     "fields, field, message",
     [
-        ("solution_style: verbose", "solution_style", "'plain' or 'verify'"),
+        ("solution_style: verbose", "solution_style", "'plain', 'verify' or 'recheck'"),
+        ("solution_style: recheck, confirm_rate: 1.5", "confirm_rate", "less than or equal to 1"),
+        ("solution_style: verify, confirm_rate: 0.2", "confirm_rate", "needs solution_style 'recheck'"),
+        ("generator: parquet, path: x.parquet, confirm_rate: 0.2", "solution_style", "arithmetic generator only"),
         ("solution_style: verify, correction_rate: 1.5", "correction_rate", "less than or equal to 1"),
         ("correction_rate: 0.2", "correction_rate", "needs solution_style 'verify'"),
         ("generator: parquet, path: x.parquet, solution_style: verify", "solution_style", "arithmetic generator only"),
@@ -197,3 +200,26 @@ def test_verify_style_task_set_trains_its_traces(tmp_path):
     assert all(", check " in t.solution for t in train)
     assert any(WAIT_TEXT + ", " in t.response and t.response.endswith(f"<answer>{t.answer}</answer>")
                for t in train)
+
+
+@pytest.mark.unit
+def test_recheck_style_task_set_writes_confirmations_and_corrections(tmp_path):
+    """The stage passes confirm_rate through: its recheck-style solutions hold Waits after correct steps
+    (confirmations) as well as after slipped ones, and every response still ends with the task's answer."""
+    from ops.solutions import WAIT_TEXT
+    from ops.tasks import read_task_set
+
+    art, _ = run_kind(
+        "reasoning_tasks",
+        {"train": 60, "eval": 4, "difficulties": [3], "solution_style": "recheck", "correction_rate": 0.0,
+         "confirm_rate": 0.5},
+        tmp_path,
+    )
+    train = read_task_set(art.path, "train")
+    waits = [t for t in train if WAIT_TEXT + ", " in t.response]
+    assert waits and all(t.response.endswith(f"<answer>{t.answer}</answer>") for t in train)
+    # confirmation only: the step before each Wait is restated unchanged at the end of its re-check
+    for t in waits:
+        for before, after in zip(t.solution.split(WAIT_TEXT + ", ")[:-1], t.solution.split(WAIT_TEXT + ", ")[1:]):
+            step = before.rstrip(".").split(" ")[-1]
+            assert after.split(".")[0].endswith(step), t.solution

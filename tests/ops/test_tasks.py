@@ -235,10 +235,96 @@ def test_verify_example_reads_as_documented():
     assert m and m[1] == m[3] and m[2] != m[4], fixed
 
 
+def _replay_recheck(solution: str) -> tuple[int, int, int, int]:
+    """Re-derive the answer from a recheck-style solution: every step starts from the previous result; a step
+    followed by WAIT_TEXT is re-checked by true sub-steps computed from its operands alone, ending with
+    the same step restated with its true result, which the chain goes on from. Returns (answer, steps,
+    corrections, confirmations)."""
+    from ops.solutions import recheck_text
+
+    val, steps, fixes, confirms = None, 0, 0, 0
+    step = r"(\d+)([-+*/])(\d+)=(\d+)"
+    wait = WAIT_TEXT.strip() + ", "
+    parts = [s.strip() for s in solution.split(".") if s.strip()]
+    for i, part in enumerate(parts):
+        if part.startswith(wait):
+            continue  # checked with the step before it
+        a, op, b, c = (int(x) if x.isdigit() else x for x in re.fullmatch(step, part).groups())
+        if val is not None:
+            assert a == val, f"step starts from the previous result: {part}"
+        steps += 1
+        recheck = parts[i + 1][len(wait):] if i + 1 < len(parts) and parts[i + 1].startswith(wait) else None
+        if recheck is None:
+            assert _OPS[op](a, b) == c, part
+            val = c
+            continue
+        *subs, last = recheck.split(", ")
+        restated = re.fullmatch("(?:so )?" + step, last)
+        assert restated and (int(restated[1]), restated[2], int(restated[3])) == (a, op, b), recheck
+        true = int(restated[4])
+        assert _OPS[op](a, b) == true, recheck
+        for sub in subs:
+            x, sop, y, z = re.fullmatch(step, sub).groups()
+            assert _OPS[sop](int(x), int(y)) == int(z), f"sub-step is exact: {recheck}"
+        if subs:
+            assert int(re.fullmatch(step, subs[-1])[4]) == true, f"the sub-steps end at the result: {recheck}"
+        # the re-check depends on the step's operands only, never on the (possibly slipped) result written
+        assert recheck == recheck_text(f"{a}{op}{b}={true}"), recheck
+        fixes, confirms = fixes + (c != true), confirms + (c == true)
+        val = true
+    return val, steps, fixes, confirms
+
+
+@pytest.mark.parametrize("correction, confirm", [(0.0, 0.0), (0.2, 0.3), (1.0, 0.0), (0.0, 1.0)])
+def test_recheck_style_confirms_and_corrects_at_the_rates(correction, confirm):
+    plain = T.generate_tasks(300, seed=5, difficulties=[2, 3, 4])
+    rec = T.generate_tasks(300, seed=5, difficulties=[2, 3, 4], solution_style="recheck",
+                           correction_rate=correction, confirm_rate=confirm)
+    assert [t.question for t in rec] == [t.question for t in plain], "same problems in every style"
+    steps = fixes = confirms = 0
+    for p, r in zip(plain, rec):
+        ans, n, f, c = _replay_recheck(r.solution)
+        assert str(ans) == r.answer == p.answer
+        assert n == len(p.solution.split(". "))
+        assert T.format_ok(r.response) and T.is_correct(r.response, r.answer)
+        assert r.solution.count(WAIT_TEXT + ", ") == f + c
+        steps, fixes, confirms = steps + n, fixes + f, confirms + c
+    assert abs(fixes / steps - correction) < 0.05, (fixes, steps)
+    # a confirmation is drawn among the steps that were not slipped
+    assert abs(confirms / steps - (1 - correction) * confirm) < 0.05, (confirms, steps)
+    if correction == confirm == 0.0:
+        assert rec == plain
+
+
+@pytest.mark.parametrize(
+    "eq, text",
+    [
+        ("523*7=3661", "500*7=3500, 23*7=161, 3500+161=3661, so 523*7=3661"),
+        ("56*8=448", "50*8=400, 6*8=48, 400+48=448, so 56*8=448"),
+        ("4567+89=4656", "4567+80=4647, 4647+9=4656, so 4567+89=4656"),
+        ("99-45=54", "99-40=59, 59-5=54, so 99-45=54"),
+        ("196/4=49", "160/4=40, 36/4=9, 40+9=49, so 196/4=49"),
+        ("77-4=73", "77-4=73"),  # nothing to split: the step written again
+        ("720+60=780", "720+60=780"),
+        ("7*7=49", "7*7=49"),
+    ],
+)
+def test_recheck_text_reads_as_documented(eq, text):
+    from ops.solutions import recheck_text
+
+    assert recheck_text(eq) == text
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"solution_style": "verbose"}, r"solution_style: unknown style 'verbose'; choose one of \['plain', 'verify'\]"),
+        (
+            {"solution_style": "verbose"},
+            r"solution_style: unknown style 'verbose'; choose one of \['plain', 'verify', 'recheck'\]",
+        ),
+        ({"solution_style": "recheck", "confirm_rate": 2.0}, r"confirm_rate: must be within \[0, 1\], got 2.0"),
+        ({"solution_style": "verify", "confirm_rate": 0.2}, r"confirm_rate: 0.2 needs solution_style 'recheck'"),
+        ({"confirm_rate": 0.2}, r"confirm_rate: 0.2 needs solution_style 'recheck'"),
         ({"solution_style": "verify", "correction_rate": 1.5}, r"correction_rate: must be within \[0, 1\], got 1.5"),
         ({"solution_style": "verify", "correction_rate": -0.1}, r"correction_rate: must be within"),
         ({"correction_rate": 0.2}, r"correction_rate: 0.2 needs solution_style 'verify'"),
@@ -249,13 +335,16 @@ def test_bad_solution_style_or_rate_is_a_clear_error(kw, match):
         T.generate_tasks(3, seed=0, difficulties=[3], **kw)
 
 
-def test_trace_wait_tokens_are_the_tokens_evaluation_forces():
-    """The Wait a verify trace contains is encoded exactly as ``encode(WAIT_TEXT)``, the token ids the
-    budget-forcing loop forces (SpecialIds.wait), while the bare word "Wait" after a full stop is not."""
+@pytest.mark.parametrize(
+    "style", [{"solution_style": "verify"}, {"solution_style": "recheck", "confirm_rate": 0.3}], ids=lambda s: s["solution_style"]
+)
+def test_trace_wait_tokens_are_the_tokens_evaluation_forces(style):
+    """The Wait a verify or recheck trace contains is encoded exactly as ``encode(WAIT_TEXT)``, the token ids
+    the budget-forcing loop forces (SpecialIds.wait), while the bare word "Wait" after a full stop is not."""
     from ops.eval.budget import SpecialIds
     from ops.tokenizer import chat_prompt, chat_response, to_transformers, train_bpe
 
-    tasks = T.generate_tasks(400, seed=1, difficulties=[3, 4], solution_style="verify", correction_rate=0.3)
+    tasks = T.generate_tasks(400, seed=1, difficulties=[3, 4], correction_rate=0.3, **style)
     tok = to_transformers(
         train_bpe([chat_prompt(t.question) + chat_response(t.solution, t.answer) for t in tasks], vocab_size=400)
     )
