@@ -3,7 +3,8 @@ experiment over seeds.
 
 ``python -m experiments.ppo_paired OUT SFT_DIR RM_DIR PROMPTS_DIR EVAL_TASKS_DIR [--steps N]
 [--prompts-per-step N] [--lr X] [--kl-coef X] [--rewards NAME ...] [--rm-weight X] [--rm-clip X]
-[--reward-whiten] [--value-warmup-steps N] [--kl-target X] [--kl-horizon N] [--lam X] [--epochs N] [--seeds N]
+[--reward-whiten] [--value-warmup-steps N] [--kl-target X] [--kl-horizon N] [--lam X] [--epochs N]
+[--minibatch-size N] [--vf-coef X] [--seeds N]
 [--first-seed N] [--n-eval N] [--samples N] [--tag NAME]``: the same stored checkpoint (e.g. the default
 pipeline's ``sft2``) is the start and the frozen KL reference of every run, and RM_DIR's reward model (e.g. the
 default ``rm``) scores the rollouts. Each seed runs the ``ppo`` stage's code (``ops.rl.ppo.train_ppo``) with the
@@ -50,6 +51,8 @@ def run(
     kl_horizon: int = 10000,
     lam: float = 0.95,
     epochs: int = 2,
+    minibatch_size: int = 32,
+    vf_coef: float = 0.1,
     seeds: int = 3,
     first_seed: int = 0,
     n_eval: int = 300,
@@ -98,6 +101,8 @@ def run(
         "kl_horizon": kl_horizon,
         "lam": lam,
         "epochs": epochs,
+        "minibatch_size": minibatch_size,
+        "vf_coef": vf_coef,
         "n_eval": len(ev),
         "samples": samples,
     }
@@ -127,6 +132,8 @@ def run(
             kl_horizon=kl_horizon,
             lam=lam,
             epochs=epochs,
+            minibatch_size=minibatch_size,
+            vf_coef=vf_coef,
             seed=seed,
             gen_batch_size=1024,
         )
@@ -183,6 +190,8 @@ if __name__ == "__main__":
         ("kl_horizon", int),
         ("lam", float),
         ("epochs", int),
+        ("minibatch_size", int),
+        ("vf_coef", float),
         ("seeds", int),
         ("first_seed", int),
         ("n_eval", int),
