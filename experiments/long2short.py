@@ -36,7 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-METHODS = ("rs_sft", "length_rl", "merged")
+METHODS = ("rs_sft", "length_rl", "merged", "merged_short")
+
+
+def methods(runs: list[dict]) -> list[str]:
+    """The methods every run measured, in :data:`METHODS` order."""
+    return [m for m in METHODS if all(m in r for r in runs)]
 
 
 def greedy_items(model, tok, tasks, max_new_tokens: int = 64) -> dict:
@@ -61,6 +66,113 @@ def greedy_items(model, tok, tasks, max_new_tokens: int = 64) -> dict:
         "correct_items": correct,
         "token_items": tokens,
     }
+
+
+def sampled_items(model, tok, tasks, samples: int, max_new_tokens: int, seed: int = 0) -> dict:
+    """Sampled (T=1) correctness and response tokens, ``samples`` per task: how long and how varied the
+    model's own samples are (what shortest-correct selection and a length reward can act on)."""
+    from ops.generate import generate
+    from ops.tasks import is_correct
+
+    out = generate(
+        model,
+        tok,
+        [t.question for t in tasks],
+        n=samples,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        seed=seed,
+        batch_size=1024,
+    )
+    correct = [float(is_correct(s.text, t.answer, t.answer_format)) for s, t in zip(out, [t for t in tasks for _ in range(samples)])]
+    tokens = sorted(float(s.n_tokens) for s in out)
+    q = lambda f: tokens[min(len(tokens) - 1, int(f * len(tokens)))]  # noqa: E731
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "mean_tokens": sum(tokens) / len(tokens),
+        "tokens_p10_p50_p90_max": [q(0.1), q(0.5), q(0.9), tokens[-1]],
+        "checked_fraction": sum(", check " in s.text for s in out) / len(out),
+        "wait_fraction": sum(" Wait," in s.text for s in out) / len(out),
+    }
+
+
+def make_long(
+    out_dir: Path | str,
+    start_dir: Path | str,
+    problems_dir: Path | str,
+    eval_tasks_dir: Path | str,
+    exclude_dirs: str = "",
+    verify_examples: int = 40000,
+    correction_rate: float = 0.2,
+    data_seed: int = 3,
+    steps: int = 300,
+    lr: float = 5e-4,
+    seed: int = 0,
+    n_eval: int = 300,
+    samples: int = 4,
+    max_new_tokens: int = 256,
+) -> dict:
+    """The long model: ``start_dir`` (the default's ``sft2``) fine-tuned on worked solutions in the ``verify``
+    style (each step checked, slipped steps corrected after " Wait,") for ``verify_examples`` fresh
+    difficulty-2 problems (generator seed ``data_seed``, disjoint from every tasks artifact in
+    ``exclude_dirs``, comma-separated, and from ``problems_dir``), mixed with the plain solutions of
+    ``problems_dir`` (the default's ``problems``), as the recipe's ``long_problems`` and ``long`` stages.
+    Writes the model to ``OUT/long_model`` and, for start and long model, greedy and sampled accuracy and
+    response tokens to ``OUT/long_model.json``."""
+    import torch
+
+    from ops.model import save_model
+    from ops.posttrain.common import Example, examples_from_artifact, load_policy
+    from ops.posttrain.sft import SFTParams, train_sft
+    from ops.tasks import make_splits, read_tasks
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    excluded: set[str] = set()
+    for d in [p for p in exclude_dirs.split(",") if p] + [str(problems_dir)]:
+        for split in ("train", "eval"):
+            excluded |= {t.question for t in read_tasks(Path(d) / f"{split}.parquet")}
+    verify, _ = make_splits(
+        verify_examples, 0, data_seed, (2,), exclude=excluded, solution_style="verify",
+        correction_rate=correction_rate,
+    )
+    examples = [Example(t.id, t.question, t.response, t.answer, (t.id,)) for t in verify]
+    examples += examples_from_artifact("tasks", Path(problems_dir))
+    model, tok = load_policy(start_dir)
+    ev = read_tasks(Path(eval_tasks_dir) / "eval.parquet")[:n_eval]
+    res: dict = {
+        "start": str(start_dir),
+        "config": {
+            "verify_examples": len(verify),
+            "plain_examples": len(examples) - len(verify),
+            "correction_rate": correction_rate,
+            "data_seed": data_seed,
+            "sft": {"steps": steps, "lr": lr, "batch_size": 64, "warmup_steps": 10, "seed": seed},
+            "n_eval": len(ev),
+            "max_new_tokens": max_new_tokens,
+        },
+        "threads": torch.get_num_threads(),
+    }
+    t0 = time.time()
+    model.eval()
+    res["start_greedy"] = greedy_items(model, tok, ev, max_new_tokens)
+    res["start_sampled"] = sampled_items(model, tok, ev, samples, max_new_tokens)
+    model.train()
+    train_sft(
+        model,
+        tok,
+        examples,
+        SFTParams(steps=steps, lr=lr, batch_size=64, warmup_steps=10, seed=seed),
+        work_dir=None,
+        log=lambda s: None,
+    )
+    model.eval()
+    save_model(model, tok, out / "long_model")
+    res["long_greedy"] = greedy_items(model, tok, ev, max_new_tokens)
+    res["long_sampled"] = sampled_items(model, tok, ev, samples, max_new_tokens)
+    res["wall_s"] = round(time.time() - t0, 1)
+    (out / "long_model.json").write_text(json.dumps(res, indent=1))
+    return res
 
 
 def compare(long: dict, runs: list[dict]) -> dict:
@@ -105,6 +217,8 @@ def run(
     rl_lr: float = 5e-5,
     length_weight: float = 1.0,
     merge_weight: float = 0.5,
+    merge_with: str = "",
+    max_new_tokens: int = 256,
 ) -> dict:
     import copy
 
@@ -124,7 +238,8 @@ def run(
     prompts = read_tasks(Path(prompts_dir) / "train.parquet")
     ev = read_tasks(Path(eval_tasks_dir) / "eval.parquet")[:n_eval]
     rewards = ["accuracy", "format", {"length": {"weight": length_weight}}]
-    long = greedy_items(long_model, tok, ev)
+    long = greedy_items(long_model.eval(), tok, ev, max_new_tokens)
+    short_start = load_policy(merge_with)[0].eval() if merge_with else None
     res: dict = {
         "long": str(long_dir),
         "prompts": str(prompts_dir),
@@ -146,6 +261,8 @@ def run(
                 "weights": [1 - merge_weight, merge_weight],
                 "models": ["long", "length_rl"],
             },
+            "merge_with": {"short": merge_with, "weights": [1 - merge_weight, merge_weight]} if merge_with else None,
+            "max_new_tokens": max_new_tokens,
         },
         "threads": torch.get_num_threads(),
         "long_model": {k: v for k, v in long.items() if not k.endswith("_items")},
@@ -159,7 +276,9 @@ def run(
             long_model,
             tok,
             prompts[:rs_prompts],
-            RejectionParams(samples=rs_samples, keep="shortest", max_per_prompt=1, seed=seed),
+            RejectionParams(
+                samples=rs_samples, keep="shortest", max_per_prompt=1, max_response_tokens=max_new_tokens, seed=seed
+            ),
             stage="l2s_rs",
         )
         row["rs"] = stats
@@ -173,7 +292,7 @@ def run(
             work_dir=None,
             log=lambda s: None,
         )
-        row["rs_sft"] = greedy_items(short_rs.eval(), tok, ev)
+        row["rs_sft"] = greedy_items(short_rs.eval(), tok, ev, max_new_tokens)
         # length-penalty RL (no KL term, as the default's rl1)
         short_rl = copy.deepcopy(long_model).train().requires_grad_(True)
         torch.manual_seed(seed)
@@ -191,6 +310,7 @@ def run(
                 warmup_steps=3,
                 beta=0.0,
                 seed=seed,
+                max_new_tokens=max_new_tokens,
                 gen_batch_size=1024,
             ),
             log=lambda s: None,
@@ -203,12 +323,18 @@ def run(
             if any(k in x for x in h)
         }
         short_rl.eval()
-        row["length_rl"] = greedy_items(short_rl, tok, ev)
+        row["length_rl"] = greedy_items(short_rl, tok, ev, max_new_tokens)
         merged = merge_models([long_model, short_rl], ["long", "length_rl"], [1 - merge_weight, merge_weight])
-        row["merged"] = greedy_items(merged.eval(), tok, ev)
+        row["merged"] = greedy_items(merged.eval(), tok, ev, max_new_tokens)
+        if short_start is not None:
+            # the long model merged with the short model it was trained from (seed-independent: seed 0 only)
+            if not res["runs"]:
+                m2 = merge_models([long_model, short_start], ["long", "short"], [1 - merge_weight, merge_weight])
+                res["merged_short"] = greedy_items(m2.eval(), tok, ev, max_new_tokens)
+            row["merged_short"] = res["merged_short"]
         row["wall_s"] = round(time.time() - t0, 1)
         res["runs"].append(row)
-        res["methods"] = {m: compare(long, [r[m] for r in res["runs"]]) for m in METHODS}
+        res["methods"] = {m: compare(long, [r[m] for r in res["runs"]]) for m in methods(res["runs"])}
         (out / "long2short.json").write_text(json.dumps({**res, "long_items": long}, indent=1))
         print(json.dumps(_summary(row)), flush=True)
     return res
@@ -227,7 +353,7 @@ def combine(out_dir: Path | str, parts: list[Path | str]) -> dict:
     if len({r["seed"] for r in runs}) != len(runs):
         raise ValueError(f"a seed appears twice: {[r['seed'] for r in runs]}")
     res = {**first, "runs": runs, "parts": [str(p) for p in parts]}
-    res["methods"] = {m: compare(first["long_items"], [r[m] for r in runs]) for m in METHODS}
+    res["methods"] = {m: compare(first["long_items"], [r[m] for r in runs]) for m in methods(runs)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "long2short.json").write_text(json.dumps(res, indent=1))
@@ -247,6 +373,19 @@ if __name__ == "__main__":
     import inspect
 
     # every option and its default come from run()'s signature, so the two cannot drift apart
+    if sys.argv[1:2] == ["long"]:
+        # python -m experiments.long2short long OUT START_DIR PROBLEMS_DIR EVAL_TASKS_DIR [--exclude-dirs A,B] ...
+        params = inspect.signature(make_long).parameters
+        ap = argparse.ArgumentParser(description=make_long.__doc__.split("\n\n")[0])
+        for name in ("out_dir", "start_dir", "problems_dir", "eval_tasks_dir"):
+            ap.add_argument(name)
+        for name, p in params.items():
+            if p.default is not inspect.Parameter.empty:
+                ap.add_argument("--" + name.replace("_", "-"), type=type(p.default), default=p.default)
+        r = make_long(**vars(ap.parse_args(sys.argv[2:])))
+        print(json.dumps({k: v for k, v in r.items() if not k.endswith("greedy")}, indent=1))
+        print(json.dumps({k: {kk: vv for kk, vv in r[k].items() if not kk.endswith("_items")} for k in ("start_greedy", "long_greedy")}))
+        sys.exit(0)
     if sys.argv[1:2] == ["combine"]:
         # python -m experiments.long2short combine OUT PART.json PART.json ...
         r = combine(sys.argv[2], sys.argv[3:])

@@ -77,6 +77,13 @@ def load_eval(eval_stage: str, path: Path, version: str, manifest: dict[str, Any
                 if k and name in (f"pass@{k}", f"maj@{k}") and k != 1:
                     name = name.split("@")[0] + "@k"
                 info.item_scores.setdefault(name, {})[ik] = v
+        # whether the thinking budget, not the model, ended each greedy response's thinking: a response cut
+        # there understates the model's length and may lose its answer (the long-to-short section reports it)
+        for r in recs:
+            if r.get("mode") == "greedy" and "forced_end" in r:
+                info.item_scores.setdefault("greedy_thinking_cut", {})[f"{r['task']}/{r['item_id']}"] = float(
+                    bool(r["forced_end"])
+                )
     bpb_file = path / "bpb.parquet"
     if bpb_file.is_file():
         import math

@@ -5,7 +5,10 @@ Key design choice: every figure is paired over the eval items both models answer
 ``sum(short tokens) / sum(long tokens)`` with a percentile-bootstrap interval over items, and the accuracy
 change ``short - long`` with its McNemar-style normal interval. A pair ``holds`` when the short model cuts the
 mean response length by at least ``MIN_CUT`` (point estimate) and its accuracy loss is not beyond noise
-(the interval of the change reaches zero or above); the numbers are shown whichever way they fall.
+(the interval of the change reaches zero or above), and the evaluation's thinking budget ended the long model's
+thinking on at most ``MAX_THINKING_CUT`` of the items: a long model whose traces the budget cuts is scored
+shorter and less accurate than it is, so its "accuracy kept" would be an artefact of the budget. The numbers are
+shown whichever way they fall.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from . import metrics as M
 
 MIN_CUT = 0.30  # the share of response tokens a long-to-short recipe should remove (Kimi k1.5's target scale)
+MAX_THINKING_CUT = 0.01  # the most of the long model's greedy thinking the budget may end for a pair to hold
 
 
 def length_pairs(pairs: list[tuple[str, str]], by_model: dict[str, Any]) -> list[dict[str, Any]]:
@@ -42,6 +46,10 @@ def length_pairs(pairs: list[tuple[str, str]], by_model: dict[str, Any]) -> list
         ratio = sum(ts) / sum(tl) if sum(tl) > 0 else None
         r_lo, r_hi = M.bootstrap_ratio_interval(ts, tl) if ratio is not None else (None, None)
         acc = M.paired_difference(al, a_s)
+        # items whose greedy thinking the budget ended (evaluations without the record count as none)
+        cut_l = lo_info.item_scores.get("greedy_thinking_cut") or {}
+        cut_s = sh_info.item_scores.get("greedy_thinking_cut") or {}
+        long_cut = sum(cut_l.get(i, 0.0) for i in shared) / len(shared)
         row.update(
             {
                 "long_tokens": sum(tl) / len(tl),
@@ -52,9 +60,12 @@ def length_pairs(pairs: list[tuple[str, str]], by_model: dict[str, Any]) -> list
                 "accuracy_change": acc,
                 "cut": ratio is not None and ratio <= 1.0 - MIN_CUT,
                 "accuracy_kept": not (acc["beyond_noise"] and acc["diff"] < 0),
+                "long_thinking_cut": long_cut,
+                "short_thinking_cut": sum(cut_s.get(i, 0.0) for i in shared) / len(shared),
+                "long_within_budget": long_cut <= MAX_THINKING_CUT,
             }
         )
-        row["holds"] = bool(row["cut"] and row["accuracy_kept"])
+        row["holds"] = bool(row["cut"] and row["accuracy_kept"] and row["long_within_budget"])
         rows.append(row)
     return rows
 
@@ -68,19 +79,20 @@ def render_length_pairs(rows: list[dict[str, Any]], figure: bool = False) -> lis
         "",
         f"Greedy, paired over the items both models answered. Token ratio = short / long mean response tokens "
         f"(95% bootstrap interval over items); holds = at least {MIN_CUT:.0%} fewer tokens and no accuracy loss "
-        "beyond noise.",
+        f"beyond noise, with the thinking budget ending at most {MAX_THINKING_CUT:.0%} of the long model's "
+        "greedy thinking (thinking cut: the share of items whose thinking the budget, not the model, ended).",
         "",
         *(["![long-to-short](long_to_short.png)", ""] if figure else []),
         "| long | short | items | tokens long → short | token ratio | accuracy long → short | Δ accuracy (95% CI) "
-        "| holds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| thinking cut long / short | holds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "token_ratio" not in r:
             why = (
                 f"not evaluated: {r['missing']}" if r.get("missing") else f"{r.get('items', 0)} shared items"
             )
-            L.append(f"| {r['long']} | {r['short']} | – | – | – | – | – | {why} |")
+            L.append(f"| {r['long']} | {r['short']} | – | – | – | – | – | – | {why} |")
             continue
         tr, d = r["token_ratio"], r["accuracy_change"]
         ratio = f"{tr['value']:.3f} [{tr['low']:.3f}, {tr['high']:.3f}]" if tr["value"] is not None else "–"
@@ -88,10 +100,18 @@ def render_length_pairs(rows: list[dict[str, Any]], figure: bool = False) -> lis
         L.append(
             f"| {r['long']} | {r['short']} | {r['items']} | {r['long_tokens']:.1f} → {r['short_tokens']:.1f} "
             f"| {ratio} | {r['long_accuracy']:.3f} → {r['short_accuracy']:.3f} | {ci} | "
-            f"{'yes' if r['holds'] else 'no'} |"
+            f"{r['long_thinking_cut']:.1%} / {r['short_thinking_cut']:.1%} | {_verdict(r)} |"
         )
     L.append("")
     return L
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    if r["holds"]:
+        return "yes"
+    if r["cut"] and r["accuracy_kept"]:
+        return "no: the budget cut the long model's thinking (raise max_think_tokens)"
+    return "no"
 
 
 def plot_length_pairs(r: dict[str, Any], out: Path) -> list[str]:

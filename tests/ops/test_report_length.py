@@ -85,3 +85,38 @@ def test_no_pair_named_no_section_no_figure(tmp_path):
     rep = _build(tmp_path, None)
     assert rep["long_to_short"] == [] and "long_to_short.png" not in rep["images"]
     assert "Long-to-short" not in (tmp_path / "report.md").read_text()
+
+
+def test_a_long_model_whose_thinking_the_budget_cut_does_not_hold(tmp_path):
+    # the same 40% cut at the same accuracy as short_ok, but the budget ended the long model's thinking on 5%
+    # of the items: its accuracy and length are the budget's, so the pair is shown and does not hold
+    evals = _evals()
+    evals[0].item_scores["greedy_thinking_cut"] = {f"t/{i}": float(i % 20 == 0) for i in range(N)}
+    stages = {
+        m: R.StageInfo(m, "sft", "model", f"v-{m}", {"config": {}, "inputs": {}})
+        for m in ("long", "short_ok", "short_bad")
+    }
+    rep = R.build(
+        title="t", evals=evals, stages=stages, out=tmp_path, hourly_price=1.0, env={"git": {}},
+        long_to_short=[("long", "short_ok")],
+    )
+    (row,) = rep["long_to_short"]
+    assert row["cut"] and row["accuracy_kept"] and row["long_thinking_cut"] == pytest.approx(0.05)
+    assert not row["long_within_budget"] and not row["holds"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| 5.0% / 0.0% | no: the budget cut the long model's thinking (raise max_think_tokens) |" in md
+
+
+def test_the_thinking_cut_of_each_greedy_response_is_read_from_the_evaluation_records(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"model_stage": "long", "samples": 0}))
+    recs = [
+        {"task": "t", "item_id": str(i), "mode": "greedy", "correct": True, "format_ok": True,
+         "response_tokens": 10, "forced_end": i == 1}
+        for i in range(3)
+    ]
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "records.parquet")
+    info = R.load_eval("eval", tmp_path, "v", {})
+    assert info.item_scores["greedy_thinking_cut"] == {"t/0": 0.0, "t/1": 1.0, "t/2": 0.0}

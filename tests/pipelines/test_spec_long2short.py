@@ -1,7 +1,8 @@
 """The long-to-short recipe (``pipelines/long2short.yaml``) as a spec: it loads on top of the default pipeline
-and reuses its stages (same versions); each bad setting of its levers is one issue naming the file, the stage
-and the field, raised when the spec loads (before any compute): an unknown selection mode, a reward model or a
-per-prompt cap that a shortest-sample selection would ignore, a merge of models with different tokenizers, a
+and reuses its stages (same versions), builds its long model from sft2 on fresh verify-style problems, and
+shortens that one model three ways; each bad setting of its levers is one issue naming the file, the stage and
+the field, raised when the spec loads (before any compute): corrections asked of plain long-model traces, an
+unknown selection mode, a reward model or a per-prompt cap that a shortest-sample selection would ignore, a merge of models with different tokenizers, a
 report pair naming a model that is not evaluated or the same model twice."""
 
 from __future__ import annotations
@@ -35,41 +36,56 @@ def _write(tmp_path: Path, stages: str) -> Path:
 
 def test_the_recipe_loads_and_reuses_the_default_stages():
     l2s, default = load_spec(L2S), load_spec("tiny_r1")
-    for name in ("rl_prompts", "tasks", "sft2", "rl2"):
+    for name in ("rl_prompts", "problems", "tasks", "sft2"):
         assert l2s.stages[name].version == default.stages[name].version, name
-    assert l2s.stages["l2s_rs"].config.keep == "shortest"
-    assert {d for d in l2s.stages["l2s_merged"].deps} == {"rl2", "l2s_rl"}
-    assert [(p.long, p.short) for p in l2s.stages["l2s_report"].config.long_to_short] == [
-        ("rl2", "l2s_sft"),
-        ("rl2", "l2s_rl"),
-        ("rl2", "l2s_merged"),
+    st = l2s.stages
+    # the long model: sft2 on fresh verify-style problems (disjoint from the benchmark) mixed with plain ones
+    assert st["long_problems"].config.solution_style == "verify"
+    assert set(st["long_problems"].config.exclude) == {"tasks", "problems", "rl_prompts"}
+    assert st["long"].deps[0] == "sft2" and st["long"].config.data == ["long_problems", "problems"]
+    assert st["l2s_rs"].config.keep == "shortest"
+    assert {st[s].config.model for s in ("l2s_rs", "l2s_sft", "l2s_rl")} == {"long"}
+    assert set(st["l2s_merged"].deps) == {"long", "sft2"}
+    # every length cap on the way fits a verify trace; the eval budget is what the ledger entry measured
+    assert st["l2s_rs"].config.max_response_tokens >= 192 and st["l2s_rl"].config.max_new_tokens >= 192
+    assert st["l2s_eval"].config.max_think_tokens >= 160 and st["l2s_eval"].config.max_items == 300
+    assert [(p.long, p.short) for p in st["l2s_report"].config.long_to_short] == [
+        ("long", "l2s_sft"),
+        ("long", "l2s_rl"),
+        ("long", "l2s_merged"),
     ]
 
 
 @pytest.mark.parametrize(
     "stages, stage, field, words",
     [
+        (
+            "long_problems: {solution_style: plain}",
+            "long_problems",
+            "correction_rate",
+            ["needs solution_style 'verify'"],
+        ),
         ("l2s_rs: {keep: longest}", "l2s_rs", "keep", ["'correct', 'best_of_k' or 'shortest'", "longest"]),
         ("l2s_rs: {reward_model: rm}", "l2s_rs", "reward_model", ["keep=shortest selects by length alone"]),
         ("l2s_rs: {max_per_prompt: 2}", "l2s_rs", "max_per_prompt", ["one sample per prompt"]),
         ("l2s_rl: {rewards: [accuracy, lenght]}", "l2s_rl", "rewards", ["unknown reward 'lenght'"]),
         (
-            OTHER_TOKENIZER + "l2s_merged: {models: [rl2, base2]}",
+            OTHER_TOKENIZER + "l2s_merged: {models: [long, base2]}",
             "l2s_merged",
             "models",
-            ["'base2' and 'rl2' use different tokenizers", "['tok2']", "['tokenizer']", "one vocabulary"],
+            ["'base2' and 'long' use different tokenizers", "['tok2']", "['tokenizer']", "one vocabulary"],
         ),
         (
-            "l2s_report: {long_to_short: [{long: rl2, short: dpo}]}",
+            "l2s_report: {long_to_short: [{long: long, short: dpo}]}",
             "l2s_report",
             "long_to_short.0.short",
             ["'dpo' is not a model evaluated by ['l2s_eval']"],
         ),
         (
-            "l2s_report: {long_to_short: [{long: rl2, short: rl2}]}",
+            "l2s_report: {long_to_short: [{long: long, short: long}]}",
             "l2s_report",
             "long_to_short.0",
-            ["long and short are both 'rl2'"],
+            ["long and short are both 'long'"],
         ),
     ],
 )
