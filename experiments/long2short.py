@@ -1,28 +1,39 @@
-"""Kimi k1.5's long-to-short on the default pipeline's models: do shortest-correct rejection sampling + SFT,
-length-penalty RL and a long/short weight merge cut response tokens at the long model's accuracy? A paired
-experiment over items and seeds.
+"""Kimi k1.5's long-to-short at tiny scale: do shortest-correct rejection sampling + SFT, length-penalty RL and
+a long/short weight merge cut a long-thinking model's response tokens at its accuracy? A paired experiment over
+items and seeds.
+
+``python -m experiments.long2short long OUT START_DIR PROBLEMS_DIR EVAL_TASKS_DIR [--exclude-dirs A,B]
+[--verify-examples N] [--correction-rate X] [--steps N] ...`` builds the long model as the recipe's
+``long_problems`` and ``long`` stages do (``pipelines/long2short.yaml``): START_DIR (the default's ``sft2``)
+fine-tuned on fresh difficulty-2 problems in the ``verify`` style (every step checked, slipped steps corrected
+after " Wait,"; disjoint from PROBLEMS_DIR and every tasks artifact in ``--exclude-dirs``) mixed with the plain
+solutions of PROBLEMS_DIR (the default's ``problems``). It writes ``OUT/long_model`` and ``OUT/long_model.json``
+(greedy and T=1 accuracy and response tokens of start and long model on EVAL_TASKS_DIR's held-out problems).
 
 ``python -m experiments.long2short OUT LONG_DIR PROMPTS_DIR EVAL_TASKS_DIR [--seeds N] [--n-eval N]
 [--rs-prompts N] [--rs-samples K] [--sft-steps N] [--sft-lr X] [--rl-steps N] [--rl-prompts-per-step N]
-[--rl-lr X] [--length-weight X] [--merge-weight X] [--first-seed N]`` (and ``python -m experiments.long2short
-combine OUT PART.json ...`` to join seeds run in separate processes): LONG_DIR is a stored model (e.g. the default's ``rl2``),
-PROMPTS_DIR a tasks artifact whose training split gives the prompts (the default's ``rl_prompts``),
-EVAL_TASKS_DIR the tasks artifact whose held-out split is scored (the default's benchmark ``tasks``). For each
-seed, from the same long model, with the code of the stage kinds the recipe uses
-(``pipelines/long2short.yaml``):
+[--rl-lr X] [--length-weight X] [--merge-weight X] [--merge-with SHORT_DIR] [--max-new-tokens N]
+[--first-seed N]`` (and ``python -m experiments.long2short combine OUT PART.json ...`` to join seeds run in
+separate processes): LONG_DIR is the long model (``OUT/long_model`` above), PROMPTS_DIR a tasks artifact whose
+training split gives the prompts (the default's ``rl_prompts``), EVAL_TASKS_DIR the tasks artifact whose
+held-out split is scored (the default's benchmark ``tasks``). For each seed, from the same long model, with the
+code of the stage kinds the recipe uses:
 
 * ``rs_sft``: ``rejection_sample`` with ``keep: shortest`` (``ops.posttrain.rejection``), then ``sft`` of the
   long model on the kept samples (``ops.posttrain.sft``);
 * ``length_rl``: ``grpo`` from the long model with ``rewards: [accuracy, format, {length: ...}]`` (Kimi's length
   penalty, ``ops.rewards``; ``ops.rl.grpo``);
-* ``merged``: a linear ``merge`` of the long model and ``length_rl`` (``ops.posttrain.merge``).
+* ``merged``: a linear ``merge`` of the long model and ``length_rl`` (``ops.posttrain.merge``);
+* ``merged_short`` (with ``--merge-with``): a linear merge of the long model and SHORT_DIR (the short model it
+  was trained from, the recipe's ``l2s_merged``); it does not depend on the seed and is computed once.
 
-Every model is scored greedily (64 new tokens) on the first ``n_eval`` held-out problems: correctness and
-response tokens per item. Reported per method: per-seed accuracy and mean tokens; over items (each item's score
-averaged over seeds): the token ratio short/long with a bootstrap interval, and the accuracy change with its
-paired interval; over seeds: the mean change and its standard error. ``holds`` (as the report card's
-long-to-short section, ``ops.eval.report_length``): at least 30% fewer tokens and no accuracy loss beyond noise
-over items. Results go to ``OUT/long2short.json`` after every seed.
+Every model is scored greedily (``--max-new-tokens``, which must fit the long model's traces; the same cap bounds
+sampling in rejection sampling and RL) on the first ``n_eval`` held-out problems: correctness and response
+tokens per item. Reported per method: per-seed accuracy and mean tokens; over items (each item's score averaged
+over seeds): the token ratio short/long with a bootstrap interval, and the accuracy change with its paired
+interval; over seeds: the mean change and its standard error. ``holds`` (as the report card's long-to-short
+section, ``ops.eval.report_length``): at least 30% fewer tokens and no accuracy loss beyond noise over items.
+Results go to ``OUT/long2short.json`` after every seed.
 """
 
 from __future__ import annotations
@@ -84,7 +95,10 @@ def sampled_items(model, tok, tasks, samples: int, max_new_tokens: int, seed: in
         seed=seed,
         batch_size=1024,
     )
-    correct = [float(is_correct(s.text, t.answer, t.answer_format)) for s, t in zip(out, [t for t in tasks for _ in range(samples)])]
+    correct = [
+        float(is_correct(s.text, t.answer, t.answer_format))
+        for s, t in zip(out, [t for t in tasks for _ in range(samples)])
+    ]
     tokens = sorted(float(s.n_tokens) for s in out)
     q = lambda f: tokens[min(len(tokens) - 1, int(f * len(tokens)))]  # noqa: E731
     return {
@@ -133,7 +147,12 @@ def make_long(
         for split in ("train", "eval"):
             excluded |= {t.question for t in read_tasks(Path(d) / f"{split}.parquet")}
     verify, _ = make_splits(
-        verify_examples, 0, data_seed, (2,), exclude=excluded, solution_style="verify",
+        verify_examples,
+        0,
+        data_seed,
+        (2,),
+        exclude=excluded,
+        solution_style="verify",
         correction_rate=correction_rate,
     )
     examples = [Example(t.id, t.question, t.response, t.answer, (t.id,)) for t in verify]
@@ -261,7 +280,9 @@ def run(
                 "weights": [1 - merge_weight, merge_weight],
                 "models": ["long", "length_rl"],
             },
-            "merge_with": {"short": merge_with, "weights": [1 - merge_weight, merge_weight]} if merge_with else None,
+            "merge_with": {"short": merge_with, "weights": [1 - merge_weight, merge_weight]}
+            if merge_with
+            else None,
             "max_new_tokens": max_new_tokens,
         },
         "threads": torch.get_num_threads(),
@@ -277,7 +298,11 @@ def run(
             tok,
             prompts[:rs_prompts],
             RejectionParams(
-                samples=rs_samples, keep="shortest", max_per_prompt=1, max_response_tokens=max_new_tokens, seed=seed
+                samples=rs_samples,
+                keep="shortest",
+                max_per_prompt=1,
+                max_response_tokens=max_new_tokens,
+                seed=seed,
             ),
             stage="l2s_rs",
         )
@@ -329,7 +354,9 @@ def run(
         if short_start is not None:
             # the long model merged with the short model it was trained from (seed-independent: seed 0 only)
             if not res["runs"]:
-                m2 = merge_models([long_model, short_start], ["long", "short"], [1 - merge_weight, merge_weight])
+                m2 = merge_models(
+                    [long_model, short_start], ["long", "short"], [1 - merge_weight, merge_weight]
+                )
                 res["merged_short"] = greedy_items(m2.eval(), tok, ev, max_new_tokens)
             row["merged_short"] = res["merged_short"]
         row["wall_s"] = round(time.time() - t0, 1)
@@ -384,7 +411,14 @@ if __name__ == "__main__":
                 ap.add_argument("--" + name.replace("_", "-"), type=type(p.default), default=p.default)
         r = make_long(**vars(ap.parse_args(sys.argv[2:])))
         print(json.dumps({k: v for k, v in r.items() if not k.endswith("greedy")}, indent=1))
-        print(json.dumps({k: {kk: vv for kk, vv in r[k].items() if not kk.endswith("_items")} for k in ("start_greedy", "long_greedy")}))
+        print(
+            json.dumps(
+                {
+                    k: {kk: vv for kk, vv in r[k].items() if not kk.endswith("_items")}
+                    for k in ("start_greedy", "long_greedy")
+                }
+            )
+        )
         sys.exit(0)
     if sys.argv[1:2] == ["combine"]:
         # python -m experiments.long2short combine OUT PART.json PART.json ...

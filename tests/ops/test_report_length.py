@@ -97,7 +97,12 @@ def test_a_long_model_whose_thinking_the_budget_cut_does_not_hold(tmp_path):
         for m in ("long", "short_ok", "short_bad")
     }
     rep = R.build(
-        title="t", evals=evals, stages=stages, out=tmp_path, hourly_price=1.0, env={"git": {}},
+        title="t",
+        evals=evals,
+        stages=stages,
+        out=tmp_path,
+        hourly_price=1.0,
+        env={"git": {}},
         long_to_short=[("long", "short_ok")],
     )
     (row,) = rep["long_to_short"]
@@ -113,8 +118,15 @@ def test_the_thinking_cut_of_each_greedy_response_is_read_from_the_evaluation_re
 
     (tmp_path / "metrics.json").write_text(json.dumps({"model_stage": "long", "samples": 0}))
     recs = [
-        {"task": "t", "item_id": str(i), "mode": "greedy", "correct": True, "format_ok": True,
-         "response_tokens": 10, "forced_end": i == 1}
+        {
+            "task": "t",
+            "item_id": str(i),
+            "mode": "greedy",
+            "correct": True,
+            "format_ok": True,
+            "response_tokens": 10,
+            "forced_end": i == 1,
+        }
         for i in range(3)
     ]
     pq.write_table(pa.Table.from_pylist(recs), tmp_path / "records.parquet")

@@ -89,7 +89,9 @@ def test_the_recipe_loads_and_reuses_the_default_stages():
         ),
     ],
 )
-def test_bad_long_to_short_setting_is_one_issue_naming_file_stage_and_field(tmp_path, stages, stage, field, words):
+def test_bad_long_to_short_setting_is_one_issue_naming_file_stage_and_field(
+    tmp_path, stages, stage, field, words
+):
     assert_one_issue(_write(tmp_path, stages), stage, field, words)
 
 
@@ -98,8 +100,10 @@ def test_models_sharing_a_tokenizer_merge_and_a_second_import_of_it_counts_as_th
     # the same vocabulary) is the same source
     p = _write(
         tmp_path,
-        OTHER_TOKENIZER.replace("tok2:  {kind: train_tokenizer, from: corpus_dc, vocab_size: 1024}",
-                                "tok2:  {kind: train_tokenizer, from: corpus_dc, tasks: [tasks], vocab_size: 2048}")
+        OTHER_TOKENIZER.replace(
+            "tok2:  {kind: train_tokenizer, from: corpus_dc, vocab_size: 1024}",
+            "tok2:  {kind: train_tokenizer, from: corpus_dc, tasks: [tasks], vocab_size: 2048}",
+        )
         + "l2s_merged: {models: [rl2, sft2, base2]}",
     )
     spec = load_spec(p)
