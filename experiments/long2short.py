@@ -119,11 +119,12 @@ def make_long(
     verify_examples: int = 40000,
     correction_rate: float = 0.2,
     data_seed: int = 3,
-    steps: int = 300,
+    steps: int = 100,
     lr: float = 5e-4,
+    batch_size: int = 32,
     seed: int = 0,
     n_eval: int = 300,
-    samples: int = 4,
+    samples: int = 2,
     max_new_tokens: int = 256,
 ) -> dict:
     """The long model: ``start_dir`` (the default's ``sft2``) fine-tuned on worked solutions in the ``verify``
@@ -166,7 +167,7 @@ def make_long(
             "plain_examples": len(examples) - len(verify),
             "correction_rate": correction_rate,
             "data_seed": data_seed,
-            "sft": {"steps": steps, "lr": lr, "batch_size": 64, "warmup_steps": 10, "seed": seed},
+            "sft": {"steps": steps, "lr": lr, "batch_size": batch_size, "warmup_steps": 10, "seed": seed},
             "n_eval": len(ev),
             "max_new_tokens": max_new_tokens,
         },
@@ -176,17 +177,19 @@ def make_long(
     model.eval()
     res["start_greedy"] = greedy_items(model, tok, ev, max_new_tokens)
     res["start_sampled"] = sampled_items(model, tok, ev, samples, max_new_tokens)
+    _say(f"start model scored ({time.time() - t0:.0f}s)")
     model.train()
     train_sft(
         model,
         tok,
         examples,
-        SFTParams(steps=steps, lr=lr, batch_size=64, warmup_steps=10, seed=seed),
+        SFTParams(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=10, seed=seed),
         work_dir=None,
         log=lambda s: None,
     )
     model.eval()
     save_model(model, tok, out / "long_model")
+    _say(f"long model trained ({time.time() - t0:.0f}s)")
     res["long_greedy"] = greedy_items(model, tok, ev, max_new_tokens)
     res["long_sampled"] = sampled_items(model, tok, ev, samples, max_new_tokens)
     res["wall_s"] = round(time.time() - t0, 1)
@@ -227,13 +230,14 @@ def run(
     seeds: int = 3,
     first_seed: int = 0,
     n_eval: int = 300,
-    rs_prompts: int = 300,
+    rs_prompts: int = 150,
     rs_samples: int = 8,
-    sft_steps: int = 100,
+    sft_steps: int = 60,
     sft_lr: float = 5e-4,
-    rl_steps: int = 20,
-    rl_prompts_per_step: int = 32,
-    rl_lr: float = 5e-5,
+    sft_batch_size: int = 32,
+    rl_steps: int = 12,
+    rl_prompts_per_step: int = 16,
+    rl_lr: float = 1e-4,
     length_weight: float = 1.0,
     merge_weight: float = 0.5,
     merge_with: str = "",
@@ -266,7 +270,7 @@ def run(
         "config": {
             "n_eval": len(ev),
             "rs": {"prompts": rs_prompts, "samples": rs_samples, "keep": "shortest", "temperature": 1.0},
-            "sft": {"steps": sft_steps, "lr": sft_lr, "batch_size": 64},
+            "sft": {"steps": sft_steps, "lr": sft_lr, "batch_size": sft_batch_size},
             "rl": {
                 "steps": rl_steps,
                 "prompts_per_step": rl_prompts_per_step,
@@ -313,11 +317,12 @@ def run(
             short_rs,
             tok,
             examples,
-            SFTParams(steps=sft_steps, lr=sft_lr, batch_size=64, warmup_steps=10, seed=seed),
+            SFTParams(steps=sft_steps, lr=sft_lr, batch_size=sft_batch_size, warmup_steps=10, seed=seed),
             work_dir=None,
             log=lambda s: None,
         )
         row["rs_sft"] = greedy_items(short_rs.eval(), tok, ev, max_new_tokens)
+        _say(f"seed {seed}: rs_sft scored ({time.time() - t0:.0f}s)")
         # length-penalty RL (no KL term, as the default's rl1)
         short_rl = copy.deepcopy(long_model).train().requires_grad_(True)
         torch.manual_seed(seed)
@@ -385,6 +390,10 @@ def combine(out_dir: Path | str, parts: list[Path | str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "long2short.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def _say(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
 def _summary(row: dict) -> dict:
