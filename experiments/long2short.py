@@ -19,6 +19,9 @@ training split gives the prompts (the default's ``rl_prompts``), EVAL_TASKS_DIR 
 held-out split is scored (the default's benchmark ``tasks``). For each seed, from the same long model, with the
 code of the stage kinds the recipe uses:
 
+``--rs-prompts 0`` leaves out ``rs_sft`` and ``--rl-steps 0`` leaves out ``length_rl`` and ``merged``, so the
+methods can run in separate processes.
+
 * ``rs_sft``: ``rejection_sample`` with ``keep: shortest`` (``ops.posttrain.rejection``), then ``sft`` of the
   long model on the kept samples (``ops.posttrain.sft``);
 * ``length_rl``: ``grpo`` from the long model with ``rewards: [accuracy, format, {length: ...}]`` (Kimi's length
@@ -296,66 +299,70 @@ def run(
     for seed in range(first_seed, first_seed + seeds):
         t0 = time.time()
         row: dict = {"seed": seed}
-        # shortest-correct rejection sampling, then SFT of the long model on what was kept
-        sft_rows, _, stats = rejection_sample(
-            long_model,
-            tok,
-            prompts[:rs_prompts],
-            RejectionParams(
-                samples=rs_samples,
-                keep="shortest",
-                max_per_prompt=1,
-                max_response_tokens=max_new_tokens,
-                seed=seed,
-            ),
-            stage="l2s_rs",
-        )
-        row["rs"] = stats
-        examples = [Example(r["id"], r["prompt"], r["response"], r["answer"]) for r in sft_rows]
-        short_rs = copy.deepcopy(long_model).train()
-        train_sft(
-            short_rs,
-            tok,
-            examples,
-            SFTParams(steps=sft_steps, lr=sft_lr, batch_size=sft_batch_size, warmup_steps=10, seed=seed),
-            work_dir=None,
-            log=lambda s: None,
-        )
-        row["rs_sft"] = greedy_items(short_rs.eval(), tok, ev, max_new_tokens)
-        _say(f"seed {seed}: rs_sft scored ({time.time() - t0:.0f}s)")
-        # length-penalty RL (no KL term, as the default's rl1)
-        short_rl = copy.deepcopy(long_model).train().requires_grad_(True)
-        torch.manual_seed(seed)
-        st = train_grpo(
-            short_rl,
-            None,
-            tok,
-            prompts,
-            parse_specs(rewards),
-            GRPOParams(
-                steps=rl_steps,
-                prompts_per_step=rl_prompts_per_step,
-                group_size=8,
-                lr=rl_lr,
-                warmup_steps=3,
-                beta=0.0,
-                seed=seed,
-                max_new_tokens=max_new_tokens,
-                gen_batch_size=1024,
-            ),
-            log=lambda s: None,
-            keep_rollouts=False,
-        )
-        h = [x for x in st.history if x["step"] > 0]
-        row["rl_train"] = {
-            k: [round(x.get(k, float("nan")), 4) for x in h]
-            for k in ("reward_accuracy", "reward_length", "completion_tokens")
-            if any(k in x for x in h)
-        }
-        short_rl.eval()
-        row["length_rl"] = greedy_items(short_rl, tok, ev, max_new_tokens)
-        merged = merge_models([long_model, short_rl], ["long", "length_rl"], [1 - merge_weight, merge_weight])
-        row["merged"] = greedy_items(merged.eval(), tok, ev, max_new_tokens)
+        # shortest-correct rejection sampling, then SFT of the long model on what was kept (rs_prompts 0: left out)
+        if rs_prompts:
+            sft_rows, _, stats = rejection_sample(
+                long_model,
+                tok,
+                prompts[:rs_prompts],
+                RejectionParams(
+                    samples=rs_samples,
+                    keep="shortest",
+                    max_per_prompt=1,
+                    max_response_tokens=max_new_tokens,
+                    seed=seed,
+                ),
+                stage="l2s_rs",
+            )
+            row["rs"] = stats
+            examples = [Example(r["id"], r["prompt"], r["response"], r["answer"]) for r in sft_rows]
+            short_rs = copy.deepcopy(long_model).train()
+            train_sft(
+                short_rs,
+                tok,
+                examples,
+                SFTParams(steps=sft_steps, lr=sft_lr, batch_size=sft_batch_size, warmup_steps=10, seed=seed),
+                work_dir=None,
+                log=lambda s: None,
+            )
+            row["rs_sft"] = greedy_items(short_rs.eval(), tok, ev, max_new_tokens)
+            _say(f"seed {seed}: rs_sft scored ({time.time() - t0:.0f}s)")
+        # length-penalty RL (no KL term, as the default's rl1); rl_steps 0 leaves it (and its merge) out
+        if rl_steps:
+            short_rl = copy.deepcopy(long_model).train().requires_grad_(True)
+            torch.manual_seed(seed)
+            st = train_grpo(
+                short_rl,
+                None,
+                tok,
+                prompts,
+                parse_specs(rewards),
+                GRPOParams(
+                    steps=rl_steps,
+                    prompts_per_step=rl_prompts_per_step,
+                    group_size=8,
+                    lr=rl_lr,
+                    warmup_steps=3,
+                    beta=0.0,
+                    seed=seed,
+                    max_new_tokens=max_new_tokens,
+                    gen_batch_size=1024,
+                ),
+                log=lambda s: None,
+                keep_rollouts=False,
+            )
+            h = [x for x in st.history if x["step"] > 0]
+            row["rl_train"] = {
+                k: [round(x.get(k, float("nan")), 4) for x in h]
+                for k in ("reward_accuracy", "reward_length", "completion_tokens")
+                if any(k in x for x in h)
+            }
+            short_rl.eval()
+            row["length_rl"] = greedy_items(short_rl, tok, ev, max_new_tokens)
+            merged = merge_models(
+                [long_model, short_rl], ["long", "length_rl"], [1 - merge_weight, merge_weight]
+            )
+            row["merged"] = greedy_items(merged.eval(), tok, ev, max_new_tokens)
         if short_start is not None:
             # the long model merged with the short model it was trained from (seed-independent: seed 0 only)
             if not res["runs"]:

@@ -42,7 +42,8 @@ def test_the_recipe_loads_and_reuses_the_default_stages():
     # the long model: sft2 on fresh verify-style problems (disjoint from the benchmark) mixed with plain ones
     assert st["long_problems"].config.solution_style == "verify"
     assert set(st["long_problems"].config.exclude) == {"tasks", "problems", "rl_prompts"}
-    assert st["long"].deps[0] == "sft2" and st["long"].config.data == ["long_problems", "problems"]
+    assert st["long_start"].config.model == "sft2" and st["long"].config.model == "long_start"
+    assert st["long_start"].config.data == st["long"].config.data == ["long_problems", "problems"]
     assert st["l2s_rs"].config.keep == "shortest"
     assert {st[s].config.model for s in ("l2s_rs", "l2s_sft", "l2s_rl")} == {"long"}
     assert set(st["l2s_merged"].deps) == {"long", "sft2"}
