@@ -46,7 +46,10 @@ def test_the_recipe_loads_and_reuses_the_default_stages():
     assert st["long_start"].config.data == st["long"].config.data == ["long_problems", "problems"]
     assert st["l2s_rs"].config.keep == "shortest"
     assert {st[s].config.model for s in ("l2s_rs", "l2s_sft", "l2s_rl")} == {"long"}
-    assert set(st["l2s_merged"].deps) == {"long", "sft2"}
+    assert set(st["l2s_merged"].deps) == {"long", "l2s_rl"} and set(st["l2s_merged_short"].deps) == {
+        "long",
+        "sft2",
+    }
     # every length cap on the way fits a verify trace; the eval budget is what the ledger entry measured
     assert st["l2s_rs"].config.max_response_tokens >= 192 and st["l2s_rl"].config.max_new_tokens >= 192
     assert st["l2s_eval"].config.max_think_tokens >= 160 and st["l2s_eval"].config.max_items == 300
@@ -54,6 +57,7 @@ def test_the_recipe_loads_and_reuses_the_default_stages():
         ("long", "l2s_sft"),
         ("long", "l2s_rl"),
         ("long", "l2s_merged"),
+        ("long", "l2s_merged_short"),
     ]
 
 
