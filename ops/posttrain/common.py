@@ -11,6 +11,7 @@ so a packed row computes exactly what the examples would compute alone (tested).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass, field
@@ -216,7 +217,7 @@ def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def labelled_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+def labelled_logits(model: Any, batch: dict[str, Any], *, length_groups: int = 0) -> tuple[Any, Any]:
     """The logits at the positions that predict a label, as one row ``([1, N+1, V], [1, N+1])``.
 
     Only about a third of an SFT batch's positions carry a label (the assistant tokens); the vocabulary head
@@ -225,6 +226,12 @@ def labelled_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     convention (``logits[:, :-1]`` predicts ``labels[:, 1:]``) pairs them exactly and the SFT and KD losses
     are unchanged (token-level means over the same positions; tested against the full forward). Models
     for which :func:`head_on_subset_ok` is false take the full forward and the same selection.
+
+    ``length_groups >= 1`` (SFT and the distillation student) runs an unpacked batch through the decoder as
+    up to that many groups of rows of similar length, each cut to its own longest row and without a padding
+    mask (:func:`_grouped_hidden`); ``0`` runs the one padded forward. The result is the same function
+    (values equal up to float rounding, tested), in the same order, for less work: on the default recipe's
+    SFT batches (64 rows of 52-96 tokens) padding is a fifth of the padded forward.
     """
     import torch
 
@@ -234,7 +241,10 @@ def labelled_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     sel = tgt != IGNORE
     kw = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     parts = decoder_and_head(model)
-    if parts is not None:
+    hidden = _grouped_hidden(parts[0], batch, sel, length_groups) if parts is not None and length_groups else None
+    if hidden is not None:
+        logits = parts[1](hidden)
+    elif parts is not None:
         decoder, head = parts
         logits = head(decoder(**kw).last_hidden_state[:, :-1][sel])
     else:
@@ -243,6 +253,50 @@ def labelled_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     logits = torch.cat([logits, logits.new_zeros(1, logits.shape[-1])])[None]
     labels = torch.cat([y.new_full((1,), IGNORE), y])[None]
     return logits, labels
+
+
+# a length group's fewest rows: a smaller group's forward costs more in per-call overhead than it saves
+MIN_GROUP_ROWS = 16
+
+
+def _grouped_hidden(decoder: Any, batch: dict[str, Any], sel: Any, groups: int) -> Any:
+    """The decoder's last hidden states at the selected positions ``sel`` (``[B, T-1]``), in row-major
+    order, computed as ``groups`` forwards over rows sorted by length, each cut to its longest row and run
+    without a padding mask; None when the batch is not plain right-padded rows (a packed batch's 4-D mask).
+
+    With causal attention a right-padded row's real positions never see its padding, so neither the padding
+    mask nor the columns past a row's end change them (positions are ``0..n-1`` either way); only the
+    padding's own outputs, never selected, differ. Rows keep their order inside the result: each selected
+    position's place is its rank in the row-major selection."""
+    import torch
+
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return None
+    lengths = mask.sum(1)
+    B, T = mask.shape
+    if not torch.equal(mask.bool(), torch.arange(T, device=mask.device)[None] < lengths[:, None]):
+        return None  # not right-padded
+    pos = batch.get("position_ids")
+    if pos is not None and not torch.equal(pos * mask, (torch.arange(T, device=mask.device)[None] * mask)):
+        return None  # positions other than 0..n-1 per row
+    groups = max(1, min(groups, B // MIN_GROUP_ROWS))
+    order = torch.argsort(lengths, stable=True)
+    place = (torch.cumsum(sel.flatten(), 0) - 1).view_as(sel)  # each selected position's row-major rank
+    hs, dest = [], []
+    for g in range(groups):
+        rows = order[g * B // groups : (g + 1) * B // groups]
+        n = int(lengths[rows].max())
+        s = sel[rows, : n - 1]
+        out = decoder(input_ids=batch["input_ids"][rows, :n], use_cache=False)
+        hs.append(out.last_hidden_state[:, :-1][s])
+        dest.append(place[rows, : n - 1][s])
+    dest_all = torch.cat(dest)
+    if len(dest_all) != int(sel.sum()):
+        return None  # a label on a padding position: only the padded forward computes it
+    src = torch.empty_like(dest_all)
+    src[dest_all] = torch.arange(len(dest_all), device=dest_all.device)
+    return torch.cat(hs)[src]
 
 
 def labelled_sequence_logprobs(model: Any, batch: dict[str, Any]) -> Any:
@@ -262,11 +316,19 @@ def epoch_batches(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     """Indices of the batch for ``step``: a fresh seeded permutation per epoch (pure function of the step)."""
     per_epoch = max(n // batch_size, 1)
     epoch, k = divmod(step, per_epoch)
-    perm = list(range(n))
-    random.Random(seed * 100003 + epoch).shuffle(perm)
+    perm = _epoch_permutation(n, seed, epoch)
     if n < batch_size:
         return [perm[i % n] for i in range(batch_size)]
-    return perm[k * batch_size : (k + 1) * batch_size]
+    return list(perm[k * batch_size : (k + 1) * batch_size])
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The seeded permutation of epoch ``epoch``, shuffled once per epoch rather than once per step (a
+    20,000-row shuffle costs more than the step's collation)."""
+    perm = list(range(n))
+    random.Random(seed * 100003 + epoch).shuffle(perm)
+    return tuple(perm)
 
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ops.losses import kd_loss
 from ops.posttrain.common import Example, collate, labelled_logits, to_device
-from ops.posttrain.sft import SFTParams, sft_loss_fn, sft_units, units_batch_fn
+from ops.posttrain.sft import LENGTH_GROUPS, SFTParams, sft_loss_fn, sft_units, units_batch_fn
 
 # Teacher logits of every training row are kept when they take at most this much memory (fp32, labelled
 # positions only); larger sets run the teacher on each batch.
@@ -148,7 +148,7 @@ def train_distill(
         dev = next(model.parameters()).device
         b = to_device(batch, dev)
         # both models' logits only where a label is predicted (same positions, same order)
-        s_logits, labels = labelled_logits(model, b)
+        s_logits, labels = labelled_logits(model, b, length_groups=LENGTH_GROUPS)
         length = b["input_ids"].shape[1]
         if p.alpha == 0:
             # plain SFT through the same loss: the KD term has weight 0, so the teacher's forward is skipped

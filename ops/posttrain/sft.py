@@ -100,9 +100,14 @@ def units_batch_fn(units: list, pad: int, p: SFTParams) -> Callable[[int, int], 
     return batch_fn
 
 
+# decoder forwards per SFT batch, over rows sorted by length (:func:`ops.posttrain.common.labelled_logits`):
+# three cost least on 64-row batches of the default recipe (measured against one to four, experiments/LEDGER.md)
+LENGTH_GROUPS = 3
+
+
 def sft_loss_fn(model: Any, batch: dict) -> tuple[Any, dict]:
     dev = next(model.parameters()).device
-    logits, labels = labelled_logits(model, to_device(batch, dev))
+    logits, labels = labelled_logits(model, to_device(batch, dev), length_groups=LENGTH_GROUPS)
     return sft_loss(logits, labels)
 
 

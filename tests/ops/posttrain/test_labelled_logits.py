@@ -135,3 +135,75 @@ def test_sequence_logprobs_match_the_full_forward():
     fast = labelled_sequence_logprobs(model, b)
     assert fast.shape == (4,)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def _varied_rows(n: int, seed: int = 5) -> list:
+    """``n`` unpacked rows of 6-30 tokens (prompt about half), shuffled so the lengths are not sorted."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(6, 31, (1,), generator=g))
+        rows.append([(torch.randint(2, V, (length,), generator=g).tolist(), length // 2)])
+    return rows
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_length_groups_give_the_padded_forwards_logits_loss_and_gradients(groups):
+    """Rows sorted by length into groups, each cut to its own longest row and run without the padding
+    mask, give every labelled position the logits of the one padded forward, in the same order."""
+    model = _model()
+    b = collate(_varied_rows(48), pad_id=1)
+    ref_logits, ref_labels = labelled_logits(model, b)
+    ref = sft_loss(ref_logits, ref_labels)[0]
+    g_ref = _grads(model, ref)
+    logits, labels = labelled_logits(model, b, length_groups=groups)
+    assert torch.equal(labels, ref_labels)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)  # a wrong row order fails here
+    fast = sft_loss(logits, labels)[0]
+    g_fast = _grads(model, fast)
+    torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-6)
+    assert g_fast.keys() == g_ref.keys()
+    for n in g_ref:
+        torch.testing.assert_close(g_fast[n], g_ref[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_length_groups_cut_the_padding_from_the_decoders_work():
+    model = _model()
+    rows = _varied_rows(48)
+    b = collate(rows, pad_id=1)
+    seen: list[tuple[int, ...]] = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda m, args, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        labelled_logits(model, b, length_groups=3)
+    finally:
+        hook.remove()
+    assert len(seen) == 3  # 48 rows: three groups of 16
+    assert sum(r for r, _ in seen) == 48
+    real = sum(len(r[0][0]) for r in rows)
+    padded = b["input_ids"].numel()
+    assert sum(r * t for r, t in seen) < padded
+    assert sum(r * t for r, t in seen) - real < (padded - real) / 2  # most of the padding is gone
+
+
+def test_length_groups_leave_packed_rows_and_small_batches_to_the_padded_forward():
+    model = _model()
+    packed = collate(_rows(True), pad_id=1)
+    a, la = labelled_logits(model, packed)
+    b, lb = labelled_logits(model, packed, length_groups=3)
+    assert torch.equal(a, b) and torch.equal(la, lb)  # the block-diagonal mask is kept: same forward
+    # fewer rows than two groups' worth: one group, still cut to its longest row
+    small = collate(_varied_rows(8), pad_id=1)
+    seen: list[tuple[int, ...]] = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda m, args, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        s, ls = labelled_logits(model, small, length_groups=3)
+    finally:
+        hook.remove()
+    assert len(seen) == 1
+    r, lr = labelled_logits(model, small)
+    assert torch.equal(ls, lr)
+    torch.testing.assert_close(s, r, rtol=1e-5, atol=1e-5)
