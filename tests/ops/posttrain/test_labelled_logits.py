@@ -207,3 +207,24 @@ def test_length_groups_leave_packed_rows_and_small_batches_to_the_padded_forward
     r, lr = labelled_logits(model, small)
     assert torch.equal(ls, lr)
     torch.testing.assert_close(s, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"arch": "llama", "d_model": 32, "layers": 2, "heads": 4, "kv_heads": 2},
+        {"arch": "qwen2_moe", "d_model": 32, "layers": 2, "heads": 4, "kv_heads": 2, "experts": 4, "top_k": 2},
+        {"arch": "minimax", "d_model": 32, "layers": 2, "heads": 4, "kv_heads": 2, "full_attention_every": 2,
+         "experts": 4, "top_k": 2, "block_size": 16},
+    ],
+    ids=lambda a: a["arch"],
+)
+def test_length_groups_hold_for_every_architecture_with_a_plain_head(arch):
+    """Linear-attention layers (MiniMax) and routed experts see a right-padded row's real tokens the same
+    way with or without its padding, so the groups give the padded forward's logits there too."""
+    model = _model(arch=arch)
+    b = collate(_varied_rows(32), pad_id=1)
+    ref, lab_ref = labelled_logits(model, b)
+    got, lab = labelled_logits(model, b, length_groups=2)
+    assert torch.equal(lab, lab_ref)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
