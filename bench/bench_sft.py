@@ -25,8 +25,7 @@ tokenizes prompt + completion as one string and its completion ends with the tem
 end (``<|im_end|>\\n`` for ChatML: one token more per example than lmforge, which ends at ``<|im_end|>``); TRL
 shuffles with its own sampler, so the batches hold other examples (hence tokens/s, not step time); TRL's loss
 runs its chunked fused LM head and also computes entropy and top-1 accuracy for its metrics; lmforge's applies
-the head only at labelled positions, and its decoder runs without the padding mask on length-sorted groups of at
-least 16 rows, each cut to its longest row (at this batch of 16: one group, as long as the padded batch).
+the head only at labelled positions.
 """
 
 from __future__ import annotations

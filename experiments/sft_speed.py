@@ -1,7 +1,7 @@
 """What the SFT batch levers save on the default cold start: CPU seconds per training step of the padded forward
 with a per-step shuffle against the length-sorted groups with a per-epoch shuffle, in one process.
 
-``python -m experiments.sft_speed OUT_JSON BASE_DIR PROBLEMS_DIR [--steps 20] [--rounds 4] [--threads 1]``
+``python -m experiments.sft_speed OUT_JSON BASE_DIR PROBLEMS_DIR [--steps 20] [--rounds 4] [--threads 1] [--groups 3]``
 
 BASE_DIR is a model artifact (the default home's ``base``), PROBLEMS_DIR a tasks artifact (its ``problems``).
 Each round trains two blocks of ``--steps`` steps of the pipeline's ``cold_sft`` recipe (64 examples a step,
@@ -12,7 +12,8 @@ call: batch building, forward, backward, clipping, the optimizer step. Variants:
 
 * ``old``: ``labelled_logits`` with ``length_groups=0`` (one forward over the batch padded to its longest row,
   with the padding mask) and the epoch's permutation shuffled from scratch at every step;
-* ``new``: what ``ops.posttrain.sft`` does (``LENGTH_GROUPS`` groups, the permutation shuffled once per epoch).
+* ``new``: ``--groups`` length groups (``ops.posttrain.sft.LENGTH_GROUPS``) and the permutation shuffled once per
+  epoch (what ``epoch_batches`` does).
 
 Reported: per-step seconds of each block, the per-round ratio new / old and its median, and the last loss of
 each block (the variants are the same function up to float rounding, so the losses agree closely).
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--groups", type=int, default=3, help="length groups of the new variant")
     a = ap.parse_args(argv)
 
     import torch
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     examples = examples_from_artifact("tasks", Path(a.problems), "train")
     base, tok = load_policy(a.base)
     p = sft.SFTParams(steps=800, lr=2e-3, batch_size=64, optim=OptimConfig(schedule="wsd"))
-    cached, groups = common._epoch_permutation, sft.LENGTH_GROUPS
+    cached, groups, default_groups = common._epoch_permutation, a.groups, sft.LENGTH_GROUPS
 
     def use(variant: str) -> None:
         sft.LENGTH_GROUPS = 0 if variant == "old" else groups
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
                 last[variant].append(out.losses[-1])
                 print(f"round {r} {variant}: {res[variant][-1]:.4f} CPU s/step, loss {out.losses[-1]:.6f}", flush=True)
     finally:
-        use("new")
+        sft.LENGTH_GROUPS, common._epoch_permutation = default_groups, cached
     ratios = [n / o for n, o in zip(res["new"], res["old"], strict=True)]
     result = {
         "base": a.base,

@@ -227,7 +227,8 @@ def labelled_logits(model: Any, batch: dict[str, Any], *, length_groups: int = 0
     are unchanged (token-level means over the same positions; tested against the full forward). Models
     for which :func:`head_on_subset_ok` is false take the full forward and the same selection.
 
-    ``length_groups >= 1`` (SFT and the distillation student) runs an unpacked batch through the decoder as
+    ``length_groups >= 1`` (``ops.posttrain.sft.LENGTH_GROUPS``, for SFT and the distillation student) runs an
+    unpacked batch through the decoder as
     up to that many groups of rows of similar length, each cut to its own longest row and without a padding
     mask (:func:`_grouped_hidden`); ``0`` runs the one padded forward. The result is the same function
     (values equal up to float rounding, tested), in the same order, for less work: on the default recipe's
