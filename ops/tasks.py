@@ -327,8 +327,7 @@ def make_splits(
     confirm_rate: float = 0.0,
 ) -> tuple[list[Task], list[Task]]:
     """Disjoint train/eval splits: eval comes from its own seed stream and never repeats a train question;
-    neither split contains a question in ``exclude`` (e.g. another task set's problems). Both splits' solutions
-    are in ``solution_style`` (:func:`generate_tasks`)."""
+    no question in ``exclude`` in either; both in ``solution_style`` (:func:`generate_tasks`)."""
     ex = set(exclude or ())
     kw = {
         "difficulties": difficulties,
