@@ -111,7 +111,7 @@ def sample_next(logits: Any, temperature: float, top_p: float, generator: Any = 
     ``temperature == 0``: argmax (log-prob under the untempered softmax). Otherwise tokens are drawn from
     ``softmax(logits / T)`` restricted to the smallest set whose mass reaches ``top_p`` (nucleus), and the
     returned log-prob is that of ``softmax(logits / T)`` *before* truncation - the quantity the RL losses
-    recompute from the model.
+    recompute from the model. Draws go through :func:`draw_categorical` (one uniform per row).
     """
     import torch
 
@@ -122,13 +122,49 @@ def sample_next(logits: Any, temperature: float, top_p: float, generator: Any = 
     logp = torch.log_softmax(logits / temperature, -1)
     probs = logp.exp()
     if top_p < 1.0:
+        # drawn in sorted order (same distribution, no scatter back): position j of the sorted row is token si[j]
         sp, si = probs.sort(-1, descending=True)
-        cum = sp.cumsum(-1)
-        drop = (cum - sp) >= top_p  # tokens entirely beyond the nucleus (the first is always kept)
-        sp = sp.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, si, sp)
-    ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        drop = (sp.cumsum(-1) - sp) >= top_p  # tokens entirely beyond the nucleus (the first is always kept)
+        ids = si.gather(-1, draw_categorical(sp.masked_fill(drop, 0.0), generator)[:, None]).squeeze(-1)
+    else:
+        ids = draw_categorical(probs, generator)
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
+
+
+_CDF_BITS = 52  # a row's mass in integer units: the total stays below 2**53, exact in the float64 target
+
+
+def shares_cdf(probs: Any) -> Any:
+    """The integer CDF :func:`draw_categorical` inverts: each row's prefix sums of ``floor(w / sum(w) * 2**52)``."""
+    mass = probs.sum(-1, keepdim=True)
+    if not bool(((mass > 0) & mass.isfinite()).all()):
+        raise ValueError("draw_categorical: a row has no positive finite mass (NaN/inf logits or all-zero weights)")
+    return probs.div(mass).mul_(2.0**_CDF_BITS).long().cumsum(-1)
+
+
+def draw_categorical(probs: Any, generator: Any = None, uniforms: Any = None) -> Any:
+    """One index per row of ``probs [B, V]`` (non-negative weights, any positive row sum), drawn with
+    probability proportional to its weight by inverting the row's CDF with ONE uniform per row.
+
+    The CDF is an integer prefix sum of the weights in units of ``2**-52`` of the row's mass, so it is exact
+    on every device (a float scan on a GPU may round one prefix two ways): a zero weight adds nothing, its
+    interval ``[cdf[i-1], cdf[i])`` is empty and it is never drawn, and the target ``floor(u * total)`` is
+    clamped below ``total``, so a product that rounds up to the total (or ``u == 1``) lands on the last
+    positive weight, never on a zero after it. A weight below ``2**-52`` of its row's mass is never drawn either (the float32
+    weights themselves carry ``2**-24``). The uniforms come from ``generator`` on its own device (CPU for
+    a seeded loop, whatever the weights' device), one per row: the random stream depends on ``B`` only.
+    ``uniforms [B]`` in ``[0, 1)`` replaces them (the tests put them on the CDF's edges).
+    """
+    import torch
+
+    cdf = shares_cdf(probs)
+    total = cdf[:, -1:]
+    if uniforms is None:
+        dev = generator.device if generator is not None else probs.device
+        uniforms = torch.rand(probs.shape[0], dtype=torch.float64, generator=generator, device=dev)
+    u = uniforms.to(probs.device, torch.float64)[:, None]
+    target = torch.minimum((u * total).long(), total - 1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
 
 
 def sample(
@@ -227,7 +263,7 @@ def _sample_batch(
     ck = _cache_kwarg(model)
     toks, lps = [], []
     for step in range(max_new):
-        nxt, lp = sample_next(logits, temperature, top_p, gen if dev.type == "cpu" else None)
+        nxt, lp = sample_next(logits, temperature, top_p, gen)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         toks.append(nxt)
         lps.append(lp)

@@ -253,8 +253,9 @@ def _choose(logits, temperature: float, gen):
 
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    from ops.generate import draw_categorical
+
+    return draw_categorical(torch.softmax(logits.float() / temperature, dim=-1), gen)
 
 
 def _advance(q: _Seq, model_tok: int, sp: SpecialIds, cap: int, max_answer: int, n_wait: int) -> int:
