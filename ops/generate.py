@@ -17,6 +17,9 @@ Stable API (used by RL, rejection sampling and the evaluation stage):
 * ``generate(model, tokenizer, questions, *, n=1, ...) -> list[Sample]`` - ``n`` samples per question,
   consecutive (question ``i`` owns ``[i*n, (i+1)*n)``), with ``.text`` decoded (special tokens kept).
 * ``stop_token_ids(tokenizer)``, ``turn_end(tokenizer)`` (the text that closes an assistant turn).
+* ``draw_categorical(probs, generator) -> ids`` - the one sampler every decode loop draws with: one uniform
+  per row through the row's inverse CDF (a draw per vocabulary entry, as ``torch.multinomial`` makes, was most
+  of a decode step's sampling cost).
 """
 
 from __future__ import annotations
@@ -150,9 +153,10 @@ def draw_categorical(probs: Any, generator: Any = None, uniforms: Any = None) ->
     on every device (a float scan on a GPU may round one prefix two ways): a zero weight adds nothing, its
     interval ``[cdf[i-1], cdf[i])`` is empty and it is never drawn, and the target ``floor(u * total)`` is
     clamped below ``total``, so a product that rounds up to the total (or ``u == 1``) lands on the last
-    positive weight, never on a zero after it. A weight below ``2**-52`` of its row's mass is never drawn either (the float32
-    weights themselves carry ``2**-24``). The uniforms come from ``generator`` on its own device (CPU for
-    a seeded loop, whatever the weights' device), one per row: the random stream depends on ``B`` only.
+    positive weight, never on a zero after it. A weight below ``2**-52`` of its row's mass is never drawn
+    either (the float32 weights themselves carry ``2**-24``). The uniforms come from ``generator`` on its own
+    device (CPU for a seeded loop, whatever the weights' device), one per row: the random stream depends on
+    ``B`` only.
     ``uniforms [B]`` in ``[0, 1)`` replaces them (the tests put them on the CDF's edges).
     """
     import torch
