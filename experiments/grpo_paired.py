@@ -2,7 +2,7 @@
 
 ``python -m experiments.grpo_paired OUT SFT_DIR TASKS_DIR [--steps N] [--seeds N] [--first-seed N] [--prompts-per-step N] [--lr X]
 [--fresh N] [--updates-per-batch N] [--beta X] [--temperature T] [--eval-tasks DIR] [--n-eval N] [--clip-eps-high X]
-[--dynamic-sampling] [--max-refill N] [--tag NAME]``: the same stored
+[--dynamic-sampling] [--max-refill N] [--eval-at STEP,...] [--tag NAME]``: the same stored
 SFT checkpoint (e.g. the default pipeline's ``cold_sft``) is the start and the KL reference of every run; each
 seed runs the grpo stage's code (``ops.rl.grpo.train_grpo``) with the default ``rl1`` settings (rewards
 accuracy + format + 0.1 language, group 8, beta 0.04) unless overridden (DAPO's levers: ``--clip-eps-high``, an upper
@@ -16,6 +16,10 @@ with their standard error over seeds; ``significant`` means mean gain > 2 SE wit
 item-level paired difference (each item's score averaged over seeds minus the start's), whose interval says
 whether the gain would hold on other problems of the same distribution. Results go
 to ``OUT/grpo_paired.json`` (``OUT/grpo_paired_TAG.json`` with ``--tag``) after every seed, so a run cut short keeps what it measured.
+``--eval-at 40`` also scores each run at step 40 (``at_40``: the same gains at that step); since the LR is
+constant after warm-up and each step's prompts and sampling seed depend on the step alone, that is the 40-step
+run's own end point. ``python -m experiments.grpo_paired --merge OUT PART...`` joins seeds run as separate
+processes (``--first-seed S`` with another ``--tag``) into one result with the statistics recomputed.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def run(
     clip_eps_high: float | None = None,
     dynamic_sampling: bool = False,
     max_refill: int = 2,
+    eval_at: str = "",
     tag: str = "",
 ) -> dict:
     import copy
@@ -82,6 +87,9 @@ def run(
             exclude={t.question for t in train} | {t.question for t in all_eval},
         )
     specs = parse_specs(list(rewards))
+    at_steps = sorted({int(x) for x in str(eval_at).split(",") if x.strip()})
+    if any(not 0 < k < steps for k in at_steps):
+        raise ValueError(f"--eval-at: each step must lie strictly between 0 and --steps {steps}: {at_steps}")
 
     def score(m) -> dict:
         return heldout_scores(m, tok, ev, ev, samples, seed=1)
@@ -102,6 +110,7 @@ def run(
             "clip_eps_high": clip_eps_high,
             "dynamic_sampling": dynamic_sampling,
             "max_refill": max_refill if dynamic_sampling else None,
+            "eval_at": at_steps,
             "rewards": list(rewards),
             "n_eval": len(ev),
             "samples": samples,
@@ -113,6 +122,14 @@ def run(
     }
     for seed in range(first_seed, first_seed + seeds):
         pol = copy.deepcopy(start_model).train().requires_grad_(True)
+        at: dict = {}
+
+        def eval_fn(model, done: int, at: dict = at) -> dict:
+            # scoring samples from its own seeded generator and restores train mode: the run is unchanged
+            if done in at_steps:
+                at[str(done)] = score(model)
+            return {}
+
         t0 = time.time()
         torch.manual_seed(seed)
         st = train_grpo(
@@ -136,6 +153,8 @@ def run(
                 dynamic_sampling=dynamic_sampling,
                 max_refill=max_refill,
             ),
+            eval_fn=eval_fn if at_steps else None,
+            eval_every=1 if at_steps else 0,
             log=lambda s: None,
             keep_rollouts=False,
         )
@@ -156,15 +175,45 @@ def run(
             "live_groups_mean": sum(x["live_groups"] for x in h) / len(h),
             "sampled_groups_mean": sum(x.get("sampled_groups", prompts_per_step) for x in h) / len(h),
             "train_s": round(sum(x["step_s"] for x in h), 1),
+            **({"at": at} if at else {}),
         }
         res["runs"].append(row)
         res.update(paired_gains(res["runs"], start))
         res.update(item_level_gains(res["runs"], start))
+        res.update(gains_at(res))
         (out / (f"grpo_paired_{tag}.json" if tag else "grpo_paired.json")).write_text(json.dumps(res, indent=1))
         print(
-            json.dumps({k: v for k, v in row.items() if k != "after"} | {"after": _scalars(row["after"])}),
+            json.dumps(
+                {k: v for k, v in row.items() if k not in ("after", "at")}
+                | {"after": _scalars(row["after"])}
+                | {f"at_{k}": _scalars(v) for k, v in at.items()}
+            ),
             flush=True,
         )
+    return res
+
+
+def gains_at(res: dict) -> dict:
+    """``{"at_K": paired gains over seeds and items at step K}`` for every step K that all runs scored."""
+    from ops.eval.metrics import item_level_gains, paired_gains
+
+    runs = res["runs"]
+    steps = set.intersection(*(set(r.get("at", {})) for r in runs)) if runs else set()
+    out = {}
+    for k in sorted(steps, key=int):
+        at_runs = [{"seed": r["seed"], "after": r["at"][k]} for r in runs]
+        out[f"at_{k}"] = paired_gains(at_runs, res["start"]) | item_level_gains(at_runs, res["start"])
+    return out
+
+
+def merge(out_path: Path | str, parts: list[Path | str]) -> dict:
+    """One result from seeds run as separate processes (same start and settings): the runs joined in seed
+    order and every statistic recomputed, those at intermediate steps (``--eval-at``) included."""
+    from experiments.dpo_paired import merge as merge_runs
+
+    res = merge_runs(out_path, parts)
+    res = {k: v for k, v in res.items() if not k.startswith("at_")} | gains_at(res)
+    Path(out_path).write_text(json.dumps(res, indent=1))
     return res
 
 
@@ -175,6 +224,13 @@ def _scalars(d: dict) -> dict:
 if __name__ == "__main__":
     import argparse
     import inspect
+
+    if sys.argv[1:2] == ["--merge"]:
+        if len(sys.argv) < 5:
+            raise SystemExit("usage: python -m experiments.grpo_paired --merge OUT PART PART...")
+        r = merge(sys.argv[2], sys.argv[3:])
+        print(json.dumps({k: v for k, v in r.items() if k.startswith(("gain_", "items_", "at_"))}, indent=1))
+        raise SystemExit(0)
 
     # every option and its default come from run()'s signature, so the two cannot drift apart
     defaults = {k: v.default for k, v in inspect.signature(run).parameters.items()}
@@ -195,6 +251,7 @@ if __name__ == "__main__":
         ("temperature", float),
         ("clip_eps_high", float),
         ("max_refill", int),
+        ("eval_at", str),
         ("tag", str),
     ):
         ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])
