@@ -13,7 +13,9 @@ slipped steps corrected after " Wait,"; ``ops.solutions.verify_solution``) and `
 budget, and one forced Wait whose text is ``ops.solutions.WAIT_TEXT``, the exact text (and so tokens) the traces
 contain. Key design choice: every comparison is paired over items (``metrics.paired_difference``): budget b
 against the next smaller budget, the Wait run against the model's own stop, verify against plain. The JSON is
-rewritten after each phase, so a run cut short keeps what it measured.
+rewritten after each phase, so a run cut short keeps what it measured. ``--mask-slips`` leaves the slipped
+results out of the SFT loss (``ops.posttrain.masked_sft``: the model reads each slip and learns the Wait and the
+correction that follow it, never the slip); ``--compare OUT.json A.json B.json`` pairs two runs' arms over items.
 """
 
 from __future__ import annotations
@@ -110,11 +112,13 @@ def run(
     train_difficulties: tuple[int, ...] = (3, 4),
     eval_difficulties: tuple[int, ...] | None = None,
     warmup_steps: int = 10,
+    mask_slips: bool = False,
 ) -> dict:
     import torch
 
     from ops.eval.budget import check_sweep
     from ops.posttrain.common import Example, load_policy
+    from ops.posttrain.masked_sft import slipped_result_spans, train_sft_masked
     from ops.posttrain.sft import SFTParams, train_sft
     from ops.solutions import WAIT_TEXT
     from ops.tasks import make_splits
@@ -134,7 +138,7 @@ def run(
                        correction_rate=correction_rate, confirm_rate=confirm_rate, budgets=list(budgets),
                        max_think_tokens=max_think, seed=seed, difficulties=list(train_difficulties),
                        eval_difficulties=list(eval_difficulties), warmup_steps=warmup_steps, wait_text=WAIT_TEXT,
-                       threads=threads),
+                       threads=threads, mask_slips=mask_slips),
         "arms": {},
     }
 
@@ -159,9 +163,15 @@ def run(
         ex = [Example(t.id, t.question, t.response, t.answer) for t in train]
         ts = time.time()
         p = SFTParams(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_len=320, ckpt_every=0)
-        train_sft(model, tok, ex, p, work_dir=None, log=lambda m, arm=arm: print(arm, m, flush=True))
+        log = lambda m, arm=arm: print(arm, m, flush=True)  # noqa: E731
+        if mask_slips:
+            _, info = train_sft_masked(model, tok, ex, [slipped_result_spans(e.response) for e in ex], p, log=log)
+        else:
+            _, _, info = train_sft(model, tok, ex, p, work_dir=None, log=log)
         waits = [t.response for t in train if WAIT_TEXT + "," in t.response][:3]
-        arm_res = {"sft_s": round(time.time() - ts, 1), "trace_example": train[0].response, "wait_traces": waits}
+        arm_res = {"sft_s": round(time.time() - ts, 1), "trace_example": train[0].response, "wait_traces": waits,
+                   "sft_loss_last10": sum(info["losses"][-10:]) / len(info["losses"][-10:]),
+                   "masked_tokens": info.get("masked_tokens", 0), "assistant_tokens": info["assistant_tokens"]}
         res["arms"][arm] = arm_res
         save()
         arm_res.update(score(model, tok, ev, list(budgets), max_think, arm, log=print))
@@ -206,6 +216,31 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
     return res
 
 
+def compare(a_path: str | Path, b_path: str | Path, out: str | Path | None = None) -> dict:
+    """Each arm of run B minus the same arm of run A, paired over the held-out items both scored: at the own
+    stop and with one Wait, beside each run's Wait effect. Runs from another start (its artifact kind and
+    version, wherever its home) or other held-out items are refused."""
+    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
+    keys = ("seed", "n_eval", "eval_difficulties", "max_think_tokens", "wait_text")
+    same_start = Path(a["start"]).parts[-2:] == Path(b["start"]).parts[-2:]
+    if not same_start or any(a["config"].get(k) != b["config"].get(k) for k in keys):
+        raise ValueError(f"compare: the runs differ in start or held-out items ({', '.join(keys)})")
+    res: dict = {"a": str(a_path), "b": str(b_path), "b_minus_a": {}}
+    for arm in sorted(set(a["arms"]) & set(b["arms"])):
+        pa, pb = a["arms"][arm]["per_item"], b["arms"][arm]["per_item"]
+        if set(pa["own"]) != set(pb["own"]):
+            raise ValueError(f"compare: arm {arm!r} was scored on other items in the two runs")
+        res["b_minus_a"][arm] = {
+            "own_stop": _paired(pa["own"], pb["own"]),
+            "wait1": _paired(pa["wait1"], pb["wait1"]),
+            "wait_effect_a": a["arms"][arm]["wait_effect"],
+            "wait_effect_b": b["arms"][arm]["wait_effect"],
+        }
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1))
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None:
         import sys
@@ -214,6 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["--combine"]:
         # --combine OUT.json RUN.json RUN.json ...: one result from arms run as separate processes
         combine(argv[2:], argv[1])
+        return
+    if argv[:1] == ["--compare"]:
+        # --compare OUT.json A.json B.json: B's arms minus A's, paired over the same held-out items
+        compare(argv[2], argv[3], argv[1])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
@@ -232,13 +271,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-think", type=int, default=256)
     ap.add_argument("--arms", default="verify,plain")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mask-slips", action="store_true", help="no SFT loss on the slipped results")
     a = ap.parse_args(argv)
     ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
     run(a.out_dir, a.start, steps=a.steps, batch_size=a.batch_size, lr=a.lr, n_train=a.n_train, n_eval=a.n_eval,
         correction_rate=a.correction_rate, confirm_rate=a.confirm_rate, budgets=ints(a.budgets),
         max_think=a.max_think, arms=tuple(a.arms.split(",")), threads=a.threads,
         train_difficulties=ints(a.train_difficulties),
-        eval_difficulties=ints(a.eval_difficulties) if a.eval_difficulties else None, warmup_steps=a.warmup_steps)
+        eval_difficulties=ints(a.eval_difficulties) if a.eval_difficulties else None, warmup_steps=a.warmup_steps,
+        mask_slips=a.mask_slips)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from experiments.s1_wait import combine
+from experiments.s1_wait import combine, compare
 from ops.eval.metrics import paired_difference
 
 pytestmark = pytest.mark.unit
 
 
-def _run(path, arm, own, wait1, **config):
-    body = {"start": "/m", "config": {"steps": 10, **config}, "elapsed_s": 5.0,
-            "arms": {arm: {"per_item": {"own": own, "wait1": wait1}}}}
+def _run(path, arm, own, wait1, start="/m", **config):
+    body = {"start": start, "config": {"steps": 10, **config}, "elapsed_s": 5.0,
+            "arms": {arm: {"per_item": {"own": own, "wait1": wait1}, "wait_effect": []}}}
     path.write_text(json.dumps(body))
     return path
 
@@ -38,3 +38,27 @@ def test_combine_refuses_runs_of_different_configs(tmp_path):
     b = _run(tmp_path / "p.json", "plain", {}, {}, lr=0.5)
     with pytest.raises(ValueError, match="runs differ in start or config"):
         combine([a, b], tmp_path / "out.json")
+
+
+def test_compare_pairs_the_same_arm_of_two_runs_over_items(tmp_path):
+    own_a = {f"i{i}": float(i < 10) for i in range(40)}
+    own_b = {f"i{i}": float(i < 25) for i in range(40)}
+    # the same start artifact read from two homes; the runs differ in how they trained, not in the held-out items
+    a = _run(tmp_path / "a.json", "recheck", own_a, own_a, start="/h1/artifacts/sft/v1", steps=300)
+    b = _run(tmp_path / "b.json", "recheck", own_b, own_a, start="/h2/artifacts/sft/v1", steps=600, mask_slips=True)
+    res = compare(a, b, tmp_path / "cmp.json")
+    keys = sorted(own_a)
+    got = res["b_minus_a"]["recheck"]
+    assert got["own_stop"] == paired_difference([own_a[k] for k in keys], [own_b[k] for k in keys])
+    assert got["own_stop"]["diff"] == pytest.approx(0.375) and got["wait1"]["diff"] == 0.0
+    assert json.loads((tmp_path / "cmp.json").read_text()) == res
+
+
+def test_compare_refuses_another_start_or_other_items(tmp_path):
+    a = _run(tmp_path / "a.json", "recheck", {"i0": 1.0}, {"i0": 1.0}, start="/h/artifacts/sft/v1")
+    b = _run(tmp_path / "b.json", "recheck", {"i0": 1.0}, {"i0": 1.0}, start="/h/artifacts/sft/v2")
+    with pytest.raises(ValueError, match="differ in start or held-out items"):
+        compare(a, b)
+    c = _run(tmp_path / "c.json", "recheck", {"i1": 1.0}, {"i1": 1.0}, start="/h/artifacts/sft/v1")
+    with pytest.raises(ValueError, match="scored on other items"):
+        compare(a, c)
