@@ -2,23 +2,28 @@
 
 ``python -m experiments.cold_start_seeds OUT TOKENS_DIR TOKENIZER_DIR PROBLEMS_DIR TASKS_DIR --seeds 1,2
 [--settings default,wsd] [--base-dir LABEL=DIR ...] [--stored LABEL=DIR ...] [--n-eval 300] [--eval-every 200]
-[--threads 1]``
+[--sampled 4] [--threads 1]``
 
 For each base seed, pretrains the default pipeline's ``base`` (the ``pretrain`` kind's job, built the way the
 stage builds it: d=128 4-layer Qwen2, 1.5M tokens, seq 64, batch 32, lr 2e-3, warm-up 30, on TOKENS_DIR with
 TOKENIZER_DIR) with that seed, or takes a stored base given as ``--base-dir LABEL=DIR`` (LABEL in ``--seeds``;
 e.g. the default home's ``base`` as seed 0, or a base of another corpus draw), then runs the ``sft`` kind's
 training (``ops.posttrain.sft.train_sft``) from it on PROBLEMS_DIR's worked solutions once per setting of
-``SETTINGS`` (``default`` is the pipeline's ``cold_sft``). Every ``--eval-every`` steps and at the end, the
-model is scored greedily on the first ``--n-eval`` held-out problems of TASKS_DIR (the benchmark), item by
-item. ``--stored LABEL=DIR`` scores a stored cold_sft artifact (the default's own run on base LABEL) the same
+``SETTINGS`` (``wsd`` is the pipeline's ``cold_sft``, ``default`` its earlier cosine schedule). Every setting
+runs the padded forward (``length_groups`` 0) unless it names ``length_groups`` (``ops.posttrain.sft.LENGTH_GROUPS``),
+so runs stay comparable whatever the pipeline's own forward is. Every ``--eval-every`` steps and at the end,
+the model is scored greedily on the first ``--n-eval`` held-out problems of TASKS_DIR (the benchmark), item by
+item; ``--sampled K`` also samples K answers per problem at T=1 at the last step (the stage's ``eval_samples``).
+``--stored LABEL=DIR`` scores a stored cold_sft artifact (the default's own run on base LABEL) the same
 way; it stands for the default on a base the study did not rerun it on. Every run writes
 ``OUT/runs/s<label>_<setting>.json`` (per-step training losses, logged grad norms, per-item correctness at
-each evaluated step) as soon as it finishes, so a study cut short keeps what it measured, and several
-processes can share OUT. ``python -m experiments.cold_start_seeds OUT --summary`` gathers every run in OUT
-into ``OUT/cold_start_seeds.json``: per setting and step, accuracy per base with mean, SD and range over
-bases, and against ``default`` the per-item paired difference (items averaged over the bases both ran,
-``ops.eval.metrics.paired_difference``) and the per-base differences with their mean and standard error.
+each evaluated step, the training's CPU seconds per step without the evaluations) as soon as it finishes, so a
+study cut short keeps what it measured, and several processes can share OUT.
+``python -m experiments.cold_start_seeds OUT --summary [--ref default]`` gathers every run in OUT into
+``OUT/cold_start_seeds.json``: per setting and step, accuracy per base with mean, SD and range over bases, and
+against the reference setting ``--ref`` the per-item paired difference (items averaged over the bases both ran,
+``ops.eval.metrics.paired_difference``), the same interval on each base alone, and the per-base differences
+with their mean and standard error; greedy, and sampled where both runs sampled.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ BASE = {
     "eval_every": 100,
     "eval_tokens": 8192,
 }
-COLD_SFT = {"steps": 800, "lr": 2e-3, "batch_size": 64, "warmup_steps": 20, "optim": {}}
+COLD_SFT = {"steps": 800, "lr": 2e-3, "batch_size": 64, "warmup_steps": 20, "optim": {}, "length_groups": 0}
 # candidate settings: overrides of COLD_SFT; every one trains on the same tokens in the same or fewer steps
 SETTINGS: dict[str, dict] = {
     "default": {},
@@ -55,6 +60,8 @@ SETTINGS: dict[str, dict] = {
     "wsd_lr3e-3": {"lr": 3e-3, "optim": {"schedule": "wsd"}},
     "warm100": {"warmup_steps": 100},
     "bs32": {"batch_size": 32, "steps": 1600},
+    # the wsd cold start with its batches run as 3 length-sorted groups without the padding mask
+    "wsd_grouped": {"optim": {"schedule": "wsd"}, "length_groups": 3},
 }
 
 
@@ -124,10 +131,12 @@ def pretrain_base(seed: int, tokens_dir: Path, tokenizer_dir: Path, out: Path, t
     return info
 
 
-def sft_run(setting: str, base_dir: Path, problems_dir: Path, ev: list, eval_every: int) -> dict:
-    """One cold start from ``base_dir`` with ``setting``; per-item greedy correctness at each evaluation."""
+def sft_run(setting: str, base_dir: Path, problems_dir: Path, ev: list, eval_every: int, sampled: int = 0) -> dict:
+    """One cold start from ``base_dir`` with ``setting``; per-item greedy correctness at each evaluation (and
+    sampled at the last with ``sampled`` > 0), CPU seconds per training step."""
     import torch
 
+    from ops.posttrain import sft
     from ops.posttrain.common import examples_from_artifact, load_policy, task_accuracy
     from ops.posttrain.sft import SFTParams, train_sft
     from ops.train.optim import OptimConfig
@@ -147,20 +156,31 @@ def sft_run(setting: str, base_dir: Path, problems_dir: Path, ev: list, eval_eve
     model, tok = load_policy(base_dir)
     examples = examples_from_artifact("tasks", problems_dir)
     evals: dict[int, dict] = {}
+    eval_cpu = [0.0]
 
     def eval_fn(m, step: int) -> dict:
+        c0 = time.process_time()
         r = task_accuracy(m, tok, ev, per_item=True)
         # the point on the default's step axis: the same share of the run's tokens
-        evals[step * COLD_SFT["steps"] // s["steps"]] = {
+        e = evals[step * COLD_SFT["steps"] // s["steps"]] = {
             "step": step,
             "accuracy": r["accuracy"],
             "parse_rate": r["parse_rate"],
             "items": [int(x) for x in r["per_item"]],
         }
-        return {"greedy": r["accuracy"]}
+        if sampled and step == p.steps:
+            r = task_accuracy(m, tok, ev, samples=sampled, temperature=1.0, seed=0, per_item=True)
+            e["sampled"] = {"accuracy": r["accuracy"], "pass_at_k": r["pass_at_k"], "items": r["per_item"]}
+        eval_cpu[0] += time.process_time() - c0
+        return {"greedy": e["accuracy"]}
 
-    t0 = time.time()
-    _, _, info = train_sft(model, tok, examples, p, work_dir=None, eval_fn=eval_fn, log=lambda s: None)
+    t0, c0 = time.time(), time.process_time()
+    groups, sft.LENGTH_GROUPS = sft.LENGTH_GROUPS, s["length_groups"]
+    try:
+        _, _, info = train_sft(model, tok, examples, p, work_dir=None, eval_fn=eval_fn, log=lambda s: None)
+    finally:
+        sft.LENGTH_GROUPS = groups
+    train_cpu = time.process_time() - c0 - eval_cpu[0]
     return {
         "setting": setting,
         "params": {k: v for k, v in s.items()},
@@ -169,6 +189,8 @@ def sft_run(setting: str, base_dir: Path, problems_dir: Path, ev: list, eval_eve
         "grad_norms": [(r["step"], r.get("grad_norm")) for r in info["curve"]],
         "train_wall_s": round(info["wall_s"], 1),
         "wall_s": round(time.time() - t0, 1),
+        "train_cpu_s": round(train_cpu, 1),
+        "cpu_per_step": round(train_cpu / s["steps"], 4),
         "evals": {str(k): v for k, v in sorted(evals.items())},
     }
 
@@ -224,7 +246,7 @@ def run(args: argparse.Namespace) -> None:
             f = out / "runs" / f"s{seed}_{setting}.json"
             if f.is_file():
                 continue
-            r = sft_run(setting, base_dir, Path(args.problems), ev, args.eval_every)
+            r = sft_run(setting, base_dir, Path(args.problems), ev, args.eval_every, args.sampled)
             r.update(seed=seed, base=base_info, n_eval=len(ev), threads=args.threads)
             f.write_text(json.dumps(r))
             print(
@@ -234,9 +256,28 @@ def run(args: argparse.Namespace) -> None:
             )
 
 
-def summary(out: Path) -> dict:
-    """Every run in ``out/runs`` by setting and step: seeds, spread, paired differences against default."""
-    from ops.eval.metrics import mean_se, paired_difference, seed_spread
+def _paired(ref: dict[str, dict], have: dict[str, dict], shared: list[str], key: str | None) -> dict:
+    """``have`` against ``ref`` on the bases in ``shared`` (one step's evals; ``key`` "sampled" or None = greedy):
+    items averaged over the bases, each base's items alone, and the per-base accuracy differences."""
+    from ops.eval.metrics import mean_se, paired_difference
+
+    def pick(e: dict) -> dict:
+        return e[key] if key else e
+
+    a = [statistics.mean(col) for col in zip(*(pick(ref[s])["items"] for s in shared))]
+    b = [statistics.mean(col) for col in zip(*(pick(have[s])["items"] for s in shared))]
+    per = {str(s): pick(have[s])["accuracy"] - pick(ref[s])["accuracy"] for s in shared}
+    m, se = mean_se(list(per.values()))
+    return {
+        "items": paired_difference(a, b),
+        "items_per_seed": {str(s): paired_difference(pick(ref[s])["items"], pick(have[s])["items"]) for s in shared},
+        "seeds": {"per_seed": per, "mean": m, "se": se},
+    }
+
+
+def summary(out: Path, ref_name: str = "default") -> dict:
+    """Every run in ``out/runs`` by setting and step: seeds, spread, paired differences against ``ref_name``."""
+    from ops.eval.metrics import seed_spread
 
     runs = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("s*_*.json"))]
     by: dict[str, dict[str, dict]] = {}
@@ -244,16 +285,17 @@ def summary(out: Path) -> dict:
         r["seed"] = str(r["seed"])
         by.setdefault(r["setting"], {})[r["seed"]] = r
     res: dict = {
+        "ref": ref_name,
         "settings": {},
         "bases": {},
         "default_from_stored": sorted(set(by.get("stored", {})) - set(by.get("default", {}))),
     }
     for r in runs:
         res["bases"][str(r["seed"])] = r["base"]
-    # the default on each base: the study's own run, else the stored cold_sft trained on that base
-    ref = {**by.get("stored", {}), **by.get("default", {})}
+    # the reference on each base: the study's own run, else the stored cold_sft trained on that base
+    ref = {**by.get("stored", {}), **by.get(ref_name, {})}
     if ref:
-        by["default"] = ref
+        by[ref_name] = ref
     for name, seeds in sorted(by.items()):
         steps = sorted({int(k) for r in seeds.values() for k in r["evals"]})
         rows = {}
@@ -264,18 +306,20 @@ def summary(out: Path) -> dict:
                 "spread": seed_spread([e["accuracy"] for e in have.values()]),
             }
             shared = sorted(s for s in have if s in ref and str(st) in ref[s]["evals"])
-            if name not in ("default", "stored") and shared:
-                a = [statistics.mean(col) for col in zip(*(ref[s]["evals"][str(st)]["items"] for s in shared))]
-                b = [statistics.mean(col) for col in zip(*(have[s]["items"] for s in shared))]
-                row["vs_default_items"] = paired_difference(a, b)
-                per = {str(s): have[s]["accuracy"] - ref[s]["evals"][str(st)]["accuracy"] for s in shared}
-                m, se = mean_se(list(per.values()))
-                row["vs_default_seeds"] = {"per_seed": per, "mean": m, "se": se}
+            if name not in (ref_name, "stored") and shared:
+                at = {s: ref[s]["evals"][str(st)] for s in shared}
+                row["vs_ref"] = _paired(at, have, shared, None)
+                both = [s for s in shared if "sampled" in have[s] and "sampled" in at[s]]
+                if both:
+                    row["vs_ref_sampled"] = _paired(at, have, both, "sampled")
+            if all("sampled" in e for e in have.values()):
+                row["sampled_per_seed"] = {str(s): e["sampled"]["accuracy"] for s, e in sorted(have.items())}
             rows[str(st)] = row
         res["settings"][name] = {
             "params": next(iter(seeds.values()))["params"],
             "final_loss": {str(s): r["final_loss"] for s, r in sorted(seeds.items())},
             "wall_s": {str(s): r["wall_s"] for s, r in sorted(seeds.items())},
+            "cpu_per_step": {str(s): r.get("cpu_per_step") for s, r in sorted(seeds.items())},
             "steps": rows,
         }
     (out / "cold_start_seeds.json").write_text(json.dumps(res, indent=1))
@@ -295,16 +339,22 @@ def main() -> None:
     ap.add_argument("--stored", action="append", default=[], help="LABEL=DIR: score a stored cold_sft as setting 'stored'")
     ap.add_argument("--n-eval", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=200, help="on the default's 800-step axis")
+    ap.add_argument("--sampled", type=int, default=0, help="also sample K answers per problem at T=1 at the end")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summary", action="store_true", help="only gather OUT/runs into OUT/cold_start_seeds.json")
+    ap.add_argument("--ref", default="default", help="with --summary: the setting the others are paired against")
     a = ap.parse_args()
     if a.summary:
-        r = summary(Path(a.out))
+        r = summary(Path(a.out), a.ref)
         for name, s in r["settings"].items():
             for st, row in s["steps"].items():
-                d = row.get("vs_default_items")
-                print(name, st, row["per_seed"], f"mean {row['spread']['mean']:.3f} sd {row['spread']['sd']:.3f}",
-                      f"vs default {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "")
+                print(name, st, row["per_seed"], f"mean {row['spread']['mean']:.3f} sd {row['spread']['sd']:.3f}")
+                for key in ("vs_ref", "vs_ref_sampled"):
+                    d = row.get(key, {})
+                    for label, x in [("items", d.get("items"))] + list(d.get("items_per_seed", {}).items()):
+                        if x:
+                            print(f"  {key} {label}: {x['diff']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]")
+            print(name, "cpu per step", s["cpu_per_step"])
         return
     if not all((a.tokens, a.tokenizer, a.problems, a.tasks)):
         ap.error("TOKENS_DIR TOKENIZER_DIR PROBLEMS_DIR TASKS_DIR are required unless --summary")

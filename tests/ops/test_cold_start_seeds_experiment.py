@@ -1,0 +1,46 @@
+"""The cold-start study's summary pairs every setting with the chosen reference setting, item by item over the
+bases both ran and on each base alone, greedy and sampled, and keeps each run's CPU per step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.cold_start_seeds import SETTINGS, summary
+
+
+def _run(path, seed, setting, items, sampled=None, cpu=0.5):
+    e = {"step": 800, "accuracy": sum(items) / len(items), "parse_rate": 1.0, "items": items}
+    if sampled is not None:
+        e["sampled"] = {"accuracy": sum(sampled) / len(sampled), "pass_at_k": 1.0, "items": sampled}
+    r = {"setting": setting, "seed": seed, "base": {"from": f"b{seed}"}, "params": SETTINGS[setting],
+         "final_loss": 0.1, "wall_s": 1.0, "cpu_per_step": cpu, "evals": {"800": e}}
+    (path / "runs" / f"s{seed}_{setting}.json").write_text(json.dumps(r))
+
+
+def test_settings_are_paired_with_the_reference_per_base_and_over_bases(tmp_path):
+    (tmp_path / "runs").mkdir()
+    _run(tmp_path, "0", "wsd", [1, 1, 0, 0], sampled=[0.5, 0.5, 0.0, 0.0], cpu=0.6)
+    _run(tmp_path, "0", "wsd_grouped", [1, 0, 0, 0], sampled=[0.5, 0.25, 0.0, 0.0], cpu=0.45)
+    _run(tmp_path, "1", "wsd", [1, 1, 1, 0])
+    _run(tmp_path, "1", "wsd_grouped", [1, 1, 1, 1])
+    res = summary(tmp_path, "wsd")
+    assert res["ref"] == "wsd"
+    row = res["settings"]["wsd_grouped"]["steps"]["800"]
+    vs = row["vs_ref"]
+    assert vs["seeds"]["per_seed"] == pytest.approx({"0": -0.25, "1": 0.25})
+    assert vs["seeds"]["mean"] == pytest.approx(0.0)
+    assert vs["items_per_seed"]["0"]["diff"] == pytest.approx(-0.25)
+    assert vs["items_per_seed"]["1"]["diff"] == pytest.approx(0.25)
+    assert vs["items"]["diff"] == pytest.approx(0.0) and vs["items"]["n"] == 4
+    # sampled is paired on the bases where both runs sampled: base 0 only
+    assert list(row["vs_ref_sampled"]["items_per_seed"]) == ["0"]
+    assert row["vs_ref_sampled"]["items"]["diff"] == pytest.approx(-0.0625)
+    assert res["settings"]["wsd_grouped"]["cpu_per_step"] == {"0": 0.45, "1": 0.5}
+    assert "vs_ref" not in res["settings"]["wsd"]["steps"]["800"]
+
+
+def test_the_grouped_setting_differs_from_its_reference_only_in_the_forward():
+    grouped, ref = dict(SETTINGS["wsd_grouped"]), SETTINGS["wsd"]
+    assert grouped.pop("length_groups") == 3 and grouped == ref
