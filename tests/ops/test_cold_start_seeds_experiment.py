@@ -14,8 +14,16 @@ def _run(path, seed, setting, items, sampled=None, cpu=0.5):
     e = {"step": 800, "accuracy": sum(items) / len(items), "parse_rate": 1.0, "items": items}
     if sampled is not None:
         e["sampled"] = {"accuracy": sum(sampled) / len(sampled), "pass_at_k": 1.0, "items": sampled}
-    r = {"setting": setting, "seed": seed, "base": {"from": f"b{seed}"}, "params": SETTINGS[setting],
-         "final_loss": 0.1, "wall_s": 1.0, "cpu_per_step": cpu, "evals": {"800": e}}
+    r = {
+        "setting": setting,
+        "seed": seed,
+        "base": {"from": f"b{seed}"},
+        "params": SETTINGS[setting],
+        "final_loss": 0.1,
+        "wall_s": 1.0,
+        "cpu_per_step": cpu,
+        "evals": {"800": e},
+    }
     (path / "runs" / f"s{seed}_{setting}.json").write_text(json.dumps(r))
 
 
@@ -44,3 +52,29 @@ def test_settings_are_paired_with_the_reference_per_base_and_over_bases(tmp_path
 def test_the_grouped_setting_differs_from_its_reference_only_in_the_forward():
     grouped, ref = dict(SETTINGS["wsd_grouped"]), SETTINGS["wsd"]
     assert grouped.pop("length_groups") == 3 and grouped == ref
+
+
+def test_a_run_restores_the_forward_and_reports_cpu_per_step_and_sampled_items(tmp_path, monkeypatch):
+    import experiments.cold_start_seeds as cs
+    from ops.posttrain import sft
+    from ops.tasks import make_splits, write_tasks
+    from tests.posttrain_helpers import base_model_dir
+
+    train, ev = make_splits(200, 6, seed=3, difficulties=(1,))
+    write_tasks(train, tmp_path / "train.parquet")
+    monkeypatch.setitem(cs.COLD_SFT, "steps", 2)
+    monkeypatch.setitem(cs.COLD_SFT, "batch_size", 32)
+    monkeypatch.setitem(cs.COLD_SFT, "warmup_steps", 1)
+    before = sft.LENGTH_GROUPS
+    runs = {
+        s: cs.sft_run(s, base_model_dir(), tmp_path, ev, eval_every=800, sampled=2)
+        for s in ("wsd", "wsd_grouped")
+    }
+    assert sft.LENGTH_GROUPS == before
+    for r in runs.values():
+        e = r["evals"]["2"]  # the last step on the run's own axis (2 of 2)
+        assert len(e["items"]) == 6 and len(e["sampled"]["items"]) == 6
+        assert r["cpu_per_step"] > 0
+    assert runs["wsd"]["params"]["length_groups"] == 0 and runs["wsd_grouped"]["params"]["length_groups"] == 3
+    # two forwards of the same function: the first step's loss agrees up to float rounding
+    assert runs["wsd"]["losses"][0] == pytest.approx(runs["wsd_grouped"]["losses"][0], rel=1e-4)
