@@ -101,10 +101,9 @@ def units_batch_fn(units: list, pad: int, p: SFTParams) -> Callable[[int, int], 
 
 
 # decoder forwards per SFT batch over rows sorted by length (:func:`ops.posttrain.common.labelled_logits`); 0 = the
-# one padded forward. 3 groups take 0.79x the CPU per cold_sft step for the same function up to float rounding,
-# but that rounding gives another training draw, and the one full cold_sft measured with them scored lower
-# (experiments/LEDGER.md): off until paired runs show the draw costs nothing
-LENGTH_GROUPS = 0
+# one padded forward. 3: the same function up to float rounding for less CPU per step; a paired full cold start
+# showed no accuracy cost beyond the item noise (experiments/LEDGER.md)
+LENGTH_GROUPS = 3
 
 
 def sft_loss_fn(model: Any, batch: dict) -> tuple[Any, dict]:
