@@ -15,6 +15,9 @@ from tests import posttrain_helpers as H
 
 ROOT = H.ROOT / "align"
 TEACHER_STEPS = 200
+# the reward-model tests' teacher: at 200 steps its T=1 samples are ~8% right and a likelihood ranking of
+# right over wrong is ~0.55 on held-out pairs, so a draw decided the tests; at 600 steps ~41% and 0.71-0.78
+RM_TEACHER_STEPS = 600
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,9 +39,10 @@ def tasks_dir() -> Path:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def teacher_dir() -> Path:
-    """The tiny architecture SFT'd on easy arithmetic (~12% greedy, pass@8 ~30% on held-out tasks)."""
+@functools.lru_cache(maxsize=2)
+def teacher_dir(steps: int = TEACHER_STEPS) -> Path:
+    """The tiny architecture SFT'd on easy arithmetic for ``steps`` steps (200: ~12% greedy, pass@8 ~30% on
+    held-out tasks)."""
     import torch
 
     from ops.model import save_model
@@ -53,18 +57,19 @@ def teacher_dir() -> Path:
         H.tiny_model(tok),
         tok,
         ex,
-        SFTParams(steps=TEACHER_STEPS, lr=3e-3, batch_size=32, warmup_steps=10),
+        SFTParams(steps=steps, lr=3e-3, batch_size=32, warmup_steps=10),
         work_dir=None,
         log=lambda s: None,
     )
-    out = ROOT / "teacher"
+    out = ROOT / ("teacher" if steps == TEACHER_STEPS else f"teacher_{steps}")
     save_model(model, tok, out)
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def rollouts_dir(n_prompts: int = 300, samples: int = 8) -> Path:
-    """A rollouts artifact: ``samples`` completions at T=1 of the teacher for ``n_prompts`` training tasks."""
+@functools.lru_cache(maxsize=2)
+def rollouts_dir(n_prompts: int = 300, samples: int = 8, teacher_steps: int = TEACHER_STEPS) -> Path:
+    """A rollouts artifact: ``samples`` completions at T=1 of the teacher (:func:`teacher_dir` of
+    ``teacher_steps``) for ``n_prompts`` training tasks."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -72,7 +77,7 @@ def rollouts_dir(n_prompts: int = 300, samples: int = 8) -> Path:
     from ops.posttrain.common import load_policy
     from ops.tasks import is_correct
 
-    model, tok = load_policy(teacher_dir())
+    model, tok = load_policy(teacher_dir(teacher_steps))
     train, _ = splits()
     tasks = train[:n_prompts]
     out = generate(
@@ -93,7 +98,7 @@ def rollouts_dir(n_prompts: int = 300, samples: int = 8) -> Path:
                 "reward_accuracy": 1.0 if is_correct(s.text, t.answer) else 0.0,
             }
         )
-    d = ROOT / "rollouts"
+    d = ROOT / ("rollouts" if teacher_steps == TEACHER_STEPS else f"rollouts_{teacher_steps}")
     d.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), d / "rollouts.parquet")
     return d
