@@ -147,40 +147,130 @@ def generate_with_budget(
     Wait-extended thinking). ``wait_extensions``: how many times a self-emitted ``</think>`` is replaced by
     ``wait_text``. Returns one :class:`Generated` per prompt, in order.
     """
-    import torch
-
     if budget is not None and budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     if budget is None and not wait_extensions and not has_think_tokens(tok):
-        return _generate_plain(model, tok, prompt_ids, max_think_tokens + max_answer_tokens, temperature, seed,
-                               batch_size)
+        return _generate_plain(
+            model, tok, prompt_ids, max_think_tokens + max_answer_tokens, temperature, seed, batch_size
+        )
+    return _generate_settings(
+        model,
+        tok,
+        prompt_ids,
+        [(budget, wait_extensions)],
+        max_think_tokens,
+        max_answer_tokens,
+        wait_text,
+        temperature,
+        seed,
+        batch_size,
+    )[0]
+
+
+def generate_sweep(
+    model,
+    tok,
+    prompt_ids: list[list[int]],
+    settings: list[tuple[int | None, int]],
+    *,
+    max_think_tokens: int = 256,
+    max_answer_tokens: int = 32,
+    wait_text: str = "Wait",
+    batch_size: int = 32,
+) -> list[list[Generated]]:
+    """Greedy :func:`generate_with_budget` for each ``(budget, wait_extensions)`` setting: one list per setting,
+    equal result for result to a separate call per setting, with the prefill and every decode step the
+    settings share (before their first differing token) computed once (:func:`_decode_batch`)."""
+    if not has_think_tokens(tok):  # plain decoding, or the refusal, setting by setting
+        return [
+            generate_with_budget(
+                model,
+                tok,
+                prompt_ids,
+                budget=b,
+                max_think_tokens=max_think_tokens,
+                max_answer_tokens=max_answer_tokens,
+                wait_extensions=w,
+                wait_text=wait_text,
+                batch_size=batch_size,
+            )
+            for b, w in settings
+        ]
+    for b, _ in settings:
+        if b is not None and b < 0:
+            raise ValueError(f"budget must be >= 0, got {b}")
+    return _generate_settings(
+        model,
+        tok,
+        prompt_ids,
+        list(settings),
+        max_think_tokens,
+        max_answer_tokens,
+        wait_text,
+        0.0,
+        0,
+        batch_size,
+    )
+
+
+def _generate_settings(
+    model,
+    tok,
+    prompt_ids,
+    settings,
+    max_think_tokens,
+    max_answer_tokens,
+    wait_text,
+    temperature,
+    seed,
+    batch_size,
+) -> list[list[Generated]]:
+    import torch
+
     sp = SpecialIds.from_tokenizer(tok, wait_text)
-    cap = max_think_tokens if budget is None else min(budget, max_think_tokens)
+    caps = [(max_think_tokens if b is None else min(b, max_think_tokens), w) for b, w in settings]
     gen = torch.Generator().manual_seed(seed)
-    results: list[Generated] = []
+    results: list[list[Generated]] = [[] for _ in settings]
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for s in range(0, len(prompt_ids), batch_size):
                 chunk = prompt_ids[s : s + batch_size]
-                results.extend(
-                    _decode_batch(
-                        model, tok, chunk, sp, cap, max_answer_tokens, wait_extensions, temperature, gen
-                    )
-                )
+                for res, gens in zip(
+                    results, _decode_batch(model, tok, chunk, sp, caps, max_answer_tokens, temperature, gen)
+                ):
+                    res.extend(gens)
     finally:
         model.train(was_training)
     return results
 
 
 def _decode_batch(
-    model, tok, prompts, sp: SpecialIds, cap: int, max_answer: int, n_wait: int, temperature: float, gen
-) -> list[Generated]:
+    model,
+    tok,
+    prompts,
+    sp: SpecialIds,
+    settings: list[tuple[int, int]],
+    max_answer: int,
+    temperature: float,
+    gen,
+) -> list[list[Generated]]:
+    """One batch of prompts decoded under each ``(thinking cap, Wait count)`` setting; one list per setting.
+
+    Settings that feed the same tokens share one forward: they start as one branch (one prefill) and a branch
+    forks, its KV cache copied, at the first step where its settings' tokens differ (a budget forcing
+    ``</think>``, a Wait replacing it). Every forward of a setting therefore gets exactly the inputs (tokens,
+    cache, mask, positions) of a decode of that setting alone, so its tokens and counts are the same. Sampling
+    (``temperature > 0``) draws once per step from ``gen`` and takes one setting."""
+    import copy
+
     import torch
 
     from ops.generate import decode_kwargs
 
+    if temperature > 0 and len(settings) != 1:
+        raise ValueError("a sampled decode takes one setting: settings share steps only when greedy")
     b = len(prompts)
     # the response prefix <think> is part of the prefill: left-pad so every row ends at the same column
     rows = [list(p) + [sp.think_open] for p in prompts]
@@ -194,34 +284,59 @@ def _decode_batch(
     # the model makes its own cache on the prefill (a MiniMax model keeps its lightning layers' state in a
     # cache class of its own and refuses any other); it is passed back on every step
     extra = decode_kwargs(model)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
-    ckw = {_cache_kwarg(model): _out_cache(out), **extra}
-    logits = out.logits[:, -1, :]
-    next_pos = pos[:, -1:] + 1
-    seqs = [_Seq() for _ in range(b)]
-    for q in seqs:
-        q.out.append(sp.think_open)
-    max_steps = cap + len(sp.wait) + 2 + max_answer + 1
-    for _ in range(max_steps):
-        chosen = _choose(logits, temperature, gen)
-        step_tokens = []
-        for i, q in enumerate(seqs):
-            if q.phase == DONE:
-                step_tokens.append(sp.pad)
-                continue
-            t = _advance(q, int(chosen[i]), sp, cap, max_answer, n_wait)
-            step_tokens.append(t)
-        if all(q.phase == DONE for q in seqs):
-            break
-        x = torch.tensor(step_tokens, dtype=torch.long).unsqueeze(1)
-        mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
-        out = model(input_ids=x, attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw)
-        ckw[_cache_kwarg(model)] = _out_cache(out)
-        logits = out.logits[:, -1, :]
-        next_pos = next_pos + 1
-    res = []
-    for q in seqs:
-        res.append(
+    ck = _cache_kwarg(model)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **extra
+    )
+    seqs = [[_Seq(out=[sp.think_open]) for _ in range(b)] for _ in settings]
+    limits = [cap + len(sp.wait) + 2 + max_answer + 1 for cap, _ in settings]
+    # a branch: the settings that have fed the same tokens so far, their cache, last logits, mask, next
+    # positions and step count
+    branches = [(list(range(len(settings))), _out_cache(out), out.logits[:, -1, :], mask, pos[:, -1:] + 1, 0)]
+    while branches:
+        live, cache, logits, mask, next_pos, step = branches.pop()
+        while True:
+            live = [k for k in live if step < limits[k]]
+            if not live:
+                break
+            chosen = _choose(logits, temperature, gen)
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for k in live:
+                cap, n_wait = settings[k]
+                toks = tuple(
+                    sp.pad if q.phase == DONE else _advance(q, int(chosen[i]), sp, cap, max_answer, n_wait)
+                    for i, q in enumerate(seqs[k])
+                )
+                if not all(q.phase == DONE for q in seqs[k]):
+                    groups.setdefault(toks, []).append(k)
+            if not groups:
+                break
+            mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
+            forks = list(groups.items())
+            for toks, ks in forks[1:]:  # each fork continues from a copy of the cache before this step
+                c = copy.deepcopy(cache)
+                o = model(
+                    input_ids=torch.tensor(toks, dtype=torch.long).unsqueeze(1),
+                    attention_mask=mask,
+                    position_ids=next_pos,
+                    use_cache=True,
+                    **{ck: c},
+                    **extra,
+                )
+                branches.append((ks, _out_cache(o), o.logits[:, -1, :], mask, next_pos + 1, step + 1))
+            toks, live = forks[0]
+            out = model(
+                input_ids=torch.tensor(toks, dtype=torch.long).unsqueeze(1),
+                attention_mask=mask,
+                position_ids=next_pos,
+                use_cache=True,
+                **{ck: cache},
+                **extra,
+            )
+            cache, logits = _out_cache(out), out.logits[:, -1, :]
+            next_pos, step = next_pos + 1, step + 1
+    return [
+        [
             Generated(
                 completion=tok.decode(q.out, skip_special_tokens=False),
                 token_ids=list(q.out),
@@ -231,8 +346,10 @@ def _decode_batch(
                 forced_end=q.forced,
                 finished=q.finished,
             )
-        )
-    return res
+            for q in qs
+        ]
+        for qs in seqs
+    ]
 
 
 def _out_cache(out):

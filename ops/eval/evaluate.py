@@ -110,6 +110,8 @@ def generate_records(
     from ops.answers import answers_match, extract, well_formed
     from ops.generate import chat_prompts
 
+    from .budget import generate_sweep
+
     prompts = chat_prompts(tok, [it.prompt or it.question for it in items])
     prompt_texts = [tok.decode(p, skip_special_tokens=False) for p in prompts]
     # (mode, budget, wait count, number of samples, temperature); the k samples of an item are decoded in one
@@ -119,6 +121,12 @@ def generate_records(
         runs.append(("sample", None, 0, s.samples, s.temperature))
     runs += [("budget", b, 0, 1, 0.0) for b in s.budgets]
     runs += [("wait", None, w, 1, 0.0) for w in s.wait_extensions]
+    # the greedy runs of think_answer items decode together, sharing the steps before they differ (same results)
+    greedy = [(budget, n_wait) for _, budget, n_wait, reps, temp in runs if reps == 1 and temp == 0.0]
+    think_prompts = [p for it, p in zip(items, prompts) if it.answer_format == "think_answer"]
+    swept = dict(zip(greedy, generate_sweep(model, tok, think_prompts, greedy, max_think_tokens=s.max_think_tokens,
+                                             max_answer_tokens=s.max_answer_tokens, wait_text=s.wait_text,
+                                             batch_size=s.batch_size))) if think_prompts else {}
     out: list[dict[str, Any]] = []
     for mode, budget, n_wait, reps, temp in runs:
         rows = [
@@ -127,7 +135,7 @@ def generate_records(
             for it, ptxt, p in zip(items, prompt_texts, prompts)
             if mode in ("greedy", "sample") or it.answer_format == "think_answer"
         ]
-        gens = _generate(model, tok, rows, s, budget, n_wait, temp)
+        gens = _generate(model, tok, rows, s, budget, n_wait, temp, swept.get((budget, n_wait)) if reps == 1 else None)
         for (it, ptxt, _, j), g in zip(rows, gens):
             pred = extract(g.completion, it.answer_format)
             out.append(
@@ -160,9 +168,10 @@ def generate_records(
     return out
 
 
-def _generate(model, tok, rows, s: EvalSettings, budget, n_wait: int, temp: float) -> list:
+def _generate(model, tok, rows, s: EvalSettings, budget, n_wait: int, temp: float, think_gens=None) -> list:
     """One :class:`~ops.eval.budget.Generated` per ``(item, prompt text, prompt ids, sample)`` row, in order:
-    ``think_answer`` items through the budget-forcing loop, the others by plain decoding."""
+    ``think_answer`` items through the budget-forcing loop (or ``think_gens``, their generations already
+    made, in row order), the others by plain decoding."""
     from ops.generate import pad_token_id, sample, stop_token_ids
 
     from .budget import Generated, generate_with_budget
@@ -171,20 +180,11 @@ def _generate(model, tok, rows, s: EvalSettings, budget, n_wait: int, temp: floa
     plain = [i for i, r in enumerate(rows) if r[0].answer_format != "think_answer"]
     out: list = [None] * len(rows)
     if think:
-        gens = generate_with_budget(
-            model,
-            tok,
-            [rows[i][2] for i in think],
-            budget=budget,
-            max_think_tokens=s.max_think_tokens,
-            max_answer_tokens=s.max_answer_tokens,
-            wait_extensions=n_wait,
-            wait_text=s.wait_text,
-            temperature=temp,
-            seed=s.seed,
-            batch_size=s.batch_size,
-        )
-        for i, g in zip(think, gens):
+        gens = think_gens if think_gens is not None else generate_with_budget(
+            model, tok, [rows[i][2] for i in think], budget=budget, max_think_tokens=s.max_think_tokens,
+            max_answer_tokens=s.max_answer_tokens, wait_extensions=n_wait, wait_text=s.wait_text,
+            temperature=temp, seed=s.seed, batch_size=s.batch_size)
+        for i, g in zip(think, gens, strict=True):
             out[i] = g
     if plain:
         smp = sample(

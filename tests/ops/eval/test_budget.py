@@ -104,3 +104,56 @@ def test_missing_special_tokens_is_a_clear_error():
     bare.pre_tokenizer = pre_tokenizers.Whitespace()
     with pytest.raises(ValueError, match="<think>"):
         SpecialIds.from_tokenizer(PreTrainedTokenizerFast(tokenizer_object=bare, unk_token="[UNK]"))
+
+
+SWEEP = [(None, 0), (0, 0), (2, 0), (5, 0), (None, 1), (None, 2), (3, 1)]
+
+
+def test_sweep_equals_one_decode_per_setting(tiny):
+    """The shared decode forks where settings' tokens differ; each setting's results are those of its own
+    decode, token for token (batches of 5 over 16 prompts: a short last batch too)."""
+    from ops.eval.budget import generate_sweep, generate_with_budget
+
+    model, tok, prompts = tiny
+    kw = dict(max_think_tokens=12, max_answer_tokens=6, batch_size=5)
+    swept = generate_sweep(model, tok, prompts, SWEEP, **kw)
+    assert len(swept) == len(SWEEP)
+    for (budget, waits), gens in zip(SWEEP, swept):
+        alone = generate_with_budget(model, tok, prompts, budget=budget, wait_extensions=waits, **kw)
+        assert gens == alone, (budget, waits)
+    # the settings did fork: a budget of 0 forces </think> at once, the unbudgeted run thinks
+    assert [g.token_ids for g in swept[0]] != [g.token_ids for g in swept[1]]
+
+
+def test_eval_records_of_greedy_runs_equal_separate_decodes(tiny):
+    """generate_records decodes its greedy, budget and Wait runs through the sweep; every record equals the
+    one a separate generate_with_budget call per run gives, item by item."""
+    from ops.eval.budget import generate_with_budget
+    from ops.eval.evaluate import EvalItem, EvalSettings, generate_records
+    from ops.eval.tiny import tiny_tasks
+
+    model, tok, prompts = tiny
+    ev = tiny_tasks()[1][:16]
+    items = [EvalItem("t", f"i{k}", t.question, t.answer) for k, t in enumerate(ev)]
+    s = EvalSettings(samples=2, budgets=[1, 4], wait_extensions=[1], max_think_tokens=12, max_answer_tokens=6,
+                     batch_size=6)
+    recs = generate_records(model, tok, items, s, model_stage="m", model_version="v", log=lambda _: None)
+    for mode, budget, waits in [("greedy", None, 0), ("budget", 1, 0), ("budget", 4, 0), ("wait", None, 1)]:
+        got = [r for r in recs if r["mode"] == mode and r["budget"] == budget and r["wait_extensions"] == waits]
+        alone = generate_with_budget(model, tok, prompts, budget=budget, wait_extensions=waits, max_think_tokens=12,
+                                     max_answer_tokens=6, batch_size=6)
+        assert [r["item_id"] for r in got] == [it.id for it in items]
+        assert [(r["completion"], r["thinking_tokens"], r["answer_tokens"], r["waits_used"], r["forced_end"],
+                 r["finished"]) for r in got] == [
+            (g.completion, g.thinking_tokens, g.answer_tokens, g.waits_used, g.forced_end, g.finished) for g in alone
+        ]
+
+
+def test_sweep_refuses_bad_settings(tiny):
+    from ops.eval.budget import _decode_batch, generate_sweep
+
+    model, tok, prompts = tiny
+    with pytest.raises(ValueError, match="budget must be >= 0, got -1"):
+        generate_sweep(model, tok, prompts, [(None, 0), (-1, 0)])
+    with pytest.raises(ValueError, match="sampled decode takes one setting"):
+        _decode_batch(model, tok, prompts[:2], None, [(4, 0), (8, 0)], 4, 1.0, None)
