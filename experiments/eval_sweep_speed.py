@@ -84,7 +84,11 @@ def _stored(part_dir: Path) -> dict[tuple, tuple]:
     t = pq.read_table(part_dir / "records.parquet").to_pylist()
     return {
         (r["mode"], r["budget"], r["wait_extensions"], r["item_id"]): (
-            r["completion"], r["thinking_tokens"], r["answer_tokens"], r["waits_used"], r["forced_end"],
+            r["completion"],
+            r["thinking_tokens"],
+            r["answer_tokens"],
+            r["waits_used"],
+            r["forced_end"],
             r["finished"],
         )
         for r in t
@@ -117,18 +121,27 @@ def main(argv: list[str] | None = None) -> dict:
     for p in parts:
         tok = load_tokenizer(p["model"])
         ids = pq.read_table(p["tasks"] / "eval.parquet", columns=["id"]).column("id").to_pylist()
-        loaded.append((p, load_model(p["model"]), tok, _prompts(tok, p["tasks"], p["config"]), ids, _stored(p["dir"])))
+        loaded.append(
+            (p, load_model(p["model"]), tok, _prompts(tok, p["tasks"], p["config"]), ids, _stored(p["dir"]))
+        )
 
     def run(variant: str, p, model, tok, prompts) -> tuple[float, list[list]]:
         cfg = p["config"]
-        kw = dict(max_think_tokens=cfg["max_think_tokens"], max_answer_tokens=cfg["max_answer_tokens"],
-                  wait_text=cfg["wait_text"], batch_size=cfg["batch_size"])
+        kw = dict(
+            max_think_tokens=cfg["max_think_tokens"],
+            max_answer_tokens=cfg["max_answer_tokens"],
+            wait_text=cfg["wait_text"],
+            batch_size=cfg["batch_size"],
+        )
         settings = [(b, w) for _, b, w in _settings(cfg)]
         t0 = time.process_time()
         if variant == "sweep":
             gens = generate_sweep(model, tok, prompts, settings, **kw)
         else:
-            gens = [generate_with_budget(model, tok, prompts, budget=b, wait_extensions=w, **kw) for b, w in settings]
+            gens = [
+                generate_with_budget(model, tok, prompts, budget=b, wait_extensions=w, **kw)
+                for b, w in settings
+            ]
         return time.process_time() - t0, gens
 
     rounds = []

@@ -135,17 +135,38 @@ def test_eval_records_of_greedy_runs_equal_separate_decodes(tiny):
     model, tok, prompts = tiny
     ev = tiny_tasks()[1][:16]
     items = [EvalItem("t", f"i{k}", t.question, t.answer) for k, t in enumerate(ev)]
-    s = EvalSettings(samples=2, budgets=[1, 4], wait_extensions=[1], max_think_tokens=12, max_answer_tokens=6,
-                     batch_size=6)
+    s = EvalSettings(
+        samples=2, budgets=[1, 4], wait_extensions=[1], max_think_tokens=12, max_answer_tokens=6, batch_size=6
+    )
     recs = generate_records(model, tok, items, s, model_stage="m", model_version="v", log=lambda _: None)
     for mode, budget, waits in [("greedy", None, 0), ("budget", 1, 0), ("budget", 4, 0), ("wait", None, 1)]:
-        got = [r for r in recs if r["mode"] == mode and r["budget"] == budget and r["wait_extensions"] == waits]
-        alone = generate_with_budget(model, tok, prompts, budget=budget, wait_extensions=waits, max_think_tokens=12,
-                                     max_answer_tokens=6, batch_size=6)
+        got = [
+            r for r in recs if r["mode"] == mode and r["budget"] == budget and r["wait_extensions"] == waits
+        ]
+        alone = generate_with_budget(
+            model,
+            tok,
+            prompts,
+            budget=budget,
+            wait_extensions=waits,
+            max_think_tokens=12,
+            max_answer_tokens=6,
+            batch_size=6,
+        )
         assert [r["item_id"] for r in got] == [it.id for it in items]
-        assert [(r["completion"], r["thinking_tokens"], r["answer_tokens"], r["waits_used"], r["forced_end"],
-                 r["finished"]) for r in got] == [
-            (g.completion, g.thinking_tokens, g.answer_tokens, g.waits_used, g.forced_end, g.finished) for g in alone
+        assert [
+            (
+                r["completion"],
+                r["thinking_tokens"],
+                r["answer_tokens"],
+                r["waits_used"],
+                r["forced_end"],
+                r["finished"],
+            )
+            for r in got
+        ] == [
+            (g.completion, g.thinking_tokens, g.answer_tokens, g.waits_used, g.forced_end, g.finished)
+            for g in alone
         ]
 
 
