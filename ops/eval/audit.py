@@ -12,6 +12,7 @@ items shorter than ``n`` words are matched whole.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,12 +91,9 @@ def audit(
     wanted: set[int] = set().union(*item_grams) if item_grams else set()
     best = [0.0] * len(items)
     matched: list[list[str]] = [[] for _ in items]
+    key = (tuple(sizes), frozenset(wanted))
     for src in sources:
-        found: set[int] = set()  # only n-grams some item has: memory stays bounded by the eval set
-        for text in iter_texts(src.files):
-            ws = words(text)
-            for size in sizes:
-                found |= ngram_hashes(ws, size) & wanted
+        found = set().union(*(_found_in(f, key) for f in src.files))
         for i, grams in enumerate(item_grams):
             if not grams:
                 continue
@@ -107,6 +105,31 @@ def audit(
         AuditHit(it.task, it.item_id, best[i], tuple(matched[i]), bool(matched[i]))
         for i, it in enumerate(items)
     ]
+
+
+# The n-grams of the eval items found in each training file, per process (file, size, mtime, n-gram sizes,
+# items' n-grams): the partitions of one evaluate stage audit the same items against mostly the same upstream
+# files, which are scanned once. A rewritten file has another size or mtime and is scanned again.
+_FOUND: OrderedDict[tuple, frozenset[int]] = OrderedDict()
+_FOUND_MAX = 256
+
+
+def _found_in(f: Path, key: tuple) -> frozenset[int]:
+    sizes, wanted = key
+    st = Path(f).stat()
+    k = (str(Path(f).resolve()), st.st_size, st.st_mtime_ns, *key)
+    if k in _FOUND:
+        _FOUND.move_to_end(k)
+        return _FOUND[k]
+    found: set[int] = set()  # only n-grams some item has: memory stays bounded by the eval set
+    for text in iter_texts([f]):
+        ws = words(text)
+        for size in sizes:
+            found |= ngram_hashes(ws, size) & wanted
+    _FOUND[k] = frozenset(found)
+    if len(_FOUND) > _FOUND_MAX:
+        _FOUND.popitem(last=False)
+    return _FOUND[k]
 
 
 def write_hits(hits: list[AuditHit], path: Path) -> None:

@@ -133,3 +133,39 @@ def test_accuracy_split_by_contamination_against_hand_computation():
     # nothing flagged: the split has no flagged side and no sentence
     none = accuracy_by_contamination(recs, set(), k=1)
     assert none["greedy_accuracy"]["flagged"]["n"] == 0 and contamination_text(none) == ""
+
+
+def test_audit_scans_each_file_once_per_item_set_and_again_when_rewritten(tmp_path, monkeypatch):
+    """Evaluate partitions audit the same items against mostly the same files: a file is scanned once per
+    process and item set, with the same hits; a rewritten file (another size) is scanned again."""
+    import ops.eval.audit as A
+    from ops.eval.tiny import tiny_tasks
+
+    _, ev = tiny_tasks(50, 20)
+    scanned: list[Path] = []
+    real = A.iter_texts
+
+    def counting(files, *a, **k):
+        scanned.extend(files)
+        return real(files, *a, **k)
+
+    monkeypatch.setattr(A, "iter_texts", counting)
+    docs = [
+        {"id": f"d{i}", "text": f"A page {i} about modules and functions of the library."} for i in range(20)
+    ]
+    corpus = _parquet(tmp_path / "documents.parquet", docs)
+    other = _parquet(tmp_path / "other.parquet", docs[:5])
+    items = [AuditItem("tasks", t.id, t.question) for t in ev]
+    sources = [TrainingSource("corpus", (corpus,)), TrainingSource("other", (other,))]
+    A._FOUND.clear()
+    first = audit(items, sources, n=8)
+    again = audit(items, sources, n=8)
+    assert again == first and sorted(scanned) == sorted([corpus, other])  # the second audit scanned nothing
+    assert not any(h.flagged for h in first)
+    docs[3]["text"] = "Copied: " + ev[5].question
+    _parquet(corpus, docs)  # rewritten in place: another size
+    hits = audit(items, [TrainingSource("corpus", (corpus,))], n=8)
+    assert scanned.count(corpus) == 2
+    assert [h.item_id for h in hits if h.flagged] == [ev[5].id]
+    audit(items[:10], [TrainingSource("corpus", (corpus,))], n=8)  # another item set: scanned for it
+    assert scanned.count(corpus) == 3
