@@ -112,7 +112,11 @@ def gather_completion(x: Any, t: dict[str, Any]) -> Any:
 
 
 def completion_logprobs(
-    model: Any, t: dict[str, Any], temperature: float = 1.0, with_hidden: bool = False, share_prefix: bool = True
+    model: Any,
+    t: dict[str, Any],
+    temperature: float = 1.0,
+    with_hidden: bool = False,
+    share_prefix: bool = True,
 ) -> Any:
     """Per-token ``log pi(comp_ids | ...)`` ``[N, L]`` under ``softmax(logits / temperature)`` (the
     distribution the sampler drew from); with ``with_hidden`` also the last hidden states ``[N, L, d]``.
@@ -168,17 +172,28 @@ def _shared_prefix_hidden(decoder: Any, t: dict[str, Any]) -> Any:
     pos = (pmask.cumsum(-1) - 1).clamp(min=0)
     out = decoder(input_ids=t["prompt_ids"], attention_mask=pmask, position_ids=pos, use_cache=True)
     cache = _cache(out)
-    if type(cache).__name__ != "DynamicCache":
+    if type(cache).__name__ != "DynamicCache" or any(
+        type(x).__name__ != "DynamicLayer" for x in cache.layers
+    ):
         return None
-    cache.batch_select_indices(row)
-    first = out.last_hidden_state[row, -1:]  # the prompt's last position predicts the first completion token
+    # rows are gathered with index_select, never tensor indexing (``x[row]``, as the cache's
+    # batch_select_indices does): on CPU the backward of ``x[row]`` (index_put_ with accumulate) adds the rows
+    # of a prompt with atomic float adds from several threads, in an order that depends on thread timing, so
+    # the gradients changed with the machine's load; index_select's backward (index_add_) adds them in order
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.index_select(0, row), layer.values.index_select(0, row)
+    # the prompt's last position predicts the first completion token
+    first = out.last_hidden_state[:, -1:].index_select(0, row)
     N, L = t["comp_ids"].shape
     if L == 1:
         return first
     mask = torch.cat([pmask[row], torch.ones((N, L - 1), dtype=pmask.dtype, device=pmask.device)], 1)
     cpos = t["start"][:, None] + torch.arange(L - 1, device=pmask.device)[None]
     rest = decoder(
-        input_ids=t["comp_ids"][:, :-1], attention_mask=mask, position_ids=cpos, use_cache=True,
+        input_ids=t["comp_ids"][:, :-1],
+        attention_mask=mask,
+        position_ids=cpos,
+        use_cache=True,
         **{_cache_kwarg(decoder): cache},
     ).last_hidden_state
     return torch.cat([first, rest], 1)

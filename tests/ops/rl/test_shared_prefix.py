@@ -21,8 +21,9 @@ def batch():
     train, _ = H.task_splits()
     prompts = chat_prompts(tok, [t.question for t in train[:3]])  # different lengths: left padding matters
     rows = [prompts[0]] * 3 + [prompts[1]] * 2 + [prompts[2]] + [prompts[0]]
-    samples = sample(policy, rows, max_new_tokens=10, stop_ids=stop_token_ids(tok), pad_id=tok.pad_token_id,
-                     seed=4)
+    samples = sample(
+        policy, rows, max_new_tokens=10, stop_ids=stop_token_ids(tok), pad_id=tok.pad_token_id, seed=4
+    )
     samples[2].ids = samples[2].ids[:1]  # completions of different lengths, one of a single token
     samples[2].finished = False
     return policy, tok, samples
@@ -61,8 +62,9 @@ def test_full_forward_is_used_without_repeated_prompts_or_with_activation_checkp
 
     policy, tok, samples = batch
     seen: list[int] = []
-    hook = policy.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]),
-                                                  with_kwargs=True)
+    hook = policy.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         with torch.no_grad():
             completion_logprobs(policy, completion_tensors(samples, tok.pad_token_id, "cpu"))
@@ -81,3 +83,44 @@ def test_full_forward_is_used_without_repeated_prompts_or_with_activation_checkp
     finally:
         hook.remove()
         policy.gradient_checkpointing_disable()
+
+
+def test_shared_prefix_gradients_do_not_depend_on_thread_timing(batch):
+    """At two threads the gradients of the shared-prefix forward are equal bit for bit from run to run. A
+    prompt's cache rows used to be gathered by tensor indexing, whose CPU backward adds a prompt's rows with
+    atomic float adds from both threads (when the gathered tensor has >= 32768 elements): the sum's order then
+    followed thread timing. Here every prompt's samples are interleaved, so both threads add into every
+    prompt's rows at once and that race shows within a few repetitions."""
+    from ops.generate import Sample, chat_prompts
+    from ops.rl.common import completion_logprobs, completion_tensors
+
+    policy, tok, _ = batch
+    train, _ = H.task_splits()
+    prompts = chat_prompts(tok, [t.question for t in train[:8]])
+    g = torch.Generator().manual_seed(0)
+    samples = [
+        Sample(prompts[i % 8], torch.randint(5, len(tok), (6 + i % 5,), generator=g).tolist(), True)
+        for i in range(64)
+    ]
+    t = completion_tensors(samples, tok.pad_token_id, "cpu")
+    n_cache = (
+        64
+        * policy.config.num_key_value_heads
+        * t["prompt_ids"].shape[1]
+        * (policy.config.hidden_size // policy.config.num_attention_heads)
+    )
+    assert n_cache >= 32768  # the size from which torch's CPU index backward runs in parallel
+    policy.train()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for _ in range(12):
+            policy.zero_grad()
+            lp = completion_logprobs(policy, t)
+            (lp.sum() / t["comp_mask"].sum()).backward()
+            runs.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]))
+    finally:
+        torch.set_num_threads(before)
+    for r in runs[1:]:
+        assert torch.equal(r, runs[0])
