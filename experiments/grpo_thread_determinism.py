@@ -1,6 +1,6 @@
 """Why GRPO's weights changed with the machine's load: the CPU backward of tensor indexing (``x[row]``).
 
-``python -m experiments.grpo_thread_determinism OUT SFT_DIR TASKS_DIR [--reps N] [--seconds S]``:
+``python -m experiments.grpo_thread_determinism OUT SFT_DIR TASKS_DIR [--reps=N] [--seconds=S] [--update-threads=T]``:
 
 1. Minimal reproduction: ``x[row]`` with repeated rows (8 samples per prompt, the layout of a GRPO batch's
    prompt cache; and the same rows interleaved), backward at 2 torch threads, repeated for ``--seconds`` per
@@ -12,9 +12,11 @@
    demo's cold_sft) on ``TASKS_DIR``'s training split (``rl_prompts``), then ``--reps`` loss + backward passes
    at 2 threads, alternating the shared-prefix forward as it was (the cache's ``batch_select_indices`` and
    ``hidden[row]``) and as it is (``index_select``): distinct gradient hashes per variant, wall and CPU seconds
-   per pass (paired by alternation), and the largest gradient difference between the variants.
+   per pass (paired by alternation), and the largest gradient difference between the variants. The passes
+   run at ``--update-threads`` (default 2); at 1 thread both variants are deterministic and the CPU seconds
+   are not inflated by a 2-thread team waiting for a descheduled thread, so that is the speed comparison.
 
-Writes ``OUT/grpo_thread_determinism.json``.
+Writes ``OUT/grpo_thread_determinism.json`` (``OUT/grpo_thread_determinism_<T>t.json`` for T != 2).
 """
 
 from __future__ import annotations
@@ -184,14 +186,18 @@ def main(argv: list[str]) -> None:
         "sft_dir": sft_dir,
         "tasks_dir": tasks_dir,
         "torch": torch.__version__,
-        "threads": 2,
+        "minimal_threads": 2,
         "load_avg_start": os.getloadavg(),
     }
     res["minimal"] = minimal(opts.get("seconds", 10))
+    threads = int(opts.get("update-threads", 2))
+    torch.set_num_threads(threads)
+    res["update_threads"] = threads
     res["grpo_update"] = update(sft_dir, tasks_dir, int(opts.get("reps", 6)))
     res["load_avg_end"], res["wall_s"] = os.getloadavg(), time.time() - t0
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "grpo_thread_determinism.json").write_text(json.dumps(res, indent=1))
+    name = "grpo_thread_determinism" + ("" if threads == 2 else f"_{threads}t")
+    (Path(out_dir) / f"{name}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res["grpo_update"].items() if k not in ("before", "after")}, indent=1))
     print({k: (v["reps"], v["distinct"]) for k, v in res["minimal"].items()})
 
