@@ -112,11 +112,7 @@ def gather_completion(x: Any, t: dict[str, Any]) -> Any:
 
 
 def completion_logprobs(
-    model: Any,
-    t: dict[str, Any],
-    temperature: float = 1.0,
-    with_hidden: bool = False,
-    share_prefix: bool = True,
+    model: Any, t: dict[str, Any], temperature: float = 1.0, with_hidden: bool = False, share_prefix: bool = True
 ) -> Any:
     """Per-token ``log pi(comp_ids | ...)`` ``[N, L]`` under ``softmax(logits / temperature)`` (the
     distribution the sampler drew from); with ``with_hidden`` also the last hidden states ``[N, L, d]``.
@@ -172,9 +168,7 @@ def _shared_prefix_hidden(decoder: Any, t: dict[str, Any]) -> Any:
     pos = (pmask.cumsum(-1) - 1).clamp(min=0)
     out = decoder(input_ids=t["prompt_ids"], attention_mask=pmask, position_ids=pos, use_cache=True)
     cache = _cache(out)
-    if type(cache).__name__ != "DynamicCache" or any(
-        type(x).__name__ != "DynamicLayer" for x in cache.layers
-    ):
+    if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in cache.layers):
         return None
     # rows are gathered with index_select, never tensor indexing (``x[row]``, as the cache's
     # batch_select_indices does): on CPU the backward of ``x[row]`` (index_put_ with accumulate) adds the rows
@@ -190,10 +184,7 @@ def _shared_prefix_hidden(decoder: Any, t: dict[str, Any]) -> Any:
     mask = torch.cat([pmask[row], torch.ones((N, L - 1), dtype=pmask.dtype, device=pmask.device)], 1)
     cpos = t["start"][:, None] + torch.arange(L - 1, device=pmask.device)[None]
     rest = decoder(
-        input_ids=t["comp_ids"][:, :-1],
-        attention_mask=mask,
-        position_ids=cpos,
-        use_cache=True,
+        input_ids=t["comp_ids"][:, :-1], attention_mask=mask, position_ids=cpos, use_cache=True,
         **{_cache_kwarg(decoder): cache},
     ).last_hidden_state
     return torch.cat([first, rest], 1)

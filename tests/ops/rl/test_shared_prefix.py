@@ -21,9 +21,8 @@ def batch():
     train, _ = H.task_splits()
     prompts = chat_prompts(tok, [t.question for t in train[:3]])  # different lengths: left padding matters
     rows = [prompts[0]] * 3 + [prompts[1]] * 2 + [prompts[2]] + [prompts[0]]
-    samples = sample(
-        policy, rows, max_new_tokens=10, stop_ids=stop_token_ids(tok), pad_id=tok.pad_token_id, seed=4
-    )
+    samples = sample(policy, rows, max_new_tokens=10, stop_ids=stop_token_ids(tok), pad_id=tok.pad_token_id,
+                     seed=4)
     samples[2].ids = samples[2].ids[:1]  # completions of different lengths, one of a single token
     samples[2].finished = False
     return policy, tok, samples
@@ -62,9 +61,8 @@ def test_full_forward_is_used_without_repeated_prompts_or_with_activation_checkp
 
     policy, tok, samples = batch
     seen: list[int] = []
-    hook = policy.model.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
-    )
+    hook = policy.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]),
+                                                  with_kwargs=True)
     try:
         with torch.no_grad():
             completion_logprobs(policy, completion_tensors(samples, tok.pad_token_id, "cpu"))
@@ -103,12 +101,8 @@ def test_shared_prefix_gradients_do_not_depend_on_thread_timing(batch):
         for i in range(64)
     ]
     t = completion_tensors(samples, tok.pad_token_id, "cpu")
-    n_cache = (
-        64
-        * policy.config.num_key_value_heads
-        * t["prompt_ids"].shape[1]
-        * (policy.config.hidden_size // policy.config.num_attention_heads)
-    )
+    head_dim = policy.config.hidden_size // policy.config.num_attention_heads
+    n_cache = 64 * policy.config.num_key_value_heads * t["prompt_ids"].shape[1] * head_dim
     assert n_cache >= 32768  # the size from which torch's CPU index backward runs in parallel
     policy.train()
     before = torch.get_num_threads()
