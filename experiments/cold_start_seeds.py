@@ -62,6 +62,9 @@ SETTINGS: dict[str, dict] = {
     "bs32": {"batch_size": 32, "steps": 1600},
     # the wsd cold start with its batches run as 3 length-sorted groups without the padding mask
     "wsd_grouped": {"optim": {"schedule": "wsd"}, "length_groups": 3},
+    # the same grouped wsd cold start in fewer steps (the schedule's shape scales with the steps)
+    "wsd_grouped_s600": {"optim": {"schedule": "wsd"}, "length_groups": 3, "steps": 600},
+    "wsd_grouped_s500": {"optim": {"schedule": "wsd"}, "length_groups": 3, "steps": 500},
 }
 
 
