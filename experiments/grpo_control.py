@@ -47,9 +47,14 @@ def _merged(out: Path, cond: str) -> dict | None:
             raise SystemExit(f"{f} did not run the same start and settings as {files[0]}: cannot merge")
         res["runs"] += part["runs"]
     res["runs"] = sorted({r["seed"]: r for r in res["runs"]}.values(), key=lambda r: r["seed"])
-    res.update(paired_gains(res["runs"], res["start"]))
-    res.update(item_level_gains(res["runs"], res["start"]))
+    res.update(paired_gains(res["runs"], res["start"], _keys(res["start"])))
+    res.update(item_level_gains(res["runs"], res["start"], _keys(res["start"])))
     return res
+
+
+def _keys(start: dict) -> tuple[str, ...]:
+    """The scores compared: greedy and sampled, and ``sampled_avg`` where several sampling seeds were drawn."""
+    return ("greedy", "sampled") + (("sampled_avg",) if "sampled_avg" in start else ())
 
 
 def combine(out_dir: Path | str) -> dict:
@@ -102,7 +107,7 @@ def combine(out_dir: Path | str) -> dict:
                 raise SystemExit(
                     f"{c} and real did not start from the same scores: not the same SFT or problems"
                 )
-            res["vs"][c] = control_gap(real["runs"], r["runs"], real["start"])
+            res["vs"][c] = control_gap(real["runs"], r["runs"], real["start"], _keys(real["start"]))
     (out / "grpo_control.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -149,6 +154,7 @@ if __name__ == "__main__":
         ("n_eval", int),
         ("samples", int),
         ("temperature", float),
+        ("sampling_seeds", int),
     ):
         ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])
     ap.add_argument("--eval-tasks", dest="eval_tasks_dir", default=None)

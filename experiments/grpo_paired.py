@@ -57,6 +57,7 @@ def run(
     max_refill: int = 2,
     eval_at: str = "",
     tag: str = "",
+    sampling_seeds: int = 1,
 ) -> dict:
     import copy
 
@@ -92,7 +93,9 @@ def run(
         raise ValueError(f"--eval-at: each step must lie strictly between 0 and --steps {steps}: {at_steps}")
 
     def score(m) -> dict:
-        return heldout_scores(m, tok, ev, ev, samples, seed=1)
+        return _with_sampled_avg(
+            heldout_scores(m, tok, ev, ev, samples, seed=1), m, tok, ev, samples, sampling_seeds
+        )
 
     start = score(start_model)
     res: dict = {
@@ -114,7 +117,10 @@ def run(
             "rewards": list(rewards),
             "n_eval": len(ev),
             "samples": samples,
-            "rl_prompts": f"{fresh} fresh problems" if fresh else f"the {sft_seen} training problems of the tasks",
+            "sampling_seeds": sampling_seeds,
+            "rl_prompts": f"{fresh} fresh problems"
+            if fresh
+            else f"the {sft_seen} training problems of the tasks",
         },
         "threads": torch.get_num_threads(),
         "start": start,
@@ -165,8 +171,12 @@ def run(
             "after": score(pol.eval()),
             "wall_s": round(time.time() - t0, 1),
             # a control run (random or format-only rewards) has no accuracy component
-            "train_acc_first_q": sum(x["reward_accuracy"] for x in h[:q]) / q if "reward_accuracy" in h[0] else None,
-            "train_acc_last_q": sum(x["reward_accuracy"] for x in h[-q:]) / q if "reward_accuracy" in h[0] else None,
+            "train_acc_first_q": sum(x["reward_accuracy"] for x in h[:q]) / q
+            if "reward_accuracy" in h[0]
+            else None,
+            "train_acc_last_q": sum(x["reward_accuracy"] for x in h[-q:]) / q
+            if "reward_accuracy" in h[0]
+            else None,
             "reward_first_q": sum(x["reward"] for x in h[:q]) / q,
             "reward_last_q": sum(x["reward"] for x in h[-q:]) / q,
             "kl_max": max(x.get("kl", 0.0) for x in h),
@@ -178,10 +188,13 @@ def run(
             **({"at": at} if at else {}),
         }
         res["runs"].append(row)
-        res.update(paired_gains(res["runs"], start))
-        res.update(item_level_gains(res["runs"], start))
+        keys = ("greedy", "sampled") + (("sampled_avg",) if sampling_seeds > 1 else ())
+        res.update(paired_gains(res["runs"], start, keys))
+        res.update(item_level_gains(res["runs"], start, keys))
         res.update(gains_at(res))
-        (out / (f"grpo_paired_{tag}.json" if tag else "grpo_paired.json")).write_text(json.dumps(res, indent=1))
+        (out / (f"grpo_paired_{tag}.json" if tag else "grpo_paired.json")).write_text(
+            json.dumps(res, indent=1)
+        )
         print(
             json.dumps(
                 {k: v for k, v in row.items() if k not in ("after", "at")}
@@ -191,6 +204,32 @@ def run(
             flush=True,
         )
     return res
+
+
+def _with_sampled_avg(scores: dict, model, tok, ev, samples: int, sampling_seeds: int) -> dict:
+    """``sampled_avg``: sampled accuracy averaged over the draws of sampling seeds 1..N. One draw of the start
+    is a single realisation; any update re-draws part of its samples, so a gain measured against one draw
+    regresses toward the start's expectation (a null update shows it too). Averaging both sides removes that."""
+    if sampling_seeds <= 1:
+        return scores
+    from ops.posttrain.common import task_accuracy
+
+    draws = [scores["sampled_items"]]
+    for seed in range(2, sampling_seeds + 1):
+        s = task_accuracy(
+            model,
+            tok,
+            ev,
+            samples=samples,
+            temperature=1.0,
+            max_new_tokens=64,
+            seed=seed,
+            batch_size=1024,
+            per_item=True,
+        )
+        draws.append(s["per_item"])
+    items = [sum(col) / len(col) for col in zip(*draws)]
+    return scores | {"sampled_avg_items": items, "sampled_avg": sum(items) / len(items)}
 
 
 def gains_at(res: dict) -> dict:
@@ -253,6 +292,7 @@ if __name__ == "__main__":
         ("max_refill", int),
         ("eval_at", str),
         ("tag", str),
+        ("sampling_seeds", int),
     ):
         ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])
     ap.add_argument("--dynamic-sampling", action="store_true")
