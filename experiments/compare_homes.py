@@ -6,18 +6,11 @@ are not, which columns differ (timings and timestamps are expected to; weights a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from resources.manifest import file_sha256
 
 
 def _parquet_columns(a: Path, b: Path) -> list[str]:
@@ -40,7 +33,7 @@ def compare(home_a: str, home_b: str) -> dict:
         pa = a / rel
         if not pa.exists():
             missing.append(rel)
-        elif _digest(pa) == _digest(pb):
+        elif file_sha256(pa) == file_sha256(pb):
             same.append(rel)
         else:
             differ[rel] = _parquet_columns(pa, pb) if rel.endswith(".parquet") else None
