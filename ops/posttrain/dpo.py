@@ -49,6 +49,28 @@ class DPOParams:
 LOSSES = ("dpo", "ipo", "rpo")
 
 
+def check_params(p: DPOParams) -> None:
+    """Refuse settings no run can learn from, before any compute: an unknown loss, or ``beta <= 0`` (DPO's
+    implicit reward vanishes at 0 and flips sign below it; IPO's target ``1/(2 beta)`` is undefined)."""
+    if p.loss not in LOSSES:
+        raise ValueError(f"unknown preference loss {p.loss!r}; use one of {', '.join(LOSSES)}")
+    if not p.beta > 0:
+        raise ValueError(f"preference loss {p.loss!r}: beta must be > 0, got {p.beta}")
+
+
+def check_pairs(pairs: list[Pair]) -> None:
+    """Refuse pairs whose chosen and rejected responses are the same text: they carry no preference (the
+    stage drops up to its ``max_identical`` share of them before training; a direct call gets none)."""
+    from ops.posttrain.pairs import identical_pairs
+
+    same = identical_pairs(pairs)
+    if same:
+        raise ValueError(
+            f"{len(same)} of {len(pairs)} preference pairs have identical chosen and rejected responses "
+            f"(first: id {same[0].id!r}); such a pair carries no preference"
+        )
+
+
 def preference_loss(p: DPOParams, pc: Any, pr: Any, rc: Any, rr: Any, chosen_len: Any) -> tuple[Any, dict]:
     """The objective ``p.loss`` on summed sequence log-probs of the policy (``pc``/``pr``) and reference
     (``rc``/``rr``); ``chosen_len`` is each chosen conversation's token length (``rpo``'s normaliser)."""
@@ -109,8 +131,8 @@ def train_dpo(
     from ops.train.core import params_fingerprint, train
     from ops.train.optim import train_config
 
-    if p.loss not in LOSSES:
-        raise ValueError(f"unknown preference loss {p.loss!r}; use one of {', '.join(LOSSES)}")
+    check_params(p)
+    check_pairs(pairs)
     ch, rj = _encode_pairs(tok, pairs, p.max_len)
     if not ch:
         raise ValueError(f"no preference pair fits max_len={p.max_len}")

@@ -117,8 +117,9 @@ def train_iterative_dpo(
     Returns per-iteration records (sampling statistics, held-out margin and accuracy before/after that
     iteration's training against that iteration's reference) and the concatenated training curve.
     """
-    from ops.posttrain.dpo import pair_margins, train_dpo
+    from ops.posttrain.dpo import check_params, pair_margins, train_dpo
 
+    check_params(p)
     if o.reference_update not in REFERENCE_UPDATES:
         raise ValueError(f"reference_update must be one of {REFERENCE_UPDATES}, got {o.reference_update!r}")
     if not tasks:

@@ -73,3 +73,48 @@ def test_training_opens_the_margin_on_the_training_pairs():
     assert info["losses"][-1] < info["losses"][0]
     with pytest.raises(ValueError, match="no preference pair fits max_len=4"):
         train_dpo(policy, ref, tok, PAIRS, DPOParams(steps=1, max_len=4), work_dir=None, log=lambda s: None)
+
+
+class _Untouchable:
+    """A model stand-in that fails on any use: the refusals below must come before any compute."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"model touched ({name}) before the input was refused")
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "rpo"])
+@pytest.mark.parametrize("beta", [0.0, -0.1])
+def test_beta_at_or_below_zero_is_refused_before_compute(loss, beta):
+    from ops.posttrain.onpolicy import OnPolicyParams, train_iterative_dpo
+    from ops.tasks import Task
+
+    tok = tokenizer()
+    p = DPOParams(steps=1, beta=beta, loss=loss)
+    with pytest.raises(ValueError, match=rf"preference loss '{loss}': beta must be > 0, got {beta}"):
+        train_dpo(_Untouchable(), _Untouchable(), tok, PAIRS, p, work_dir=None, log=lambda s: None)
+    task = Task("t0", "What is 2 + 2?", "4", "2+2=4", 1, "test")
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        train_iterative_dpo(
+            _Untouchable(),
+            _Untouchable(),
+            tok,
+            [task],
+            p,
+            OnPolicyParams(),
+            work_dir=None,
+            log=lambda s: None,
+        )
+
+
+def test_pairs_with_identical_chosen_and_rejected_are_refused_before_compute():
+    same = Pair("same", "What is 2 + 2?", "<answer>4</answer>", "<answer>4</answer> ")  # equal once stripped
+    with pytest.raises(ValueError, match=r"1 of 4 preference pairs have identical .* \(first: id 'same'\)"):
+        train_dpo(
+            _Untouchable(),
+            _Untouchable(),
+            tokenizer(),
+            [*PAIRS, same],
+            DPOParams(steps=1),
+            work_dir=None,
+            log=lambda s: None,
+        )
