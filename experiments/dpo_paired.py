@@ -47,28 +47,11 @@ def heldout(model, tok, tasks, eval_samples: int, sampling_seeds: int = 1) -> di
     shifted probability changes every later token of that row), so ``after`` is partly a fresh draw while the
     start is one fixed draw; if that draw sits below the start's expectation, every run shows a gain that
     neither the seed SE nor the item interval sees. Averaging both sides over N draws shrinks that bias."""
+    from experiments.grpo_paired import _with_sampled_avg
     from experiments.grpo_regime import heldout_scores
-    from ops.posttrain.common import task_accuracy
 
-    out = heldout_scores(model, tok, tasks, tasks, eval_samples, seed=1)
-    if sampling_seeds > 1:
-        draws = [out["sampled_items"]]
-        for seed in range(2, sampling_seeds + 1):
-            s = task_accuracy(
-                model,
-                tok,
-                tasks,
-                samples=eval_samples,
-                temperature=1.0,
-                max_new_tokens=64,
-                seed=seed,
-                batch_size=1024,
-                per_item=True,
-            )
-            draws.append(s["per_item"])
-        out["sampled_avg_items"] = [sum(col) / len(col) for col in zip(*draws)]
-        out["sampled_avg"] = sum(out["sampled_avg_items"]) / len(tasks)
-    return out
+    scores = heldout_scores(model, tok, tasks, tasks, eval_samples, seed=1)
+    return _with_sampled_avg(scores, model, tok, tasks, eval_samples, sampling_seeds)
 
 
 def kl_to_start(policy, start, tok, tasks, seed: int = 2) -> float:
