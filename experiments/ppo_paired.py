@@ -4,7 +4,7 @@ experiment over seeds.
 ``python -m experiments.ppo_paired OUT SFT_DIR RM_DIR PROMPTS_DIR EVAL_TASKS_DIR [--steps N]
 [--prompts-per-step N] [--lr X] [--kl-coef X] [--rewards NAME ...] [--rm-weight X] [--rm-clip X]
 [--reward-whiten] [--value-warmup-steps N] [--kl-target X] [--kl-horizon N] [--lam X] [--epochs N]
-[--minibatch-size N] [--vf-coef X] [--seeds N]
+[--minibatch-size N] [--vf-coef X] [--samples-per-prompt N] [--seeds N]
 [--first-seed N] [--n-eval N] [--samples N] [--tag NAME]``: the same stored checkpoint (e.g. the default
 pipeline's ``sft2``) is the start and the frozen KL reference of every run, and RM_DIR's reward model (e.g. the
 default ``rm``) scores the rollouts. Each seed runs the ``ppo`` stage's code (``ops.rl.ppo.train_ppo``) with the
@@ -20,6 +20,7 @@ seeds), plus the item-level paired difference. Results go to ``OUT/<tag>.json`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -40,6 +41,7 @@ def run(
     eval_tasks_dir: Path | str,
     steps: int = 10,
     prompts_per_step: int = 64,
+    samples_per_prompt: int = 1,
     lr: float = 1e-5,
     kl_coef: float = 0.1,
     rewards: tuple = ("accuracy",),
@@ -86,10 +88,19 @@ def run(
     def score(m) -> dict:
         return heldout_scores(m, tok, ev, ev, samples, seed=1)
 
-    start = score(start_model)
+    # the start's scores are a pure function of the checkpoint, the problems and the sampling seed: screens run as
+    # separate processes into one OUT share them
+    key = json.dumps([str(Path(sft_dir).resolve()), str(Path(eval_tasks_dir).resolve()), len(ev), samples])
+    cache = out / f"start_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    if cache.is_file() and json.loads(cache.read_text())["key"] == key:
+        start = json.loads(cache.read_text())["start"]
+    else:
+        start = score(start_model)
+        cache.write_text(json.dumps({"key": key, "start": start}))
     config = {
         "steps": steps,
         "prompts_per_step": prompts_per_step,
+        "samples_per_prompt": samples_per_prompt,
         "lr": lr,
         "kl_coef": kl_coef,
         "rewards": list(rewards),
@@ -122,6 +133,7 @@ def run(
         p = PPOParams(
             steps=steps,
             prompts_per_step=prompts_per_step,
+            samples_per_prompt=samples_per_prompt,
             lr=lr,
             kl_coef=kl_coef,
             rm_weight=rm_weight,
@@ -140,17 +152,20 @@ def run(
         t0 = time.time()
         torch.manual_seed(seed)
         st, _ = train_ppo(pol, ref, tok, prompts, specs, p, reward_model=rm, log=lambda s: None)
+        train_s = time.time() - t0
         h = training_steps(st.history)
         row = {
             "seed": seed,
             "after": score(pol.eval()),
+            "train_s": round(train_s, 1),
             "wall_s": round(time.time() - t0, 1),
             "rm_score_quarters": list(quarter_means(h, "reward_model")),
             "rule_accuracy_quarters": list(quarter_means(h, "rule_accuracy")),
             "kl_max": max(x["kl"] for x in h),
             "kl_coef_last": h[-1]["kl_coef"],
             "curve": [
-                {k: x[k] for k in ("step", "reward_model", "rule_accuracy", "kl", "kl_coef", "value_loss")} for x in h
+                {k: x[k] for k in ("step", "reward_model", "rule_accuracy", "kl", "kl_coef", "value_loss")}
+                for x in h
             ],
         }
         res["runs"].append(row)
@@ -181,6 +196,7 @@ if __name__ == "__main__":
     for name, cast in (
         ("steps", int),
         ("prompts_per_step", int),
+        ("samples_per_prompt", int),
         ("lr", float),
         ("kl_coef", float),
         ("rm_weight", float),
