@@ -5,12 +5,15 @@ experiment over seeds.
 [--prompts-per-step N] [--lr X] [--kl-coef X] [--rewards NAME ...] [--rm-weight X] [--rm-clip X]
 [--reward-whiten] [--value-warmup-steps N] [--kl-target X] [--kl-horizon N] [--lam X] [--epochs N]
 [--minibatch-size N] [--vf-coef X] [--samples-per-prompt N] [--seeds N]
-[--first-seed N] [--n-eval N] [--samples N] [--tag NAME]``: the same stored checkpoint (e.g. the default
+[--first-seed N] [--n-eval N] [--samples N] [--sampling-seeds N] [--tag NAME]``: the same stored checkpoint (e.g. the default
 pipeline's ``sft2``) is the start and the frozen KL reference of every run, and RM_DIR's reward model (e.g. the
-default ``rm``) scores the rollouts. Each seed runs the ``ppo`` stage's code (``ops.rl.ppo.train_ppo``) with the
-default ``rl2`` settings unless overridden, on PROMPTS_DIR's training problems, and is scored on the first
+default ``rm``; ``none`` for the rule rewards alone) scores the rollouts. Each seed runs the ``ppo`` stage's code
+(``ops.rl.ppo.train_ppo``) with the default ``rl2`` settings unless
+overridden, on PROMPTS_DIR's training problems, and is scored on the first
 ``n_eval`` held-out problems of EVAL_TASKS_DIR (a task set the prompts exclude): greedy accuracy and sampled
-accuracy (T=1, ``samples`` per problem, R1's pass@1), scored by the rules, never by the reward model.
+accuracy (T=1, ``samples`` per problem, R1's pass@1; with ``sampling_seeds`` N > 1 also ``sampled_avg``, averaged
+over sampling seeds 1..N on both sides, since one draw of the start regresses toward its mean under any update),
+scored by the rules, never by the reward model.
 Reported: the start's scores, per-seed scores, the reward model's score and the rollouts' rule accuracy in the
 first and last quarter of training (reward hacking shows as the first rising while the second falls), and the
 paired gains (after - start) with their standard error over seeds (``significant``: mean > 2 SE with at least 3
@@ -60,11 +63,13 @@ def run(
     n_eval: int = 300,
     samples: int = 8,
     tag: str = "ppo_paired",
+    sampling_seeds: int = 1,
 ) -> dict:
     import copy
 
     import torch
 
+    from experiments.grpo_paired import _with_sampled_avg
     from experiments.grpo_regime import heldout_scores
     from ops.eval.metrics import item_level_gains, paired_gains
     from ops.posttrain.common import load_policy
@@ -77,20 +82,25 @@ def run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start_model, tok = load_policy(sft_dir)
-    rm = load_reward_model(rm_dir)
+    # RM_DIR "none": the rule rewards alone (the control that shows what the reward model adds)
+    rm = None if str(rm_dir) == "none" else load_reward_model(rm_dir)
     prompts = read_tasks(Path(prompts_dir) / "train.parquet")
     ev = read_tasks(Path(eval_tasks_dir) / "eval.parquet")[:n_eval]
     overlap = {t.question for t in prompts} & {t.question for t in ev}
     if overlap:
         raise ValueError(f"{len(overlap)} held-out problems are among the training prompts")
-    specs = parse_specs(list(rewards))
+    specs = parse_specs(list(rewards)) if rewards else []
 
     def score(m) -> dict:
-        return heldout_scores(m, tok, ev, ev, samples, seed=1)
+        return _with_sampled_avg(
+            heldout_scores(m, tok, ev, ev, samples, seed=1), m, tok, ev, samples, sampling_seeds
+        )
 
     # the start's scores are a pure function of the checkpoint, the problems and the sampling seed: screens run as
     # separate processes into one OUT share them
-    key = json.dumps([str(Path(sft_dir).resolve()), str(Path(eval_tasks_dir).resolve()), len(ev), samples])
+    key = json.dumps(
+        [str(Path(sft_dir).resolve()), str(Path(eval_tasks_dir).resolve()), len(ev), samples, sampling_seeds]
+    )
     cache = out / f"start_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     if cache.is_file() and json.loads(cache.read_text())["key"] == key:
         start = json.loads(cache.read_text())["start"]
@@ -116,6 +126,7 @@ def run(
         "vf_coef": vf_coef,
         "n_eval": len(ev),
         "samples": samples,
+        "sampling_seeds": sampling_seeds,
     }
     res: dict = {
         "sft": str(sft_dir),
@@ -159,23 +170,27 @@ def run(
             "after": score(pol.eval()),
             "train_s": round(train_s, 1),
             "wall_s": round(time.time() - t0, 1),
-            "rm_score_quarters": list(quarter_means(h, "reward_model")),
+            "rm_score_quarters": list(quarter_means(h, "reward_model")) if rm is not None else None,
             "rule_accuracy_quarters": list(quarter_means(h, "rule_accuracy")),
             "kl_max": max(x["kl"] for x in h),
             "kl_coef_last": h[-1]["kl_coef"],
             "curve": [
-                {k: x[k] for k in ("step", "reward_model", "rule_accuracy", "kl", "kl_coef", "value_loss")}
+                {
+                    k: x.get(k)
+                    for k in ("step", "reward_model", "rule_accuracy", "kl", "kl_coef", "value_loss")
+                }
                 for x in h
             ],
         }
         res["runs"].append(row)
-        res.update(paired_gains(res["runs"], start, keys=KEYS))
-        res.update(item_level_gains(res["runs"], start, keys=KEYS))
+        keys = KEYS + (("sampled_avg",) if sampling_seeds > 1 else ())
+        res.update(paired_gains(res["runs"], start, keys=keys))
+        res.update(item_level_gains(res["runs"], start, keys=keys))
         (out / f"{tag}.json").write_text(json.dumps(res, indent=1))
         print(
             json.dumps(
                 {k: v for k, v in row.items() if k not in ("after", "curve")}
-                | {k: row["after"][k] for k in KEYS}
+                | {k: row["after"][k] for k in keys}
             ),
             flush=True,
         )
@@ -213,6 +228,7 @@ if __name__ == "__main__":
         ("n_eval", int),
         ("samples", int),
         ("tag", str),
+        ("sampling_seeds", int),
     ):
         ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])
     ap.add_argument("--rewards", nargs="*", default=list(defaults["rewards"]))
