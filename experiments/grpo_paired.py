@@ -212,22 +212,11 @@ def _with_sampled_avg(scores: dict, model, tok, ev, samples: int, sampling_seeds
     regresses toward the start's expectation (a null update shows it too). Averaging both sides removes that."""
     if sampling_seeds <= 1:
         return scores
-    from ops.posttrain.common import task_accuracy
+    from experiments.grpo_regime import sampled_scores
 
     draws = [scores["sampled_items"]]
     for seed in range(2, sampling_seeds + 1):
-        s = task_accuracy(
-            model,
-            tok,
-            ev,
-            samples=samples,
-            temperature=1.0,
-            max_new_tokens=64,
-            seed=seed,
-            batch_size=1024,
-            per_item=True,
-        )
-        draws.append(s["per_item"])
+        draws.append(sampled_scores(model, tok, ev, samples, seed)["per_item"])
     items = [sum(col) / len(col) for col in zip(*draws)]
     return scores | {"sampled_avg_items": items, "sampled_avg": sum(items) / len(items)}
 

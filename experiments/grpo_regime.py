@@ -75,6 +75,23 @@ SCALES = {
 }
 
 
+def sampled_scores(model, tok, tasks, k: int, seed: int) -> dict:
+    """Sampled accuracy (T=1, ``k`` samples per problem) with pass@k and per-item scores, one sampling draw."""
+    from ops.posttrain.common import task_accuracy
+
+    return task_accuracy(
+        model,
+        tok,
+        tasks,
+        samples=k,
+        temperature=1.0,
+        max_new_tokens=64,
+        seed=seed,
+        batch_size=1024,
+        per_item=True,
+    )
+
+
 def heldout_scores(model, tok, greedy_tasks, sampled_tasks, k: int, seed: int = 0) -> dict:
     """Greedy accuracy and parse rate on ``greedy_tasks``; sampled accuracy (T=1, ``k`` samples per problem,
     R1's pass@1) and pass@k on ``sampled_tasks``."""
@@ -83,17 +100,7 @@ def heldout_scores(model, tok, greedy_tasks, sampled_tasks, k: int, seed: int = 
     g = task_accuracy(
         model, tok, greedy_tasks, temperature=0.0, max_new_tokens=64, batch_size=1024, per_item=True
     )
-    s = task_accuracy(
-        model,
-        tok,
-        sampled_tasks,
-        samples=k,
-        temperature=1.0,
-        max_new_tokens=64,
-        seed=seed,
-        batch_size=1024,
-        per_item=True,
-    )
+    s = sampled_scores(model, tok, sampled_tasks, k, seed)
     return {
         "greedy": g["accuracy"],
         "parse": g["parse_rate"],
