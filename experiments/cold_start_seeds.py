@@ -134,7 +134,9 @@ def pretrain_base(seed: int, tokens_dir: Path, tokenizer_dir: Path, out: Path, t
     return info
 
 
-def sft_run(setting: str, base_dir: Path, problems_dir: Path, ev: list, eval_every: int, sampled: int = 0) -> dict:
+def sft_run(
+    setting: str, base_dir: Path, problems_dir: Path, ev: list, eval_every: int, sampled: int = 0
+) -> dict:
     """One cold start from ``base_dir`` with ``setting``; per-item greedy correctness at each evaluation (and
     sampled at the last with ``sampled`` > 0), CPU seconds per training step."""
     import torch
@@ -214,8 +216,14 @@ def score_stored(label: str, model_dir: Path, ev: list) -> dict:
         "final_loss": man["metrics"]["final_loss"],
         "wall_s": man["metrics"].get("train_wall_s"),
         "n_eval": len(ev),
-        "evals": {str(steps): {"step": steps, "accuracy": r["accuracy"], "parse_rate": r["parse_rate"],
-                               "items": [int(x) for x in r["per_item"]]}},
+        "evals": {
+            str(steps): {
+                "step": steps,
+                "accuracy": r["accuracy"],
+                "parse_rate": r["parse_rate"],
+                "items": [int(x) for x in r["per_item"]],
+            }
+        },
     }
 
 
@@ -243,7 +251,9 @@ def run(args: argparse.Namespace) -> None:
             if (base_dir / "study_base.json").is_file():
                 base_info = json.loads((base_dir / "study_base.json").read_text())
             else:
-                base_info = pretrain_base(int(seed), Path(args.tokens), Path(args.tokenizer), base_dir, args.threads)
+                base_info = pretrain_base(
+                    int(seed), Path(args.tokens), Path(args.tokenizer), base_dir, args.threads
+                )
             print(json.dumps({"seed": seed, "base": base_info}), flush=True)
         for setting in args.settings.split(","):
             f = out / "runs" / f"s{seed}_{setting}.json"
@@ -253,8 +263,15 @@ def run(args: argparse.Namespace) -> None:
             r.update(seed=seed, base=base_info, n_eval=len(ev), threads=args.threads)
             f.write_text(json.dumps(r))
             print(
-                json.dumps({"seed": seed, "setting": setting, "final_loss": round(r["final_loss"], 4),
-                            "acc": {k: v["accuracy"] for k, v in r["evals"].items()}, "wall_s": r["wall_s"]}),
+                json.dumps(
+                    {
+                        "seed": seed,
+                        "setting": setting,
+                        "final_loss": round(r["final_loss"], 4),
+                        "acc": {k: v["accuracy"] for k, v in r["evals"].items()},
+                        "wall_s": r["wall_s"],
+                    }
+                ),
                 flush=True,
             )
 
@@ -273,7 +290,9 @@ def _paired(ref: dict[str, dict], have: dict[str, dict], shared: list[str], key:
     m, se = mean_se(list(per.values()))
     return {
         "items": paired_difference(a, b),
-        "items_per_seed": {str(s): paired_difference(pick(ref[s])["items"], pick(have[s])["items"]) for s in shared},
+        "items_per_seed": {
+            str(s): paired_difference(pick(ref[s])["items"], pick(have[s])["items"]) for s in shared
+        },
         "seeds": {"per_seed": per, "mean": m, "se": se},
     }
 
@@ -338,20 +357,35 @@ def main() -> None:
     ap.add_argument("tasks", nargs="?")
     ap.add_argument("--seeds", default="1,2", help="base seeds to pretrain, or labels of --base-dir bases")
     ap.add_argument("--settings", default="default,wsd")
-    ap.add_argument("--base-dir", action="append", default=[], help="LABEL=DIR: a stored base, run as seed LABEL")
-    ap.add_argument("--stored", action="append", default=[], help="LABEL=DIR: score a stored cold_sft as setting 'stored'")
+    ap.add_argument(
+        "--base-dir", action="append", default=[], help="LABEL=DIR: a stored base, run as seed LABEL"
+    )
+    ap.add_argument(
+        "--stored", action="append", default=[], help="LABEL=DIR: score a stored cold_sft as setting 'stored'"
+    )
     ap.add_argument("--n-eval", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=200, help="on the default's 800-step axis")
-    ap.add_argument("--sampled", type=int, default=0, help="also sample K answers per problem at T=1 at the end")
+    ap.add_argument(
+        "--sampled", type=int, default=0, help="also sample K answers per problem at T=1 at the end"
+    )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--summary", action="store_true", help="only gather OUT/runs into OUT/cold_start_seeds.json")
-    ap.add_argument("--ref", default="default", help="with --summary: the setting the others are paired against")
+    ap.add_argument(
+        "--summary", action="store_true", help="only gather OUT/runs into OUT/cold_start_seeds.json"
+    )
+    ap.add_argument(
+        "--ref", default="default", help="with --summary: the setting the others are paired against"
+    )
     a = ap.parse_args()
     if a.summary:
         r = summary(Path(a.out), a.ref)
         for name, s in r["settings"].items():
             for st, row in s["steps"].items():
-                print(name, st, row["per_seed"], f"mean {row['spread']['mean']:.3f} sd {row['spread']['sd']:.3f}")
+                print(
+                    name,
+                    st,
+                    row["per_seed"],
+                    f"mean {row['spread']['mean']:.3f} sd {row['spread']['sd']:.3f}",
+                )
                 for key in ("vs_ref", "vs_ref_sampled"):
                     d = row.get(key, {})
                     for label, x in [("items", d.get("items"))] + list(d.get("items_per_seed", {}).items()):

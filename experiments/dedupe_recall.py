@@ -58,8 +58,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--groups", type=int, default=380, help="originals, each with one near copy, per corpus")
     ap.add_argument("--distinct", type=int, default=760, help="documents without a copy, per corpus")
-    ap.add_argument("--settings", nargs="+", default=["14x8", "20x5", "25x5", "30x5", "40x5", "25x4", "50x6"],
-                    help="bands x rows (num_buckets x hashes_per_bucket)")
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=["14x8", "20x5", "25x5", "30x5", "40x5", "25x4", "50x6"],
+        help="bands x rows (num_buckets x hashes_per_bucket)",
+    )
     a = ap.parse_args()
     settings = [_setting(s) for s in a.settings]
     results: dict[tuple[int, int], list[dict]] = {s: [] for s in settings}
@@ -87,28 +91,37 @@ def main() -> None:
         per_bin = []
         for i in range(len(bins)):
             n = sum(m["recall_by_jaccard"][i]["copies"] for m in ms)
-            k = sum(round((m["recall_by_jaccard"][i]["recall"] or 0) * m["recall_by_jaccard"][i]["copies"]) for m in ms)
+            k = sum(
+                round((m["recall_by_jaccard"][i]["recall"] or 0) * m["recall_by_jaccard"][i]["copies"])
+                for m in ms
+            )
             per_bin.append(f"{k / n:.3f}" if n else "-")
-        rows.append({
-            "setting": f"{b} x {r}",
-            "hashes": b * r,
-            "threshold": ms[0]["lsh_threshold"],
-            "recall": f"{caught / copies:.3f} ({caught}/{copies})",
-            "bins": per_bin,
-            "false": f"{removed / distinct:.4f} ({removed}/{distinct})",
-            "lost": sum(m["groups_lost"] for m in ms),
-            "wall": statistics.median(m["wall_s"] for m in ms),
-            "cpu": statistics.median(m["cpu_s"] for m in ms),
-        })
+        rows.append(
+            {
+                "setting": f"{b} x {r}",
+                "hashes": b * r,
+                "threshold": ms[0]["lsh_threshold"],
+                "recall": f"{caught / copies:.3f} ({caught}/{copies})",
+                "bins": per_bin,
+                "false": f"{removed / distinct:.4f} ({removed}/{distinct})",
+                "lost": sum(m["groups_lost"] for m in ms),
+                "wall": statistics.median(m["wall_s"] for m in ms),
+                "cpu": statistics.median(m["cpu_s"] for m in ms),
+            }
+        )
     base = rows[0]["cpu"]
-    head = ("| bands x rows | hashes | LSH threshold | recall, J in [0.6, 0.9] | "
-            + " | ".join(f"recall J {x}" for x in bins)
-            + " | distinct removed | groups lost | dedupe wall s | dedupe CPU s | CPU vs first |")
+    head = (
+        "| bands x rows | hashes | LSH threshold | recall, J in [0.6, 0.9] | "
+        + " | ".join(f"recall J {x}" for x in bins)
+        + " | distinct removed | groups lost | dedupe wall s | dedupe CPU s | CPU vs first |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
-        lines.append(f"| {row['setting']} | {row['hashes']} | {row['threshold']} | {row['recall']} | "
-                     + " | ".join(row["bins"])
-                     + f" | {row['false']} | {row['lost']} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['cpu'] / base:.2f}x |")
+        lines.append(
+            f"| {row['setting']} | {row['hashes']} | {row['threshold']} | {row['recall']} | "
+            + " | ".join(row["bins"])
+            + f" | {row['false']} | {row['lost']} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['cpu'] / base:.2f}x |"
+        )
     table = "\n".join(lines)
     jq = sorted(jaccards)
     corpus_line = (

@@ -44,7 +44,11 @@ def _runs(instance, pipeline: str, since: float | None) -> list:
     by_inv: dict[object, list] = {}
     for r in recs:
         t = r.dagster_run.tags  # one CLI process runs them all: its pid, host and start time name it
-        key = (t.get(R.PID_TAG), t.get(R.HOST_TAG), t.get(R.START_TAG)) if t.get(R.PID_TAG) else r.dagster_run.run_id
+        key = (
+            (t.get(R.PID_TAG), t.get(R.HOST_TAG), t.get(R.START_TAG))
+            if t.get(R.PID_TAG)
+            else r.dagster_run.run_id
+        )
         by_inv.setdefault(key, []).append(r)
     groups = sorted(by_inv.values(), key=lambda g: min(x.start_time for x in g))
     if since is not None:
@@ -62,7 +66,9 @@ def _step_times(instance, run_id: str, partition: str | None) -> dict[str, float
 
     start: dict[str, float] = {}
     out: dict[str, float] = {}
-    for e in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}):
+    for e in instance.all_logs(
+        run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}
+    ):
         stage = e.step_key.split("__", 1)[1]
         name = f"{stage}[{partition}]" if partition else stage
         if e.dagster_event.event_type == dg.DagsterEventType.STEP_START:
@@ -75,6 +81,7 @@ def _step_times(instance, run_id: str, partition: str | None) -> dict[str, float
 def critical_path(spec, steps: dict[str, float]) -> tuple[float, list[str]]:
     """The longest chain of dependent steps (a partition depends on its model stage and the stage's other
     inputs; a stage downstream of a partitioned one on every partition)."""
+
     def deps(name: str) -> list[str]:
         stage, _, part = name.partition("[")
         st = spec.stages[stage]
@@ -115,7 +122,9 @@ def timeline(home: Path, spec_path: Path, since: float | None = None) -> dict:
         recs = _runs(instance, spec.name, since)
         steps: dict[str, float] = {}
         for r in recs:
-            steps.update(_step_times(instance, r.dagster_run.run_id, r.dagster_run.tags.get("dagster/partition")))
+            steps.update(
+                _step_times(instance, r.dagster_run.run_id, r.dagster_run.tags.get("dagster/partition"))
+            )
         wall = max(r.end_time for r in recs) - min(r.start_time for r in recs)
         instance.dispose()
     total = sum(steps.values())

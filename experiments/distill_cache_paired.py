@@ -35,9 +35,10 @@ def main(argv: list[str]) -> dict:
     threads = int(argv[5]) if len(argv) > 5 else 1
     torch.set_num_threads(threads)
     teacher, tok = load_policy(teacher_dir)
-    ex = (examples_from_artifact("sft_data", rs_dir, "train") + examples_from_artifact("tasks", tasks_dir, "train"))[
-        :1274
-    ]
+    ex = (
+        examples_from_artifact("sft_data", rs_dir, "train")
+        + examples_from_artifact("tasks", tasks_dir, "train")
+    )[:1274]
     sp = SFTParams(steps=steps, lr=2e-3, batch_size=64)
     student0, _ = prune(teacher, importance_on(teacher, tok, ex, sp, 8), d_model=96, ffn=128)
     keep = D.CACHE_MAX_BYTES

@@ -141,9 +141,12 @@ def run(
     tag: str = "dpo_paired",
 ) -> dict:
     import copy
+    from contextlib import nullcontext
+    from unittest import mock
 
     import torch
 
+    from experiments.grpo_paired import score_keys
     from ops.eval.metrics import item_level_gains, paired_gains
     from ops.posttrain import onpolicy
     from ops.posttrain.common import load_policy
@@ -161,7 +164,7 @@ def run(
     if overlap:
         raise ValueError(f"{len(overlap)} held-out problems are among the training prompts")
     start = start_scores(out, sft_dir, eval_tasks_dir, ev, start_model, tok, eval_samples, sampling_seeds)
-    keys = KEYS + (("sampled_avg",) if sampling_seeds > 1 else ())
+    keys = score_keys(sampling_seeds)
     o = OnPolicyParams(
         iterations=iterations,
         samples=samples,
@@ -200,48 +203,58 @@ def run(
         "start": start,
         "runs": [],
     }
-    if swap_control:
-        onpolicy.pairs_from_rollouts = swapped_pairs
-    for seed in range(first_seed, first_seed + seeds):
-        pol = copy.deepcopy(start_model).train().requires_grad_(True)
-        ref = copy.deepcopy(start_model).eval()
-        p = DPOParams(
-            steps=steps,
-            lr=lr,
-            beta=beta,
-            loss=loss,
-            alpha=alpha,
-            batch_size=batch_size,
-            seed=seed,
-            warmup_steps=warmup_steps,
-        )
-        t0 = time.time()
-        torch.manual_seed(seed)
-        if pairs_from:
-            pairs = collect_pairs([], [Path(d) for d in pairs_from], max_pairs_per_prompt, seed)
-            info = train_dpo(pol, ref, tok, pairs, p, work_dir=None, log=lambda s: None)
-            its = [{"train_pairs": info["pairs"], "final_loss": info["losses"][-1]}]
-        else:
-            its = train_iterative_dpo(pol, ref, tok, prompts, p, o, work_dir=None, log=print)["iterations"]
-        wall = round(time.time() - t0, 1)
-        pol.eval()
-        row = {
-            "seed": seed,
-            "after": heldout(pol, tok, ev, eval_samples, sampling_seeds),
-            "kl_to_start": kl_to_start(pol, start_model, tok, ev),
-            "wall_s": wall,
-        }
-        row["iterations"] = its
-        res["runs"].append(row)
-        res.update(paired_gains(res["runs"], start, keys=keys))
-        res.update(item_level_gains(res["runs"], start, keys=keys))
-        (out / f"{tag}.json").write_text(json.dumps(res, indent=1))
-        print(
-            json.dumps(
-                {"seed": seed, **{k: row["after"][k] for k in keys}, "kl": row["kl_to_start"], "wall_s": wall}
-            ),
-            flush=True,
-        )
+    # the control swaps sides inside the on-policy loop; the module is restored whatever happens
+    patch = (
+        mock.patch.object(onpolicy, "pairs_from_rollouts", swapped_pairs) if swap_control else nullcontext()
+    )
+    with patch:
+        for seed in range(first_seed, first_seed + seeds):
+            pol = copy.deepcopy(start_model).train().requires_grad_(True)
+            ref = copy.deepcopy(start_model).eval()
+            p = DPOParams(
+                steps=steps,
+                lr=lr,
+                beta=beta,
+                loss=loss,
+                alpha=alpha,
+                batch_size=batch_size,
+                seed=seed,
+                warmup_steps=warmup_steps,
+            )
+            t0 = time.time()
+            torch.manual_seed(seed)
+            if pairs_from:
+                pairs = collect_pairs([], [Path(d) for d in pairs_from], max_pairs_per_prompt, seed)
+                info = train_dpo(pol, ref, tok, pairs, p, work_dir=None, log=lambda s: None)
+                its = [{"train_pairs": info["pairs"], "final_loss": info["losses"][-1]}]
+            else:
+                its = train_iterative_dpo(pol, ref, tok, prompts, p, o, work_dir=None, log=print)[
+                    "iterations"
+                ]
+            wall = round(time.time() - t0, 1)
+            pol.eval()
+            row = {
+                "seed": seed,
+                "after": heldout(pol, tok, ev, eval_samples, sampling_seeds),
+                "kl_to_start": kl_to_start(pol, start_model, tok, ev),
+                "wall_s": wall,
+            }
+            row["iterations"] = its
+            res["runs"].append(row)
+            res.update(paired_gains(res["runs"], start, keys=keys))
+            res.update(item_level_gains(res["runs"], start, keys=keys))
+            (out / f"{tag}.json").write_text(json.dumps(res, indent=1))
+            print(
+                json.dumps(
+                    {
+                        "seed": seed,
+                        **{k: row["after"][k] for k in keys},
+                        "kl": row["kl_to_start"],
+                        "wall_s": wall,
+                    }
+                ),
+                flush=True,
+            )
     return res
 
 

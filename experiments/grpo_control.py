@@ -53,8 +53,10 @@ def _merged(out: Path, cond: str) -> dict | None:
 
 
 def _keys(start: dict) -> tuple[str, ...]:
-    """The scores compared: greedy and sampled, and ``sampled_avg`` where several sampling seeds were drawn."""
-    return ("greedy", "sampled") + (("sampled_avg",) if "sampled_avg" in start else ())
+    """The scores compared: those of :func:`experiments.grpo_paired.score_keys` for how the start was scored."""
+    from experiments.grpo_paired import score_keys
+
+    return score_keys(2 if "sampled_avg" in start else 1)
 
 
 def combine(out_dir: Path | str) -> dict:

@@ -188,7 +188,7 @@ def run(
             **({"at": at} if at else {}),
         }
         res["runs"].append(row)
-        keys = ("greedy", "sampled") + (("sampled_avg",) if sampling_seeds > 1 else ())
+        keys = score_keys(sampling_seeds)
         res.update(paired_gains(res["runs"], start, keys))
         res.update(item_level_gains(res["runs"], start, keys))
         res.update(gains_at(res))
@@ -204,6 +204,11 @@ def run(
             flush=True,
         )
     return res
+
+
+def score_keys(sampling_seeds: int) -> tuple[str, ...]:
+    """The held-out scores a study compares: greedy and sampled, and ``sampled_avg`` over several draws."""
+    return ("greedy", "sampled") + (("sampled_avg",) if sampling_seeds > 1 else ())
 
 
 def _with_sampled_avg(scores: dict, model, tok, ev, samples: int, sampling_seeds: int) -> dict:

@@ -51,8 +51,12 @@ def gsm8k_parquet(tasks_dir: Path, split: str, dest: Path) -> Path:
     import pyarrow.parquet as pq
 
     rows = pq.read_table(tasks_dir / f"{split}.parquet").to_pylist()
-    table = pa.table({"question": [r["question"] for r in rows],
-                      "answer": [f"{r['solution']}\n#### {r['answer']}" for r in rows]})
+    table = pa.table(
+        {
+            "question": [r["question"] for r in rows],
+            "answer": [f"{r['solution']}\n#### {r['answer']}" for r in rows],
+        }
+    )
     pq.write_table(table, dest)
     return dest
 
@@ -65,8 +69,9 @@ stages:
 SFT = "  sft:   {{kind: sft, model: base, data: [gsm8k], steps: {steps}, lr: {lr}, batch_size: 32, eval_problems: 0}}\n"
 
 
-def import_through_stages(out: Path, sft_dir: Path, rl_dir: Path, eval_dir: Path, sft_steps: int,
-                          sft_lr: float, home: Path) -> tuple[Path, Path]:
+def import_through_stages(
+    out: Path, sft_dir: Path, rl_dir: Path, eval_dir: Path, sft_steps: int, sft_lr: float, home: Path
+) -> tuple[Path, Path]:
     """Materialize the generated spec in ``home``; ``(start model artifact, task set artifact)``."""
     import os
 
@@ -80,33 +85,72 @@ def import_through_stages(out: Path, sft_dir: Path, rl_dir: Path, eval_dir: Path
     train = gsm8k_parquet(rl_dir, "train", data / "train-00000-of-00001.parquet")
     test = gsm8k_parquet(eval_dir, "eval", data / "test-00000-of-00001.parquet")
     spec = out / "imported_gsm8k.yaml"
-    spec.write_text(SPEC.format(model=model, train=train, test=test,
-                                sft=SFT.format(steps=sft_steps, lr=sft_lr) if sft_steps else ""))
+    spec.write_text(
+        SPEC.format(
+            model=model,
+            train=train,
+            test=test,
+            sft=SFT.format(steps=sft_steps, lr=sft_lr) if sft_steps else "",
+        )
+    )
     os.environ["LMFORGE_HOME"] = str(home)
     assert main(["--home", str(home), "materialize", str(spec)]) == 0
     s = load_spec(spec)
     store = ArtifactStore(home)
     start = "sft" if sft_steps else "base"
-    return (store.get(s.stages[start].kind.name, s.stages[start].version).path,
-            store.get("task_file", s.stages["gsm8k"].version).path)
+    return (
+        store.get(s.stages[start].kind.name, s.stages[start].version).path,
+        store.get("task_file", s.stages["gsm8k"].version).path,
+    )
 
 
 def scores(model, tok, tasks, k: int, max_new_tokens: int, seed: int = 1) -> dict:
     from ops.posttrain.common import task_accuracy
 
-    g = task_accuracy(model, tok, tasks, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=1024,
-                      per_item=True)
-    s = task_accuracy(model, tok, tasks, samples=k, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed,
-                      batch_size=1024, per_item=True)
-    return {"greedy": g["accuracy"], "format": g["format_rate"], "sampled": s["accuracy"],
-            "sampled_format": s["format_rate"], f"pass@{k}": s["pass_at_k"],
-            "greedy_items": g["per_item"], "sampled_items": s["per_item"]}
+    g = task_accuracy(
+        model, tok, tasks, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=1024, per_item=True
+    )
+    s = task_accuracy(
+        model,
+        tok,
+        tasks,
+        samples=k,
+        temperature=1.0,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=1024,
+        per_item=True,
+    )
+    return {
+        "greedy": g["accuracy"],
+        "format": g["format_rate"],
+        "sampled": s["accuracy"],
+        "sampled_format": s["format_rate"],
+        f"pass@{k}": s["pass_at_k"],
+        "greedy_items": g["per_item"],
+        "sampled_items": s["per_item"],
+    }
 
 
-def run(out_dir: Path | str, sft_dir: Path | str, rl_tasks_dir: Path | str, eval_tasks_dir: Path | str,
-        sft_steps: int = 200, sft_lr: float = 1e-3, steps: int = 40, seeds: int = 3, first_seed: int = 0,
-        prompts_per_step: int = 64, group_size: int = 8, lr: float = 5e-5, beta: float = 0.0,
-        n_eval: int = 300, samples: int = 8, max_new_tokens: int = 64, home: Path | str | None = None) -> dict:
+def run(
+    out_dir: Path | str,
+    sft_dir: Path | str,
+    rl_tasks_dir: Path | str,
+    eval_tasks_dir: Path | str,
+    sft_steps: int = 200,
+    sft_lr: float = 1e-3,
+    steps: int = 40,
+    seeds: int = 3,
+    first_seed: int = 0,
+    prompts_per_step: int = 64,
+    group_size: int = 8,
+    lr: float = 5e-5,
+    beta: float = 0.0,
+    n_eval: int = 300,
+    samples: int = 8,
+    max_new_tokens: int = 64,
+    home: Path | str | None = None,
+) -> dict:
     import copy
 
     import torch
@@ -118,8 +162,15 @@ def run(out_dir: Path | str, sft_dir: Path | str, rl_tasks_dir: Path | str, eval
     from ops.tasks import read_task_set
 
     out = Path(out_dir)
-    start_dir, tasks_art = import_through_stages(out, Path(sft_dir), Path(rl_tasks_dir), Path(eval_tasks_dir),
-                                                 sft_steps, sft_lr, Path(home or out / "home"))
+    start_dir, tasks_art = import_through_stages(
+        out,
+        Path(sft_dir),
+        Path(rl_tasks_dir),
+        Path(eval_tasks_dir),
+        sft_steps,
+        sft_lr,
+        Path(home or out / "home"),
+    )
     start_model, tok = load_policy(start_dir)
     train = read_task_set(tasks_art, "train")
     ev = read_task_set(tasks_art, "eval")[:n_eval]
@@ -127,37 +178,74 @@ def run(out_dir: Path | str, sft_dir: Path | str, rl_tasks_dir: Path | str, eval
     t0 = time.time()
     start = scores(start_model, tok, ev, samples, max_new_tokens)
     res: dict = {
-        "sft": str(sft_dir), "rl_tasks": str(rl_tasks_dir), "eval_tasks": str(eval_tasks_dir),
-        "start_model": str(start_dir), "task_set": str(tasks_art),
-        "config": {"sft_steps": sft_steps, "sft_lr": sft_lr, "steps": steps, "prompts_per_step": prompts_per_step,
-                   "group_size": group_size, "lr": lr, "beta": beta, "rewards": list(REWARDS),
-                   "answer_format": "gsm8k", "n_eval": len(ev), "samples": samples,
-                   "max_new_tokens": max_new_tokens, "rl_prompts": len(train)},
-        "threads": torch.get_num_threads(), "score_s": round(time.time() - t0, 1), "start": start, "runs": [],
+        "sft": str(sft_dir),
+        "rl_tasks": str(rl_tasks_dir),
+        "eval_tasks": str(eval_tasks_dir),
+        "start_model": str(start_dir),
+        "task_set": str(tasks_art),
+        "config": {
+            "sft_steps": sft_steps,
+            "sft_lr": sft_lr,
+            "steps": steps,
+            "prompts_per_step": prompts_per_step,
+            "group_size": group_size,
+            "lr": lr,
+            "beta": beta,
+            "rewards": list(REWARDS),
+            "answer_format": "gsm8k",
+            "n_eval": len(ev),
+            "samples": samples,
+            "max_new_tokens": max_new_tokens,
+            "rl_prompts": len(train),
+        },
+        "threads": torch.get_num_threads(),
+        "score_s": round(time.time() - t0, 1),
+        "start": start,
+        "runs": [],
     }
     print(json.dumps({"start": _scalars(start)}), flush=True)
     for seed in range(first_seed, first_seed + seeds):
         pol = copy.deepcopy(start_model).train().requires_grad_(True)
         t0 = time.time()
         torch.manual_seed(seed)
-        st = train_grpo(pol, start_model, tok, train, specs,
-                        GRPOParams(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size, lr=lr,
-                                   warmup_steps=5, beta=beta, seed=seed, gen_batch_size=1024,
-                                   max_new_tokens=max_new_tokens),
-                        log=lambda s: None, keep_rollouts=False)
+        st = train_grpo(
+            pol,
+            start_model,
+            tok,
+            train,
+            specs,
+            GRPOParams(
+                steps=steps,
+                prompts_per_step=prompts_per_step,
+                group_size=group_size,
+                lr=lr,
+                warmup_steps=5,
+                beta=beta,
+                seed=seed,
+                gen_batch_size=1024,
+                max_new_tokens=max_new_tokens,
+            ),
+            log=lambda s: None,
+            keep_rollouts=False,
+        )
         h = [r for r in st.history if r["step"] > 0]
         q = max(len(h) // 4, 1)
-        row = {"seed": seed, "after": scores(pol.eval(), tok, ev, samples, max_new_tokens),
-               "wall_s": round(time.time() - t0, 1),
-               "train_acc_first_q": sum(x["reward_accuracy"] for x in h[:q]) / q,
-               "train_acc_last_q": sum(x["reward_accuracy"] for x in h[-q:]) / q,
-               "kl_max": max(x.get("kl", 0.0) for x in h)}
+        row = {
+            "seed": seed,
+            "after": scores(pol.eval(), tok, ev, samples, max_new_tokens),
+            "wall_s": round(time.time() - t0, 1),
+            "train_acc_first_q": sum(x["reward_accuracy"] for x in h[:q]) / q,
+            "train_acc_last_q": sum(x["reward_accuracy"] for x in h[-q:]) / q,
+            "kl_max": max(x.get("kl", 0.0) for x in h),
+        }
         res["runs"].append(row)
         res.update(paired_gains(res["runs"], start))
         res.update(item_level_gains(res["runs"], start))
         (out / f"imported_grpo_paired_s{first_seed}.json").write_text(json.dumps(res, indent=1))
-        print(json.dumps({k: v for k, v in row.items() if k != "after"} | {"after": _scalars(row["after"])}),
-              flush=True)
+        print(
+            json.dumps({k: v for k, v in row.items() if k != "after"} | {"after": _scalars(row["after"])}),
+            flush=True,
+        )
     return res
 
 
@@ -192,9 +280,18 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for a in ("out_dir", "sft_dir", "rl_tasks_dir", "eval_tasks_dir"):
         ap.add_argument(a)
-    for name, cast in (("sft_steps", int), ("sft_lr", float), ("steps", int), ("seeds", int), ("first_seed", int),
-                       ("prompts_per_step", int), ("lr", float), ("beta", float), ("n_eval", int),
-                       ("max_new_tokens", int)):
+    for name, cast in (
+        ("sft_steps", int),
+        ("sft_lr", float),
+        ("steps", int),
+        ("seeds", int),
+        ("first_seed", int),
+        ("prompts_per_step", int),
+        ("lr", float),
+        ("beta", float),
+        ("n_eval", int),
+        ("max_new_tokens", int),
+    ):
         ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])
     ap.add_argument("--home", default=None, help="lmforge home of the import stages (default OUT/home)")
     r = run(**vars(ap.parse_args()))

@@ -22,8 +22,11 @@ def _mode(name: str):
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    ops = {torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default,
-           torch.ops.aten._index_put_impl_.default}
+    ops = {
+        torch.ops.aten.index_put_.default,
+        torch.ops.aten.index_put.default,
+        torch.ops.aten._index_put_impl_.default,
+    }
 
     class Audit(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -32,10 +35,18 @@ def _mode(name: str):
                 target, indices, values = args[0], args[1], args[2]
                 acc = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
                 if acc and target.is_floating_point():
-                    dup = any(i is not None and i.dtype != torch.bool and i.numel() != torch.unique(i).numel()
-                              for i in indices)
-                    HITS.append({"test": name, "shape": list(target.shape), "values": values.numel(),
-                                 "repeated_index": bool(dup)})
+                    dup = any(
+                        i is not None and i.dtype != torch.bool and i.numel() != torch.unique(i).numel()
+                        for i in indices
+                    )
+                    HITS.append(
+                        {
+                            "test": name,
+                            "shape": list(target.shape),
+                            "values": values.numel(),
+                            "repeated_index": bool(dup),
+                        }
+                    )
             return func(*args, **kwargs)
 
     return Audit()

@@ -122,7 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": a.threads,
         "same_tokens": all(x.ids == y.ids for x, y in zip(d, b, strict=True)),
         "max_logprob_diff": max(
-            (abs(p - q) for x, y in zip(d, b, strict=True) for p, q in zip(x.logprobs, y.logprobs, strict=True)),
+            (
+                abs(p - q)
+                for x, y in zip(d, b, strict=True)
+                for p, q in zip(x.logprobs, y.logprobs, strict=True)
+            ),
             default=0.0,
         ),
         "completion_tokens": sum(x.n_tokens for x in d),
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("same_tokens", "max_logprob_diff", "median_ratio", "mean_ratio")}))
+    print(
+        json.dumps({k: result[k] for k in ("same_tokens", "max_logprob_diff", "median_ratio", "mean_ratio")})
+    )
     return result
 
 

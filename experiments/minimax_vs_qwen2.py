@@ -61,7 +61,11 @@ def _commit() -> str:
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--", "ops", "assets", "experiments") else ""
+    dirty = (
+        " (with uncommitted changes)"
+        if git("status", "--porcelain", "--", "ops", "assets", "experiments")
+        else ""
+    )
     return git("rev-parse", "--short", "HEAD") + dirty
 
 
@@ -105,7 +109,9 @@ def decode_times(model: Any, context: list[int], new_tokens: int) -> dict[str, A
     pos = torch.arange(len(context))[None]
     with torch.inference_mode():
         t0, c0 = time.perf_counter(), time.thread_time()
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
+        res = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **extra
+        )
         prefill, prefill_cpu = time.perf_counter() - t0, time.thread_time() - c0
         past, logits = _cache(res), res.logits[:, -1]
         nbytes = cache_bytes(past)
@@ -139,7 +145,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="folder for minimax_vs_qwen2.json and the scratch home")
     ap.add_argument("tokens_dir", type=Path, help="a stored tokenize artifact directory")
-    ap.add_argument("tokenizer_dir", type=Path, help="the train_tokenizer artifact directory it was made with")
+    ap.add_argument(
+        "tokenizer_dir", type=Path, help="the train_tokenizer artifact directory it was made with"
+    )
     ap.add_argument("--tokens", type=int, default=400_000, help="training tokens of each model")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--seq-len", type=int, default=256)
@@ -188,7 +196,9 @@ def main() -> None:
                 "device": "cpu",
             }
             t0 = time.perf_counter()
-            art, res = run_kind("pretrain", cfg, home, inputs=src, stage=f"{name}_s{seed}", log=lambda s: None)
+            art, res = run_kind(
+                "pretrain", cfg, home, inputs=src, stage=f"{name}_s{seed}", log=lambda s: None
+            )
             if res is not None:
                 m = res.metrics
                 checks = {c.name: c.passed for c in res.checks}
@@ -199,25 +209,29 @@ def main() -> None:
                 m = art.manifest["metrics"]
                 checks = {c["name"]: c["passed"] for c in art.manifest["checks"]}
                 curve = pq.read_table(art.path / "curve.parquet").to_pylist()
-            train[name].append({
-                "seed": seed,
-                "artifact": str(art.path),
-                "params": m["params"],
-                "active_params": m["active_params"],
-                "tokens": m["tokens"],
-                "steps": m["steps"],
-                "val_loss": m["val_loss"],
-                "val_bpb": m["val_bpb"],
-                "first_train_loss": curve[0]["loss"],
-                "final_train_loss": m["final_train_loss"],
-                "tokens_per_s": m["tokens_per_s"],
-                "train_wall_s": m["train_wall_s"],
-                "stage_wall_s": round(time.perf_counter() - t0, 1),
-                "checks": checks,
-            })
+            train[name].append(
+                {
+                    "seed": seed,
+                    "artifact": str(art.path),
+                    "params": m["params"],
+                    "active_params": m["active_params"],
+                    "tokens": m["tokens"],
+                    "steps": m["steps"],
+                    "val_loss": m["val_loss"],
+                    "val_bpb": m["val_bpb"],
+                    "first_train_loss": curve[0]["loss"],
+                    "final_train_loss": m["final_train_loss"],
+                    "tokens_per_s": m["tokens_per_s"],
+                    "train_wall_s": m["train_wall_s"],
+                    "stage_wall_s": round(time.perf_counter() - t0, 1),
+                    "checks": checks,
+                }
+            )
             arts.setdefault(name, art)
-            print(f"{name} seed {seed}: val {m['val_loss']:.4f}, {m['tokens_per_s']:.0f} tok/s, checks {checks}",
-                  file=sys.stderr)
+            print(
+                f"{name} seed {seed}: val {m['val_loss']:.4f}, {m['tokens_per_s']:.0f} tok/s, checks {checks}",
+                file=sys.stderr,
+            )
 
     val = TokenStream(a.tokens_dir, "val").tokens
     models = {name: load_model(art.path).eval() for name, art in arts.items()}

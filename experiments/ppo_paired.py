@@ -23,7 +23,6 @@ seeds), plus the item-level paired difference. Results go to ``OUT/<tag>.json`` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -69,8 +68,8 @@ def run(
 
     import torch
 
-    from experiments.grpo_paired import _with_sampled_avg
-    from experiments.grpo_regime import heldout_scores
+    from experiments.dpo_paired import heldout, start_scores
+    from experiments.grpo_paired import score_keys
     from ops.eval.metrics import item_level_gains, paired_gains
     from ops.posttrain.common import load_policy
     from ops.posttrain.rm import load_reward_model
@@ -92,21 +91,11 @@ def run(
     specs = parse_specs(list(rewards)) if rewards else []
 
     def score(m) -> dict:
-        return _with_sampled_avg(
-            heldout_scores(m, tok, ev, ev, samples, seed=1), m, tok, ev, samples, sampling_seeds
-        )
+        return heldout(m, tok, ev, samples, sampling_seeds)
 
-    # the start's scores are a pure function of the checkpoint, the problems and the sampling seed: screens run as
-    # separate processes into one OUT share them
-    key = json.dumps(
-        [str(Path(sft_dir).resolve()), str(Path(eval_tasks_dir).resolve()), len(ev), samples, sampling_seeds]
-    )
-    cache = out / f"start_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
-    if cache.is_file() and json.loads(cache.read_text())["key"] == key:
-        start = json.loads(cache.read_text())["start"]
-    else:
-        start = score(start_model)
-        cache.write_text(json.dumps({"key": key, "start": start}))
+    # the start's scores are a pure function of the checkpoint, the problems and the sampling seeds: screens run
+    # as separate processes into one OUT share them
+    start = start_scores(out, sft_dir, eval_tasks_dir, ev, start_model, tok, samples, sampling_seeds)
     config = {
         "steps": steps,
         "prompts_per_step": prompts_per_step,
@@ -183,7 +172,7 @@ def run(
             ],
         }
         res["runs"].append(row)
-        keys = KEYS + (("sampled_avg",) if sampling_seeds > 1 else ())
+        keys = score_keys(sampling_seeds)
         res.update(paired_gains(res["runs"], start, keys=keys))
         res.update(item_level_gains(res["runs"], start, keys=keys))
         (out / f"{tag}.json").write_text(json.dumps(res, indent=1))

@@ -78,7 +78,12 @@ def score(model, tok, tasks, budgets: list[int], max_think: int, arm: str, log=p
         steps.append({"from": lo, "to": hi, **d})
     waits = [r for r in recs if r["mode"] == "wait"]
     examples = [
-        {"item_id": r["item_id"], "gold": r["gold_answer"], "completion": r["completion"], "correct": r["correct"]}
+        {
+            "item_id": r["item_id"],
+            "gold": r["gold_answer"],
+            "completion": r["completion"],
+            "correct": r["correct"],
+        }
         for r in waits[:6]
     ]
     return {
@@ -134,11 +139,24 @@ def run(
     t0 = time.time()
     res: dict = {
         "start": str(start),
-        "config": dict(steps=steps, batch_size=batch_size, lr=lr, n_train=n_train, n_eval=n_eval,
-                       correction_rate=correction_rate, confirm_rate=confirm_rate, budgets=list(budgets),
-                       max_think_tokens=max_think, seed=seed, difficulties=list(train_difficulties),
-                       eval_difficulties=list(eval_difficulties), warmup_steps=warmup_steps, wait_text=WAIT_TEXT,
-                       threads=threads, mask_slips=mask_slips),
+        "config": dict(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            n_train=n_train,
+            n_eval=n_eval,
+            correction_rate=correction_rate,
+            confirm_rate=confirm_rate,
+            budgets=list(budgets),
+            max_think_tokens=max_think,
+            seed=seed,
+            difficulties=list(train_difficulties),
+            eval_difficulties=list(eval_difficulties),
+            warmup_steps=warmup_steps,
+            wait_text=WAIT_TEXT,
+            threads=threads,
+            mask_slips=mask_slips,
+        ),
         "arms": {},
     }
 
@@ -153,8 +171,11 @@ def run(
     }
     for arm in arms:
         style, fixes, confirms = ARMS[arm]
-        kw = dict(solution_style=style, correction_rate=correction_rate if fixes else 0.0,
-                  confirm_rate=confirm_rate if confirms else 0.0)
+        kw = dict(
+            solution_style=style,
+            correction_rate=correction_rate if fixes else 0.0,
+            confirm_rate=confirm_rate if confirms else 0.0,
+        )
         train, _ = make_splits(n_train, 0, seed, list(train_difficulties), **kw)
         # held-out problems from the eval stream, never a training question; the same items in every arm
         _, ev = make_splits(0, n_eval, seed, list(eval_difficulties), exclude={t.question for t in train})
@@ -162,22 +183,33 @@ def run(
         model.train()
         ex = [Example(t.id, t.question, t.response, t.answer) for t in train]
         ts = time.time()
-        p = SFTParams(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_len=320, ckpt_every=0)
+        p = SFTParams(
+            steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_len=320, ckpt_every=0
+        )
         log = lambda m, arm=arm: print(arm, m, flush=True)  # noqa: E731
         if mask_slips:
-            _, info = train_sft_masked(model, tok, ex, [slipped_result_spans(e.response) for e in ex], p, log=log)
+            _, info = train_sft_masked(
+                model, tok, ex, [slipped_result_spans(e.response) for e in ex], p, log=log
+            )
         else:
             _, _, info = train_sft(model, tok, ex, p, work_dir=None, log=log)
         waits = [t.response for t in train if WAIT_TEXT + "," in t.response][:3]
-        arm_res = {"sft_s": round(time.time() - ts, 1), "trace_example": train[0].response, "wait_traces": waits,
-                   "sft_loss_last10": sum(info["losses"][-10:]) / len(info["losses"][-10:]),
-                   "masked_tokens": info.get("masked_tokens", 0), "assistant_tokens": info["assistant_tokens"]}
+        arm_res = {
+            "sft_s": round(time.time() - ts, 1),
+            "trace_example": train[0].response,
+            "wait_traces": waits,
+            "sft_loss_last10": sum(info["losses"][-10:]) / len(info["losses"][-10:]),
+            "masked_tokens": info.get("masked_tokens", 0),
+            "assistant_tokens": info["assistant_tokens"],
+        }
         res["arms"][arm] = arm_res
         save()
         arm_res.update(score(model, tok, ev, list(budgets), max_think, arm, log=print))
         arm_res["eval_s"] = round(time.time() - ts - arm_res["sft_s"], 1)
         save()
-        print(f"{arm}: own {arm_res['unbudgeted']['accuracy']:.3f}, wait {arm_res['wait_effect']}", flush=True)
+        print(
+            f"{arm}: own {arm_res['unbudgeted']['accuracy']:.3f}, wait {arm_res['wait_effect']}", flush=True
+        )
     res.update(_minus_plain(res["arms"]))
     save()
     return res
@@ -192,7 +224,10 @@ def _minus_plain(arms: dict) -> dict:
     for arm, r in arms.items():
         if arm != "plain" and "per_item" in r:
             v = r["per_item"]
-            out[f"{arm}_minus_plain"] = {"own_stop": _paired(p["own"], v["own"]), "wait1": _paired(p["wait1"], v["wait1"])}
+            out[f"{arm}_minus_plain"] = {
+                "own_stop": _paired(p["own"], v["own"]),
+                "wait1": _paired(p["wait1"], v["wait1"]),
+            }
     return out
 
 
@@ -209,7 +244,9 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
         if r["start"] != first["start"] or setup(r) != setup(first):
             raise ValueError(f"combine: runs differ in start or config: {first['config']} vs {r['config']}")
     res = {k: v for k, v in first.items() if k != "arms"}
-    res["arms"] = {a: {**v, "threads": r["config"].get("threads")} for r in runs for a, v in r["arms"].items()}
+    res["arms"] = {
+        a: {**v, "threads": r["config"].get("threads")} for r in runs for a, v in r["arms"].items()
+    }
     res["elapsed_s"] = max(r.get("elapsed_s", 0.0) for r in runs)
     res.update(_minus_plain(res["arms"]))
     Path(out).write_text(json.dumps(res, indent=1))
@@ -274,12 +311,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mask-slips", action="store_true", help="no SFT loss on the slipped results")
     a = ap.parse_args(argv)
     ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
-    run(a.out_dir, a.start, steps=a.steps, batch_size=a.batch_size, lr=a.lr, n_train=a.n_train, n_eval=a.n_eval,
-        correction_rate=a.correction_rate, confirm_rate=a.confirm_rate, budgets=ints(a.budgets),
-        max_think=a.max_think, arms=tuple(a.arms.split(",")), threads=a.threads,
+    run(
+        a.out_dir,
+        a.start,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        n_train=a.n_train,
+        n_eval=a.n_eval,
+        correction_rate=a.correction_rate,
+        confirm_rate=a.confirm_rate,
+        budgets=ints(a.budgets),
+        max_think=a.max_think,
+        arms=tuple(a.arms.split(",")),
+        threads=a.threads,
         train_difficulties=ints(a.train_difficulties),
-        eval_difficulties=ints(a.eval_difficulties) if a.eval_difficulties else None, warmup_steps=a.warmup_steps,
-        mask_slips=a.mask_slips)
+        eval_difficulties=ints(a.eval_difficulties) if a.eval_difficulties else None,
+        warmup_steps=a.warmup_steps,
+        mask_slips=a.mask_slips,
+    )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
                 out = train(model, sft.sft_loss_fn, batch_fn, cfg, progress=False, log=lambda s: None)
                 res[variant].append((time.process_time() - t) / a.steps)
                 last[variant].append(out.losses[-1])
-                print(f"round {r} {variant}: {res[variant][-1]:.4f} CPU s/step, loss {out.losses[-1]:.6f}", flush=True)
+                print(
+                    f"round {r} {variant}: {res[variant][-1]:.4f} CPU s/step, loss {out.losses[-1]:.6f}",
+                    flush=True,
+                )
     finally:
         sft.LENGTH_GROUPS, common._epoch_permutation = default_groups, cached
     ratios = [n / o for n, o in zip(res["new"], res["old"], strict=True)]
