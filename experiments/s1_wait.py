@@ -7,7 +7,9 @@ separate processes are merged by ``python -m experiments.s1_wait --combine OUT.j
 One start checkpoint (a pretrain or SFT artifact directory) is fine-tuned once per arm on the same problems
 (``--train-difficulties``), each arm writing their worked solutions in its own style (:data:`ARMS`): ``recheck``
 (a step, then " Wait," and a re-check by smaller sub-steps that confirms it or corrects a slipped result;
-``ops.solutions.recheck_solution``), ``fixonly`` (the same with corrections only), ``verify`` (each step checked,
+``ops.solutions.recheck_solution``), ``review`` (the chain, then in some traces " Wait,", the problem's operations
+re-read in order and the chain written again from them, which confirms it or corrects a skipped or misread step;
+``ops.solutions.review_solution``), ``fixonly`` (recheck with corrections only), ``verify`` (each step checked,
 slipped steps corrected after " Wait,"; ``ops.solutions.verify_solution``) and ``plain`` (the control). Each arm is scored by the evaluate stage's own code (``generate_records`` /
 ``summarize``) on the same held-out problems: greedy until the model's own ``</think>``, budget forcing at each
 budget, and one forced Wait whose text is ``ops.solutions.WAIT_TEXT``, the exact text (and so tokens) the traces
@@ -15,7 +17,9 @@ contain. Key design choice: every comparison is paired over items (``metrics.pai
 against the next smaller budget, the Wait run against the model's own stop, verify against plain. The JSON is
 rewritten after each phase, so a run cut short keeps what it measured. ``--mask-slips`` leaves the slipped
 results out of the SFT loss (``ops.posttrain.masked_sft``: the model reads each slip and learns the Wait and the
-correction that follow it, never the slip); ``--compare OUT.json A.json B.json`` pairs two runs' arms over items.
+correction that follow it, never the slip; for ``review``, ``ops.solutions.review_masked_spans``: the first
+chain's wrong part and the Wait itself, so the own stop stays the plain chain); ``--compare OUT.json A.json B.json``
+pairs two runs' arms over items.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ops.eval.metrics import paired_difference
 # arm -> (solution_style, uses correction_rate, uses confirm_rate)
 ARMS = {
     "recheck": ("recheck", True, True),
+    "review": ("review", True, True),
     "fixonly": ("recheck", True, False),
     "verify": ("verify", True, False),
     "plain": ("plain", False, False),
@@ -40,6 +45,14 @@ def _items(tasks):
     from ops.eval.evaluate import EvalItem
 
     return [EvalItem("heldout", t.id, t.question, t.answer) for t in tasks]
+
+
+def loss_masks(style: str, response: str) -> list[tuple[int, int]]:
+    """The character spans of a trace in ``style`` that masked SFT leaves out of the loss (``--mask-slips``)."""
+    from ops.posttrain.masked_sft import slipped_result_spans
+    from ops.solutions import review_masked_spans
+
+    return review_masked_spans(response) if style == "review" else slipped_result_spans(response)
 
 
 def _correct(records, mode: str, key: str | None = None, value=None) -> dict[str, float]:
@@ -123,7 +136,7 @@ def run(
 
     from ops.eval.budget import check_sweep
     from ops.posttrain.common import Example, load_policy
-    from ops.posttrain.masked_sft import slipped_result_spans, train_sft_masked
+    from ops.posttrain.masked_sft import train_sft_masked
     from ops.posttrain.sft import SFTParams, train_sft
     from ops.solutions import WAIT_TEXT
     from ops.tasks import make_splits
@@ -189,7 +202,7 @@ def run(
         log = lambda m, arm=arm: print(arm, m, flush=True)  # noqa: E731
         if mask_slips:
             _, info = train_sft_masked(
-                model, tok, ex, [slipped_result_spans(e.response) for e in ex], p, log=log
+                model, tok, ex, [loss_masks(style, e.response) for e in ex], p, log=log
             )
         else:
             _, _, info = train_sft(model, tok, ex, p, work_dir=None, log=log)

@@ -7,7 +7,10 @@ the text the evaluator forces for a Wait extension (s1), so a model trained on t
 the tokens it saw. ``recheck`` writes the plain chain and, after some steps, :data:`WAIT_TEXT` and a re-check of
 the step by a different decomposition (smaller sub-steps) that either confirms the result or corrects a slipped
 one: what a forced Wait at the end of thinking should make a model do, re-check the last result and keep the
-re-checked value.
+re-checked value. ``review`` targets reading rather than arithmetic: the chain (in some traces with a step
+skipped or misread, or cut short), then :data:`WAIT_TEXT`, a compact re-read of the problem's operations in
+order (``23 +5 *3 -7``) and the chain written again from that list, which confirms a right chain (the same
+equations) or corrects a wrong one.
 """
 
 from __future__ import annotations
@@ -27,8 +30,18 @@ import re
 # :func:`recheck_text` of the step, which ends by restating the step with its true result. Confirmations matter:
 # with corrections alone, every Wait in training follows a wrong result, so a Wait forced after a right answer
 # would teach "change it".
-SOLUTION_STYLES = ("plain", "verify", "recheck")
-WAIT_STYLES = ("verify", "recheck")
+#
+# ``review``: rates are per trace, not per step. A trace drawn at ``correction_rate`` has a first chain with one
+# reading error (:data:`REVIEW_ERRORS`), then WAIT_TEXT, the op list and the right chain; one drawn at
+# ``confirm_rate`` (among the others) has the right chain twice. The wrong part of a first chain is meant to be
+# left out of the loss (:func:`review_masked_spans`), as is WAIT_TEXT, so the model's own stop is still the
+# plain chain and only a forced Wait starts a review.
+SOLUTION_STYLES = ("plain", "verify", "recheck", "review")
+WAIT_STYLES = ("verify", "recheck", "review")
+CONFIRM_STYLES = ("recheck", "review")
+# the reading errors a review trace's first chain may carry: a middle step left out, a step's operand or
+# operation misread, the last step(s) left out (the chain stopped early)
+REVIEW_ERRORS = ("skip", "operand", "operation", "stop")
 WAIT_TEXT = " Wait"
 _INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
 _EQ = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
@@ -110,8 +123,104 @@ def recheck_solution(eqs: list[str], rng: random.Random, correction_rate: float,
     return " ".join(parts)
 
 
+_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+_FLIP = {"+": "-", "-": "+", "*": "/", "/": "*"}
+
+
+def _steps(eqs: list[str]) -> list[tuple[int, str, int, int]]:
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in (_EQ.match(e).groups() for e in eqs)]
+
+
+def review_ops(eqs: list[str]) -> str:
+    """The problem's operations in order, as the question states them: ``"23 +5 *3 -7"`` for the chain
+    ``23+5=28. 28*3=84. 84-7=77``."""
+    st = _steps(eqs)
+    return " ".join([str(st[0][0])] + [f"{op}{b}" for _, op, b, _ in st])
+
+
+def replay(start: int, ops: list[tuple[str, int]]) -> list[str] | None:
+    """The chain of ``ops`` from ``start`` as equations, or None where a step is not exact on whole numbers
+    (a division with a remainder, a result below 1)."""
+    out, cur = [], start
+    for op, b in ops:
+        if op == "/" and (b == 0 or cur % b):
+            return None
+        nxt = _APPLY[op](cur, b)
+        if nxt < 1:
+            return None
+        out.append(f"{cur}{op}{b}={nxt}")
+        cur = nxt
+    return out
+
+
+def _misread(rng: random.Random, eqs: list[str], kind: str) -> list[str] | None:
+    """A first chain with one reading error of ``kind`` (:data:`REVIEW_ERRORS`), every equation in it exact,
+    or None where this chain has no such error (too short, or no exact variant)."""
+    st = _steps(eqs)
+    start, ops = st[0][0], [(op, b) for _, op, b, _ in st]
+    n = len(ops)
+    if kind == "stop":
+        return eqs[: rng.randrange(1, n)] if n >= 2 else None
+    k = rng.randrange(n)
+    op, b = ops[k]
+    if kind == "skip":
+        if n < 2:
+            return None
+        k = rng.randrange(n - 1)  # a middle step: leaving out the last one is a "stop"
+        wrong = ops[:k] + ops[k + 1 :]
+    elif kind == "operation":
+        wrong = ops[:k] + [(_FLIP[op], b)] + ops[k + 1 :]
+    else:  # another number of the problem, or a neighbour of the true operand
+        others = {x for _, x in ops if x != b} | ({start} if op in "+-" else set())
+        near = {b - 1, b + 1} if op in "+-" else {x for x in range(2, 10) if x != b}
+        choices = sorted(x for x in others | near if x >= 1 and x != b and (op in "+-" or 2 <= x <= 9))
+        if not choices:
+            return None
+        wrong = ops[:k] + [(op, rng.choice(choices))] + ops[k + 1 :]
+    chain = replay(start, wrong)
+    return chain if chain and chain != eqs else None
+
+
+def review_solution(eqs: list[str], rng: random.Random, correction_rate: float, confirm_rate: float) -> str:
+    """The ``review`` style of a chain. A trace drawn at ``correction_rate`` reads ``"23+5=28. 28-7=21. Wait,
+    23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."`` (here the step ``*3`` skipped; the error kind drawn uniformly
+    from those the chain admits), one drawn at ``confirm_rate`` among the others ``"23+5=28. 28*3=84.
+    84-7=77. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."``; the rest is the plain chain. The answer is
+    unchanged: the trace's last result is still the final value."""
+    r = rng.random()
+    if r < correction_rate:
+        kinds = list(REVIEW_ERRORS)
+        rng.shuffle(kinds)
+        first = next((c for c in (_misread(rng, eqs, k) for k in kinds) if c), None)
+        if first is None:  # a one-step chain has no reading error to make: reviewed as it is
+            first = eqs
+    elif r < correction_rate + (1 - correction_rate) * confirm_rate:
+        first = eqs
+    else:
+        return plain_solution(eqs)
+    return f"{plain_solution(first)}{WAIT_TEXT}, {review_ops(eqs)}: {plain_solution(eqs)}"
+
+
+_REVIEW = re.compile(re.escape(WAIT_TEXT) + r", \d+(?: [-+*/]\d+)+: ")
+
+
+def review_masked_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of a ``review`` trace to leave out of the SFT loss: WAIT_TEXT, and the
+    first chain's equations from the first one that differs from the reviewed chain on (the injected error and
+    what followed from it). Read from the text, so any stored trace can be masked; no review, no span."""
+    m = _REVIEW.search(text)
+    if not m:
+        return []
+    first = list(re.finditer(r"\d+[-+*/]\d+=\d+", text[: m.start()]))
+    again = re.findall(r"\d+[-+*/]\d+=\d+", text[m.end() :])
+    k = next((i for i, f in enumerate(first) if i >= len(again) or f.group() != again[i]), len(first))
+    return [f.span() for f in first[k:]] + [(m.start(), m.start() + len(WAIT_TEXT))]
+
+
 def write_solution(eqs: list[str], style: str, rng: random.Random, correction_rate: float, confirm_rate: float) -> str:
     """A chain of equations written in ``style`` (checked by :func:`check_solution_style`)."""
+    if style == "review":
+        return review_solution(eqs, rng, correction_rate, confirm_rate)
     if style == "verify":
         return verify_solution(eqs, rng, correction_rate)
     if style == "recheck":
@@ -129,10 +238,11 @@ def check_solution_style(style: str, correction_rate: float, confirm_rate: float
             raise ValueError(f"{name}: must be within [0, 1], got {rate}")
     if style not in WAIT_STYLES and correction_rate:
         raise ValueError(
-            f"correction_rate: {correction_rate} needs solution_style 'verify' or 'recheck' "
+            f"correction_rate: {correction_rate} needs solution_style 'verify', 'recheck' or 'review' "
             f"(plain solutions have no corrections)"
         )
-    if style != "recheck" and confirm_rate:
+    if style not in CONFIRM_STYLES and confirm_rate:
         raise ValueError(
-            f"confirm_rate: {confirm_rate} needs solution_style 'recheck' (only re-checks after Wait confirm steps)"
+            f"confirm_rate: {confirm_rate} needs solution_style 'recheck' or 'review' (only re-checks and reviews "
+            f"after Wait confirm)"
         )

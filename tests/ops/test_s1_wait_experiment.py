@@ -62,3 +62,32 @@ def test_compare_refuses_another_start_or_other_items(tmp_path):
     c = _run(tmp_path / "c.json", "recheck", {"i1": 1.0}, {"i1": 1.0}, start="/h/artifacts/sft/v1")
     with pytest.raises(ValueError, match="scored on other items"):
         compare(a, c)
+
+
+def test_loss_masks_follow_the_arm_style():
+    from experiments.s1_wait import ARMS, loss_masks
+
+    review = "23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."
+    assert [review[a:b] for a, b in loss_masks(ARMS["review"][0], review)] == ["28-7=21", " Wait"]
+    recheck = "17*3=41. Wait, 10*3=30, 7*3=21, 30+21=51, so 17*3=51."
+    assert [recheck[a:b] for a, b in loss_masks(ARMS["recheck"][0], recheck)] == ["41"]
+
+
+@pytest.mark.parametrize(
+    "written, kind",
+    [
+        ("23+5=28. 28*3=84.", "stop"),
+        ("23+5=28. 28-7=21.", "skip"),
+        ("23+5=28. 28*4=112. 112-7=105.", "operand"),
+        ("23+5=28. 28/3=9.", "operation"),
+        ("23+5=28. 28*3=86. 86-7=79.", "arithmetic"),
+        ("23+5=28. 26*3=78. 78-7=71.", "carry"),
+        ("23+5=28. 28*3=84. 84-7=77. 77+1=78.", "extra"),
+        ("23+5=28. 28*3=84. 84-7=77.", "answer"),
+    ],
+)
+def test_first_error_classes(written, kind):
+    from experiments.s1_first_errors import _EQ, first_error
+
+    steps = lambda t: [(int(a), op, int(b), int(c)) for a, op, b, c in _EQ.findall(t)]  # noqa: E731
+    assert first_error(steps("23+5=28. 28*3=84. 84-7=77."), steps(written)) == kind

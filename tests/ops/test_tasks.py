@@ -320,7 +320,7 @@ def test_recheck_text_reads_as_documented(eq, text):
     [
         (
             {"solution_style": "verbose"},
-            r"solution_style: unknown style 'verbose'; choose one of \['plain', 'verify', 'recheck'\]",
+            r"solution_style: unknown style 'verbose'; choose one of \['plain', 'verify', 'recheck', 'review'\]",
         ),
         ({"solution_style": "recheck", "confirm_rate": 2.0}, r"confirm_rate: must be within \[0, 1\], got 2.0"),
         ({"solution_style": "verify", "confirm_rate": 0.2}, r"confirm_rate: 0.2 needs solution_style 'recheck'"),
@@ -328,6 +328,8 @@ def test_recheck_text_reads_as_documented(eq, text):
         ({"solution_style": "verify", "correction_rate": 1.5}, r"correction_rate: must be within \[0, 1\], got 1.5"),
         ({"solution_style": "verify", "correction_rate": -0.1}, r"correction_rate: must be within"),
         ({"correction_rate": 0.2}, r"correction_rate: 0.2 needs solution_style 'verify'"),
+        ({"solution_style": "review", "correction_rate": 1.2}, r"correction_rate: must be within \[0, 1\], got 1.2"),
+        ({"solution_style": "review", "confirm_rate": -0.5}, r"confirm_rate: must be within \[0, 1\], got -0.5"),
     ],
 )
 def test_bad_solution_style_or_rate_is_a_clear_error(kw, match):
@@ -336,10 +338,13 @@ def test_bad_solution_style_or_rate_is_a_clear_error(kw, match):
 
 
 @pytest.mark.parametrize(
-    "style", [{"solution_style": "verify"}, {"solution_style": "recheck", "confirm_rate": 0.3}], ids=lambda s: s["solution_style"]
+    "style",
+    [{"solution_style": "verify"}, {"solution_style": "recheck", "confirm_rate": 0.3},
+     {"solution_style": "review", "confirm_rate": 0.3}],
+    ids=lambda s: s["solution_style"],
 )
 def test_trace_wait_tokens_are_the_tokens_evaluation_forces(style):
-    """The Wait a verify or recheck trace contains is encoded exactly as ``encode(WAIT_TEXT)``, the token ids
+    """The Wait a verify, recheck or review trace contains is encoded exactly as ``encode(WAIT_TEXT)``, the token ids
     the budget-forcing loop forces (SpecialIds.wait), while the bare word "Wait" after a full stop is not."""
     from ops.eval.budget import SpecialIds
     from ops.tokenizer import chat_prompt, chat_response, to_transformers, train_bpe
@@ -360,3 +365,92 @@ def test_trace_wait_tokens_are_the_tokens_evaluation_forces(style):
         assert n_text == n_ids >= 1, t.solution
     # evaluate's default wait_text "Wait" would force other tokens than the trained ones
     assert tuple(tok.encode("Wait", add_special_tokens=False)) != forced
+
+
+# ---- review style ------------------------------------------------------------------------------------------
+_SENTENCE_OP = [(r"gets (\d+) more|finds (\d+) more|buys (\d+) more", "+"), (r"gives away (\d+)|loses (\d+)|sells (\d+)", "-"),
+                (r"has (\d+) times as many|multiplies the \w+ by (\d+)", "*"), (r"into (\d+) equal|among (\d+) friends", "/")]
+
+
+def _question_ops(question: str) -> str:
+    """The operations a question states, read from its sentences: ``"23 +5 *3 -7"``."""
+    sentences = question.split(". ")
+    out = [re.match(r"\w+ has (\d+) ", sentences[0])[1]]
+    for s in sentences[1:]:
+        for pat, op in _SENTENCE_OP:
+            m = re.search(pat, s)
+            if m:
+                out.append(op + next(g for g in m.groups() if g))
+                break
+    return " ".join(out)
+
+
+def _exact_chain(text: str) -> list[str]:
+    eqs = re.findall(r"\d+[-+*/]\d+=\d+", text)
+    for e in eqs:
+        a, op, b, c = re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", e).groups()
+        assert _OPS[op](int(a), int(b)) == int(c), f"every equation is exact: {e} in {text}"
+    return eqs
+
+
+@pytest.mark.parametrize("correction, confirm", [(0.0, 0.0), (0.3, 0.4), (1.0, 0.0), (0.0, 1.0)])
+def test_review_style_rereads_the_question_and_ends_at_the_answer(correction, confirm):
+    plain = T.generate_tasks(400, seed=5, difficulties=[2, 3])
+    rev = T.generate_tasks(400, seed=5, difficulties=[2, 3], solution_style="review",
+                           correction_rate=correction, confirm_rate=confirm)
+    assert [t.question for t in rev] == [t.question for t in plain], "same problems in every style"
+    fixes = confirms = 0
+    for p, r in zip(plain, rev):
+        assert r.answer == p.answer and T.format_ok(r.response) and T.is_correct(r.response, r.answer)
+        if WAIT_TEXT not in r.solution:
+            assert r.solution == p.solution
+            continue
+        first, review = r.solution.split(WAIT_TEXT + ", ")
+        ops, again = review.split(": ")
+        assert ops == _question_ops(r.question), "the review's op list is the question's operations in order"
+        assert again == p.solution, "the chain after the review is the right one"
+        assert _exact_chain(again)[-1].split("=")[1] == r.answer, "the reviewed chain ends at the gold answer"
+        written = _exact_chain(first)
+        assert written and written[0].split(re.search(r"[-+*/]", written[0])[0])[0] == ops.split()[0]
+        fixes, confirms = fixes + (first != p.solution), confirms + (first == p.solution)
+    n = len(rev)
+    assert abs(fixes / n - correction) < 0.06, (fixes, n)  # every multi-step chain admits a reading error
+    assert abs(confirms / n - (1 - correction) * confirm) < 0.06, (confirms, n)
+    if correction == confirm == 0.0:
+        assert rev == plain
+
+
+def test_review_errors_are_reading_errors_of_every_kind():
+    """A corrected first chain differs from the right one by a left-out step, a misread operand or operation, or
+    by stopping early, and each kind occurs."""
+    from ops.solutions import review_ops
+
+    plain = T.generate_tasks(300, seed=2, difficulties=[3])
+    rev = T.generate_tasks(300, seed=2, difficulties=[3], solution_style="review", correction_rate=1.0)
+    kinds = set()
+    for p, r in zip(plain, rev):
+        first = _exact_chain(r.solution.split(WAIT_TEXT)[0])
+        right = _exact_chain(p.solution)
+        wrong_ops = review_ops(first).split()[1:]
+        right_ops = review_ops(right).split()[1:]
+        if wrong_ops == right_ops[: len(wrong_ops)]:
+            kinds.add("stop")
+        elif len(wrong_ops) == len(right_ops) - 1:
+            kinds.add("skip")
+        else:
+            diff = [(w, g) for w, g in zip(wrong_ops, right_ops) if w != g]
+            assert len(diff) == 1, (first, right)
+            kinds.add("operation" if diff[0][0][0] != diff[0][1][0] else "operand")
+    assert kinds == {"stop", "skip", "operand", "operation"}
+
+
+def test_review_masks_the_wait_and_the_wrong_part_only():
+    from ops.solutions import review_masked_spans
+
+    text = "<think>23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77.</think><answer>77</answer>"
+    assert [text[a:b] for a, b in review_masked_spans(text)] == ["28-7=21", WAIT_TEXT]
+    stopped = "23+5=28. Wait, 23 +5 *3: 23+5=28. 28*3=84."
+    assert [stopped[a:b] for a, b in review_masked_spans(stopped)] == [WAIT_TEXT]
+    confirmed = "23+5=28. 28*3=84. Wait, 23 +5 *3: 23+5=28. 28*3=84."
+    assert [confirmed[a:b] for a, b in review_masked_spans(confirmed)] == [WAIT_TEXT]
+    assert review_masked_spans("23+5=28. 28*3=84.") == []

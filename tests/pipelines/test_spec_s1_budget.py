@@ -56,7 +56,7 @@ def test_the_recipe_loads_reuses_the_default_stages_and_forces_the_trained_wait(
             "s1_problems: {solution_style: plain, confirm_rate: 0.0}",
             "s1_problems",
             "correction_rate",
-            ["needs solution_style 'verify' or 'recheck'"],
+            ["needs solution_style 'verify', 'recheck' or 'review'"],
         ),
     ],
 )
