@@ -39,9 +39,10 @@ import re
 SOLUTION_STYLES = ("plain", "verify", "recheck", "review")
 WAIT_STYLES = ("verify", "recheck", "review")
 CONFIRM_STYLES = ("recheck", "review")
-# the reading errors a review trace's first chain may carry: a middle step left out, a step's operand or
-# operation misread, the last step(s) left out (the chain stopped early)
-REVIEW_ERRORS = ("skip", "operand", "operation", "stop")
+# the reading errors a review trace's first chain may carry, with their draw weights: a middle step left out
+# (most of a cold start's first errors at difficulty 3), a step's operand or operation misread, the last step(s)
+# left out (the chain stopped early)
+REVIEW_ERRORS = {"skip": 4, "operand": 2, "operation": 1, "stop": 1}
 WAIT_TEXT = " Wait"
 _INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
 _EQ = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)$")
@@ -170,9 +171,9 @@ def _misread(rng: random.Random, eqs: list[str], kind: str) -> list[str] | None:
         wrong = ops[:k] + ops[k + 1 :]
     elif kind == "operation":
         wrong = ops[:k] + [(_FLIP[op], b)] + ops[k + 1 :]
-    else:  # another number of the problem, or a neighbour of the true operand
+    else:  # another number of the problem, or the true operand with one digit changed
         others = {x for _, x in ops if x != b} | ({start} if op in "+-" else set())
-        near = {b - 1, b + 1} if op in "+-" else {x for x in range(2, 10) if x != b}
+        near = {_slip(rng, b)} if op in "+-" else {x for x in range(2, 10) if x != b}
         choices = sorted(x for x in others | near if x >= 1 and x != b and (op in "+-" or 2 <= x <= 9))
         if not choices:
             return None
@@ -183,14 +184,14 @@ def _misread(rng: random.Random, eqs: list[str], kind: str) -> list[str] | None:
 
 def review_solution(eqs: list[str], rng: random.Random, correction_rate: float, confirm_rate: float) -> str:
     """The ``review`` style of a chain. A trace drawn at ``correction_rate`` reads ``"23+5=28. 28-7=21. Wait,
-    23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."`` (here the step ``*3`` skipped; the error kind drawn uniformly
-    from those the chain admits), one drawn at ``confirm_rate`` among the others ``"23+5=28. 28*3=84.
+    23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."`` (here the step ``*3`` skipped; the error kind drawn by the weights of
+    :data:`REVIEW_ERRORS`), one drawn at ``confirm_rate`` among the others ``"23+5=28. 28*3=84.
     84-7=77. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."``; the rest is the plain chain. The answer is
     unchanged: the trace's last result is still the final value."""
     r = rng.random()
     if r < correction_rate:
-        kinds = list(REVIEW_ERRORS)
-        rng.shuffle(kinds)
+        kind = rng.choices(list(REVIEW_ERRORS), weights=list(REVIEW_ERRORS.values()))[0]
+        kinds = [kind] + [k for k in REVIEW_ERRORS if k != kind]  # the others where the chain has no such error
         first = next((c for c in (_misread(rng, eqs, k) for k in kinds) if c), None)
         if first is None:  # a one-step chain has no reading error to make: reviewed as it is
             first = eqs
