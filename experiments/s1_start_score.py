@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     r = score(model, tok, ev, budgets, 256, "start", log=lambda m: None)
     r.pop("per_item")
+    r.pop("completions")
     out = {"start": a.start, "n_eval": a.n_eval, "eval_difficulties": [3], "seed": a.seed, **r}
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)

@@ -108,6 +108,8 @@ def score(model, tok, tasks, budgets: list[int], max_think: int, arm: str, log=p
         "wait_effect": summ["wait_effect"],
         "wait_examples": examples,
         "per_item": {"own": own, "wait1": _correct(recs, "wait")},
+        # every own-stop and Wait completion, for reading what a Wait changed (written beside the result)
+        "completions": {r["item_id"] + "/" + r["mode"]: r["completion"] for r in recs if r["mode"] in ("greedy", "wait")},
     }
 
 
@@ -217,7 +219,10 @@ def run(
         }
         res["arms"][arm] = arm_res
         save()
+        model.save_pretrained(out / f"model_{arm}")
+        tok.save_pretrained(out / f"model_{arm}")
         arm_res.update(score(model, tok, ev, list(budgets), max_think, arm, log=print))
+        (out / f"completions_{arm}.json").write_text(json.dumps(arm_res.pop("completions"), indent=0))
         arm_res["eval_s"] = round(time.time() - ts - arm_res["sft_s"], 1)
         save()
         print(
