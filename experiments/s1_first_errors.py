@@ -1,7 +1,9 @@
 """Where a model's worked solutions first go wrong: each wrong greedy answer on held-out problems classified by its
 first wrong step against the generator's own chain.
 
-``python -m experiments.s1_first_errors OUT.json MODEL [--n-eval 300 --difficulty 3]``
+``python -m experiments.s1_first_errors OUT.json MODEL [--n-eval 300 --difficulty 3]``; ``--reviews
+COMPLETIONS.json --n-eval N`` instead reads an ``s1_wait`` run's completions of a ``review`` arm and says what each
+forced Wait's review did (:func:`review_outcome`).
 
 Classes (:func:`first_error`): ``stop`` (every step right, the last ones missing), ``skip`` (a step left out:
 the written step is the true next-but-one operation), ``operand`` / ``operation`` (the right running value,
@@ -41,13 +43,62 @@ def first_error(gold: list[tuple[int, str, int, int]], written: list[tuple[int, 
     return "stop" if len(written) < len(gold) else "answer"
 
 
+def _steps(text: str) -> list[tuple[int, str, int, int]]:
+    return [(int(x), op, int(y), int(z)) for x, op, y, z in _EQ.findall(text)]
+
+
+def review_outcome(gold: list[tuple[int, str, int, int]], own: str, wait: str) -> str:
+    """What the review after a forced Wait did, from the own-stop completion and the Wait completion:
+    ``no_review`` (no op list after the Wait), ``ops_misread`` (the op list is not the problem's),
+    ``confirmed_right`` / ``confirmed_wrong`` (``so N``, nothing rewritten), else the first chain with the
+    review's rewritten steps in place of its last ones (as many as the op list has operations, less the rewritten
+    ones, are kept; none where the rewrite starts from the problem's first number) against the gold chain: ``kept_right`` / ``kept_wrong`` (the same equations), ``fixed`` /
+    ``broke`` / ``changed_wrong``, the result's first error class (:func:`first_error`) appended to the last two."""
+    m = re.search(r"Wait, (\d+(?: [-+*/]\d+)+):(.*?)(?:</think>|$)", wait, re.S)
+    if not m:
+        return "no_review"
+    ops = [(x[0], int(x[1:])) for x in m[1].split()[1:]]
+    if int(m[1].split()[0]) != gold[0][0] or ops != [(op, b) for _, op, b, _ in gold]:
+        return "ops_misread"
+    first, again = _steps(own.split("</think>")[0]), _steps(m[2])
+    if m[2].strip().startswith("so"):
+        return "confirmed_right" if first == gold else "confirmed_wrong"
+    keep = 0 if again and again[0][0] == gold[0][0] else max(len(ops) - len(again), 0)  # rewritten from the start
+    result = first[:keep] + again
+    if result == first:
+        return "kept_right" if first == gold else "kept_wrong"
+    if result == gold:
+        return "fixed"
+    return ("broke:" if first == gold else "changed_wrong:") + first_error(gold, result)
+
+
+def reviews(path: str, n_eval: int, difficulty: int) -> dict:
+    """:func:`review_outcome` counted over an ``s1_wait`` review arm's completions (its held-out items)."""
+    from collections import Counter
+
+    from ops.tasks import make_splits
+
+    train, _ = make_splits(6000, 0, 11, [2, 3])
+    _, ev = make_splits(0, n_eval, 11, [difficulty], exclude={t.question for t in train})
+    comp = json.loads(open(path).read())
+    counts = Counter(review_outcome(_steps(t.solution), comp[t.id + "/greedy"], comp[t.id + "/wait"]) for t in ev)
+    return dict(counts.most_common())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
     ap.add_argument("model")
     ap.add_argument("--n-eval", type=int, default=300)
     ap.add_argument("--difficulty", type=int, default=3)
+    ap.add_argument("--reviews", help="an s1_wait completions_review.json to read instead of scoring MODEL")
     a = ap.parse_args(argv)
+    if a.reviews:
+        out = {"completions": a.reviews, "n_eval": a.n_eval, "reviews": reviews(a.reviews, a.n_eval, a.difficulty)}
+        with open(a.out, "w") as f:
+            json.dump(out, f, indent=1)
+        print(json.dumps(out["reviews"]))
+        return
 
     import torch
 

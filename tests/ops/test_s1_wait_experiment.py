@@ -67,7 +67,7 @@ def test_compare_refuses_another_start_or_other_items(tmp_path):
 def test_loss_masks_follow_the_arm_style():
     from experiments.s1_wait import ARMS, loss_masks
 
-    review = "23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."
+    review = "23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 28*3=84. 84-7=77."
     assert [review[a:b] for a, b in loss_masks(ARMS["review"][0], review)] == ["28-7=21", " Wait"]
     recheck = "17*3=41. Wait, 10*3=30, 7*3=21, 30+21=51, so 17*3=51."
     assert [recheck[a:b] for a, b in loss_masks(ARMS["recheck"][0], recheck)] == ["41"]
@@ -91,3 +91,25 @@ def test_first_error_classes(written, kind):
 
     steps = lambda t: [(int(a), op, int(b), int(c)) for a, op, b, c in _EQ.findall(t)]  # noqa: E731
     assert first_error(steps("23+5=28. 28*3=84. 84-7=77."), steps(written)) == kind
+
+
+@pytest.mark.parametrize(
+    "own, wait, outcome",
+    [
+        ("23+5=28. 28*3=84. 84-7=77.", "23+5=28. 28*3=84. 84-7=77. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77.",
+         "kept_right"),
+        ("23+5=28. 28-7=21.", "23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77.</think>", "fixed"),
+        ("23+5=28. 28*3=84. 84-7=77.", "... Wait, 23 +5 *3 -7: 23+5=29. 29*3=87. 87-7=80.", "broke:arithmetic"),
+        ("23+5=28. 28-7=21.", "... Wait, 23 +5 -7: 23+5=28. 28-7=21.", "ops_misread"),
+        ("23+5=28. 28-7=21.", "... Wait, 23 +5 *3 -7: 23+5=28. 28-7=21.", "kept_wrong"),
+        ("23+5=28. 28*3=84. 84-7=77.", "23+5=28. 28*3=84. 84-7=77. Wait, so 77", "no_review"),
+        ("23+5=28. 28*3=84. 84-7=77.", "... Wait, 23 +5 *3 -7: so 77.</think>", "confirmed_right"),
+        ("23+5=28. 28-7=21.", "... Wait, 23 +5 *3 -7: so 21.</think>", "confirmed_wrong"),
+        ("23+5=28. 28-7=21.", "... Wait, 23 +5 *3 -7: 28*3=84. 84-7=77.</think>", "fixed"),
+        ("23+5=28. 28*3=84. 84-7=77.", "... Wait, 23 +5 *3 -7: 84-7=76.</think>", "broke:arithmetic"),
+    ],
+)
+def test_review_outcome_reads_what_a_forced_wait_did(own, wait, outcome):
+    from experiments.s1_first_errors import _steps, review_outcome
+
+    assert review_outcome(_steps("23+5=28. 28*3=84. 84-7=77."), f"<think>{own}</think>", f"<think>{wait}") == outcome
