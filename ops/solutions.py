@@ -184,41 +184,37 @@ def _misread(rng: random.Random, eqs: list[str], kind: str) -> list[str] | None:
 
 def review_solution(eqs: list[str], rng: random.Random, correction_rate: float, confirm_rate: float) -> str:
     """The ``review`` style of a chain. A trace drawn at ``correction_rate`` reads ``"23+5=28. 28-7=21. Wait,
-    23 +5 *3 -7: 28*3=84. 84-7=77."``: the chain written again from its first step that does not match the op
-    list (here the step ``*3`` skipped; the error kind drawn by the weights of :data:`REVIEW_ERRORS`); one drawn
-    at ``confirm_rate`` among the others ``"23+5=28. 28*3=84. 84-7=77. Wait, 23 +5 *3 -7: so 77."``: the
-    answer restated, nothing recomputed; the rest is the plain chain. The answer is unchanged: the trace's last
-    result is still the final value."""
+    23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."`` (here the step ``*3`` skipped; the error kind drawn by the weights of
+    :data:`REVIEW_ERRORS`), one drawn at ``confirm_rate`` among the others ``"23+5=28. 28*3=84.
+    84-7=77. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."``; the rest is the plain chain. The answer is
+    unchanged: the trace's last result is still the final value."""
     r = rng.random()
-    ops = review_ops(eqs)
     if r < correction_rate:
         kind = rng.choices(list(REVIEW_ERRORS), weights=list(REVIEW_ERRORS.values()))[0]
         kinds = [kind] + [k for k in REVIEW_ERRORS if k != kind]  # the others where the chain has no such error
         first = next((c for c in (_misread(rng, eqs, k) for k in kinds) if c), None)
-        if first is not None:
-            k = next(i for i, e in enumerate(first + [""]) if i >= len(eqs) or e != eqs[i])
-            return f"{plain_solution(first)}{WAIT_TEXT}, {ops}: {plain_solution(eqs[k:])}"
-    elif r >= correction_rate + (1 - correction_rate) * confirm_rate:
+        if first is None:  # a one-step chain has no reading error to make: reviewed as it is
+            first = eqs
+    elif r < correction_rate + (1 - correction_rate) * confirm_rate:
+        first = eqs
+    else:
         return plain_solution(eqs)
-    # a confirmation (a one-step chain has no reading error to make: confirmed as it is)
-    return f"{plain_solution(eqs)}{WAIT_TEXT}, {ops}: so {_steps(eqs)[-1][3]}."
+    return f"{plain_solution(first)}{WAIT_TEXT}, {review_ops(eqs)}: {plain_solution(eqs)}"
 
 
-_REVIEW = re.compile(re.escape(WAIT_TEXT) + r", \d+((?: [-+*/]\d+)+): ")
-_STEP_TEXT = re.compile(r"\d+[-+*/]\d+=\d+")
+_REVIEW = re.compile(re.escape(WAIT_TEXT) + r", \d+(?: [-+*/]\d+)+: ")
 
 
 def review_masked_spans(text: str) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` of a ``review`` trace to leave out of the SFT loss: WAIT_TEXT, and the
-    first chain's equations from the first one the review rewrites on (the injected error and what followed
-    from it): as many as the op list has operations, less the rewritten ones. Read from the text, so any stored
-    trace can be masked; no review, no span."""
+    first chain's equations from the first one that differs from the reviewed chain on (the injected error and
+    what followed from it). Read from the text, so any stored trace can be masked; no review, no span."""
     m = _REVIEW.search(text)
     if not m:
         return []
-    first = list(_STEP_TEXT.finditer(text[: m.start()]))
-    again = _STEP_TEXT.findall(text[m.end() :].split(".</think>")[0])
-    k = len(m[1].split()) - len(again) if again else len(first)
+    first = list(re.finditer(r"\d+[-+*/]\d+=\d+", text[: m.start()]))
+    again = re.findall(r"\d+[-+*/]\d+=\d+", text[m.end() :])
+    k = next((i for i, f in enumerate(first) if i >= len(again) or f.group() != again[i]), len(first))
     return [f.span() for f in first[k:]] + [(m.start(), m.start() + len(WAIT_TEXT))]
 
 

@@ -67,7 +67,7 @@ def test_compare_refuses_another_start_or_other_items(tmp_path):
 def test_loss_masks_follow_the_arm_style():
     from experiments.s1_wait import ARMS, loss_masks
 
-    review = "23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 28*3=84. 84-7=77."
+    review = "23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77."
     assert [review[a:b] for a, b in loss_masks(ARMS["review"][0], review)] == ["28-7=21", " Wait"]
     recheck = "17*3=41. Wait, 10*3=30, 7*3=21, 30+21=51, so 17*3=51."
     assert [recheck[a:b] for a, b in loss_masks(ARMS["recheck"][0], recheck)] == ["41"]

@@ -408,19 +408,11 @@ def test_review_style_rereads_the_question_and_ends_at_the_answer(correction, co
         first, review = r.solution.split(WAIT_TEXT + ", ")
         ops, again = review.split(": ")
         assert ops == _question_ops(r.question), "the review's op list is the question's operations in order"
-        written, right = _exact_chain(first), _exact_chain(p.solution)
+        assert again == p.solution, "the chain after the review is the right one"
+        assert _exact_chain(again)[-1].split("=")[1] == r.answer, "the reviewed chain ends at the gold answer"
+        written = _exact_chain(first)
         assert written and written[0].split(re.search(r"[-+*/]", written[0])[0])[0] == ops.split()[0]
-        if first == p.solution:  # a confirmation restates the answer, nothing recomputed
-            assert again == f"so {r.answer}.", r.solution
-            confirms += 1
-            continue
-        redone = _exact_chain(again)
-        k = len(right) - len(redone)
-        assert written[:k] == right[:k] and (k == len(written) or written[k] != right[k]), (
-            "the review rewrites the chain from its first wrong step on"
-        )
-        assert right[:k] + redone == right and redone[-1].split("=")[1] == r.answer, "it ends at the gold answer"
-        fixes += 1
+        fixes, confirms = fixes + (first != p.solution), confirms + (first == p.solution)
     n = len(rev)
     assert abs(fixes / n - correction) < 0.06, (fixes, n)  # every multi-step chain admits a reading error
     assert abs(confirms / n - (1 - correction) * confirm) < 0.06, (confirms, n)
@@ -455,12 +447,10 @@ def test_review_errors_are_reading_errors_of_every_kind():
 def test_review_masks_the_wait_and_the_wrong_part_only():
     from ops.solutions import review_masked_spans
 
-    text = "<think>23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 28*3=84. 84-7=77.</think><answer>77</answer>"
+    text = "<think>23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77.</think><answer>77</answer>"
     assert [text[a:b] for a, b in review_masked_spans(text)] == ["28-7=21", WAIT_TEXT]
-    misread = "23+5=28. 28*4=112. 112-7=105. Wait, 23 +5 *3 -7: 28*3=84. 84-7=77."
-    assert [misread[a:b] for a, b in review_masked_spans(misread)] == ["28*4=112", "112-7=105", WAIT_TEXT]
-    stopped = "23+5=28. Wait, 23 +5 *3: 28*3=84."
+    stopped = "23+5=28. Wait, 23 +5 *3: 23+5=28. 28*3=84."
     assert [stopped[a:b] for a, b in review_masked_spans(stopped)] == [WAIT_TEXT]
-    confirmed = "<think>23+5=28. 28*3=84. Wait, 23 +5 *3: so 84.</think><answer>84</answer>"
+    confirmed = "23+5=28. 28*3=84. Wait, 23 +5 *3: 23+5=28. 28*3=84."
     assert [confirmed[a:b] for a, b in review_masked_spans(confirmed)] == [WAIT_TEXT]
     assert review_masked_spans("23+5=28. 28*3=84.") == []
