@@ -73,7 +73,8 @@ def review_outcome(gold: list[tuple[int, str, int, int]], own: str, wait: str) -
 
 
 def reviews(path: str, n_eval: int, difficulty: int) -> dict:
-    """:func:`review_outcome` counted over an ``s1_wait`` review arm's completions (its held-out items)."""
+    """:func:`review_outcome` counted over an ``s1_wait`` review arm's completions (its held-out items), beside
+    how many own-stop chains wrote exactly the problem's operations (whatever their arithmetic)."""
     from collections import Counter
 
     from ops.tasks import make_splits
@@ -82,7 +83,9 @@ def reviews(path: str, n_eval: int, difficulty: int) -> dict:
     _, ev = make_splits(0, n_eval, 11, [difficulty], exclude={t.question for t in train})
     comp = json.loads(open(path).read())
     counts = Counter(review_outcome(_steps(t.solution), comp[t.id + "/greedy"], comp[t.id + "/wait"]) for t in ev)
-    return dict(counts.most_common())
+    ops = lambda steps: [(op, b) for _, op, b, _ in steps]  # noqa: E731
+    own_read = sum(ops(_steps(comp[t.id + "/greedy"].split("</think>")[0])) == ops(_steps(t.solution)) for t in ev)
+    return {"own_chain_reads_the_operations_right": own_read, "outcomes": dict(counts.most_common())}
 
 
 def main(argv: list[str] | None = None) -> None:
