@@ -156,7 +156,8 @@ def train_distill(
         elif cache[0] is not None and length in checked:
             t_logits = cache[0].batch(batch["index"]).to(s_logits.device)
         else:
-            with torch.no_grad():
+            # the frozen teacher in its own precision whatever the student trains in, so the cache stays exact
+            with torch.no_grad(), torch.autocast(dev.type, enabled=False):
                 t_logits, _ = labelled_logits(teacher, b)
             if cache[0] is not None:
                 if cache[0].matches(batch["index"], t_logits):

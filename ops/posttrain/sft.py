@@ -57,6 +57,7 @@ class SFTParams:
     seq_len: int = 512  # packed row length
     warmup_steps: int = 20
     optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: str = "auto"  # ops.train.core.PRECISIONS
     seed: int = 0
     lora_r: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 16

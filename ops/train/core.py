@@ -15,7 +15,8 @@ Everything else is plain composition:
   the param groups each step (no scheduler object to save; a group's ``lr_mult`` scales it, e.g. PPO's value
   head);
 * gradient accumulation (DDP's ``no_sync`` on all but the last micro-batch), clipping, bf16 autocast on
-  CUDA, optional ``torch.compile`` and activation checkpointing;
+  CUDA (on the CPU with ``precision: bf16``, attention kept in fp32), optional ``torch.compile`` and activation
+  checkpointing;
 * atomic keep-last-k checkpoints in ``work_dir`` (:mod:`ops.train.checkpoint`) that refuse to resume under a
   different fingerprint (config, data, tokenizer — whatever the caller puts in ``fingerprint``);
 * a non-finite loss or gradient raises :class:`NonFiniteError` naming the step *before* the optimizer
@@ -45,6 +46,8 @@ from .schedule import SCHEDULES, lr_at
 
 # Config fields that cannot change the numbers a run produces; a resume may differ in these.
 _NON_RESULT_FIELDS = ("ckpt_every", "keep_last")
+# auto: bf16 autocast on CUDA, fp32 on the CPU | bf16: bf16 autocast (on the CPU, attention in fp32) | fp32
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -67,7 +70,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     decay_frac: float = 0.2  # wsd: fraction of steps spent decaying
     eps: float = 1e-8
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # one of PRECISIONS
     fsdp: bool = False  # under torch.distributed: FSDP2 (fully_shard) instead of DDP
     spike_factor: float = 2.0  # a step whose loss exceeds spike_factor x the running mean is a spike
 
@@ -76,8 +79,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule: unknown {self.schedule!r}; expected one of {SCHEDULES}")
         if self.steps < 1 or self.grad_accum < 1:
             raise ValueError("TrainConfig: steps and grad_accum must be >= 1")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"TrainConfig.precision: unknown {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision: unknown {self.precision!r}; expected one of {PRECISIONS}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
 
@@ -179,12 +182,45 @@ def clip_grads(params: list[Any], max_norm: float) -> float:
 
 
 def autocast_ctx(device: Any, precision: str = "auto") -> Any:
+    """bf16 autocast when ``precision`` asks for it (``auto``: on CUDA only), else nothing. On the CPU the
+    attention itself stays fp32 (:func:`_fp32_attention`)."""
     import torch
 
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
+    if not use_bf16:
+        return contextlib.nullcontext()
+    if device.type != "cpu":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+    stack.enter_context(_fp32_attention())
+    return stack
+
+
+@contextlib.contextmanager
+def _fp32_attention() -> Any:
+    """transformers' SDPA attention run in fp32 with autocast off, for the duration of the block.
+
+    Under CPU bf16 autocast the projections' matmuls get faster, but PyTorch's CPU flash-attention backward
+    in bf16 is several times slower than in fp32, which cancels the gain on small models; the attention's
+    inputs are cast up and its output goes on to the (autocast) output projection. The override is put back
+    on exit, also when the block raises."""
+    import torch
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def sdpa_fp32(module: Any, q: Any, k: Any, v: Any, mask: Any, **kw: Any) -> Any:
+        with torch.autocast(q.device.type, enabled=False):
+            if mask is not None and mask.is_floating_point():
+                mask = mask.float()
+            return sdpa(module, q.float(), k.float(), v.float(), mask, **kw)
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_fp32
+    try:
+        yield
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa
 
 
 def rng_state() -> dict[str, Any]:

@@ -40,13 +40,13 @@ def models():
     return tok, student, teacher
 
 
-def _train(models, ex, steps: int = 12, logs: list | None = None):
+def _train(models, ex, steps: int = 12, logs: list | None = None, precision: str = "auto"):
     tok, student, teacher = models
     calls: list[int] = []
     # on the decoder: the KD loss runs decoder + head on the labelled positions, not the model's forward()
     h = teacher.get_decoder().register_forward_hook(lambda *a: calls.append(1))
     s = copy.deepcopy(student)
-    p = D.DistillParams("logit", 2.0, 0.5, SFTParams(steps=steps, lr=1e-3, batch_size=8, seed=0, warmup_steps=0))
+    p = D.DistillParams("logit", 2.0, 0.5, SFTParams(steps=steps, lr=1e-3, batch_size=8, seed=0, warmup_steps=0, precision=precision))
     try:
         info = D.train_distill(s, teacher, tok, ex, p, work_dir=None, log=(logs.append if logs is not None else (lambda s: None)))
     finally:
@@ -70,6 +70,16 @@ def test_cached_teacher_logits_train_bit_for_bit_like_the_teacher_on_every_batch
     assert _same(s_cached, s_plain)
     # 40 rows in chunks of 8 (5 forwards) + the first batch of the one padded length, against one per step
     assert (n_cached, n_plain) == (6, 12)
+
+
+def test_a_bf16_student_keeps_the_fp32_teacher_cache(models, monkeypatch):
+    # the teacher's check forward runs outside the student's autocast, so it matches the fp32 cache
+    ex = _same_length_examples()
+    cached, s_cached, n_cached = _train(models, ex, precision="bf16")
+    monkeypatch.setattr(D, "CACHE_MAX_BYTES", 0)
+    plain, s_plain, _ = _train(models, ex, precision="bf16")
+    assert cached["teacher_logits_cached"] and n_cached == 6
+    assert cached["losses"] == plain["losses"] and _same(s_cached, s_plain)
 
 
 def test_rows_of_different_lengths_train_bit_for_bit_with_or_without_the_cache(models, monkeypatch):
