@@ -2,28 +2,29 @@
 
 ``python -m experiments.cold_start_seeds OUT TOKENS_DIR TOKENIZER_DIR PROBLEMS_DIR TASKS_DIR --seeds 1,2
 [--settings default,wsd] [--base-dir LABEL=DIR ...] [--stored LABEL=DIR ...] [--n-eval 300] [--eval-every 200]
-[--sampled 4] [--threads 1]``
+[--sampled 4] [--threads 1] [--base-precision fp32]``
 
 For each base seed, pretrains the default pipeline's ``base`` (the ``pretrain`` kind's job, built the way the
 stage builds it: d=128 4-layer Qwen2, 1.5M tokens, seq 64, batch 32, lr 2e-3, warm-up 30, on TOKENS_DIR with
-TOKENIZER_DIR) with that seed, or takes a stored base given as ``--base-dir LABEL=DIR`` (LABEL in ``--seeds``;
-e.g. the default home's ``base`` as seed 0, or a base of another corpus draw), then runs the ``sft`` kind's
-training (``ops.posttrain.sft.train_sft``) from it on PROBLEMS_DIR's worked solutions once per setting of
-``SETTINGS`` (``wsd`` is the pipeline's ``cold_sft``, ``default`` its earlier cosine schedule). Every setting
-runs the padded forward (``length_groups`` 0) unless it names ``length_groups`` (``ops.posttrain.sft.LENGTH_GROUPS``),
+TOKENIZER_DIR) with that seed, in ``--base-precision`` (its validation loss is also measured in fp32), or
+takes a stored base given as ``--base-dir LABEL=DIR`` (LABEL in ``--seeds``; e.g. the default home's ``base``
+as seed 0, or a base of another corpus draw), then runs the ``sft`` kind's training
+(``ops.posttrain.sft.train_sft``) from it on PROBLEMS_DIR's worked solutions once per setting of ``SETTINGS``
+(``wsd`` is the pipeline's ``cold_sft``, ``default`` its earlier cosine schedule). Every setting runs the
+padded forward (``length_groups`` 0) unless it names ``length_groups`` (``ops.posttrain.sft.LENGTH_GROUPS``),
 so runs stay comparable whatever the pipeline's own forward is. Every ``--eval-every`` steps and at the end,
 the model is scored greedily on the first ``--n-eval`` held-out problems of TASKS_DIR (the benchmark), item by
-item; ``--sampled K`` also samples K answers per problem at T=1 at the last step (the stage's ``eval_samples``).
-``--stored LABEL=DIR`` scores a stored cold_sft artifact (the default's own run on base LABEL) the same
-way; it stands for the default on a base the study did not rerun it on. Every run writes
+item; ``--sampled K`` also samples K answers per problem at T=1 at the last step (the stage's
+``eval_samples``). ``--stored LABEL=DIR`` scores a stored cold_sft artifact (the default's own run on base
+LABEL) the same way; it stands for the default on a base the study did not rerun it on. Every run writes
 ``OUT/runs/s<label>_<setting>.json`` (per-step training losses, logged grad norms, per-item correctness at
 each evaluated step, the training's CPU seconds per step without the evaluations) as soon as it finishes, so a
 study cut short keeps what it measured, and several processes can share OUT.
 ``python -m experiments.cold_start_seeds OUT --summary [--ref default]`` gathers every run in OUT into
 ``OUT/cold_start_seeds.json``: per setting and step, accuracy per base with mean, SD and range over bases, and
-against the reference setting ``--ref`` the per-item paired difference (items averaged over the bases both ran,
-``ops.eval.metrics.paired_difference``), the same interval on each base alone, and the per-base differences
-with their mean and standard error; greedy, and sampled where both runs sampled.
+against the reference setting ``--ref`` the per-item paired difference (items averaged over the bases both
+ran, ``ops.eval.metrics.paired_difference``), the same interval on each base alone, and the per-base
+differences with their mean and standard error; greedy, and sampled where both runs sampled.
 """
 
 from __future__ import annotations
@@ -50,7 +51,16 @@ BASE = {
     "eval_every": 100,
     "eval_tokens": 8192,
 }
-COLD_SFT = {"steps": 800, "lr": 2e-3, "batch_size": 64, "warmup_steps": 20, "optim": {}, "length_groups": 0}
+COLD_SFT = {
+    "steps": 800,
+    "lr": 2e-3,
+    "batch_size": 64,
+    "warmup_steps": 20,
+    "optim": {},
+    "length_groups": 0,
+    "precision": "fp32",
+    "sft_seed": 0,
+}
 # candidate settings: overrides of COLD_SFT; every one trains on the same tokens in the same or fewer steps
 SETTINGS: dict[str, dict] = {
     "default": {},
@@ -65,11 +75,19 @@ SETTINGS: dict[str, dict] = {
     # the same grouped wsd cold start in fewer steps (the schedule's shape scales with the steps)
     "wsd_grouped_s600": {"optim": {"schedule": "wsd"}, "length_groups": 3, "steps": 600},
     "wsd_grouped_s500": {"optim": {"schedule": "wsd"}, "length_groups": 3, "steps": 500},
+    # the grouped wsd cold start under CPU bf16 autocast (attention in fp32; ops.train.core.autocast_ctx)
+    "wsd_grouped_bf16": {"optim": {"schedule": "wsd"}, "length_groups": 3, "precision": "bf16"},
+    # both again with another SFT draw (data order and initialisation seed 1)
+    "wsd_grouped_seed1": {"optim": {"schedule": "wsd"}, "length_groups": 3, "sft_seed": 1},
+    "wsd_grouped_bf16_seed1": {"optim": {"schedule": "wsd"}, "length_groups": 3, "precision": "bf16", "sft_seed": 1},
 }
 
 
-def pretrain_base(seed: int, tokens_dir: Path, tokenizer_dir: Path, out: Path, threads: int) -> dict:
-    """Pretrain the default base with ``seed`` into ``out`` (the pretrain stage's job, in process)."""
+def pretrain_base(
+    seed: int, tokens_dir: Path, tokenizer_dir: Path, out: Path, threads: int, precision: str = "fp32"
+) -> dict:
+    """Pretrain the default base with ``seed`` into ``out`` (the pretrain stage's job, in process), in
+    ``precision``; its final validation loss is also measured in fp32 (``val_loss_fp32``)."""
     from dataclasses import asdict
 
     from ops import planner
@@ -96,6 +114,7 @@ def pretrain_base(seed: int, tokens_dir: Path, tokenizer_dir: Path, out: Path, t
             log_every=10,
             seed=seed,
             ckpt_every=0,
+            precision=precision,
             **opt,
         )
     )
@@ -120,10 +139,18 @@ def pretrain_base(seed: int, tokens_dir: Path, tokenizer_dir: Path, out: Path, t
         "fingerprint": {**resume_fingerprint(tokens_dir, tokenizer_dir), "seed": seed},
     }
     res = run_pretraining(job, log=lambda s: None, progress=False)
+    from ops.model import load_model
     from ops.tokens import TokenStream, unigram_entropy
+    from ops.train.lm import evaluate_lm
 
     h = unigram_entropy(TokenStream(tokens_dir, "val").tokens)
+    ev32 = evaluate_lm(
+        load_model(out), TokenStream(tokens_dir, "val"), seq_len=BASE["seq_len"], max_tokens=BASE["eval_tokens"],
+        batch_size=16, device="cpu",
+    )
     info = {
+        "precision": precision,
+        "val_loss_fp32": ev32["val_loss"],
         "steps": res["steps_done"],
         "val_loss": res["final_eval"]["val_loss"],
         "val_loss_vs_unigram": res["final_eval"]["val_loss"] / h,
@@ -153,7 +180,8 @@ def sft_run(
         batch_size=s["batch_size"],
         warmup_steps=s["warmup_steps"],
         optim=OptimConfig(**s["optim"]),
-        seed=0,
+        precision=s["precision"],
+        seed=s["sft_seed"],
         eval_every=eval_every * s["steps"] // COLD_SFT["steps"],
         ckpt_every=0,
     )
@@ -165,6 +193,10 @@ def sft_run(
 
     def eval_fn(m, step: int) -> dict:
         c0 = time.process_time()
+        with torch.autocast("cpu", enabled=False):  # scored in fp32 whatever the training precision, as the stage
+            return _eval(m, step, c0)
+
+    def _eval(m, step: int, c0: float) -> dict:
         r = task_accuracy(m, tok, ev, per_item=True)
         # the point on the default's step axis: the same share of the run's tokens
         e = evals[step * COLD_SFT["steps"] // s["steps"]] = {
@@ -252,7 +284,7 @@ def run(args: argparse.Namespace) -> None:
                 base_info = json.loads((base_dir / "study_base.json").read_text())
             else:
                 base_info = pretrain_base(
-                    int(seed), Path(args.tokens), Path(args.tokenizer), base_dir, args.threads
+                    int(seed), Path(args.tokens), Path(args.tokenizer), base_dir, args.threads, args.base_precision
                 )
             print(json.dumps({"seed": seed, "base": base_info}), flush=True)
         for setting in args.settings.split(","):
@@ -369,6 +401,7 @@ def main() -> None:
         "--sampled", type=int, default=0, help="also sample K answers per problem at T=1 at the end"
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--base-precision", default="fp32", help="precision of the bases the script pretrains")
     ap.add_argument(
         "--summary", action="store_true", help="only gather OUT/runs into OUT/cold_start_seeds.json"
     )
