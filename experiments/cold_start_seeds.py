@@ -60,6 +60,7 @@ COLD_SFT = {
     "length_groups": 0,
     "precision": "fp32",
     "sft_seed": 0,
+    "head_fp32": False,
 }
 # candidate settings: overrides of COLD_SFT; every one trains on the same tokens in the same or fewer steps
 SETTINGS: dict[str, dict] = {
@@ -80,6 +81,11 @@ SETTINGS: dict[str, dict] = {
     # both again with another SFT draw (data order and initialisation seed 1)
     "wsd_grouped_seed1": {"optim": {"schedule": "wsd"}, "length_groups": 3, "sft_seed": 1},
     "wsd_grouped_bf16_seed1": {"optim": {"schedule": "wsd"}, "length_groups": 3, "precision": "bf16", "sft_seed": 1},
+    # bf16 with the vocabulary head (the logits) computed in fp32, both SFT draws
+    "wsd_grouped_bf16_head32": {"optim": {"schedule": "wsd"}, "length_groups": 3, "precision": "bf16", "head_fp32": True},
+    "wsd_grouped_bf16_head32_seed1": {
+        "optim": {"schedule": "wsd"}, "length_groups": 3, "precision": "bf16", "head_fp32": True, "sft_seed": 1,
+    },
 }
 
 
@@ -213,10 +219,19 @@ def sft_run(
 
     t0, c0 = time.time(), time.process_time()
     groups, sft.LENGTH_GROUPS = sft.LENGTH_GROUPS, s["length_groups"]
+    head_forward = model.lm_head.forward
+    if s["head_fp32"]:  # the logits in fp32 under bf16 autocast (the head's weight is fp32 already)
+
+        def head32(h):
+            with torch.autocast("cpu", enabled=False):
+                return torch.nn.functional.linear(h.float(), model.lm_head.weight, model.lm_head.bias)
+
+        model.lm_head.forward = head32
     try:
         _, _, info = train_sft(model, tok, examples, p, work_dir=None, eval_fn=eval_fn, log=lambda s: None)
     finally:
         sft.LENGTH_GROUPS = groups
+        model.lm_head.forward = head_forward
     train_cpu = time.process_time() - c0 - eval_cpu[0]
     return {
         "setting": setting,
