@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ops.train.optim import OptimConfig, optim_field
+from ops.train.optim import OptimConfig, Precision, optim_field, precision_field
 
 from .posttrain import (
     MODEL,
@@ -74,6 +74,7 @@ class DistillConfig(StageConfig):
     steps: int = Field(300, ge=1, description="optimizer updates")
     lr: float = Field(2e-3, gt=0, description="peak learning rate")
     optim: OptimConfig = optim_field()
+    precision: Precision = precision_field()
     batch_size: int = Field(32, ge=1, description="examples per update")
     seed: int = Field(0, description="student initialisation and order seed")
     eval_problems: int = Field(100, ge=0, description="held-out problems for teacher and student accuracy")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ops.train.optim import OptimConfig, PretrainOptimConfig, optim_field
+from ops.train.optim import OptimConfig, Precision, PretrainOptimConfig, optim_field, precision_field
 
 from .registry import (
     CheckOutcome,
@@ -145,7 +145,7 @@ class PretrainConfig(StageConfig):
     keep_last: int = run_option(2, ge=1, description="checkpoints kept in the work directory")
     compile: bool = Field(False, description="torch.compile the model")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA")
+    precision: Precision = precision_field()
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     threads: int | None = Field(None, ge=1, description="torch CPU threads in-process (None: torch default)")
     launcher: Literal["inprocess", "torchrun"] = Field(

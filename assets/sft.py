@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ops.train.optim import OptimConfig, optim_field
+from ops.train.optim import OptimConfig, Precision, optim_field, precision_field
 
 from .posttrain import (
     MODEL,
@@ -49,6 +49,7 @@ class SFTConfig(StageConfig):
     batch_size: int = Field(32, ge=1, description="examples per update (rows when packing)")
     warmup_steps: int = Field(20, ge=0, description="linear warm-up updates")
     optim: OptimConfig = optim_field()
+    precision: Precision = precision_field()
     max_len: int = Field(256, ge=8, description="examples longer than this (tokens) are dropped and counted")
     pack: bool = Field(False, description="pack several examples per row (block-diagonal attention, exact)")
     seq_len: int = Field(512, ge=8, description="row length when packing")

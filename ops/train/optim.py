@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .core import TrainConfig
+from .core import PRECISIONS, TrainConfig
 from .schedule import SCHEDULES
 
 _FIELDS: dict[str, dict[str, Any]] = {
@@ -96,6 +96,19 @@ def optim_field(cls: type[OptimConfig] = OptimConfig) -> Any:
         description="optimiser (AdamW) and LR schedule, shared by every training kind: schedule (cosine | wsd | "
         "linear | constant), min_lr_ratio, decay_frac, weight_decay, betas, eps, grad_clip; a field left out "
         f"keeps this kind's default ({defaults})",
+    )
+
+
+Precision = Literal[PRECISIONS]  # the spec field's values are the core's
+
+
+def precision_field() -> Any:
+    """The ``precision`` field of a training kind's stage config (``TrainConfig.precision``)."""
+    return Field(
+        "auto",
+        description="training arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), bf16 (bf16 autocast; "
+        "on the CPU the attention stays fp32, where bf16 is slower) or fp32; the weights and the optimizer "
+        "state are fp32 either way",
     )
 
 

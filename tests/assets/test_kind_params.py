@@ -15,7 +15,7 @@ OPTIM = {"optim"}
 EXPECTED = {
     ("sft", "ops.posttrain.sft", "SFTParams"): {
         "steps", "lr", "batch_size", "max_len", "pack", "seq_len", "warmup_steps", "seed", "lora_r",
-        "lora_alpha", *CKPT, *OPTIM,
+        "lora_alpha", "precision", *CKPT, *OPTIM,
     },
     ("grpo", "ops.rl.grpo", "GRPOParams"): {
         "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "top_p", "lr",
@@ -36,7 +36,7 @@ EXPECTED = {
         "held_out", "reference_update",
     },
     ("reward_model", "ops.posttrain.rm", "RMParams"): {"steps", "lr", "batch_size", "seed", *CKPT, *OPTIM},
-    ("distill", "ops.posttrain.sft", "SFTParams"): {"steps", "lr", "batch_size", "seed", *CKPT, *OPTIM},
+    ("distill", "ops.posttrain.sft", "SFTParams"): {"steps", "lr", "batch_size", "seed", "precision", *CKPT, *OPTIM},
     ("rejection_sample", "ops.posttrain.rejection", "RejectionParams"): {
         "samples", "keep", "max_per_prompt", "max_response_tokens", "temperature", "seed",
     },
@@ -129,14 +129,14 @@ def _pairs_file(tmp_path):
     return str(path)
 
 
-def _run_posttrain_kind(kind: str, home, tmp_path) -> None:
+def _run_posttrain_kind(kind: str, home, tmp_path, extra: dict | None = None) -> None:
     from pipelines.execute import run_kind
     from resources.store import StoredArtifact
     from tests import posttrain_helpers as H
 
     base = StoredArtifact("pretrain", "v-base", H.base_model_dir(), {"stage": "base", "produces": "model"})
     tasks, _ = run_kind("reasoning_tasks", {"train": 40, "eval": 4, "difficulties": [1]}, home, log=lambda s: None)
-    cfg: dict = {"optim": SET, "steps": 2}
+    cfg: dict = {"optim": SET, "steps": 2, **(extra or {})}
     ins: dict = {}
     if kind in ("sft", "distill"):
         ins = {"teacher" if kind == "distill" else "model": [base], "data": [tasks]}
@@ -157,7 +157,7 @@ def _run_posttrain_kind(kind: str, home, tmp_path) -> None:
         run_kind(kind, cfg, home, inputs=ins, log=lambda s: None)
 
 
-def _run_pretrain(tmp_path) -> None:
+def _run_pretrain(tmp_path, extra: dict | None = None) -> None:
     from assets.pretrain import PretrainConfig, train_job
     from ops.tokenizer import save_tokenizer, train_bpe
     from ops.tokens import tokenize_documents
@@ -166,7 +166,7 @@ def _run_pretrain(tmp_path) -> None:
     texts = [f"{i} plus {i} is {2 * i}." for i in range(200)]
     save_tokenizer(train_bpe(texts, vocab_size=300), tmp_path / "tok")
     tokenize_documents([str(i) for i in range(200)], texts, tmp_path / "tok" / "tokenizer.json", tmp_path / "tokens")
-    c = PretrainConfig.model_validate({"data": "t", "tokenizer": "k", "optim": SET})
+    c = PretrainConfig.model_validate({"data": "t", "tokenizer": "k", "optim": SET, **(extra or {})})
     job = {
         "tokens_dir": str(tmp_path / "tokens"), "tokenizer_dir": str(tmp_path / "tok"), "out_dir": str(tmp_path / "o"),
         "work_dir": str(tmp_path / "w"), "arch": {"arch": "qwen2", "d_model": 32, "layers": 1, "heads": 2},
@@ -186,3 +186,13 @@ def test_optim_block_reaches_the_train_config_of_every_training_kind(kind, captu
     (cfg,) = captured
     assert (cfg.schedule, cfg.weight_decay, cfg.betas, cfg.grad_clip) == ("wsd", 0.1, (0.8, 0.99), 0.5)
     assert cfg.steps == (4 if kind == "pretrain" else 2)
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "sft", "distill"])
+def test_precision_reaches_the_train_config(kind, captured, lmforge_home, tmp_path):
+    if kind == "pretrain":
+        _run_pretrain(tmp_path, {"precision": "bf16"})
+    else:
+        _run_posttrain_kind(kind, lmforge_home, tmp_path, {"precision": "bf16"})
+    (cfg,) = captured
+    assert cfg.precision == "bf16"

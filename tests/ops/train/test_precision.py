@@ -1,13 +1,19 @@
 """``precision: bf16`` on the CPU: bf16 autocast with the attention kept in fp32 (``ops.train.core.autocast_ctx``),
-the override put back afterwards; SFT trains under it (``SFTParams.precision``) and its loss falls."""
+the override put back afterwards; SFT trains under it and its loss falls; the stage field reaches the run's
+``TrainConfig`` for pretrain, sft and distill; an unknown value is one spec issue naming file, stage and field."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from tests import posttrain_helpers as H
+from tests.spec_helpers import assert_one_issue
 
 pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _sdpa():
@@ -66,3 +72,29 @@ def test_bf16_sft_trains_and_its_loss_falls_close_to_fp32():
     bf = losses["bf16"]
     assert sum(bf[-5:]) / 5 < sum(bf[:5]) / 5 - 0.5
     assert bf[-1] == pytest.approx(losses["fp32"][-1], rel=0.05)
+
+
+# ---------------------------------------------------------------- the spec field
+HEAD = f"pipeline: p\nextends: {ROOT / 'pipelines' / 'tiny_r1.yaml'}\nstages:\n"
+
+
+@pytest.mark.parametrize("stage", ["base", "cold_sft", "student"])
+def test_unknown_precision_is_one_issue_naming_file_stage_and_field(tmp_path, stage):
+    p = tmp_path / "spec.yaml"
+    p.write_text(HEAD + f"  {stage}: {{precision: fp16}}\n")
+    assert_one_issue(p, stage, "precision", ["fp16", "'bf16'"])
+
+
+def test_precision_field_is_declared_once_and_documented():
+    from assets.registry import load_kinds
+
+    kinds = load_kinds()
+    for name in ("pretrain", "sft", "distill"):
+        fld = kinds[name].config.model_fields["precision"]
+        assert fld.default == "auto" and "bf16" in fld.description and "fp32" in fld.description
+        assert kinds[name].config.model_validate({**_refs(name), "precision": "bf16"}).precision == "bf16"
+
+
+def _refs(kind: str) -> dict:
+    return {"pretrain": {"data": "t", "tokenizer": "k"}, "sft": {"model": "m", "data": ["d"]},
+            "distill": {"teacher": "t", "data": ["d"]}}[kind]
