@@ -125,7 +125,6 @@ def recheck_solution(eqs: list[str], rng: random.Random, correction_rate: float,
 
 
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
-_FLIP = {"+": "-", "-": "+", "*": "/", "/": "*"}
 
 
 def _steps(eqs: list[str]) -> list[tuple[int, str, int, int]]:
@@ -170,7 +169,7 @@ def _misread(rng: random.Random, eqs: list[str], kind: str) -> list[str] | None:
         k = rng.randrange(n - 1)  # a middle step: leaving out the last one is a "stop"
         wrong = ops[:k] + ops[k + 1 :]
     elif kind == "operation":
-        wrong = ops[:k] + [(_FLIP[op], b)] + ops[k + 1 :]
+        wrong = ops[:k] + [(_INVERSE[op], b)]  # the inverse operation: the misread one + ops[k + 1 :]
     else:  # another number of the problem, or the true operand with one digit changed
         others = {x for _, x in ops if x != b} | ({start} if op in "+-" else set())
         near = {_slip(rng, b)} if op in "+-" else {x for x in range(2, 10) if x != b}
