@@ -107,8 +107,11 @@ def model_metric(info: EvalInfo, key: str) -> dict[str, Any] | None:
 
 # ---- structure of the run -------------------------------------------------------------------------------------
 def _strip_seed(cfg: Any) -> Any:
+    """``cfg`` without any ``seed`` key, also inside lists (a random reward's own seed: ``[{random: {seed: 1}}]``)."""
     if isinstance(cfg, dict):
         return {k: _strip_seed(v) for k, v in cfg.items() if k != "seed"}
+    if isinstance(cfg, list):
+        return [_strip_seed(v) for v in cfg]
     return cfg
 
 

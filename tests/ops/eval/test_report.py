@@ -68,6 +68,15 @@ def test_seed_groups_are_stages_equal_but_for_their_seed():
     assert seed_groups(["a", "b", "c", "d"], stages) == [["a", "b"]]
 
 
+def test_random_reward_controls_group_across_their_reward_seeds_not_across_p():
+    def ctl(name: str, seed: int, p: float = 0.5) -> StageInfo:
+        cfg = {"lr": 1e-5, "seed": seed, "rewards": [{"random": {"p": p, "seed": seed}}]}
+        return _stage(name, "grpo", {"model": ["sft"]}, config=cfg)
+
+    stages = {"r0": ctl("r0", 0), "r1": ctl("r1", 1), "r2": ctl("r2", 2), "q": ctl("q", 3, p=0.25)}
+    assert seed_groups(["r0", "r1", "r2", "q"], stages) == [["r0", "r1", "r2"]]
+
+
 def test_a_consistent_paired_gain_is_beyond_noise_and_no_change_is_not():
     parent = _eval("base", {"greedy_accuracy": [0.0] * 40, "format_rate": [1.0, 0.0] * 20})
     child = _eval("sft", {"greedy_accuracy": [1.0] * 30 + [0.0] * 10, "format_rate": [0.0, 1.0] * 20})
