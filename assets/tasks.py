@@ -147,6 +147,17 @@ def _excluded_questions(run: StageRun) -> set[str]:
     return out
 
 
+def _non_empty(cfg: ReasoningTasksConfig, train: list, ev: list) -> tuple[bool, str]:
+    """Every split the stage asks for holds a problem: the training split (always, from a user Parquet), the
+    eval split when ``eval_path`` or ``eval`` > 0 asks for one; an eval-only set (``train: 0``) is a benchmark."""
+    wants_train = cfg.generator == "parquet" or cfg.train > 0
+    wants_eval = bool(cfg.eval_path) if cfg.generator == "parquet" else cfg.eval > 0
+    empty = [name for name, want, rows in (("training", wants_train, train), ("eval", wants_eval, ev))
+             if want and not rows]
+    counts = f"{len(train)} training / {len(ev)} eval problems"
+    return not empty and bool(train or ev), counts + (f" (empty: {', '.join(empty)})" if empty else "")
+
+
 def _run(run: StageRun) -> StageResult:
     from ops.tasks import (
         TaskFileError,
@@ -205,14 +216,14 @@ def _run(run: StageRun) -> StageResult:
                         "answer": t.answer,
                         "difficulty": t.difficulty,
                     }
-                    for t in train[:10]
+                    for t in (train or ev)[:10]
                 ]
             ),
             "by_difficulty": Table([{"difficulty": k, "train": v} for k, v in sorted(by_d.items())]),
         },
         checks=[
             CheckOutcome("splits_disjoint", overlap == 0, f"{overlap} questions in both splits"),
-            CheckOutcome("non_empty", len(train) > 0, f"{len(train)} training problems"),
+            CheckOutcome("non_empty", *_non_empty(cfg, train, ev)),
         ],
     )
 
@@ -226,7 +237,7 @@ REASONING_TASKS = register(
         description="Verifiable reasoning problems (generated arithmetic or a user Parquet) with exact answers",
         checks=(
             CheckSpec("splits_disjoint", "no question is in both train and eval", blocking=True),
-            CheckSpec("non_empty", "at least one training problem", blocking=True),
+            CheckSpec("non_empty", "every split asked for holds a problem (train: 0 makes an eval-only set)", blocking=True),
         ),
         validate=_validate,
         fingerprint=_fingerprint,

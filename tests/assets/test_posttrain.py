@@ -347,3 +347,28 @@ def test_sft_then_rejection_sampling_keeps_only_verified_answers_with_provenance
         inputs={"model": [sft], "data": [art, tasks_art]},
     )
     assert res2.metrics["examples"] == len(kept) + 200
+
+
+@pytest.mark.unit
+def test_reasoning_tasks_eval_only_set_is_a_benchmark_and_an_emptied_split_fails(lmforge_home, tmp_path):
+    """``train: 0`` makes an eval-only set (a held-out benchmark) that passes its checks; a split the stage asks
+    for that comes out empty (every user row excluded) fails the blocking check and is never the version's
+    result."""
+    bench, _ = run_kind("reasoning_tasks", {"train": 0, "eval": 40, "difficulties": [1]}, lmforge_home)
+    assert bench.failed is None
+    assert {c["name"]: c["passed"] for c in bench.manifest["checks"]}["non_empty"] is True
+    assert pq.read_table(bench.path / "train.parquet").num_rows == 0
+    assert pq.read_table(bench.path / "eval.parquet").num_rows == 40
+
+    only = sorted(r["question"] for r in pq.read_table(bench.path / "eval.parquet").to_pylist())[:1]
+    user = tmp_path / "user.parquet"
+    pq.write_table(pa.table({"question": only, "answer": ["1"]}), user)
+    bad, _ = run_kind(
+        "reasoning_tasks",
+        {"generator": "parquet", "path": str(user), "exclude": ["bench"]},
+        lmforge_home,
+        inputs={"exclude": [bench]},
+    )
+    assert bad.failed and "non_empty" in bad.failed and "empty: training" in bad.failed
+    check = next(c for c in bad.manifest["checks"] if c["name"] == "non_empty")
+    assert check["passed"] is False and check["description"].startswith("0 training / 0 eval")
