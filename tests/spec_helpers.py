@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
+
+
+def extending_spec(tmp_path: Path, parent: Path, stages: str) -> Path:
+    """A spec file ``pipeline: p`` that extends ``parent`` with ``stages`` (a YAML mapping, any indentation)."""
+    p = tmp_path / "spec.yaml"
+    p.write_text(f"pipeline: p\nextends: {parent}\nstages:\n" + textwrap.indent(textwrap.dedent(stages), "  "))
+    return p
 
 
 def assert_one_issue(path: Path, stage: str, field: str, words: list[str] | tuple[str, ...] = ()) -> str:

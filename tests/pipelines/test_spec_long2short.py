@@ -7,13 +7,12 @@ report pair naming a model that is not evaluated or the same model twice."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from pipelines.spec import load_spec
-from tests.spec_helpers import assert_one_issue
+from tests.spec_helpers import assert_one_issue, extending_spec
 
 pytestmark = pytest.mark.unit
 
@@ -29,9 +28,7 @@ base2: {kind: pretrain, data: toks2, tokenizer: tok2, model: {arch: qwen2, d_mod
 
 
 def _write(tmp_path: Path, stages: str) -> Path:
-    p = tmp_path / "spec.yaml"
-    p.write_text(f"pipeline: p\nextends: {L2S}\nstages:\n" + textwrap.indent(textwrap.dedent(stages), "  "))
-    return p
+    return extending_spec(tmp_path, L2S, stages)
 
 
 def test_the_recipe_loads_and_reuses_the_default_stages():

@@ -5,7 +5,6 @@ bad control reward is one issue naming the file, the stage and the field before 
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from ops.eval.report import _strip_seed
 from ops.rewards import is_control
 from pipelines.spec import load_spec
-from tests.spec_helpers import assert_one_issue
+from tests.spec_helpers import assert_one_issue, extending_spec
 
 pytestmark = pytest.mark.unit
 
@@ -27,9 +26,7 @@ RUNS = {
 
 
 def _write(tmp_path: Path, stages: str) -> Path:
-    p = tmp_path / "spec.yaml"
-    p.write_text(f"pipeline: p\nextends: {SPEC}\nstages:\n" + textwrap.indent(textwrap.dedent(stages), "  "))
-    return p
+    return extending_spec(tmp_path, SPEC, stages)
 
 
 def test_the_recipe_reuses_the_default_and_varies_only_rewards_and_seed():

@@ -6,14 +6,13 @@ without confirmations, a correction rate on plain solutions."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from ops.solutions import WAIT_TEXT
 from pipelines.spec import load_spec
-from tests.spec_helpers import assert_one_issue
+from tests.spec_helpers import assert_one_issue, extending_spec
 
 pytestmark = pytest.mark.unit
 
@@ -22,9 +21,7 @@ S1 = ROOT / "pipelines" / "s1_budget.yaml"
 
 
 def _write(tmp_path: Path, stages: str) -> Path:
-    p = tmp_path / "spec.yaml"
-    p.write_text(f"pipeline: p\nextends: {S1}\nstages:\n" + textwrap.indent(textwrap.dedent(stages), "  "))
-    return p
+    return extending_spec(tmp_path, S1, stages)
 
 
 def test_the_recipe_loads_reuses_the_default_stages_and_forces_the_trained_wait():
