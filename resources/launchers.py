@@ -42,8 +42,12 @@ def torchrun_command(
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
     rdzv_timeout: int | None = None,
+    log_dir: Path | None = None,
 ) -> list[str]:
     """``python -m torch.distributed.run ...``: standalone on one node, c10d rendezvous across nodes.
+
+    ``log_dir`` holds the agent's per-rank log folders (without it torchrun leaves a ``torchelastic_*`` folder
+    in the system temp directory on every run).
 
     ``rdzv_timeout`` bounds how long an agent waits for the other nodes to join (torchrun's
     ``join_timeout``); no restarts, so one failed rank fails the job instead of re-forming the group."""
@@ -62,6 +66,8 @@ def torchrun_command(
             cmd.append(f"--rdzv_conf=join_timeout={int(rdzv_timeout)}")
     else:
         cmd += ["--standalone", "--nnodes=1"]
+    if log_dir is not None:
+        cmd.append(f"--log-dir={log_dir}")
     return cmd + [str(script), *args]
 
 
@@ -344,6 +350,7 @@ def run_torchrun_job(
             node_rank=node,
             rdzv_endpoint=endpoint,
             rdzv_timeout=rdzv_timeout,
+            log_dir=work / "torchrun_logs",
         )
 
     env = child_env(threads_per_rank=threads)

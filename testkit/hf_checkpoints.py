@@ -11,6 +11,7 @@ Used by the import tests (the defaults: a ~420-token BPE, 2 layers of width 64) 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import shutil
 import tempfile
@@ -159,7 +160,9 @@ def write_checkpoint(family: str, out: Path, *, seed: int = 0, shape: dict[str, 
 
 @functools.cache
 def _cached(family: str) -> Path:
-    return write_checkpoint(family, Path(tempfile.mkdtemp(prefix="lmforge-hf-ckpt-")) / f"{family}-ckpt")
+    root = Path(tempfile.mkdtemp(prefix="lmforge-hf-ckpt-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # a per-process cache, removed when it ends
+    return write_checkpoint(family, root / f"{family}-ckpt")
 
 
 def checkpoint(family: str, dest: Path) -> Path:

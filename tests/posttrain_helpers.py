@@ -7,11 +7,14 @@ expensive SFT model is trained once however many test modules use it.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
 ROOT = Path(tempfile.mkdtemp(prefix="lmforge-posttrain-tests-"))
+atexit.register(shutil.rmtree, ROOT, ignore_errors=True)  # the test process's cache, not left behind in /tmp
 
 # The reduced setting every post-training test shares: easy problems, a model that learns them in ~1 min.
 DIFFICULTIES = (1,)

@@ -32,6 +32,9 @@ def test_multinode_command_has_c10d_rendezvous_node_rank_and_bounded_join():
         assert part in cmd
     assert cmd[-2:] == ["entry.py", "job.json"]
     assert "--standalone" in torchrun_command(Path("entry.py"), [], nproc_per_node=2)
+    # the agents' log folders go where the job says, not into the system temp directory
+    logged = torchrun_command(Path("entry.py"), ["job.json"], nproc_per_node=2, log_dir=Path("work/logs"))
+    assert logged[-3:] == [f"--log-dir={Path('work/logs')}", "entry.py", "job.json"]
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         torchrun_command(Path("entry.py"), [], nnodes=2)
 
