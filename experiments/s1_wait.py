@@ -38,6 +38,7 @@ ARMS = {
     "fixonly": ("recheck", True, False),
     "verify": ("verify", True, False),
     "plain": ("plain", False, False),
+    "longhand": ("longhand", True, True),  # experiments.s1_longhand: the chain again digit by digit
 }
 
 
@@ -49,9 +50,12 @@ def _items(tasks):
 
 def loss_masks(style: str, response: str) -> list[tuple[int, int]]:
     """The character spans of a trace in ``style`` that masked SFT leaves out of the loss (``--mask-slips``)."""
+    from experiments.s1_longhand import longhand_masked_spans
     from ops.posttrain.masked_sft import slipped_result_spans
     from ops.solutions import review_masked_spans
 
+    if style == "longhand":
+        return longhand_masked_spans(response)
     return review_masked_spans(response) if style == "review" else slipped_result_spans(response)
 
 
@@ -133,9 +137,11 @@ def run(
     eval_difficulties: tuple[int, ...] | None = None,
     warmup_steps: int = 10,
     mask_slips: bool = False,
+    max_len: int = 320,
 ) -> dict:
     import torch
 
+    from experiments.s1_longhand import longhand_tasks
     from ops.eval.budget import check_sweep
     from ops.posttrain.common import Example, load_policy
     from ops.posttrain.masked_sft import train_sft_masked
@@ -171,6 +177,7 @@ def run(
             wait_text=WAIT_TEXT,
             threads=threads,
             mask_slips=mask_slips,
+            max_len=max_len,
         ),
         "arms": {},
     }
@@ -191,7 +198,11 @@ def run(
             correction_rate=correction_rate if fixes else 0.0,
             confirm_rate=confirm_rate if confirms else 0.0,
         )
-        train, _ = make_splits(n_train, 0, seed, list(train_difficulties), **kw)
+        if style == "longhand":  # written from the plain chains by the study's own style
+            train, _ = make_splits(n_train, 0, seed, list(train_difficulties))
+            train = longhand_tasks(train, seed, kw["correction_rate"], kw["confirm_rate"])
+        else:
+            train, _ = make_splits(n_train, 0, seed, list(train_difficulties), **kw)
         # held-out problems from the eval stream, never a training question; the same items in every arm
         _, ev = make_splits(0, n_eval, seed, list(eval_difficulties), exclude={t.question for t in train})
         model, tok = load_policy(start)
@@ -199,7 +210,7 @@ def run(
         ex = [Example(t.id, t.question, t.response, t.answer) for t in train]
         ts = time.time()
         p = SFTParams(
-            steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_len=320, ckpt_every=0
+            steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_len=max_len, ckpt_every=0
         )
         log = lambda m, arm=arm: print(arm, m, flush=True)  # noqa: E731
         if mask_slips:
@@ -327,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arms", default="verify,plain")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mask-slips", action="store_true", help="no SFT loss on the slipped results")
+    ap.add_argument("--max-len", type=int, default=320, help="SFT rows longer than this many tokens are left out")
     a = ap.parse_args(argv)
     ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
     run(
@@ -347,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_difficulties=ints(a.eval_difficulties) if a.eval_difficulties else None,
         warmup_steps=a.warmup_steps,
         mask_slips=a.mask_slips,
+        max_len=a.max_len,
     )
 
 
