@@ -8,6 +8,8 @@ scored at the end (greedy, optionally sampled).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ops.train.optim import OptimConfig, Precision, optim_field, precision_field
@@ -52,6 +54,13 @@ class SFTConfig(StageConfig):
     precision: Precision = precision_field()
     max_len: int = Field(256, ge=8, description="examples longer than this (tokens) are dropped and counted")
     pack: bool = Field(False, description="pack several examples per row (block-diagonal attention, exact)")
+    loss_mask: Literal["none", "wait_slips"] = Field(
+        "none",
+        description="'wait_slips': leave out of the loss what a Wait-style worked solution deliberately gets "
+        "wrong (a verify or recheck trace's slipped results; a review or longhand trace's first chain from its "
+        "first wrong step on, and the ' Wait' itself, so the model's own stop stays the plain chain and only a "
+        "forced Wait starts a check); needs pack: false",
+    )
     seq_len: int = Field(512, ge=8, description="row length when packing")
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
@@ -71,6 +80,27 @@ class SFTConfig(StageConfig):
     prompt_template: PromptTemplate = prompt_template_field()
     ckpt_every: int = ckpt_every(100)
     keep_last: int = keep_last()
+
+
+def _validate(cfg: SFTConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
+    if cfg.loss_mask != "none" and cfg.pack:
+        return [("loss_mask", f"{cfg.loss_mask} masks one example per row; set pack: false")]
+    return []
+
+
+def _loss_spans(run: StageRun, examples: list) -> list | None:
+    """Per example, the character spans of its response that ``loss_mask`` leaves out of the loss (None: none)."""
+    if run.config.loss_mask == "none":
+        return None
+    from ops.solutions import wait_masked_spans
+
+    spans = [wait_masked_spans(e.response) for e in examples]
+    if not any(spans):
+        raise PostTrainError(
+            f"stage {run.stage!r}, field 'loss_mask': wait_slips, but no training example in "
+            f"{[a.stage for a in run.inputs['data']]} has a Wait-style trace to mask (solution_style plain?)"
+        )
+    return spans
 
 
 def run(run: StageRun) -> StageResult:
@@ -95,8 +125,16 @@ def run(run: StageRun) -> StageResult:
         )
     ev = eval_tasks(run, ("data",), c.eval_problems)
     p = params(SFTParams, c)
+    spans = _loss_spans(run, examples)
     merged, peft_model, info = train_sft(
-        model, tok, examples, p, work_dir=run.work, fingerprint={"stage_version": run.version}, log=run.log
+        model,
+        tok,
+        examples,
+        p,
+        work_dir=run.work,
+        fingerprint={"stage_version": run.version},
+        log=run.log,
+        spans=spans,
     )
     save_model(merged, tok, run.out)
     if peft_model is not None:
@@ -111,6 +149,7 @@ def run(run: StageRun) -> StageResult:
         "examples": info["examples"],
         "dropped_too_long": info["dropped_too_long"],
         "trainable_params": info["trainable_params"],
+        **({"masked_tokens": info["masked_tokens"]} if spans else {}),
         "train_wall_s": round(info["wall_s"], 2),
         **acc,
     }
@@ -132,6 +171,7 @@ SFT = register(
         produces="model",
         run=run,
         pool="gpu",
+        validate=_validate,
         description="Supervised fine-tuning on chat examples (assistant-token loss, packing, full or LoRA)",
         checks=(
             CheckSpec("loss_finite", "training loss stayed finite", blocking=True),

@@ -40,14 +40,16 @@ class ReasoningTasksConfig(StageConfig):
         "2: 2-3 ops of + - * / up to 99, 3, 4: longer and larger)",
     )
     seed: int = Field(0, description="generator seed; train and eval use separate streams of it")
-    solution_style: Literal["plain", "verify", "recheck", "review"] = Field(
+    solution_style: Literal["plain", "verify", "recheck", "review", "longhand"] = Field(
         "plain",
         description="how generated solutions are written: 'plain': the chain of equations; 'verify': each step "
         "followed by a check of it, and slipped steps corrected after ' Wait,'; 'recheck': the chain, with some "
         "steps followed by ' Wait,' and a re-check by smaller sub-steps that confirms or corrects them; 'review': "
         "the chain, in some traces followed by ' Wait,', the problem's operations re-read in order and the chain "
-        "written again from them, confirming it or correcting a skipped or misread step (' Wait' is the text "
-        "evaluate's wait_text must be to force the same tokens)",
+        "written again from them, confirming it or correcting a skipped or misread step; 'longhand': the chain, "
+        "in some traces followed by ' Wait,' and every step worked again digit by digit (one-digit facts with "
+        "carries), confirming it or correcting a slipped result (' Wait' is the text evaluate's wait_text must "
+        "be to force the same tokens)",
     )
     correction_rate: float = Field(
         0.0,
@@ -55,7 +57,8 @@ class ReasoningTasksConfig(StageConfig):
         le=1.0,
         description="solution_style=verify or recheck: probability that a step is first written with a slipped "
         "result, then corrected after ' Wait,'; review: probability that a trace's first chain has a skipped or "
-        "misread step, corrected by the review after ' Wait,'",
+        "misread step, corrected by the review after ' Wait,'; longhand: probability that a trace's first chain "
+        "has a slipped result (the chain carried on from it), corrected by the long-hand pass after ' Wait,'",
     )
     confirm_rate: float = Field(
         0.0,
@@ -63,7 +66,8 @@ class ReasoningTasksConfig(StageConfig):
         le=1.0,
         description="solution_style=recheck: probability that a correct step is followed by ' Wait,' and a "
         "re-check that confirms it; review: probability that a right chain (of the traces without an error) is "
-        "reviewed and confirmed (so a Wait does not mean 'change the result')",
+        "reviewed and confirmed (so a Wait does not mean 'change the result'); longhand: likewise, worked again "
+        "in long hand and confirmed",
     )
     path: str | None = Field(
         None, description="generator=parquet: training Parquet with question/answer columns"

@@ -50,9 +50,8 @@ def _items(tasks):
 
 def loss_masks(style: str, response: str) -> list[tuple[int, int]]:
     """The character spans of a trace in ``style`` that masked SFT leaves out of the loss (``--mask-slips``)."""
-    from experiments.s1_longhand import longhand_masked_spans
     from ops.posttrain.masked_sft import slipped_result_spans
-    from ops.solutions import review_masked_spans
+    from ops.solutions import longhand_masked_spans, review_masked_spans
 
     if style == "longhand":
         return longhand_masked_spans(response)
@@ -338,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arms", default="verify,plain")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mask-slips", action="store_true", help="no SFT loss on the slipped results")
+    ap.add_argument("--seed", type=int, default=11, help="draws the training problems and the held-out items")
     ap.add_argument("--max-len", type=int, default=320, help="SFT rows longer than this many tokens are left out")
     a = ap.parse_args(argv)
     ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup_steps=a.warmup_steps,
         mask_slips=a.mask_slips,
         max_len=a.max_len,
+        seed=a.seed,
     )
 
 

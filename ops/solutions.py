@@ -10,7 +10,9 @@ one: what a forced Wait at the end of thinking should make a model do, re-check 
 re-checked value. ``review`` targets reading rather than arithmetic: the chain (in some traces with a step
 skipped or misread, or cut short), then :data:`WAIT_TEXT`, a compact re-read of the problem's operations in
 order (``23 +5 *3 -7``) and the chain written again from that list, which confirms a right chain (the same
-equations) or corrects a wrong one.
+equations) or corrects a wrong one. ``longhand`` checks by easier steps: the chain (in some traces with a
+slipped result), then :data:`WAIT_TEXT` and the chain worked again digit by digit, each atom a one-digit fact
+with a carry, so the pass is more reliable than the one-shot steps it checks.
 """
 
 from __future__ import annotations
@@ -36,9 +38,15 @@ import re
 # ``confirm_rate`` (among the others) has the right chain twice. The wrong part of a first chain is meant to be
 # left out of the loss (:func:`review_masked_spans`), as is WAIT_TEXT, so the model's own stop is still the
 # plain chain and only a forced Wait starts a review.
-SOLUTION_STYLES = ("plain", "verify", "recheck", "review")
-WAIT_STYLES = ("verify", "recheck", "review")
-CONFIRM_STYLES = ("recheck", "review")
+#
+# ``longhand``: rates per trace, as ``review``. A trace drawn at ``correction_rate`` has a first chain with one
+# result slipped by a digit and the chain carried on from it; one drawn at ``confirm_rate`` (of the others) the
+# right chain; both then WAIT_TEXT, a comma and every step again in long hand (:func:`longhand_step`), each from
+# the previous long-hand result with the first chain's operation and operand. Masked as ``review`` is
+# (:func:`wait_masked_spans`), so only a forced Wait starts a long-hand pass.
+SOLUTION_STYLES = ("plain", "verify", "recheck", "review", "longhand")
+WAIT_STYLES = ("verify", "recheck", "review", "longhand")
+CONFIRM_STYLES = ("recheck", "review", "longhand")
 # the reading errors a review trace's first chain may carry, with their draw weights: a middle step left out
 # (most of a cold start's first errors at difficulty 3), a step's operand or operation misread, the last step(s)
 # left out (the chain stopped early)
@@ -217,10 +225,139 @@ def review_masked_spans(text: str) -> list[tuple[int, int]]:
     return [f.span() for f in first[k:]] + [(m.start(), m.start() + len(WAIT_TEXT))]
 
 
+def _atoms(a: int, op: str, b: int) -> list[str]:
+    """The one-digit atoms of ``a op b``, each followed by the partial result so far (the last by the result)."""
+    xs, ys = str(a)[::-1], str(b)[::-1]
+    out: list[str] = []
+    if op == "+":
+        carry, part = 0, ""
+        for i in range(max(len(ys), 1)):
+            x, y = int(xs[i]) if i < len(xs) else 0, int(ys[i]) if i < len(ys) else 0
+            s = x + y + carry
+            part = str(s % 10) + part
+            out.append(f"{x}+{y}{f'+{carry}' if carry else ''}={s} {part}")
+            carry = s // 10
+        i = len(ys)
+        while carry:  # the carry runs into a's higher digits
+            x = int(xs[i]) if i < len(xs) else 0
+            s = x + carry
+            part = str(s % 10) + part
+            out.append(f"{x}+{carry}={s} {part}")
+            carry, i = s // 10, i + 1
+    elif op == "-":
+        borrow, part = 0, ""
+        i = 0
+        while i < len(ys) or borrow:
+            x, y = int(xs[i]), int(ys[i]) if i < len(ys) else 0
+            need = 1 if x - y - borrow < 0 else 0
+            d = x + 10 * need - y - borrow
+            part = str(d) + part
+            out.append(f"{x + 10 * need}-{y}{'-1' if borrow else ''}={d} {part}")
+            borrow, i = need, i + 1
+    elif op == "*":
+        carry, part = 0, ""
+        for i, ch in enumerate(xs):
+            v = int(ch) * b + carry
+            part = (str(v) if i == len(xs) - 1 else str(v % 10)) + part
+            out.append(f"{ch}*{b}{f'+{carry}' if carry else ''}={v} {part}")
+            carry = v // 10
+    else:
+        digits, rem, part = str(a), 0, ""
+        for ch in digits:
+            n = rem * 10 + int(ch)
+            if not part and n < b:  # the leading digits below the divisor join the next one
+                rem = n
+                continue
+            q, rem = divmod(n, b)
+            part += str(q)
+            out.append(f"{n}/{b}={q}r{rem} {part}")
+    # the last partial is the whole result: a's untouched higher digits joined, a borrow's leading 0 dropped
+    head, _, _ = out[-1].rpartition(" ")
+    out[-1] = f"{head} {_APPLY[op](a, b)}"
+    return out
+
+
+def longhand_step(a: int, op: str, b: int) -> str:
+    """``"1234*7: 4*7=28 8, 3*7+2=23 38, 2*7+2=16 638, 1*7+1=8 8638, so 1234*7=8638"``: the step worked digit
+    by digit, closed by the step with its result."""
+    c = _APPLY[op](a, b)
+    return f"{a}{op}{b}: {', '.join(_atoms(a, op, b))}, so {a}{op}{b}={c}"
+
+
+def _slipped_chain(rng: random.Random, eqs: list[str]) -> list[str] | None:
+    """The chain with one step's result slipped by a digit and the later steps carried on from it, or None
+    where no slip keeps every later value a whole number of at least 1 (a division with a remainder)."""
+    st = _steps(eqs)
+    for _ in range(8):
+        k = rng.randrange(len(st))
+        out = [f"{a}{op}{b}={c}" for a, op, b, c in st[:k]]
+        a, op, b, c = st[k]
+        cur = _slip(rng, c)
+        out.append(f"{a}{op}{b}={cur}")
+        for _, op2, b2, _ in st[k + 1 :]:
+            if op2 == "/" and cur % b2:
+                break
+            nxt = _APPLY[op2](cur, b2)
+            if nxt < 1:
+                break
+            out.append(f"{cur}{op2}{b2}={nxt}")
+            cur = nxt
+        else:
+            return out
+    return None
+
+
+def longhand_solution(eqs: list[str], rng: random.Random, correction_rate: float, confirm_rate: float) -> str:
+    """A chain written in the ``longhand`` style (module docstring). The trace's last result is the answer."""
+    r = rng.random()
+    if r < correction_rate:
+        first = _slipped_chain(rng, eqs) or eqs
+    elif r < correction_rate + (1 - correction_rate) * confirm_rate:
+        first = eqs
+    else:
+        return plain_solution(eqs)
+    again = [longhand_step(a, op, b) for a, op, b, _ in _steps(eqs)]
+    return f"{plain_solution(first)}{WAIT_TEXT}, {'. '.join(again)}."
+
+
+_LONGHAND = re.compile(re.escape(WAIT_TEXT) + r", \d+[-+*/]\d+: ")
+_AGAIN = re.compile(r"so (\d+[-+*/]\d+=\d+)")
+_FIRST = re.compile(r"\d+[-+*/]\d+=\d+")
+
+
+def longhand_masked_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of a ``longhand`` trace to leave out of the SFT loss: WAIT_TEXT, and the
+    first chain's equations from the first one that differs from the long-hand pass's results on. No Wait, no
+    span."""
+    w = text.find(WAIT_TEXT + ", ")
+    if w < 0:
+        return []
+    first = list(_FIRST.finditer(text[:w]))
+    again = _AGAIN.findall(text[w:])
+    k = next((i for i, f in enumerate(first) if i >= len(again) or f.group() != again[i]), len(first))
+    return [f.span() for f in first[k:]] + [(w, w + len(WAIT_TEXT))]
+
+
+def wait_masked_spans(text: str) -> list[tuple[int, int]]:
+    """What masked SFT (``sft`` with ``loss_mask: wait_slips``) leaves out of the loss in a trace of any Wait
+    style, read from the text: a ``longhand`` or ``review`` trace's WAIT_TEXT and first-chain part from its
+    first wrong equation on; in a ``verify`` or ``recheck`` trace the slipped results (every equation that does
+    not hold). A plain trace has nothing to mask."""
+    from ops.posttrain.masked_sft import slipped_result_spans
+
+    if _LONGHAND.search(text):
+        return longhand_masked_spans(text)
+    if _REVIEW.search(text):
+        return review_masked_spans(text)
+    return slipped_result_spans(text)
+
+
 def write_solution(eqs: list[str], style: str, rng: random.Random, correction_rate: float, confirm_rate: float) -> str:
     """A chain of equations written in ``style`` (checked by :func:`check_solution_style`)."""
     if style == "review":
         return review_solution(eqs, rng, correction_rate, confirm_rate)
+    if style == "longhand":
+        return longhand_solution(eqs, rng, correction_rate, confirm_rate)
     if style == "verify":
         return verify_solution(eqs, rng, correction_rate)
     if style == "recheck":
@@ -238,11 +375,11 @@ def check_solution_style(style: str, correction_rate: float, confirm_rate: float
             raise ValueError(f"{name}: must be within [0, 1], got {rate}")
     if style not in WAIT_STYLES and correction_rate:
         raise ValueError(
-            f"correction_rate: {correction_rate} needs solution_style 'verify', 'recheck' or 'review' "
+            f"correction_rate: {correction_rate} needs solution_style 'verify', 'recheck', 'review' or 'longhand' "
             f"(plain solutions have no corrections)"
         )
     if style not in CONFIRM_STYLES and confirm_rate:
         raise ValueError(
-            f"confirm_rate: {confirm_rate} needs solution_style 'recheck' or 'review' (only re-checks and reviews "
-            f"after Wait confirm)"
+            f"confirm_rate: {confirm_rate} needs solution_style 'recheck', 'review' or 'longhand' (only re-checks, "
+            f"reviews and long-hand passes after Wait confirm)"
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 from ops.generate import turn_end
 from ops.posttrain.common import Example, encode_all, example_prompts, strip_stop
-from ops.posttrain.sft import SFTParams, sft_loss_fn, units_batch_fn
+from ops.posttrain.sft import SFTParams, units_batch_fn
 
 Spans = Sequence[tuple[int, int]]
 # one step of a worked solution (``ops.solutions``): ``a<op>b=c`` with whole numbers
@@ -120,22 +120,11 @@ def train_sft_masked(
 ) -> tuple[Any, dict]:
     """Full fine-tuning of ``model`` in place on ``examples`` with the loss off ``spans`` (per example, character
     spans of its response); ``(model, info)`` with the curve and data stats, as :func:`ops.posttrain.sft.train_sft`."""
-    from ops.train.core import params_fingerprint, train
-    from ops.train.optim import train_config
+    from ops.posttrain.sft import train_sft
 
     if p.lora_r:
         raise ValueError("lora_r: masked SFT trains the full model (lora_r: 0)")
-    units, masked, pad, stats = masked_units(tok, examples, spans, p)
-    cfg = train_config(p, log_every=max(p.steps // 20, 1))
-    outcome = train(
-        model,
-        sft_loss_fn,
-        masked_batch_fn(units, masked, pad, p),
-        cfg,
-        work_dir=None,
-        fingerprint={"sft": params_fingerprint(p), "masked_spans": True},
-        log=log,
-        trainable_params=[q for q in model.parameters() if q.requires_grad],
-        progress=False,
+    model, _, info = train_sft(
+        model, tok, examples, p, work_dir=None, fingerprint={"masked_spans": True}, log=log, spans=spans
     )
-    return model, {"curve": outcome.curve, "losses": outcome.losses, "wall_s": outcome.wall_s, **stats}
+    return model, info

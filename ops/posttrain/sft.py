@@ -137,10 +137,13 @@ def train_sft(
     fingerprint: dict | None = None,
     eval_fn: Callable[[Any, int], dict] | None = None,
     log: Callable[[str], None] = print,
+    spans: list | None = None,
 ) -> tuple[Any, Any, dict]:
     """Train and return ``(plain_model, peft_model_or_None, info)``; ``info`` has the curve and data stats.
 
-    With ``lora_r > 0`` only the adapter trains; the returned plain model has the adapter merged in.
+    With ``lora_r > 0`` only the adapter trains; the returned plain model has the adapter merged in. ``spans``
+    (per example, character spans of its response) leaves those characters' tokens out of the loss
+    (``ops.posttrain.masked_sft``; unpacked rows only), the same rows in the same steps as without it.
     """
     from ops.train.core import params_fingerprint, train
     from ops.train.optim import train_config
@@ -148,7 +151,13 @@ def train_sft(
     refusal = packing_refusal(model) if p.pack else None
     if refusal:
         raise ValueError(f"field 'pack': {refusal}")
-    batch_fn, stats = make_batches(tok, examples, p)
+    if spans is None:
+        batch_fn, stats = make_batches(tok, examples, p)
+    else:
+        from ops.posttrain.masked_sft import masked_batch_fn, masked_units
+
+        units, masked, pad, stats = masked_units(tok, examples, spans, p)
+        batch_fn = masked_batch_fn(units, masked, pad, p)
     peft_model = add_lora(model, p) if p.lora_r > 0 else None
     net = peft_model if peft_model is not None else model
     trainable = [q for q in net.parameters() if q.requires_grad]

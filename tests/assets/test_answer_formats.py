@@ -165,7 +165,7 @@ def test_evaluate_scores_a_gsm8k_task_set_by_plain_decoding(lmforge_home, tmp_pa
 @pytest.mark.parametrize(
     "fields, field, message",
     [
-        ("solution_style: verbose", "solution_style", "'plain', 'verify', 'recheck' or 'review'"),
+        ("solution_style: verbose", "solution_style", "'plain', 'verify', 'recheck', 'review' or 'longhand'"),
         ("solution_style: recheck, confirm_rate: 1.5", "confirm_rate", "less than or equal to 1"),
         ("solution_style: verify, confirm_rate: 0.2", "confirm_rate", "needs solution_style 'recheck'"),
         ("generator: parquet, path: x.parquet, confirm_rate: 0.2", "solution_style", "arithmetic generator only"),

@@ -320,7 +320,7 @@ def test_recheck_text_reads_as_documented(eq, text):
     [
         (
             {"solution_style": "verbose"},
-            r"solution_style: unknown style 'verbose'; choose one of \['plain', 'verify', 'recheck', 'review'\]",
+            r"solution_style: unknown style 'verbose'; choose one of \['plain', 'verify', 'recheck', 'review', 'longhand'\]",
         ),
         ({"solution_style": "recheck", "confirm_rate": 2.0}, r"confirm_rate: must be within \[0, 1\], got 2.0"),
         ({"solution_style": "verify", "confirm_rate": 0.2}, r"confirm_rate: 0.2 needs solution_style 'recheck'"),

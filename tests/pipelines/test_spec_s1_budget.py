@@ -29,8 +29,9 @@ def test_the_recipe_loads_reuses_the_default_stages_and_forces_the_trained_wait(
     for name in ("tasks", "problems", "sft2"):
         assert s1.stages[name].version == default.stages[name].version, name
     probs = s1.stages["s1_problems"].config
-    assert probs.solution_style == "recheck" and probs.correction_rate > 0 and probs.confirm_rate > 0
+    assert probs.solution_style == "longhand" and probs.correction_rate > 0 and probs.confirm_rate > 0
     assert set(s1.stages["s1_sft"].deps) == {"sft2", "s1_problems"}
+    assert s1.stages["s1_sft"].config.loss_mask == "wait_slips"  # the own stop stays the plain chain
     assert "s1_problems" in s1.stages["s1_tasks"].config.exclude
     ev = s1.stages["s1_eval"].config
     assert ev.wait_text == WAIT_TEXT and ev.wait_extensions == [1] and len(ev.budgets) >= 3
@@ -49,11 +50,13 @@ def test_the_recipe_loads_reuses_the_default_stages_and_forces_the_trained_wait(
             "confirm_rate",
             ["needs solution_style 'recheck'"],
         ),
+        ("s1_sft: {pack: true}", "s1_sft", "loss_mask", ["one example per row", "pack: false"]),
+        ("s1_sft: {loss_mask: slips}", "s1_sft", "loss_mask", ["'none' or 'wait_slips'"]),
         (
             "s1_problems: {solution_style: plain, confirm_rate: 0.0}",
             "s1_problems",
             "correction_rate",
-            ["needs solution_style 'verify', 'recheck' or 'review'"],
+            ["needs solution_style 'verify', 'recheck', 'review' or 'longhand'"],
         ),
     ],
 )

@@ -1,5 +1,6 @@
-"""experiments/s1_longhand.py: the long-hand pass after a Wait is exact digit by digit, ends at the gold answer,
-and masked SFT leaves out only the Wait and the first chain's slipped part."""
+"""The ``longhand`` solution style (``ops.solutions``): the long-hand pass after a Wait is exact digit by digit and
+ends at the gold answer, masked SFT leaves out only the Wait and the first chain's slipped part, and the s1
+study's audit (``experiments/s1_longhand.py``) counts a pass's exact atoms and right steps."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import re
 
 import pytest
 
-from experiments.s1_longhand import _atoms, longhand_masked_spans, longhand_step, longhand_tasks
-from ops.solutions import WAIT_TEXT
+from experiments.s1_longhand import longhand_tasks
+from ops.solutions import WAIT_TEXT, _atoms, longhand_masked_spans, longhand_step
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +92,32 @@ def test_audit_counts_exact_atoms_and_right_steps_against_the_own_chain():
     assert got["atoms_exact"] == 0.75 and got["atoms_exact_by_op"] == {"*": 0.5, "+": 1.0}
     assert (got["longhand_steps"], got["longhand_steps_right"]) == (2, 0.5)
     assert (got["own_steps"], got["own_steps_right"]) == (3, round(2 / 3, 4))
+
+
+def test_wait_masked_spans_reads_each_wait_style_from_its_text():
+    from ops.solutions import wait_masked_spans
+
+    cases = {
+        "23+5=28. 28-7=21. Wait, 23 +5 *3 -7: 23+5=28. 28*3=84. 84-7=77.": ["28-7=21", WAIT_TEXT],  # review
+        "17*3=41. Wait, 10*3=30, 7*3=21, 30+21=51, so 17*3=51.": ["41"],  # recheck: the slipped result
+        "17*3=41. Wait, 17*3=51, check 51/3=17.": ["41"],  # verify
+        f"18*2=86.{WAIT_TEXT}, {longhand_step(18, '*', 2)}.": ["18*2=86", WAIT_TEXT],  # longhand
+        "12+5=17. 17*3=51.": [],  # plain
+    }
+    for text, want in cases.items():
+        assert [text[a:b] for a, b in wait_masked_spans(text)] == want, text
+
+
+def test_generated_longhand_tasks_pass_the_style_check_and_keep_their_answers():
+    from ops.solutions import check_solution_style
+    from ops.tasks import generate_tasks
+
+    check_solution_style("longhand", 0.3, 0.3)
+    plain = generate_tasks(200, seed=4, difficulties=[2, 3])
+    long = generate_tasks(200, seed=4, difficulties=[2, 3], solution_style="longhand", correction_rate=0.3,
+                          confirm_rate=0.3)  # fmt: skip
+    assert [t.answer for t in long] == [t.answer for t in plain]
+    assert 0.3 < sum(WAIT_TEXT in t.solution for t in long) / len(long) < 0.75
+    for t in long:
+        if WAIT_TEXT in t.solution:
+            assert re.findall(r"so \d+[-+*/]\d+=(\d+)", t.solution)[-1] == t.answer
