@@ -13,9 +13,7 @@ import dataclasses
 import random
 import re
 
-from ops.solutions import WAIT_TEXT, longhand_solution
-
-_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+from ops.solutions import _APPLY, WAIT_TEXT, longhand_solution
 
 
 def longhand_tasks(tasks: list, seed: int, correction_rate: float, confirm_rate: float) -> list:

@@ -210,6 +210,7 @@ def review_solution(eqs: list[str], rng: random.Random, correction_rate: float, 
 
 
 _REVIEW = re.compile(re.escape(WAIT_TEXT) + r", \d+(?: [-+*/]\d+)+: ")
+_FIRST = re.compile(r"\d+[-+*/]\d+=\d+")  # one equation of a chain
 
 
 def review_masked_spans(text: str) -> list[tuple[int, int]]:
@@ -219,10 +220,15 @@ def review_masked_spans(text: str) -> list[tuple[int, int]]:
     m = _REVIEW.search(text)
     if not m:
         return []
-    first = list(re.finditer(r"\d+[-+*/]\d+=\d+", text[: m.start()]))
-    again = re.findall(r"\d+[-+*/]\d+=\d+", text[m.end() :])
+    return _first_chain_spans(text, m.start(), _FIRST.findall(text[m.end() :]))
+
+
+def _first_chain_spans(text: str, wait_at: int, again: list[str]) -> list[tuple[int, int]]:
+    """The spans of the first chain's equations (before ``wait_at``) from the first one that differs from the
+    checked chain ``again`` on, and of WAIT_TEXT at ``wait_at``."""
+    first = list(_FIRST.finditer(text[:wait_at]))
     k = next((i for i, f in enumerate(first) if i >= len(again) or f.group() != again[i]), len(first))
-    return [f.span() for f in first[k:]] + [(m.start(), m.start() + len(WAIT_TEXT))]
+    return [f.span() for f in first[k:]] + [(wait_at, wait_at + len(WAIT_TEXT))]
 
 
 def _atoms(a: int, op: str, b: int) -> list[str]:
@@ -322,7 +328,6 @@ def longhand_solution(eqs: list[str], rng: random.Random, correction_rate: float
 
 _LONGHAND = re.compile(re.escape(WAIT_TEXT) + r", \d+[-+*/]\d+: ")
 _AGAIN = re.compile(r"so (\d+[-+*/]\d+=\d+)")
-_FIRST = re.compile(r"\d+[-+*/]\d+=\d+")
 
 
 def longhand_masked_spans(text: str) -> list[tuple[int, int]]:
@@ -332,10 +337,7 @@ def longhand_masked_spans(text: str) -> list[tuple[int, int]]:
     w = text.find(WAIT_TEXT + ", ")
     if w < 0:
         return []
-    first = list(_FIRST.finditer(text[:w]))
-    again = _AGAIN.findall(text[w:])
-    k = next((i for i, f in enumerate(first) if i >= len(again) or f.group() != again[i]), len(first))
-    return [f.span() for f in first[k:]] + [(w, w + len(WAIT_TEXT))]
+    return _first_chain_spans(text, w, _AGAIN.findall(text[w:]))
 
 
 def wait_masked_spans(text: str) -> list[tuple[int, int]]:
