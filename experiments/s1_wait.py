@@ -50,8 +50,7 @@ def _items(tasks):
 
 def loss_masks(style: str, response: str) -> list[tuple[int, int]]:
     """The character spans of a trace in ``style`` that masked SFT leaves out of the loss (``--mask-slips``)."""
-    from ops.posttrain.masked_sft import slipped_result_spans
-    from ops.solutions import longhand_masked_spans, review_masked_spans
+    from ops.solutions import longhand_masked_spans, review_masked_spans, slipped_result_spans
 
     if style == "longhand":
         return longhand_masked_spans(response)

@@ -340,13 +340,35 @@ def longhand_masked_spans(text: str) -> list[tuple[int, int]]:
     return _first_chain_spans(text, w, _AGAIN.findall(text[w:]))
 
 
+# one step of a worked solution: ``a<op>b=c`` with whole numbers
+_STEP = re.compile(r"(?<!\d)(\d+)([-+*/])(\d+)=(\d+)(?!\d)")
+
+
+def _exact(a: int, op: str, b: int, c: int) -> bool:
+    """Whether ``a<op>b=c`` holds (a division by zero never does)."""
+    if op == "/":
+        return b != 0 and a == b * c
+    return {"+": a + b, "-": a - b, "*": a * b}[op] == c
+
+
+def slipped_result_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of the wrong results in ``text``: the digits ``c`` of every ``a<op>b=c``
+    that does not hold. In a ``verify`` or ``recheck`` trace these are exactly the
+    deliberately slipped results, since every other step, check and sub-step is exact. Read from the text
+    rather than carried beside it, so any stored trace can be masked and the task schema stays as it is."""
+    out = []
+    for m in _STEP.finditer(text):
+        a, op, b, c = m.groups()
+        if not _exact(int(a), op, int(b), int(c)):
+            out.append(m.span(4))
+    return out
+
+
 def wait_masked_spans(text: str) -> list[tuple[int, int]]:
     """What masked SFT (``sft`` with ``loss_mask: wait_slips``) leaves out of the loss in a trace of any Wait
     style, read from the text: a ``longhand`` or ``review`` trace's WAIT_TEXT and first-chain part from its
     first wrong equation on; in a ``verify`` or ``recheck`` trace the slipped results (every equation that does
     not hold). A plain trace has nothing to mask."""
-    from ops.posttrain.masked_sft import slipped_result_spans
-
     if _LONGHAND.search(text):
         return longhand_masked_spans(text)
     if _REVIEW.search(text):

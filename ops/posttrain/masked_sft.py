@@ -1,5 +1,5 @@
 """SFT with the loss left off chosen character spans of each response, e.g. the deliberately slipped results of
-a Wait-style trace (:func:`slipped_result_spans`): the model still reads a slip before its Wait and correction,
+a Wait-style trace (``ops.solutions.slipped_result_spans``): the model still reads a slip before its Wait and correction,
 and is trained to write the Wait and the correction, never the slip.
 
 Key design choice: everything but the labels is SFT's own. Rows are encoded as :func:`ops.posttrain.common.
@@ -11,7 +11,6 @@ from the tokenizer's character offsets of the response text.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,29 +19,6 @@ from ops.posttrain.common import Example, encode_all, example_prompts, strip_sto
 from ops.posttrain.sft import SFTParams, units_batch_fn
 
 Spans = Sequence[tuple[int, int]]
-# one step of a worked solution (``ops.solutions``): ``a<op>b=c`` with whole numbers
-_STEP = re.compile(r"(?<!\d)(\d+)([-+*/])(\d+)=(\d+)(?!\d)")
-
-
-def _exact(a: int, op: str, b: int, c: int) -> bool:
-    """Whether ``a<op>b=c`` holds (a division by zero never does)."""
-    if op == "/":
-        return b != 0 and a == b * c
-    return {"+": a + b, "-": a - b, "*": a * b}[op] == c
-
-
-def slipped_result_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans ``[start, end)`` of the wrong results in ``text``: the digits ``c`` of every ``a<op>b=c``
-    that does not hold. In a ``verify`` or ``recheck`` trace (``ops.solutions``) these are exactly the
-    deliberately slipped results, since every other step, check and sub-step is exact. Read from the text
-    rather than carried beside it, so any stored trace can be masked and the task schema stays as it is."""
-    out = []
-    for m in _STEP.finditer(text):
-        a, op, b, c = m.groups()
-        if not _exact(int(a), op, int(b), int(c)):
-            out.append(m.span(4))
-    return out
-
 
 def masked_token_positions(tok: Any, response: str, spans: Spans) -> tuple[list[int], list[int]]:
     """``(ids, positions)``: the response's token ids as SFT encodes them (the text, then the turn end) and the

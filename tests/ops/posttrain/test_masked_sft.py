@@ -12,10 +12,10 @@ from ops.posttrain.masked_sft import (
     masked_batch_fn,
     masked_token_positions,
     masked_units,
-    slipped_result_spans,
     train_sft_masked,
 )
 from ops.posttrain.sft import SFTParams, units_batch_fn
+from ops.solutions import slipped_result_spans
 from ops.tasks import generate_tasks
 from tests import posttrain_helpers as H
 
