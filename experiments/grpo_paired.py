@@ -2,7 +2,7 @@
 
 ``python -m experiments.grpo_paired OUT SFT_DIR TASKS_DIR [--steps N] [--seeds N] [--first-seed N] [--prompts-per-step N] [--lr X]
 [--fresh N] [--updates-per-batch N] [--beta X] [--temperature T] [--eval-tasks DIR] [--n-eval N] [--clip-eps-high X]
-[--dynamic-sampling] [--max-refill N] [--greedy-in-group] [--eval-at STEP,...] [--tag NAME]``: the same stored
+[--dynamic-sampling] [--max-refill N] [--eval-at STEP,...] [--tag NAME]``: the same stored
 SFT checkpoint (e.g. the default pipeline's ``cold_sft``) is the start and the KL reference of every run; each
 seed runs the grpo stage's code (``ops.rl.grpo.train_grpo``) with the default ``rl1`` settings (rewards
 accuracy + format + 0.1 language, group 8, beta 0.04) unless overridden (DAPO's levers: ``--clip-eps-high``, an upper
@@ -55,7 +55,6 @@ def run(
     clip_eps_high: float | None = None,
     dynamic_sampling: bool = False,
     max_refill: int = 2,
-    greedy_in_group: bool = False,
     eval_at: str = "",
     tag: str = "",
     sampling_seeds: int = 1,
@@ -114,7 +113,6 @@ def run(
             "clip_eps_high": clip_eps_high,
             "dynamic_sampling": dynamic_sampling,
             "max_refill": max_refill if dynamic_sampling else None,
-            "greedy_in_group": greedy_in_group,
             "eval_at": at_steps,
             "rewards": list(rewards),
             "n_eval": len(ev),
@@ -160,7 +158,6 @@ def run(
                 clip_eps_high=clip_eps_high,
                 dynamic_sampling=dynamic_sampling,
                 max_refill=max_refill,
-                greedy_in_group=greedy_in_group,
             ),
             eval_fn=eval_fn if at_steps else None,
             eval_every=1 if at_steps else 0,
@@ -293,7 +290,6 @@ if __name__ == "__main__":
     ):
         ap.add_argument("--" + name.replace("_", "-"), type=cast, default=defaults[name])
     ap.add_argument("--dynamic-sampling", action="store_true")
-    ap.add_argument("--greedy-in-group", action="store_true")
     ap.add_argument("--eval-tasks", dest="eval_tasks_dir", default=None)
     r = run(**vars(ap.parse_args()))
     print(json.dumps({k: _scalars(v) if k == "start" else v for k, v in r.items() if k != "runs"}, indent=1))

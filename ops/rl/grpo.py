@@ -49,7 +49,6 @@ class GRPOParams:
     clip_eps_high: float | None = None  # DAPO's clip-higher; None = symmetric
     dynamic_sampling: bool = False  # DAPO: replace groups without signal by groups of further prompts
     max_refill: int = 2  # extra sampling rounds per step with dynamic sampling (each at most prompts_per_step)
-    greedy_in_group: bool = False  # one sample of each group is the greedy completion (the answer greedy scoring sees)
     norm: str = "token"  # token | sequence | unbiased (Dr. GRPO)
     scale_rewards: bool = True  # False = Dr. GRPO advantages (no std division)
     updates_per_batch: int = 1  # > 1 re-uses each rollout batch (off-policy after the first)
@@ -100,8 +99,6 @@ def train_grpo(
 
     if not tasks:
         raise ValueError("GRPO needs at least one training prompt")
-    if p.greedy_in_group and (p.group_size < 2 or p.updates_per_batch != 1):
-        raise ValueError("greedy_in_group needs group_size >= 2 and one on-policy update per batch")
     dev = next(policy.parameters()).device
     torch.manual_seed(p.seed)
     # log-prob ratios are computed in the model's own precision (no bf16 autocast), every step is logged
@@ -117,15 +114,20 @@ def train_grpo(
 
     def rollout(idx: list[int], seed: int) -> dict[str, Any]:
         """Sample a group per prompt of ``idx`` and score it: samples, texts, rewards and advantages."""
-        n_drawn = p.group_size - 1 if p.greedy_in_group else p.group_size
-        rep = [prompt_ids[i] for i in idx for _ in range(n_drawn)]
+        rep = [prompt_ids[i] for i in idx for _ in range(p.group_size)]
         t0 = time.perf_counter()
-        gen = dict(max_new_tokens=p.max_new_tokens, stop_ids=stop, pad_id=pad, batch_size=p.gen_batch_size)
-        samples = sample(policy, rep, temperature=p.temperature, top_p=p.top_p, seed=seed,
-                         return_logprobs=p.updates_per_batch > 1, **gen)
-        if p.greedy_in_group:
-            greedy = sample(policy, [prompt_ids[i] for i in idx], temperature=0.0, **gen)
-            samples = [x for j, g in enumerate(greedy) for x in [g, *samples[j * n_drawn : (j + 1) * n_drawn]]]
+        samples = sample(
+            policy,
+            rep,
+            max_new_tokens=p.max_new_tokens,
+            stop_ids=stop,
+            pad_id=pad,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            seed=seed,
+            batch_size=p.gen_batch_size,
+            return_logprobs=p.updates_per_batch > 1,
+        )
         t_gen = time.perf_counter() - t0
         texts = tok.batch_decode([s.ids for s in samples], skip_special_tokens=False)
         answers = [pool[i].answer for i in idx for _ in range(p.group_size)]
