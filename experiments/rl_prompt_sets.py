@@ -1,0 +1,40 @@
+"""A set of RL prompts for ``experiments.grpo_paired``, harder than the default's, that no stage of a home saw.
+
+``python -m experiments.rl_prompt_sets OUT ARTIFACTS DIFFICULTIES SEED``: writes ``OUT/train.parquet`` (4000
+problems of the comma-separated ``DIFFICULTIES``, equal shares) and ``OUT/eval.parquet`` (100), excluding every
+question of every ``reasoning_tasks`` artifact under ``ARTIFACTS`` (the home's SFT data, RL prompts, benchmark
+and held-out sets), in the tasks artifact layout ``grpo_paired`` reads as its ``TASKS_DIR``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def write_prompt_set(out: Path, artifacts: Path, difficulties: list[int], seed: int) -> Counter:
+    from ops.tasks import make_splits, read_tasks, write_tasks
+
+    splits = sorted((Path(artifacts) / "reasoning_tasks").glob("*/*.parquet"))
+    if not splits:
+        raise ValueError(f"{artifacts}: no reasoning_tasks artifact to exclude (expected ARTIFACTS/reasoning_tasks/*/)")
+    seen: set[str] = set()
+    for split in splits:
+        seen |= {t.question for t in read_tasks(split)}
+    train, ev = make_splits(4000, 100, seed, difficulties, exclude=seen)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tasks(train, out / "train.parquet")
+    write_tasks(ev, out / "eval.parquet")
+    return Counter(t.difficulty for t in train)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5:
+        raise SystemExit("usage: python -m experiments.rl_prompt_sets OUT ARTIFACTS DIFFICULTIES SEED")
+    o, a, d, s = sys.argv[1:]
+    print(dict(write_prompt_set(Path(o), Path(a), [int(x) for x in d.split(",")], int(s))))
