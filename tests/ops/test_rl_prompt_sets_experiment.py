@@ -27,3 +27,15 @@ def test_an_artifacts_folder_without_task_sets_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="no reasoning_tasks artifact"):
         write_prompt_set(tmp_path / "out", tmp_path, [3], 5)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.unit
+def test_a_scoring_set_alone_has_no_training_problems(tmp_path):
+    held = tmp_path / "artifacts" / "reasoning_tasks" / "abc"
+    held.mkdir(parents=True)
+    _, ev = make_splits(0, 200, 31, [2])
+    write_tasks(ev[:100], held / "eval.parquet")
+    assert write_prompt_set(tmp_path / "out", tmp_path / "artifacts", [2], 31, 0, 150) == {2: 150}
+    assert read_tasks(tmp_path / "out" / "train.parquet") == []
+    got = {t.question for t in read_tasks(tmp_path / "out" / "eval.parquet")}
+    assert len(got) == 150 and not got & {t.question for t in ev[:100]}
