@@ -1,4 +1,4 @@
-"""A set of RL prompts for ``experiments.grpo_paired``, harder than the default's, that no stage of a home saw.
+"""RL prompts or scoring problems for ``experiments.grpo_paired``, of chosen difficulties, that no stage of a home saw.
 
 ``python -m experiments.rl_prompt_sets OUT ARTIFACTS DIFFICULTIES SEED [N_TRAIN N_EVAL]``: writes
 ``OUT/train.parquet`` (``N_TRAIN`` problems, default 4000, of the comma-separated ``DIFFICULTIES``, equal shares)
