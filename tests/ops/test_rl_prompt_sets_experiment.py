@@ -1,4 +1,4 @@
-"""experiments/rl_prompt_sets.py: harder RL prompts that exclude every question a home's task sets hold."""
+"""experiments/rl_prompt_sets.py: RL prompts or scoring sets that exclude every question a home's task sets hold."""
 
 from __future__ import annotations
 
