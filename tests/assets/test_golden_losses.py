@@ -170,7 +170,8 @@ def _check(name: str, now: dict[str, list]) -> None:
     stored = json.loads(path.read_text())
     lines = diff_table(stored, now)
     assert not lines, (
-        f"{name}: the run no longer reproduces {path.name} (rel tol {REL_TOL}):\n  " + "\n  ".join(lines)
+        f"{name}: the run no longer reproduces {path.name} "
+        f"(tol {REL_TOL} of the value or of its series' largest value):\n  " + "\n  ".join(lines)
         + "\nIf the change is intended, regenerate with LMFORGE_UPDATE_GOLDEN=1 and state why in the commit."
     )
 
@@ -201,4 +202,6 @@ def test_diff_table_names_each_differing_step():
     # a value near 0 is held to the series' scale: rounding at 1e-6 of the largest value passes, more does not
     stored = {"loss": [0.04, 5e-4]}
     assert diff_table(stored, {"loss": [0.04, 5e-4 + 3e-8]}) == []
-    assert diff_table(stored, {"loss": [0.04, 5e-4 + 1e-7]}) == ["loss step 2: stored 0.0005, now 0.0005001 (rel diff 0.0002)"]
+    assert diff_table(stored, {"loss": [0.04, 5e-4 + 1e-7]}) == [
+        "loss step 2: stored 0.0005, now 0.0005001 (rel diff 0.0002)"
+    ]
