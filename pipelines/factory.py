@@ -146,13 +146,17 @@ def _pool_threads(kind, context):
     """Torch CPU threads for a stage of the ``gpu`` pool: the machine's cores divided by the pool's slot
     count (``LMFORGE_TORCH_THREADS`` overrides), so stages that the pool lets run side by side do not
     oversubscribe the cores. Yields a dict whose ``used`` is the thread count in effect when the stage
-    ended (a stage's own ``threads`` setting wins); the process's previous count is restored after."""
+    ended (a stage's own ``threads`` setting wins); the process's previous count is restored after. The
+    process's allocator is set up for tensor work first (``ops.train.malloc``; it stays so)."""
     info: dict[str, int] = {}
     if kind.pool != GPU_POOL:
         yield info
         return
     import torch  # only stages of the gpu pool get here; they import torch themselves
 
+    from ops.train.malloc import tune_malloc
+
+    malloc = tune_malloc()
     storage = context.instance.event_log_storage
     slots = None
     if storage.supports_global_concurrency_limits and GPU_POOL in storage.get_concurrency_keys():
@@ -160,7 +164,9 @@ def _pool_threads(kind, context):
     before = torch.get_num_threads()
     n = torch_threads(slots)
     torch.set_num_threads(n)
-    context.log.info(f"torch CPU threads: {n} (gpu pool slots: {slots or gpu_slots()})")
+    context.log.info(
+        f"torch CPU threads: {n} (gpu pool slots: {slots or gpu_slots()})" + (f"; {malloc}" if malloc else "")
+    )
     try:
         yield info
         info["used"] = torch.get_num_threads()

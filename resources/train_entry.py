@@ -48,6 +48,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     _state(work, rank, "running")
 
+    from ops.train.malloc import tune_malloc
+
+    tune_malloc()
     import torch
     import torch.distributed as dist
 
