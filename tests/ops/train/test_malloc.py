@@ -149,3 +149,28 @@ def test_tuning_is_applied_once_per_process():
         tuned=True,
     )
     assert out["first"] and out["again"] == out["first"]
+
+
+@glibc_only
+def test_a_gpu_pool_stage_sets_up_the_allocator_and_says_so():
+    out = _run(
+        """
+        import json
+        from types import SimpleNamespace
+        from pipelines.factory import _pool_threads
+        said = []
+        storage = SimpleNamespace(supports_global_concurrency_limits=False)
+        ctx = SimpleNamespace(instance=SimpleNamespace(event_log_storage=storage),
+                              log=SimpleNamespace(info=said.append))
+        with _pool_threads(SimpleNamespace(pool="data"), ctx):
+            pass
+        before = list(said)
+        with _pool_threads(SimpleNamespace(pool="gpu"), ctx):
+            pass
+        from ops.train import malloc
+        print(json.dumps({"before": before, "said": said, "applied": malloc._applied}))
+        """,
+        tuned=True,
+    )
+    assert out["before"] == []
+    assert out["applied"] and out["said"][-1].endswith("; " + out["applied"]), out
