@@ -145,15 +145,18 @@ def pretrain_base(
         "fingerprint": {**resume_fingerprint(tokens_dir, tokenizer_dir), "seed": seed},
     }
     res = run_pretraining(job, log=lambda s: None, progress=False)
+    import torch
+
     from ops.model import load_model
     from ops.tokens import TokenStream, unigram_entropy
     from ops.train.lm import evaluate_lm
 
     h = unigram_entropy(TokenStream(tokens_dir, "val").tokens)
-    ev32 = evaluate_lm(
-        load_model(out), TokenStream(tokens_dir, "val"), seq_len=BASE["seq_len"], max_tokens=BASE["eval_tokens"],
-        batch_size=16, device="cpu",
-    )
+    with torch.no_grad():
+        ev32 = evaluate_lm(
+            load_model(out), TokenStream(tokens_dir, "val"), seq_len=BASE["seq_len"],
+            max_tokens=BASE["eval_tokens"], batch_size=16, device="cpu",
+        )
     info = {
         "precision": precision,
         "val_loss_fp32": ev32["val_loss"],
