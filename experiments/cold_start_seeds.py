@@ -11,7 +11,8 @@ takes a stored base given as ``--base-dir LABEL=DIR`` (LABEL in ``--seeds``; e.g
 as seed 0, or a base of another corpus draw), then runs the ``sft`` kind's training
 (``ops.posttrain.sft.train_sft``) from it on PROBLEMS_DIR's worked solutions once per setting of ``SETTINGS``
 (``wsd`` is the pipeline's ``cold_sft``, ``default`` its earlier cosine schedule). Every setting runs the
-padded forward (``length_groups`` 0) unless it names ``length_groups`` (``ops.posttrain.sft.LENGTH_GROUPS``),
+padded forward (``length_groups`` 0) unless it names ``length_groups`` (``ops.posttrain.sft.LENGTH_GROUPS``;
+``row_order`` reorders each batch's rows, a rounding-only control),
 so runs stay comparable whatever the pipeline's own forward is. Every ``--eval-every`` steps and at the end,
 the model is scored greedily on the first ``--n-eval`` held-out problems of TASKS_DIR (the benchmark), item by
 item; ``--sampled K`` also samples K answers per problem at T=1 at the last step (the stage's
@@ -61,6 +62,7 @@ COLD_SFT = {
     "precision": "fp32",
     "sft_seed": 0,
     "head_fp32": False,
+    "row_order": None,
 }
 # candidate settings: overrides of COLD_SFT; every one trains on the same tokens in the same or fewer steps
 SETTINGS: dict[str, dict] = {
@@ -86,7 +88,31 @@ SETTINGS: dict[str, dict] = {
     "wsd_grouped_bf16_head32_seed1": {
         "optim": {"schedule": "wsd"}, "length_groups": 3, "precision": "bf16", "head_fp32": True, "sft_seed": 1,
     },
+    # rounding-only controls of wsd: the padded forward with each batch's rows reversed or rolled by half
+    # (the same loss function and data; only the float summation order differs, at every step)
+    "wsd_flip": {"optim": {"schedule": "wsd"}, "row_order": "flip"},
+    "wsd_roll": {"optim": {"schedule": "wsd"}, "row_order": "roll"},
 }
+
+
+def reorder_rows(batch: dict, how: str) -> dict:
+    """``batch`` with its rows reversed (``flip``) or rolled by half the batch (``roll``): every per-row
+    tensor and the ``index`` list alike. SFT's loss is a token-level mean over all rows' labelled positions,
+    so it is the same function of the weights; only the order of the float sums changes."""
+    import torch
+
+    n = len(batch["input_ids"])
+    perm = list(range(n))[::-1] if how == "flip" else [(i + n // 2) % n for i in range(n)]
+    idx = torch.tensor(perm)
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n:
+            out[k] = v[idx.to(v.device)]
+        elif isinstance(v, list) and len(v) == n:
+            out[k] = [v[i] for i in perm]
+        else:
+            out[k] = v
+    return out
 
 
 def pretrain_base(
@@ -230,10 +256,15 @@ def sft_run(
                 return torch.nn.functional.linear(h.float(), model.lm_head.weight, model.lm_head.bias)
 
         model.lm_head.forward = head32
+    loss_fn = sft.sft_loss_fn
+    if s["row_order"]:
+        how = s["row_order"]
+        sft.sft_loss_fn = lambda m, b: loss_fn(m, reorder_rows(b, how))
     try:
         _, _, info = train_sft(model, tok, examples, p, work_dir=None, eval_fn=eval_fn, log=lambda s: None)
     finally:
         sft.LENGTH_GROUPS = groups
+        sft.sft_loss_fn = loss_fn
         model.lm_head.forward = head_forward
     train_cpu = time.process_time() - c0 - eval_cpu[0]
     return {

@@ -65,12 +65,12 @@ def test_a_run_restores_the_forward_and_reports_cpu_per_step_and_sampled_items(t
     monkeypatch.setitem(cs.COLD_SFT, "steps", 2)
     monkeypatch.setitem(cs.COLD_SFT, "batch_size", 32)
     monkeypatch.setitem(cs.COLD_SFT, "warmup_steps", 1)
-    before = sft.LENGTH_GROUPS
+    before, loss_fn = sft.LENGTH_GROUPS, sft.sft_loss_fn
     runs = {
         s: cs.sft_run(s, base_model_dir(), tmp_path, ev, eval_every=800, sampled=2)
-        for s in ("wsd", "wsd_grouped")
+        for s in ("wsd", "wsd_grouped", "wsd_flip")
     }
-    assert sft.LENGTH_GROUPS == before
+    assert sft.LENGTH_GROUPS == before and sft.sft_loss_fn is loss_fn
     for r in runs.values():
         e = r["evals"]["2"]  # the last step on the run's own axis (2 of 2)
         assert len(e["items"]) == 6 and len(e["sampled"]["items"]) == 6
@@ -78,3 +78,35 @@ def test_a_run_restores_the_forward_and_reports_cpu_per_step_and_sampled_items(t
     assert runs["wsd"]["params"]["length_groups"] == 0 and runs["wsd_grouped"]["params"]["length_groups"] == 3
     # two forwards of the same function: the first step's loss agrees up to float rounding
     assert runs["wsd"]["losses"][0] == pytest.approx(runs["wsd_grouped"]["losses"][0], rel=1e-4)
+    assert runs["wsd"]["losses"][0] == pytest.approx(runs["wsd_flip"]["losses"][0], rel=1e-4)
+    assert runs["wsd_flip"]["params"]["row_order"] == "flip"
+
+
+@pytest.mark.parametrize("how", ["flip", "roll"])
+def test_the_rounding_controls_reorder_every_row_field_together(how):
+    import torch
+
+    from experiments.cold_start_seeds import reorder_rows
+
+    n = 6
+    b = {
+        "input_ids": torch.arange(n * 3).view(n, 3),
+        "labels": torch.arange(n * 3).view(n, 3) + 100,
+        "attention_mask": torch.ones(n, 3, dtype=torch.long),
+        "index": list(range(10, 10 + n)),
+        "pad": 1,
+    }
+    r = reorder_rows(b, how)
+    order = [r["index"][i] - 10 for i in range(n)]
+    assert sorted(order) == list(range(n)) and order != list(range(n))
+    assert order == (list(range(n))[::-1] if how == "flip" else [3, 4, 5, 0, 1, 2])
+    for i, j in enumerate(order):  # row i of the result is row j of the batch in every field
+        assert torch.equal(r["input_ids"][i], b["input_ids"][j])
+        assert torch.equal(r["labels"][i], b["labels"][j])
+    assert r["pad"] == 1 and b["index"] == list(range(10, 16))
+
+
+def test_the_rounding_controls_differ_from_their_reference_only_in_the_row_order():
+    for name in ("wsd_flip", "wsd_roll"):
+        s = dict(SETTINGS[name])
+        assert s.pop("row_order") in ("flip", "roll") and s == SETTINGS["wsd"]
