@@ -102,8 +102,8 @@ def units_batch_fn(units: list, pad: int, p: SFTParams) -> Callable[[int, int], 
 
 
 # decoder forwards per SFT batch over rows sorted by length (:func:`ops.posttrain.common.labelled_logits`); 0 = the
-# one padded forward. 3 is the same function up to float rounding for 0.8x the CPU a step, but two of three
-# paired cold starts lost greedy accuracy beyond their item noise with it (experiments/LEDGER.md)
+# one padded forward, the exact reference. 3 is the same function up to float rounding for 0.8x the CPU a step;
+# its accuracy over three paired cold starts differed no more than a rounding-only row reordering's (LEDGER.md)
 LENGTH_GROUPS = 0
 
 
