@@ -93,13 +93,12 @@ def probe(model_dir: Path, problems_dir: Path, steps: int) -> list[dict]:
             loss64, g64 = _grad(ref_model, batch, "padded")
             norm64 = sum(float((x**2).sum()) for x in g64.values()) ** 0.5
             row = {"step": step, "rows": part, "loss_fp64": loss64, "grad_norm_fp64": norm64}
+            grads = {}
             for arm in ARMS:
-                loss, g = _grad(model, batch, arm)
-                row[arm] = {"loss_rel": abs(loss - loss64) / loss64, **_errors(g, g64)}
-            for a, b in (("grouped", "padded"), ("flip", "padded")):  # the arms against each other, in fp32
-                _, ga = _grad(model, batch, a)
-                _, gb = _grad(model, batch, b)
-                row[f"{a}_vs_{b}_rel_l2"] = _errors(ga, gb)["rel_l2"]
+                loss, grads[arm] = _grad(model, batch, arm)
+                row[arm] = {"loss_rel": abs(loss - loss64) / loss64, **_errors(grads[arm], g64)}
+            for a in ("grouped", "flip"):  # the arms against the padded forward, both in fp32
+                row[f"{a}_vs_padded_rel_l2"] = _errors(grads[a], grads["padded"])["rel_l2"]
             rows.append(row)
             brief = {k: (v["rel_l2"] if isinstance(v, dict) else v) for k, v in row.items()}
             print(json.dumps(brief), flush=True)
