@@ -92,6 +92,10 @@ SETTINGS: dict[str, dict] = {
     # (the same loss function and data; only the float summation order differs, at every step)
     "wsd_flip": {"optim": {"schedule": "wsd"}, "row_order": "flip"},
     "wsd_roll": {"optim": {"schedule": "wsd"}, "row_order": "roll"},
+    # the same three rounding draws of a 1000-step wsd cold start (the decay over its own last fifth)
+    "wsd_s1000": {"optim": {"schedule": "wsd"}, "steps": 1000},
+    "wsd_s1000_flip": {"optim": {"schedule": "wsd"}, "steps": 1000, "row_order": "flip"},
+    "wsd_s1000_roll": {"optim": {"schedule": "wsd"}, "steps": 1000, "row_order": "roll"},
 }
 
 
