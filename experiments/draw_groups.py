@@ -49,7 +49,7 @@ def compare(out: Path, a: list[str], b: list[str], step: str = "800") -> dict:
         per_arm_items: dict[str, list[list[float]]] = {"A": [], "B": []}
         for base in bases:
             evals = {
-                arm: [e for e in runs[arm][base].values() if key is None or "sampled" in e]
+                arm: {n: e for n, e in runs[arm][base].items() if key is None or "sampled" in e}
                 for arm in ("A", "B")
             }
             if not (evals["A"] and evals["B"]):
@@ -57,15 +57,16 @@ def compare(out: Path, a: list[str], b: list[str], step: str = "800") -> dict:
             row = res["bases"].setdefault(base, {})
             means = {}
             for arm in ("A", "B"):
-                names = [s for s, e in runs[arm][base].items() if key is None or "sampled" in e]
-                accs = [(e["sampled"]["accuracy"] if key else e["accuracy"]) for e in evals[arm]]
-                means[arm] = sum(accs) / len(accs)
-                row.setdefault(arm, {})[name] = {
-                    "draws": dict(zip(names, accs)),
-                    "mean": means[arm],
-                    "range": max(accs) - min(accs),
+                accs = {
+                    n: (e["sampled"]["accuracy"] if key else e["accuracy"]) for n, e in evals[arm].items()
                 }
-                per_arm_items[arm].append(_item_means(evals[arm], key))
+                means[arm] = sum(accs.values()) / len(accs)
+                row.setdefault(arm, {})[name] = {
+                    "draws": accs,
+                    "mean": means[arm],
+                    "range": max(accs.values()) - min(accs.values()),
+                }
+                per_arm_items[arm].append(_item_means(list(evals[arm].values()), key))
             row[f"diff_{name}"] = means["B"] - means["A"]
         n = len(per_arm_items["A"])
         if n:
