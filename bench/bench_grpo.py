@@ -104,11 +104,13 @@ def _trl(train, model_dir, tmp: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from ops.cpu_gemm import fast_linear
     from ops.tasks import format_ok, is_correct
     from ops.tokenizer import IM_END
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    # the same fp32 GEMM kernels as lmforge's side, so the ratio measures the two trainers, not the BLAS
+    model = fast_linear(AutoModelForCausalLM.from_pretrained(str(model_dir)))
     ds = Dataset.from_list(
         [
             {"prompt": [{"role": "user", "content": t.question}], "answer": t.answer}

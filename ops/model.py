@@ -271,6 +271,8 @@ def build_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ops.cpu_gemm import fast_linear
+
     cfg = make_config(
         arch_cfg, vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=bos_token_id
     )
@@ -280,7 +282,7 @@ def build_model(
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype or torch.float32)
     if device:
         model.to(device)
-    return model
+    return fast_linear(model)
 
 
 def load_model(path: Path | str, *, device: str | None = None, dtype: Any = None) -> Any:
@@ -291,12 +293,14 @@ def load_model(path: Path | str, *, device: str | None = None, dtype: Any = None
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ops.cpu_gemm import fast_linear
+
     model = AutoModelForCausalLM.from_pretrained(
         str(path), local_files_only=True, trust_remote_code=False, dtype=dtype or torch.float32
     )
     if device:
         model.to(device)
-    return model
+    return fast_linear(model)
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path | str) -> None:

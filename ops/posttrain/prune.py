@@ -181,6 +181,8 @@ def prune(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ops.cpu_gemm import fast_linear
+
     cfg = model.config
     n_layers, d, f = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
     _check_sizes(model, layers, d_model, ffn)  # before topk, which fails on its own terms
@@ -191,7 +193,7 @@ def prune(
     )
     new_cfg = pruned_config(model, layers=layers, d_model=d_model, ffn=ffn, keep_layers=keep_layers)
     ch = _top(imp["channels"], d_model) if d_model is not None else torch.arange(d)
-    small = AutoModelForCausalLM.from_config(new_cfg, dtype=next(model.parameters()).dtype)
+    small = fast_linear(AutoModelForCausalLM.from_config(new_cfg, dtype=next(model.parameters()).dtype))
     src, dst = model.model, small.model
     kept_neurons = []
     with torch.no_grad():

@@ -94,12 +94,14 @@ def init_reward_model(policy_dir: Path | str) -> Any:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from ops.cpu_gemm import fast_linear
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         rm = AutoModelForSequenceClassification.from_pretrained(
             str(policy_dir), num_labels=1, local_files_only=True, dtype=torch.float32
         )
-    return rm
+    return fast_linear(rm)
 
 
 HEADS = ("classifier", "likelihood")
@@ -202,6 +204,8 @@ def load_reward_model(path: Path | str) -> Any:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from ops.cpu_gemm import fast_linear
+
     path = Path(path)
     spec = path / REWARD_FILE
     if spec.is_file():
@@ -213,7 +217,7 @@ def load_reward_model(path: Path | str) -> Any:
         raise ValueError(f"{spec}: unknown reward head {meta.get('head')!r}; expected one of {HEADS}")
     rm = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     rm.eval()
-    return rm
+    return fast_linear(rm)
 
 
 def _encode(tok, prompts, responses, max_len):
