@@ -22,6 +22,7 @@ MODULES = [
     "bench_ray_data",
     "bench_tokenizer",
     "bench_pretrain",
+    "bench_gemm",
     "bench_multinode",
     "bench_grpo",
     "bench_sft",
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "cpu_vendor": _vendor(),
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -65,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.md").write_text("\n".join(lines))
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
+
+
+def _vendor() -> str:
+    from ops.cpu_gemm import cpu_vendor
+
+    return cpu_vendor()
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ def _resolve(choice: str) -> str:
     return "onednn" if cpu_vendor() == "AuthenticAMD" else "mkl"
 
 
+def cpu_gemm_info() -> dict[str, str]:
+    """What a report or benchmark records: the CPU vendor, the backend ``auto`` picks on it and the one in use."""
+    return {"cpu_vendor": cpu_vendor(), "cpu_gemm_auto": _resolve("auto"), "cpu_gemm": gemm_backend()}
+
+
 def _mm(a: Any, w: Any) -> Any:
     """``a @ w.T`` by oneDNN (``a``: rows x k, ``w``: n x k; either may be a strided view)."""
     return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")

@@ -209,6 +209,12 @@ def environment(git: dict[str, Any] | None = None) -> dict[str, Any]:
             pkgs[p] = None
     hw: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
     try:
+        from ops.cpu_gemm import cpu_gemm_info
+
+        hw.update(cpu_gemm_info())  # the fp32 CPU matmul kernels trained weights differ by, in float rounding
+    except Exception:  # noqa: BLE001 - no torch / a bad LMFORGE_CPU_GEMM: the stages themselves say so
+        pass
+    try:
         hw["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         hw["memory_gib"] = None
