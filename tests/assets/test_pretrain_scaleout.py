@@ -124,10 +124,11 @@ def test_fsdp2_on_cpu_matches_ddp_and_reloads_as_transformers(single_node, fsdp_
     ddp_art, ddp = single_node
     art, res = fsdp_run
     assert res.metrics["world_size"] == 2
-    # With two ranks, reduce-scatter and DDP's all-reduce add the same two addends: every step's training
-    # loss is identical (measured). The final weights and val loss differ in the last bits (measured: val
-    # loss 3e-8 relative), from the gradient norm summed per shard and the sharded AdamW update.
-    assert _losses(res) == _losses(ddp)
+    # With two ranks, reduce-scatter and DDP's all-reduce add the same two addends. The weights differ in the
+    # last bits (measured: val loss 3e-8 relative), from the gradient norm summed per shard and the sharded
+    # AdamW update; with MKL's linear layers every logged loss (5 decimals) is the same, with oneDNN's
+    # (ops.cpu_gemm, AMD CPUs) the last step's differs in its last digit (measured: 1.3e-6 relative).
+    assert _max_rel(_losses(res), _losses(ddp)) < 1e-5
     assert res.metrics["val_loss"] == pytest.approx(ddp.metrics["val_loss"], rel=1e-6, abs=0)
     from safetensors.torch import load_file
 
