@@ -19,14 +19,11 @@ ROUNDS = 5
 STEPS = 8
 
 
-def _best(fn, rounds: int, reps: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return best
+def _per_call(fn, reps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
 
 
 def run(out_dir: Path, rounds: int = ROUNDS, steps: int = STEPS, batch: tuple[int, int] = (64, 64)) -> dict:
@@ -66,8 +63,8 @@ def run(out_dir: Path, rounds: int = ROUNDS, steps: int = STEPS, batch: tuple[in
         mkl = one = float("inf")
         make(plain)(), make(fast)()  # warm-up
         for _ in range(rounds):  # alternate the sides so a change in machine speed hits both
-            mkl = min(mkl, _best(make(plain), 1, steps))
-            one = min(one, _best(make(fast), 1, steps))
+            mkl = min(mkl, _per_call(make(plain), steps))
+            one = min(one, _per_call(make(fast), steps))
         res[f"{name}_mkl_ms"] = round(mkl * 1e3, 2)
         res[f"{name}_onednn_ms"] = round(one * 1e3, 2)
         res[f"{name}_speedup_onednn_vs_mkl"] = round(mkl / one, 3)

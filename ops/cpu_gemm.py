@@ -64,9 +64,9 @@ def cpu_gemm_info() -> dict[str, str]:
     return {"cpu_vendor": cpu_vendor(), "cpu_gemm_auto": _resolve("auto"), "cpu_gemm": gemm_backend()}
 
 
-def _mm(a: Any, w: Any) -> Any:
-    """``a @ w.T`` by oneDNN (``a``: rows x k, ``w``: n x k; either may be a strided view)."""
-    return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+def _mm(a: Any, w: Any, bias: Any = None) -> Any:
+    """``a @ w.T (+ bias)`` by oneDNN (``a``: rows x k, ``w``: n x k; either may be a strided view)."""
+    return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
 
 
 class _Linear(torch.autograd.Function):
@@ -74,9 +74,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx: Any, x: Any, weight: Any, bias: Any) -> Any:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        x2 = x.reshape(-1, x.shape[-1])
-        y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")
-        return y.view(*x.shape[:-1], weight.shape[0])
+        return _mm(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, gy: Any) -> Any:
