@@ -238,22 +238,28 @@ def labelled_logits(model: Any, batch: dict[str, Any], *, length_groups: int = 0
 
     from ops.losses import IGNORE
 
+    hidden, head, y = _labelled_hidden(model, batch, length_groups)
+    logits = head(hidden) if head is not None else hidden
+    logits = torch.cat([logits, logits.new_zeros(1, logits.shape[-1])])[None]
+    labels = torch.cat([y.new_full((1,), IGNORE), y])[None]
+    return logits, labels
+
+
+def _labelled_hidden(model: Any, batch: dict[str, Any], length_groups: int = 0) -> tuple[Any, Any, Any]:
+    """``(hidden [N, d], head, labels [N])`` at the N positions that predict a label, in row-major order; for a
+    model without :func:`decoder_and_head`, ``(logits [N, V], None, labels)`` from its own forward."""
+    from ops.losses import IGNORE
+
     tgt = batch["labels"][:, 1:]
     sel = tgt != IGNORE
     kw = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     parts = decoder_and_head(model)
-    hidden = _grouped_hidden(parts[0], batch, sel, length_groups) if parts is not None and length_groups else None
-    if hidden is not None:
-        logits = parts[1](hidden)
-    elif parts is not None:
-        decoder, head = parts
-        logits = head(decoder(**kw).last_hidden_state[:, :-1][sel])
-    else:
-        logits = model(**kw).logits[:, :-1][sel]
-    y = tgt[sel]
-    logits = torch.cat([logits, logits.new_zeros(1, logits.shape[-1])])[None]
-    labels = torch.cat([y.new_full((1,), IGNORE), y])[None]
-    return logits, labels
+    if parts is None:
+        return model(**kw).logits[:, :-1][sel], None, tgt[sel]
+    hidden = _grouped_hidden(parts[0], batch, sel, length_groups) if length_groups else None
+    if hidden is None:
+        hidden = parts[0](**kw).last_hidden_state[:, :-1][sel]
+    return hidden, parts[1], tgt[sel]
 
 
 # a length group's fewest rows: a smaller group's forward costs more in per-call overhead than it saves
@@ -300,15 +306,27 @@ def _grouped_hidden(decoder: Any, batch: dict[str, Any], sel: Any, groups: int) 
     return torch.cat(hs)[src]
 
 
+def labelled_logprobs(model: Any, batch: dict[str, Any], *, length_groups: int = 0) -> Any:
+    """``log p(label)`` at every labelled position ``[N]``, in row-major order (the labels of
+    :func:`labelled_logits`, without its padding entry): the head fused with the log-softmax where
+    :func:`ops.fused_head.fused_ok`, else the head's logits through ``ops.losses.token_logprobs``."""
+    from ops.fused_head import fused_ok, head_logprobs
+    from ops.losses import token_logprobs
+
+    hidden, head, y = _labelled_hidden(model, batch, length_groups)
+    if head is not None and fused_ok(hidden, head):
+        return head_logprobs(hidden, head.weight, y)
+    return token_logprobs(head(hidden) if head is not None else hidden, y)
+
+
 def labelled_sequence_logprobs(model: Any, batch: dict[str, Any]) -> Any:
     """``sum_t log p(label_t)`` over each row's labelled tokens, ``[B]`` (as ``ops.losses.sequence_logprobs``
-    on the full logits), with the head only on labelled positions (:func:`labelled_logits`)."""
+    on the full logits), from :func:`labelled_logprobs`."""
     import torch
 
-    from ops.losses import IGNORE, token_logprobs
+    from ops.losses import IGNORE
 
-    logits, labels = labelled_logits(model, batch)
-    lp = token_logprobs(logits[0, :-1], labels[0, 1:])
+    lp = labelled_logprobs(model, batch)
     rows = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
     return torch.zeros(batch["labels"].shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
 

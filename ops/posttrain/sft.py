@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.losses import sft_loss
-from ops.posttrain.common import Example, collate, encode_all, epoch_batches, labelled_logits, pack, to_device
+from ops.posttrain.common import (
+    Example,
+    collate,
+    encode_all,
+    epoch_batches,
+    labelled_logprobs,
+    pack,
+    to_device,
+)
 from ops.train.optim import OptimConfig
 
 # attention and MLP projections; qkv_proj / out_proj / output_gate are MiniMax's lightning-attention layers
@@ -108,9 +115,12 @@ LENGTH_GROUPS = 0
 
 
 def sft_loss_fn(model: Any, batch: dict) -> tuple[Any, dict]:
+    """``ops.losses.sft_loss`` (the token-level mean of ``-log p`` over labelled positions) from the labelled
+    positions' log-probabilities, the head fused with the log-softmax where it can be
+    (:func:`ops.posttrain.common.labelled_logprobs`)."""
     dev = next(model.parameters()).device
-    logits, labels = labelled_logits(model, to_device(batch, dev), length_groups=LENGTH_GROUPS)
-    return sft_loss(logits, labels)
+    lp = labelled_logprobs(model, to_device(batch, dev), length_groups=LENGTH_GROUPS)
+    return -lp.sum() / max(lp.numel(), 1), {"tokens": float(lp.numel())}
 
 
 def add_lora(model: Any, p: SFTParams) -> Any:

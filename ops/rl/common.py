@@ -122,6 +122,7 @@ def completion_logprobs(
     cache. Gradients reach the shared prompt from every sample, so the result is the same function (values
     equal up to float rounding, tested) at a fraction of the cost: the prompt is often half of every row.
     """
+    from ops.fused_head import fused_ok
     from ops.losses import token_logprobs
     from ops.posttrain.common import decoder_and_head
 
@@ -130,13 +131,14 @@ def completion_logprobs(
     if parts is not None and share_prefix and "prompt_ids" in t and len(t["prompt_ids"]) < len(t["comp_ids"]):
         hidden = _shared_prefix_hidden(parts[0], t)
     kw = {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}
-    if hidden is not None:
-        logits = parts[1](hidden)
-    elif parts is not None:
+    if parts is not None and hidden is None:
         # the vocabulary head only on the completion positions (the prompt's logits are never used)
-        decoder, head = parts
-        hidden = gather_completion(decoder(**kw).last_hidden_state, t)
-        logits = head(hidden)
+        hidden = gather_completion(parts[0](**kw).last_hidden_state, t)
+    if parts is not None and fused_ok(hidden, parts[1]):
+        lp = _fused_logprobs(hidden, parts[1].weight, t, temperature)
+        return (lp, hidden) if with_hidden else lp
+    if parts is not None:
+        logits = parts[1](hidden)
     else:
         out = model(**kw, output_hidden_states=with_hidden)
         logits = gather_completion(out.logits, t)
@@ -147,6 +149,20 @@ def completion_logprobs(
     if with_hidden:
         return lp, hidden
     return lp
+
+
+def _fused_logprobs(hidden: Any, weight: Any, t: dict[str, Any], temperature: float) -> Any:
+    """:func:`ops.fused_head.head_logprobs` on the real completion tokens only, zeros at the padding ``[N, L]``
+    (rows are picked and placed with index_select / index_copy, whose backward adds in a fixed order)."""
+    import torch
+
+    from ops.fused_head import head_logprobs
+
+    N, L = t["comp_ids"].shape
+    idx = t["comp_mask"].reshape(-1).nonzero().squeeze(1)
+    h = hidden.reshape(N * L, -1).index_select(0, idx)
+    lp = head_logprobs(h, weight, t["comp_ids"].reshape(-1).index_select(0, idx), temperature)
+    return torch.zeros(N * L, dtype=lp.dtype, device=lp.device).index_copy(0, idx, lp).view(N, L)
 
 
 def _shared_prefix_hidden(decoder: Any, t: dict[str, Any]) -> Any:
