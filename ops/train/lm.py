@@ -23,9 +23,16 @@ DEFAULT_PROMPTS = ["The ", "In Python, ", "A function ", "The following example 
 
 
 def lm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
-    """Mean next-token cross-entropy (fp32 logits) + the router auxiliary loss of MoE models."""
+    """Mean next-token cross-entropy (fp32 logits) + the router auxiliary loss of MoE models.
+
+    A plain fp32 model in one process takes the head fused with the log-softmax (``ops.fused_head``): the same
+    loss and gradients up to float rounding, without the ``[tokens, vocabulary]`` logits; a compiled, wrapped
+    or MoE model, and autocast, keep the model's own forward."""
     import torch.nn.functional as F
 
+    fused = _fused_ce(model, batch)
+    if fused is not None:
+        return fused, {"tokens": batch["labels"].numel()}
     out = model(input_ids=batch["input_ids"])
     logits = out.logits.float()
     ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1))
@@ -36,6 +43,31 @@ def lm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         stats["aux_loss"] = float(aux.detach())
         return ce + coef * aux, {**stats, "ce": float(ce.detach())}
     return ce, stats
+
+
+def _fused_ce(model: Any, batch: dict[str, Any]) -> Any:
+    """The mean cross-entropy from the decoder's hidden states and the head (fused where
+    :func:`ops.fused_head.fused_ok`), or None for a model that must run its own forward."""
+    import torch.nn.functional as F
+
+    from ops.fused_head import fused_ok, head_logprobs
+    from ops.losses import IGNORE
+    from ops.posttrain.common import decoder_and_head
+
+    if _unwrap(model) is not model or getattr(getattr(model, "config", None), "output_router_logits", False):
+        return None
+    parts = decoder_and_head(model)
+    if parts is None:
+        return None
+    decoder, head = parts
+    hidden = decoder(input_ids=batch["input_ids"]).last_hidden_state
+    h, y = hidden.reshape(-1, hidden.shape[-1]), batch["labels"].reshape(-1)
+    if not fused_ok(h, head):
+        return F.cross_entropy(head(h).float(), y)
+    keep = y != IGNORE
+    if not bool(keep.all()):
+        h, y = h[keep], y[keep]
+    return -head_logprobs(h, head.weight, y).mean()
 
 
 def _unwrap(m: Any) -> Any:

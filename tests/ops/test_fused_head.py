@@ -163,3 +163,43 @@ def test_sft_loss_equals_the_cross_entropy_on_full_logits_with_gradients(monkeyp
     torch.testing.assert_close(loss.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
     assert stats == ref_stats
     _assert_same(fused, plain)
+
+
+def test_pretraining_loss_equals_the_models_own_cross_entropy_with_gradients(monkeypatch):
+    import torch.nn.functional as F
+
+    from ops.train.lm import lm_loss
+
+    model = _model()
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(2, 97, (3, 10), generator=g)
+    labels = torch.randint(2, 97, (3, 10), generator=g)
+    labels[0, :3] = -100
+    batch = {"input_ids": ids, "labels": labels}
+    calls = _spy(monkeypatch)
+    loss, stats = lm_loss(model, batch)
+    assert calls and stats == {"tokens": 30}
+    fused = _param_grads(model, loss)
+    logits = model(input_ids=ids).logits
+    ref = F.cross_entropy(logits.reshape(-1, 97), labels.reshape(-1))
+    plain = _param_grads(model, ref)
+    torch.testing.assert_close(loss.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+    _assert_same(fused, plain)
+
+
+def test_a_wrapped_model_keeps_its_own_forward(monkeypatch):
+    from ops.train.lm import lm_loss
+
+    class Wrapper(torch.nn.Module):  # DDP's shape: the model under .module, hooks on the wrapper's forward
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+        def forward(self, **kw):
+            return self.module(**kw)
+
+    model = _model()
+    calls = _spy(monkeypatch)
+    ids = torch.randint(2, 97, (2, 8))
+    loss, _ = lm_loss(Wrapper(model), {"input_ids": ids, "labels": ids})
+    assert not calls and loss.requires_grad
