@@ -85,7 +85,13 @@ class _Linear(torch.autograd.Function):
             gx = _mm(g2, weight.t()).view(x.shape)
         if ctx.needs_input_grad[1]:
             x2 = x.reshape(-1, x.shape[-1])
-            gw = g2.t() @ x2 if weight.shape[0] >= _WIDE else _mm(g2.t(), x2.t())
+            if weight.shape[0] >= _WIDE:
+                gw = g2.t() @ x2
+            elif weight.shape[0] > weight.shape[1]:
+                # oneDNN copies its first operand to rows: transposing the product copies the narrower one
+                gw = _mm(x2.t(), g2.t()).t().contiguous()
+            else:
+                gw = _mm(g2.t(), x2.t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
         return gx, gw, gb

@@ -94,3 +94,52 @@ class _HeadLogprobs(torch.autograd.Function):
             if need_w:
                 gw_t += _nt(h[s:e].t(), gz.t())
         return gh, gw_t.t().contiguous() if need_w else None, None, None
+
+
+def head_kd(hidden: Any, weight: Any, teacher: Any, targets: Any, temperature: float, alpha: float) -> tuple:
+    """``ops.losses.kd_loss`` on the student's head computed in blocks of rows: ``alpha * T^2 * mean KL(p_T ||
+    q_T) + (1 - alpha) * mean CE`` over the ``N`` rows of ``hidden [N, d]`` (every row a labelled position),
+    with the teacher's logits ``teacher [N, V]`` and labels ``targets [N]``. Returns ``(loss, kl, ce)``, the
+    last two detached; differentiable in ``hidden`` and ``weight``."""
+    return _HeadKD.apply(hidden, weight, teacher, targets, float(temperature), float(alpha))
+
+
+class _HeadKD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, h: Any, w: Any, t: Any, y: Any, temp: float, alpha: float) -> Any:
+        h = h.contiguous()
+        n = max(h.shape[0], 1)
+        kl = h.new_zeros(())
+        ce = h.new_zeros(())
+        for s, e in _blocks(h.shape[0], w.shape[0]):
+            z = _nt(h[s:e], w)
+            log_q = torch.log_softmax(z / temp, -1)
+            log_p = torch.log_softmax(t[s:e].float() / temp, -1)
+            kl += (log_p.exp() * (log_p - log_q)).sum()
+            ce -= torch.log_softmax(z, -1).gather(1, y[s:e, None]).sum()
+        kl, ce = kl / n, ce / n
+        ctx.save_for_backward(h, w, t, y)
+        ctx.temp, ctx.alpha = temp, alpha
+        ctx.mark_non_differentiable(kl, ce)
+        return alpha * temp**2 * kl + (1 - alpha) * ce, kl, ce
+
+    @staticmethod
+    def backward(ctx: Any, g: Any, _gkl: Any, _gce: Any) -> Any:
+        h, w, t, y = ctx.saved_tensors
+        temp, alpha = ctx.temp, ctx.alpha
+        n = max(h.shape[0], 1)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gh = torch.empty_like(h) if need_h else None
+        gw_t = w.new_zeros(w.shape[1], w.shape[0]) if need_w else None
+        for s, e in _blocks(h.shape[0], w.shape[0]):
+            z = _nt(h[s:e], w)
+            # d/dz: alpha * T * (q_T - p_T) + (1 - alpha) * (softmax(z) - onehot(y)), over n rows, times g
+            gz = torch.softmax(z / temp, -1).sub_(torch.softmax(t[s:e].float() / temp, -1)).mul_(alpha * temp)
+            ce_part = torch.softmax(z, -1)
+            ce_part.scatter_add_(1, y[s:e, None], ce_part.new_full((e - s, 1), -1.0))
+            gz.add_(ce_part, alpha=1 - alpha).mul_(g / n)
+            if need_h:
+                gh[s:e] = _nt(gz, w.t())
+            if need_w:
+                gw_t += _nt(h[s:e].t(), gz.t())
+        return gh, gw_t.t().contiguous() if need_w else None, None, None, None, None

@@ -234,18 +234,23 @@ def labelled_logits(model: Any, batch: dict[str, Any], *, length_groups: int = 0
     (values equal up to float rounding, tested), in the same order, for less work: on the default recipe's
     SFT batches (64 rows of 52-96 tokens) padding is a fifth of the padded forward.
     """
+    hidden, head, y = labelled_hidden(model, batch, length_groups)
+    return labelled_row(head(hidden) if head is not None else hidden, y)
+
+
+def labelled_row(logits: Any, y: Any) -> tuple[Any, Any]:
+    """``(logits [N, V], labels [N])`` at the labelled positions as :func:`labelled_logits`'s one row: a zero
+    logit row appended and ``-100`` prepended to the labels, ``([1, N+1, V], [1, N+1])``."""
     import torch
 
     from ops.losses import IGNORE
 
-    hidden, head, y = _labelled_hidden(model, batch, length_groups)
-    logits = head(hidden) if head is not None else hidden
     logits = torch.cat([logits, logits.new_zeros(1, logits.shape[-1])])[None]
     labels = torch.cat([y.new_full((1,), IGNORE), y])[None]
     return logits, labels
 
 
-def _labelled_hidden(model: Any, batch: dict[str, Any], length_groups: int = 0) -> tuple[Any, Any, Any]:
+def labelled_hidden(model: Any, batch: dict[str, Any], length_groups: int = 0) -> tuple[Any, Any, Any]:
     """``(hidden [N, d], head, labels [N])`` at the N positions that predict a label, in row-major order; for a
     model without :func:`decoder_and_head`, ``(logits [N, V], None, labels)`` from its own forward."""
     from ops.losses import IGNORE
@@ -313,7 +318,7 @@ def labelled_logprobs(model: Any, batch: dict[str, Any], *, length_groups: int =
     from ops.fused_head import fused_ok, head_logprobs
     from ops.losses import token_logprobs
 
-    hidden, head, y = _labelled_hidden(model, batch, length_groups)
+    hidden, head, y = labelled_hidden(model, batch, length_groups)
     if head is not None and fused_ok(hidden, head):
         return head_logprobs(hidden, head.weight, y)
     return token_logprobs(head(hidden) if head is not None else hidden, y)

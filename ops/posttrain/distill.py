@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ops.fused_head import fused_ok, head_kd
 from ops.losses import kd_loss
-from ops.posttrain.common import Example, collate, labelled_logits, to_device
+from ops.posttrain.common import Example, collate, labelled_hidden, labelled_logits, labelled_row, to_device
 from ops.posttrain.sft import LENGTH_GROUPS, SFTParams, sft_loss_fn, sft_units, units_batch_fn
 
 # Teacher logits of every training row are kept when they take at most this much memory (fp32, labelled
@@ -143,18 +144,29 @@ def train_distill(
     checked: set[int] = set()  # padded lengths at which the cache matched the teacher's own forward
 
     def kd_fn(model, batch):
-        import torch
-
         dev = next(model.parameters()).device
         b = to_device(batch, dev)
         # both models' logits only where a label is predicted (same positions, same order)
-        s_logits, labels = labelled_logits(model, b, length_groups=LENGTH_GROUPS)
+        hidden, head, y = labelled_hidden(model, b, length_groups=LENGTH_GROUPS)
+        if p.alpha > 0 and head is not None and fused_ok(hidden, head):
+            # the student's head fused with the loss (ops.fused_head): no [tokens, vocabulary] student logits
+            t_logits = teacher_logits(b, batch, dev)
+            loss, kl, ce = head_kd(hidden, head.weight, t_logits[0, :-1], y, p.temperature, p.alpha)
+            return loss, {"kl": float(kl), "ce": float(ce), "tokens": batch["tokens"]}
+        s_logits, labels = labelled_row(head(hidden) if head is not None else hidden, y)
+        # alpha 0 is plain SFT through the same loss: the KD term has no weight, the teacher's forward is skipped
+        t_logits = s_logits.detach() if p.alpha == 0 else teacher_logits(b, batch, dev)
+        loss, st = kd_loss(s_logits, t_logits, labels, temperature=p.temperature, alpha=p.alpha)
+        return loss, {**st, "tokens": batch["tokens"]}
+
+    def teacher_logits(b, batch, dev):
+        """The teacher's labelled logits for the batch, as :func:`labelled_logits` returns them: from the cache
+        once it matched the teacher's own forward at this padded length, else the teacher's forward."""
+        import torch
+
         length = b["input_ids"].shape[1]
-        if p.alpha == 0:
-            # plain SFT through the same loss: the KD term has weight 0, so the teacher's forward is skipped
-            t_logits = s_logits.detach()
-        elif cache[0] is not None and length in checked:
-            t_logits = cache[0].batch(batch["index"]).to(s_logits.device)
+        if cache[0] is not None and length in checked:
+            t_logits = cache[0].batch(batch["index"]).to(dev)
         else:
             # the frozen teacher in its own precision whatever the student trains in, so the cache stays exact
             with torch.no_grad(), torch.autocast(dev.type, enabled=False):
@@ -166,8 +178,7 @@ def train_distill(
                     log(f"distill: cached teacher logits differ from the teacher's forward on a batch of padded "
                         f"length {length}; running the teacher on every batch")
                     cache[0] = None
-        loss, st = kd_loss(s_logits, t_logits, labels, temperature=p.temperature, alpha=p.alpha)
-        return loss, {**st, "tokens": batch["tokens"]}
+        return t_logits
 
     loss_fn = kd_fn if p.mode == "logit" else sft_loss_fn
     if p.mode not in ("logit", "sequence"):

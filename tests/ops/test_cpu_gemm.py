@@ -31,8 +31,9 @@ def _pair(k: int, n: int, bias: bool, seed: int = 0):
 
 @pytest.mark.parametrize(
     "shape,k,n,bias",
-    [((3, 7, 48), 48, 40, True), ((33, 24), 24, 16, False), ((2, 5, 32), 32, 1100, False)],
-    ids=["3d-bias", "2d", "wide-output"],
+    [((3, 7, 48), 48, 40, True), ((33, 24), 24, 16, False), ((4, 9, 24), 24, 88, True),
+     ((2, 5, 32), 32, 1100, False)],
+    ids=["3d-bias", "2d", "wider-than-input", "wide-output"],
 )
 def test_outputs_and_gradients_match_nn_linear(shape, k, n, bias):
     ref, fast = _pair(k, n, bias)

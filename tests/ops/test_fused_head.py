@@ -203,3 +203,25 @@ def test_a_wrapped_model_keeps_its_own_forward(monkeypatch):
     ids = torch.randint(2, 97, (2, 8))
     loss, _ = lm_loss(Wrapper(model), {"input_ids": ids, "labels": ids})
     assert not calls and loss.requires_grad
+
+
+@pytest.mark.parametrize("alpha,temperature", [(0.5, 2.0), (1.0, 1.0), (0.2, 0.7)])
+def test_kd_loss_and_gradients_match_the_plain_kd_loss(monkeypatch, alpha, temperature):
+    from ops.fused_head import head_kd
+    from ops.losses import kd_loss
+
+    monkeypatch.setattr(fused_head, "BLOCK_FLOATS", 300 * 16)
+    h, w, y, _ = _inputs(53)
+    t = torch.randn(53, 300, generator=torch.Generator().manual_seed(9)) * 2
+    hf, wf = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    loss, kl, ce = head_kd(hf, wf, t, y, temperature, alpha)
+    loss.backward()
+    hp, wp = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    zeros = torch.zeros(1, 300)
+    ref, st = kd_loss(torch.cat([hp @ wp.t(), zeros])[None], torch.cat([t, zeros])[None],
+                      torch.cat([torch.tensor([-100]), y])[None], temperature=temperature, alpha=alpha)  # fmt: skip
+    ref.backward()
+    torch.testing.assert_close(loss.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+    assert abs(float(kl) - st["kl"]) < 1e-5 and abs(float(ce) - st["ce"]) < 1e-5
+    torch.testing.assert_close(hf.grad, hp.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(wf.grad, wp.grad, rtol=1e-4, atol=1e-6)

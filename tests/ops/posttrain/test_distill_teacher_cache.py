@@ -131,3 +131,16 @@ def test_a_cache_that_differs_from_the_teacher_is_dropped_and_training_is_unchan
 def test_no_cache_when_no_row_is_visited_twice(models):
     info, _, n = _train(models, _same_length_examples(), steps=5)  # 5 steps x 8 rows = the 40 rows once
     assert not info["teacher_logits_cached"] and n == 5
+
+
+def test_the_fused_kd_loss_trains_like_the_plain_one(models, monkeypatch):
+    calls = []
+    real = D.head_kd
+    monkeypatch.setattr(D, "head_kd", lambda *a: calls.append(1) or real(*a))
+    info, fused, _ = _train(models, _task_examples(), steps=6)
+    assert len(calls) == 6  # every step took the fused path
+    monkeypatch.setattr(D, "fused_ok", lambda *a: False)
+    ref_info, plain, _ = _train(models, _task_examples(), steps=6)
+    torch.testing.assert_close(torch.tensor(info["losses"]), torch.tensor(ref_info["losses"]), rtol=1e-4, atol=1e-6)
+    for x, y in zip(fused.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-5)
