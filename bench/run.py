@@ -23,6 +23,7 @@ MODULES = [
     "bench_tokenizer",
     "bench_pretrain",
     "bench_gemm",
+    "bench_head",
     "bench_multinode",
     "bench_grpo",
     "bench_sft",
