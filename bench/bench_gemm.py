@@ -10,20 +10,14 @@ is MKL's vendor dispatch: expect about 1 on Intel CPUs (where ``auto`` keeps MKL
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
+
+from bench import best_alternating
 
 ARCH = {"arch": "qwen2", "d_model": 128, "layers": 4, "heads": 4, "kv_heads": 2, "max_seq_len": 64}
 VOCAB = 2048
 ROUNDS = 5
 STEPS = 8
-
-
-def _per_call(fn, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
 
 
 def run(out_dir: Path, rounds: int = ROUNDS, steps: int = STEPS, batch: tuple[int, int] = (64, 64)) -> dict:
@@ -60,11 +54,8 @@ def run(out_dir: Path, rounds: int = ROUNDS, steps: int = STEPS, batch: tuple[in
         return f
 
     for name, make in (("train_step", step), ("forward", forward)):
-        mkl = one = float("inf")
-        make(plain)(), make(fast)()  # warm-up
-        for _ in range(rounds):  # alternate the sides so a change in machine speed hits both
-            mkl = min(mkl, _per_call(make(plain), steps))
-            one = min(one, _per_call(make(fast), steps))
+        best = best_alternating({"mkl": make(plain), "onednn": make(fast)}, rounds, steps)
+        mkl, one = best["mkl"], best["onednn"]
         res[f"{name}_mkl_ms"] = round(mkl * 1e3, 2)
         res[f"{name}_onednn_ms"] = round(one * 1e3, 2)
         res[f"{name}_speedup_onednn_vs_mkl"] = round(mkl / one, 3)

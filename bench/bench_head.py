@@ -10,21 +10,15 @@ plain side is the same code with the fused path switched off, so the ratio is th
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from unittest import mock
+
+from bench import best_alternating
 
 ARCH = {"arch": "qwen2", "d_model": 128, "layers": 4, "heads": 4, "kv_heads": 2, "max_seq_len": 128}
 VOCAB = 2048
 ROUNDS = 5
 STEPS = 4
-
-
-def _per_call(fn, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
 
 
 def _rollout(prompts: int, group: int, gen):
@@ -68,16 +62,16 @@ def run(out_dir: Path, rounds: int = ROUNDS, steps: int = STEPS, prompts: int = 
         model.zero_grad(set_to_none=True)
         sft_loss_fn(model, batch)[0].backward()
 
-    off = mock.patch.object(fused_head, "fused_ok", lambda *a: False)
+    def unfused(fn):
+        def f():
+            with mock.patch.object(fused_head, "fused_ok", lambda *a: False):
+                fn()
+
+        return f
+
     for name, fn in (("grpo_update", grpo), ("sft_step", sft)):
-        fused = plain = float("inf")
-        fn()
-        with off:
-            fn()  # warm-up, both sides
-        for _ in range(rounds):  # alternate the sides so a change in machine speed hits both
-            fused = min(fused, _per_call(fn, steps))
-            with off:
-                plain = min(plain, _per_call(fn, steps))
+        best = best_alternating({"fused": fn, "plain": unfused(fn)}, rounds, steps)
+        fused, plain = best["fused"], best["plain"]
         res[f"{name}_plain_ms"] = round(plain * 1e3, 2)
         res[f"{name}_fused_ms"] = round(fused * 1e3, 2)
         res[f"{name}_speedup_fused_vs_plain"] = round(plain / fused, 3)
