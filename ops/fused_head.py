@@ -1,7 +1,7 @@
 """Per-token log-probabilities straight from hidden states and the output head, a block of rows at a time.
 
-Key design choice: the RL losses need ``log softmax(h W^T / T)[y]``, one number per completion token, but the
-plain path materialises the ``[tokens, vocabulary]`` logits and four more tensors of that size (the float copy,
+Key design choice: the RL, DPO, SFT and pretraining losses need ``log softmax(h W^T / T)[y]``, one number per
+token, but the plain path materialises the ``[tokens, vocabulary]`` logits and four more tensors of that size (the float copy,
 ``logsumexp``'s work, its backward's softmax and the logits' gradient). On a GRPO batch that is ~120 MB apiece:
 each is mapped afresh by the allocator and faulted in page by page, and their passes cost more than the head's
 matmul. :func:`head_logprobs` computes the same function in blocks of rows whose logits stay small, keeps only
