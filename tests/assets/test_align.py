@@ -141,13 +141,15 @@ def test_pairs_file_missing_column_is_one_error_before_compute(lmforge_home, inp
 
 
 def test_dpo_raises_heldout_margin(lmforge_home, inputs):
+    """On the reward-model tests' 600-step teacher's rollouts: the 200-step teacher's T=1 samples are ~8% right,
+    too few pairs with signal for the held-out margin to rise on every float-rounding draw."""
     from pipelines.execute import run_kind
 
     _, res = run_kind(
         "dpo",
         {"model": "teacher", "pairs": ["rl"], "steps": 30, "batch_size": 16, "lr": 1e-4, "eval_problems": 0},
         lmforge_home,
-        inputs={"model": [inputs["teacher"]], "pairs": [inputs["rollouts"]]},
+        inputs={"model": [inputs["rm_teacher"]], "pairs": [inputs["rm_rollouts"]]},
         log=lambda s: None,
     )
     m = res.metrics
