@@ -26,8 +26,9 @@ def lm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     """Mean next-token cross-entropy (fp32 logits) + the router auxiliary loss of MoE models.
 
     A plain fp32 model in one process takes the head fused with the log-softmax (``ops.fused_head``): the same
-    loss and gradients up to float rounding, without the ``[tokens, vocabulary]`` logits; a compiled, wrapped
-    or MoE model, and autocast, keep the model's own forward."""
+    loss and gradients up to float rounding, without the ``[tokens, vocabulary]`` logits; under autocast or in
+    bf16 its head's logits go through the plain cross-entropy; a compiled, wrapped or MoE model keeps its own
+    forward."""
     import torch.nn.functional as F
 
     fused = _fused_ce(model, batch)
