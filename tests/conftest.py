@@ -15,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP threads sleep rather than spin between parallel regions: with another torch process on the machine
-# (a busy CI host, a test's own ranks or workers) spinning threads took each cold_sft step 3-6x as long (ledger)
+# (a busy CI host, a test's own ranks or workers) spinning threads took each cold_sft step 6x as long (ledger)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
