@@ -4,7 +4,8 @@ default pipeline's decoder (d=128, 4 layers, 2048 tokens; a 64 x 64-token batch)
 Two figures, each a ratio of the two sides' times measured alternately in the same process (best of ``ROUNDS``):
 a training step (forward, backward, AdamW) and a no-grad forward of a sampling-sized batch (256 x 16 tokens).
 The entry also says which backend ``LMFORGE_CPU_GEMM=auto`` picks on this CPU and its vendor, since the gain
-is MKL's vendor dispatch: expect about 1 on Intel CPUs (where ``auto`` keeps MKL) and well above 1 on AMD.
+is MKL's vendor dispatch: expect at most about 1 on Intel CPUs (where ``auto`` keeps MKL) and well above 1 on
+AMD.
 """
 
 from __future__ import annotations
