@@ -28,9 +28,10 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_ENTRY = Path(__file__).resolve().parent / "train_entry.py"
+JOB_LOCK = "job.lock"  # in a job's work directory: every live rank holds it shared
 # Project modules this one runs in child processes instead of importing: the code version of a stage kind
 # that reaches this module covers them too (resources/codehash.py).
-CHILD_ENTRY_MODULES = ("resources.train_entry",)
+CHILD_ENTRY_MODULES = ("resources.train_entry", "resources.lifeline")
 
 
 def torchrun_command(
@@ -333,6 +334,13 @@ def run_torchrun_job(
 
     import torch
 
+    from resources.lifeline import guarded
+    from resources.store import file_lock
+
+    # Ranks hold this lock (shared) while they live: ranks of an earlier run of this version that are still
+    # stopping (their run was killed) finish before new ones start in the same directory.
+    with file_lock(work / JOB_LOCK, holder=f"stage {stage!r}", log=log, what=f"training directory {work}"):
+        pass
     job_file = work / "job.json"
     job_file.write_text(json.dumps(job, indent=1))
     here = nproc_per_node * (nnodes if local_nodes else 1)  # ranks on this machine
@@ -358,7 +366,7 @@ def run_torchrun_job(
         if nnodes > 1 and local_nodes:
             run_local_nodes(
                 launcher,
-                [command(k) for k in range(nnodes)],
+                [guarded(command(k)) for k in range(nnodes)],
                 env=env,
                 extras={"job": str(job_file)},
                 log=log,
@@ -370,7 +378,7 @@ def run_torchrun_job(
                     f"multi-node: this machine runs node {node_rank}; start node(s) {others} with "
                     f"(same LMFORGE_HOME path on shared storage): {' '.join(command(others[0]))}"
                 )
-            launcher.run(command(node_rank), env=env, extras={"job": str(job_file)})
+            launcher.run(guarded(command(node_rank)), env=env, extras={"job": str(job_file)})
     except Exception as e:
         blame = rank_failure(work)
         if blame:

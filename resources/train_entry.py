@@ -10,12 +10,14 @@ job's work directory before re-raising, so the stage can raise one clear error (
 whichever launcher ran the job. Each rank also leaves ``rank<k>.json`` (its pid and host, then its final
 state: ``running``, ``done`` or ``failed``; a SIGTERM from the agent is recorded as ``terminated``), so a
 rank that vanished without a word (SIGKILL, the OOM killer, a lost node) is told apart from the ranks that
-stopped because of it.
+stopped because of it. A rank holds the job lock (``job.lock``, shared) while it lives, so a new run of the
+job waits for it, and asks for SIGTERM when its agent dies (``resources/lifeline.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -46,6 +48,12 @@ def main(argv: list[str]) -> int:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     signal.signal(signal.SIGTERM, _on_sigterm)
+    from resources.launchers import JOB_LOCK
+    from resources.lifeline import die_with_parent
+
+    die_with_parent(os.getppid())
+    lock = os.open(work / JOB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # open until this process ends
+    fcntl.flock(lock, fcntl.LOCK_SH)
     _state(work, rank, "running")
 
     from ops.train.malloc import tune_malloc

@@ -1,5 +1,5 @@
 """The ``pretrain`` stage end to end on text that ships with Python: quality bar against the unigram entropy,
-kill-and-resume bitwise identity through the stage, refused resume after the data changed, NaN stop, the MoE
+kill-and-resume bitwise identity through the stage (and no torchrun rank outliving a killed run), refused resume after the data changed, NaN stop, the MoE
 variant, the MiniMax hybrid, torchrun with 2 gloo ranks through Dagster Pipes vs 1 rank, and config validation."""
 
 from __future__ import annotations
@@ -124,6 +124,39 @@ def test_stage_killed_then_rematerialized_is_bitwise_identical(base_home, tmp_pa
     for col in ("step", "loss", "lr", "grad_norm", "val_loss", "val_bpb"):
         assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
     assert res.metrics["val_loss"] == ref_res.metrics["val_loss"]
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_torchrun_rank_behind_and_the_rerun_resumes(base_home, tmp_path):
+    from tests.resources.test_launchers import _alive
+
+    cfg = {**TINY, "tokens": 400 * 8 * 64, "launcher": "torchrun"}
+    home = _home_copy(base_home, tmp_path / "crash")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", _CHILD.format(root=str(ROOT)), str(home), json.dumps(cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    ck_glob, rank_glob = "work/pretrain/*/checkpoints/step-*/state.json", "work/pretrain/*/rank0.json"
+    while time.time() < deadline and p.poll() is None and not list(home.glob(ck_glob)):
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert list(home.glob(ck_glob)), "no checkpoint was written before the kill"
+    pid = json.loads(next(home.glob(rank_glob)).read_text())["pid"]
+    deadline = time.time() + 60
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the rank outlived the run that started it"
+    # stopped by its agent when the run died, not left to train on to the end
+    assert json.loads(next(home.glob(rank_glob)).read_text())["state"] == "terminated"
+
+    art, res = _pretrain(home, cfg)
+    assert 0 < res.metrics["resumed_from"] < res.metrics["steps"]
+    assert (art.path / "model.safetensors").is_file()
 
 
 @pytest.mark.slow

@@ -105,3 +105,83 @@ def test_failed_local_agent_stops_the_others(tmp_path):
             SubprocessLauncher(lines.append), [[sys.executable, "-c", "pass"], fail], log=lines.append
         )
     assert "[node 1] boom" in lines
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet counts as dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _orphan_after_parent_killed(tmp_path: Path, guard: bool) -> bool:
+    """Start a parent that starts a sleeping child (through the lifeline or not), SIGKILL the parent, and
+    say whether the child still runs (guarded: within 20 s; the control: 2 s later). It is stopped in any case."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    child = "[sys.executable, '-c', 'import time; time.sleep(120)']"
+    cmd = f"guarded({child})" if guard else child
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\nfrom resources.lifeline import guarded\n"
+         f"p = subprocess.Popen({cmd})\nprint(p.pid, flush=True)\ntime.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parents[2]),
+    )  # fmt: skip
+    pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 20
+    while guard and time.monotonic() < deadline and "lifeline" in Path(f"/proc/{pid}/cmdline").read_text():
+        time.sleep(0.05)  # the lifeline has not exec'd the child yet
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + (20 if guard else 2)
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survived = _alive(pid)
+    if survived:
+        os.kill(pid, signal.SIGKILL)
+    return survived
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_training_child_dies_with_the_process_that_started_it(tmp_path):
+    assert _orphan_after_parent_killed(tmp_path, guard=False)  # the control: a plain child is orphaned
+    assert not _orphan_after_parent_killed(tmp_path, guard=True)
+
+
+def test_new_job_waits_for_ranks_of_an_earlier_run_still_stopping(tmp_path):
+    import subprocess
+
+    from resources.launchers import JOB_LOCK, run_torchrun_job
+
+    work = tmp_path / "work"
+    work.mkdir()
+    ready, leaving = tmp_path / "ready", tmp_path / "leaving"
+    # a rank of a killed run: holds the job lock shared, as train_entry does, for a moment more
+    survivor = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import fcntl, os, time\nfd = os.open({str(work / JOB_LOCK)!r}, os.O_RDWR | os.O_CREAT)"
+         f"\nfcntl.flock(fd, fcntl.LOCK_SH)\nopen({str(ready)!r}, 'w').close()\ntime.sleep(1.5)"
+         f"\nopen({str(leaving)!r}, 'w').close()"],
+    )  # fmt: skip
+    while not ready.exists() and survivor.poll() is None:
+        pass
+
+    class Recorder:
+        def run(self, command, *, env=None, extras=None, cwd=None):
+            self.after_survivor = leaving.exists()
+            self.command = command
+            (work / "result.json").write_text(json.dumps({"ok": True}))
+            return 0
+
+    launcher, lines = Recorder(), []
+    assert run_torchrun_job({}, work, stage="base", launcher=launcher, nproc_per_node=1, log=lines.append) == {
+        "ok": True
+    }
+    assert launcher.after_survivor  # the new job started only once the survivor was exiting
+    survivor.wait()
+    assert any("waiting" in line for line in lines)
+    assert launcher.command[:4] == [sys.executable, "-m", "resources.lifeline", str(__import__("os").getpid())]
