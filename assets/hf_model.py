@@ -8,7 +8,9 @@ look. Moving the directory keeps the version and every artifact after it; one ch
 import and its descendants. Hashes are cached under ``$LMFORGE_HOME/cache/sha256`` by each file's cheap
 fingerprint (path, size, mtime, ctime, inode), so ``plan`` and every materialization after the first cost
 a ``stat`` per file. Every refusal (pickled weights, remote code, no chat template, an architecture the
-trainers do not run) happens in ``validate`` and again before anything is copied (``ops/hf_import.py``).
+trainers do not run, a weights file cut short, tensors the config implies missing or shaped otherwise)
+happens in ``validate`` and again before anything is copied (``ops/hf_import.py``); the written copy's
+weights are checked the same way before the artifact is committed.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def _problems(c: HFModelConfig) -> list[tuple[str, str]]:
         return [MissingInput("hub_id" if c.hub_id else "path", str(e))]
     except ModelImportError as e:
         return [("hub_id" if c.hub_id else "path", str(e))]
-    return [(field, f"{f}: {m}") for f, m in problems(src, chat_template_given=bool(c.chat_template))]
+    found = problems(src, chat_template_given=bool(c.chat_template), cache=_cache())
+    return [(field, f"{f}: {m}") for f, m in found]
 
 
 def _validate(c: HFModelConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
@@ -114,18 +117,18 @@ def _fingerprint(c: HFModelConfig) -> dict[str, Any]:
 
 def run(r: StageRun) -> StageResult:
     from ops.hf_import import (
-        ModelImportError,
         content_identity,
         copy_checkpoint,
         describe,
         identity_digest,
         set_chat_template,
+        weight_problems,
     )
 
     c: HFModelConfig = r.config
     bad = _validate(c, {})
     if bad:
-        raise ModelImportError(f"stage {r.stage!r}, field {bad[0][0]!r}: " + "; ".join(m for _, m in bad))
+        raise _refusal(r, bad[0][0], "; ".join(m for _, m in bad))
     field, src, commit = _source(c)
     expected = content_identity(src, _cache())
     r.log(f"{r.stage}: importing {src} ({len(expected)} files)")
@@ -136,6 +139,11 @@ def run(r: StageRun) -> StageResult:
         if c.chat_template:
             set_chat_template(r.out, c.chat_template)
         added = []
+    broken = weight_problems(r.out)  # what was written, not only the source, loads; else nothing is stored
+    if broken:
+        shown = "; ".join(f"{Path(f).name}: {m}" for f, m in broken)
+        raise _refusal(r, field, f"the copy of {src} written for the store fails its checks ({shown}); the "
+                                 "checkpoint may have changed while it was read: rerun once it is no longer written")
     tok = _check_tokenizer(r, field)
     arch, model_type, n_params = describe(r.out)
     digest = identity_digest(expected)
@@ -175,7 +183,6 @@ def _with_tokens(c: HFModelConfig, src: Path, out: Path) -> list[str]:
 def _check_tokenizer(r: StageRun, field: str):
     """The imported tokenizer, loaded and its chat template rendered once (a broken one fails here)."""
     from ops.generate import chat_prompts, turn_end
-    from ops.hf_import import ModelImportError
     from ops.tokenizer import load_tokenizer
 
     try:
@@ -183,8 +190,14 @@ def _check_tokenizer(r: StageRun, field: str):
         chat_prompts(tok, ["1+1?"])
         turn_end(tok)
     except Exception as e:
-        raise ModelImportError(f"stage {r.stage!r}, field {field!r}: the tokenizer cannot render chats: {e}") from None
+        raise _refusal(r, field, f"the tokenizer cannot render chats: {e}") from None
     return tok
+
+
+def _refusal(r: StageRun, field: str, message: str):
+    from ops.hf_import import ModelImportError
+
+    return ModelImportError(f"stage {r.stage!r}, field {field!r}: {message}")
 
 
 register(

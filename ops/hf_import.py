@@ -9,9 +9,12 @@ Key design choices:
 * Hashing a 15 GB checkpoint takes minutes, so each file's hash is cached under the lmforge home, keyed by
   the file's cheap fingerprint ``(real path, size, mtime_ns, ctime_ns, inode)``. Any write, replacement or
   move changes the fingerprint and the file is hashed again in full; an unchanged file costs one ``stat``.
-* Everything that can be refused is refused from the small JSON files before a weight byte is read:
-  pickled weights (``.bin``/``.pt``) without safetensors, anything that needs ``trust_remote_code``, a
-  tokenizer without a chat template (unless one is given), an architecture the trainers do not run.
+* Everything that can be refused is refused from the small JSON files and the safetensors headers before a
+  tensor is read: pickled weights (``.bin``/``.pt``) without safetensors, anything that needs
+  ``trust_remote_code``, a tokenizer without a chat template (unless one is given), an architecture the
+  trainers do not run, a weights file cut short, and tensors missing or shaped unlike the config says (the
+  model is built from its config on the ``meta`` device, which allocates nothing, and its state dict is
+  compared with the headers).
 * The hub is never contacted: a hub id is resolved in the local cache's layout
   (``models--org--name/refs/<revision>`` -> ``snapshots/<commit>/``), and a missing entry says which
   directory to fill and the command that fills it on a machine with internet.
@@ -28,6 +31,7 @@ import re
 import shutil
 import struct
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +129,9 @@ def has_chat_template(src: Path) -> bool:
     return cfg.is_file() and bool(_read_json(cfg).get("chat_template"))
 
 
-def problems(src: Path, *, chat_template_given: bool = False) -> list[tuple[str, str]]:
-    """Every reason ``src`` cannot be imported, as ``(file, message)``; reads only the small JSON files."""
+def problems(src: Path, *, chat_template_given: bool = False, cache: HashCache | None = None) -> list[tuple[str, str]]:
+    """Every reason ``src`` cannot be imported, as ``(file, message)``; reads the small JSON files and the
+    safetensors headers, never a tensor (``cache``: see :func:`weight_problems`)."""
     if not src.is_dir():
         return [(str(src), "no such directory")]
     out: list[tuple[str, str]] = []
@@ -167,13 +172,121 @@ def problems(src: Path, *, chat_template_given: bool = False) -> list[tuple[str,
         out.append((str(cfg_path), f"architectures {archs}: not a causal LM (expected *ForCausalLM)"))
     if cfg.get("quantization_config"):
         out.append((str(cfg_path), "quantized checkpoint: the trainers need full-precision weights"))
+    # shapes are compared only for a config the loader builds without remote code
+    buildable = not any(f == str(cfg_path) for f, _ in out)
     index = src / "model.safetensors.index.json"
     if index.is_file():
         shards = set(_read_json(index).get("weight_map", {}).values())
         missing = sorted(s for s in shards if not (src / s).is_file())
         if missing:
             out.append((str(index), f"names shard(s) not in the directory: {', '.join(missing)}"))
+            return out
+    if any(n.endswith(".safetensors") for n in names):
+        out += weight_problems(src, shapes=buildable, cache=cache)
     return out
+
+
+# --------------------------------------------------------------------------------------------- weights
+def weight_files(src: Path) -> list[str]:
+    """The safetensors files the loader reads: the shards the index names, else ``model.safetensors``."""
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(_read_json(index).get("weight_map", {}).values()))
+    return ["model.safetensors"] if (src / "model.safetensors").is_file() else []
+
+
+def _header(p: Path) -> dict[str, Any]:
+    """The tensor entries of a safetensors file's header (no tensor is read); :class:`ModelImportError`
+    saying why the loader would refuse the file."""
+    from safetensors import SafetensorError, safe_open
+
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelImportError(f"truncated or not safetensors: {size} bytes, too short for a header")
+        n = struct.unpack("<Q", head)[0]
+        if 8 + n > size:
+            raise ModelImportError(f"truncated or not safetensors: {size} bytes cannot hold the header it "
+                                   f"announces ({n} bytes)")
+        try:
+            header = json.loads(f.read(n))
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise ModelImportError(f"the safetensors header is not valid ({type(e).__name__}: {e})") from None
+    data = size - 8 - n
+    if end > data:
+        raise ModelImportError(f"truncated: its tensors need {end} bytes after the header, the file holds "
+                               f"{data} ({size} bytes in all; an interrupted download or copy?)")
+    try:  # the loader's own header checks (offsets contiguous, sizes matching dtypes and shapes)
+        with safe_open(str(p), framework="numpy"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise ModelImportError(f"not loadable by safetensors: {e}") from None
+    return tensors
+
+
+def weight_problems(src: Path, *, shapes: bool = True, cache: HashCache | None = None) -> list[tuple[str, str]]:
+    """``[(file, message)]``, at most one per weights file: a file the loader refuses (cut short, header
+    damaged); then, with ``shapes``, one saying which tensors the config implies are missing or shaped
+    otherwise (the model is built on the ``meta`` device: nothing is allocated, no tensor is read). Building
+    it imports transformers (seconds), so a ``cache`` remembers files that passed, by their fingerprints."""
+    files = weight_files(src)
+    if not files:
+        shards = sorted(p.name for p in src.glob("*.safetensors"))
+        return [(str(src), f"safetensors files ({', '.join(shards)}) but neither model.safetensors nor "
+                           "model.safetensors.index.json naming which tensor lies in which shard")]
+    headers: dict[str, dict[str, Any]] = {}
+    out: list[tuple[str, str]] = []
+    for name in files:
+        try:
+            headers[name] = _header(src / name)
+        except ModelImportError as e:
+            out.append((str(src / name), str(e)))
+    if out or not shapes:
+        return out
+    index = src / "model.safetensors.index.json"
+    seen = [src / "config.json", *(src / n for n in files)] + ([index] if index.is_file() else [])
+    passed = cache.marker(f"shapes {metadata.version('transformers')}", seen) if cache else None
+    if passed is not None and passed.is_file():
+        return []
+    out = _shape_problems(src, headers, index if index.is_file() else src / files[0])
+    if passed is not None and not out:
+        passed.parent.mkdir(parents=True, exist_ok=True)
+        passed.touch()
+    return out
+
+
+def _shape_problems(src: Path, headers: dict[str, dict[str, Any]], weights: Path) -> list[tuple[str, str]]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg_path = src / "config.json"
+    try:
+        config = AutoConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - any config the loader cannot build from is one clear error
+        return [(str(cfg_path), f"transformers cannot build the model it describes ({type(e).__name__}: {e})")]
+    stored = {k: (name, list(v["shape"])) for name, h in headers.items() for k, v in h.items()}
+    need = model.state_dict(keep_vars=True)
+    tied: dict[int, list[str]] = {}  # tied weights (one tensor under several names) are stored once
+    for k, t in need.items():
+        tied.setdefault(id(t), []).append(k)
+    missing = [f"{ks[0]} {list(need[ks[0]].shape)}" for ks in tied.values() if not any(k in stored for k in ks)]
+    wrong = [f"{k} is {stored[k][1]} in {stored[k][0]}, the config needs {list(t.shape)}"
+             for k, t in need.items() if k in stored and stored[k][1] != list(t.shape)]
+    if wrong:
+        also = f"; {len(missing)} more are missing" if missing else ""
+        return [(str(cfg_path), f"does not match the weights: {len(wrong)} of {len(tied)} tensors are shaped "
+                                f"otherwise{also} (e.g. {'; '.join(wrong[:2])}); check hidden_size, "
+                                "intermediate_size, vocab_size and the head and layer counts")]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        return [(str(weights), f"lacks {len(missing)} tensor(s) config.json implies: "
+                               f"{', '.join(missing[:3])}{more}")]
+    return []
 
 
 # ------------------------------------------------------------------------------------------ hash cache
@@ -190,6 +303,12 @@ class HashCache:
         st = os.stat(real)
         ident = f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}"
         return hashlib.sha256(ident.encode()).hexdigest()
+
+    def marker(self, check: str, paths: list[Path]) -> Path:
+        """A file whose presence records that ``check`` passed on exactly these files (a change to any of
+        them changes its name)."""
+        ident = "\0".join([check, *(self.key(p) for p in paths)])
+        return self.root / "passed" / hashlib.sha256(ident.encode()).hexdigest()
 
     def sha256(self, path: Path) -> str:
         key = self.key(path)
@@ -280,15 +399,11 @@ def safetensors_parameters(src: Path) -> int:
     """Number of parameters stored in the ``*.safetensors`` files, from their headers (no tensor is read)."""
     n = 0
     for p in sorted(src.glob("*.safetensors")):
-        with open(p, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        for k, v in header.items():
-            if k != "__metadata__":
-                count = 1
-                for d in v["shape"]:
-                    count *= int(d)
-                n += count
+        for v in _header(p).values():
+            count = 1
+            for d in v["shape"]:
+                count *= int(d)
+            n += count
     return n
 
 

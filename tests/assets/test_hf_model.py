@@ -147,13 +147,33 @@ def _break(kind: str, src: Path) -> tuple[str, str]:
         tc.pop("chat_template", None)
         (src / "tokenizer_config.json").write_text(json.dumps(tc))
         return str(src / "tokenizer_config.json"), "no chat template; give one in the stage's chat_template"
+    if kind == "truncated":  # an interrupted download: the header is whole, the tensor data is not
+        _truncate(src / "model.safetensors")
+        return str(src / "model.safetensors"), "truncated: its tensors need"
+    if kind == "shape":
+        cfg["hidden_size"] *= 2
+        (src / "config.json").write_text(json.dumps(cfg))
+        return str(src / "config.json"), "does not match the weights"
+    if kind == "missing_tensor":
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(src / "model.safetensors")
+        del weights["model.norm.weight"]
+        save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+        return str(src / "model.safetensors"), "lacks 1 tensor(s) config.json implies: model.norm.weight [64]"
     cfg["model_type"], cfg["architectures"] = "gpt2", ["GPT2LMHeadModel"]
     (src / "config.json").write_text(json.dumps(cfg))
     return str(src / "config.json"), "model_type 'gpt2': the trainers run llama, mistral, qwen2, qwen3"
 
 
+def _truncate(p: Path) -> None:
+    with open(p, "r+b") as f:
+        f.truncate(p.stat().st_size // 2)
+
+
 @pytest.mark.unit
-@pytest.mark.parametrize("case", ["pickle", "auto_map", "code", "template", "arch"])
+@pytest.mark.parametrize("case", ["pickle", "auto_map", "code", "template", "arch", "truncated", "shape",
+                                  "missing_tensor"])
 def test_refusals_name_file_stage_field_and_store_nothing(lmforge_home, tmp_path, case):
     from ops.hf_import import ModelImportError
     from pipelines.spec import SpecError, load_spec
@@ -173,6 +193,59 @@ def test_refusals_name_file_stage_field_and_store_nothing(lmforge_home, tmp_path
     assert "stage 'base', field 'path'" in msg and file in msg and phrase in msg
     assert _stored(lmforge_home) == [good.path]  # nothing new stored, the earlier import untouched
     assert (good.path / "model.safetensors").read_bytes() == before["model.safetensors"]
+
+
+@pytest.mark.unit
+def test_shape_mismatch_names_config_and_weights_file(lmforge_home, tmp_path):
+    from pipelines.spec import SpecError, load_spec
+
+    src = H.checkpoint("qwen2", tmp_path / "ckpt")
+    _break("shape", src)
+    with pytest.raises(SpecError) as ei:
+        load_spec(_spec(tmp_path, src))
+    (issue,) = [i for i in ei.value.issues if i.stage == "base"]
+    assert issue.message.startswith(f"{src / 'config.json'}: does not match the weights: ")
+    assert "model.embed_tokens.weight is [420, 64] in model.safetensors, the config needs [420, 128]" in issue.message
+
+
+@pytest.mark.unit
+def test_weight_checks_are_cached_by_file_fingerprints(lmforge_home, tmp_path, monkeypatch):
+    """Building the model on the meta device costs a transformers import: an unchanged checkpoint is
+    checked once; a changed config is checked again."""
+    import ops.hf_import as I
+    from assets.hf_model import HFModelConfig, _validate
+
+    src = H.checkpoint("llama", tmp_path / "ckpt")
+    calls: list[Path] = []
+    real = I._shape_problems
+    monkeypatch.setattr(I, "_shape_problems", lambda s, *a: calls.append(s) or real(s, *a))
+    cfg = HFModelConfig(path=str(src))
+    assert _validate(cfg, {}) == [] and _validate(cfg, {}) == [] and len(calls) == 1
+    _break("shape", src)
+    assert [f for f, _ in _validate(cfg, {})] == ["path"] and len(calls) == 2
+
+
+@pytest.mark.unit
+def test_a_copy_that_fails_the_weight_checks_is_not_stored(lmforge_home, tmp_path, monkeypatch):
+    """A source cut short after it was checked (still being written): the written copy is checked too."""
+    import ops.hf_import as I
+    from ops.hf_import import ModelImportError
+
+    src = H.checkpoint("llama", tmp_path / "ckpt")
+    real = I.copy_checkpoint
+
+    def copy_then_cut(s, out, *a, **kw):
+        got = real(s, out, *a, **kw)
+        _truncate(out / "model.safetensors")
+        return got
+
+    monkeypatch.setattr(I, "copy_checkpoint", copy_then_cut)
+    with pytest.raises(ModelImportError) as ei:
+        run_kind("hf_model", {"path": str(src)}, lmforge_home, stage="base", **QUIET)
+    msg = str(ei.value)
+    assert msg.startswith(f"stage 'base', field 'path': the copy of {src} written for the store fails its checks")
+    assert "model.safetensors: truncated: its tensors need" in msg
+    assert _stored(lmforge_home) == []
 
 
 @pytest.mark.unit
@@ -298,6 +371,16 @@ def test_lmforge_plan_shows_a_changed_weight_byte_re_versioning_descendants(tmp_
     assert after["sft"][0] != stored["sft"][0]
 
 
+def _sharded(family: str, src: Path):
+    tok = H.build_tokenizer(family)
+    model = H.build_model(family, tok)
+    model.save_pretrained(src, max_shard_size="100KB")
+    tok.save_pretrained(src)
+    shards = sorted(p.name for p in src.glob("*.safetensors"))
+    assert len(shards) > 1 and (src / "model.safetensors.index.json").is_file()
+    return model, shards
+
+
 @pytest.mark.unit
 def test_sharded_checkpoint_imports_every_shard(lmforge_home, tmp_path):
     """A checkpoint saved in several safetensors shards (with its index) imports whole, its parameter count
@@ -305,21 +388,37 @@ def test_sharded_checkpoint_imports_every_shard(lmforge_home, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    tok = H.build_tokenizer("llama")
+    from ops.hf_import import ModelImportError
+
     src = tmp_path / "sharded"
-    model = H.build_model("llama", tok)
-    model.save_pretrained(src, max_shard_size="100KB")
-    tok.save_pretrained(src)
-    shards = sorted(p.name for p in src.glob("*.safetensors"))
-    assert len(shards) > 1 and (src / "model.safetensors.index.json").is_file()
+    model, shards = _sharded("llama", src)
     art, res = run_kind("hf_model", {"path": str(src)}, lmforge_home, **QUIET)
     assert sorted(p.name for p in art.path.glob("*.safetensors")) == shards
     assert res.metrics["parameters"] == sum(p.numel() for p in model.parameters())
     back = AutoModelForCausalLM.from_pretrained(art.path).state_dict()
     assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
     (src / shards[-1]).unlink()
-    from ops.hf_import import ModelImportError
 
     with pytest.raises(ModelImportError, match=rf"model.safetensors.index.json: names shard\(s\) not in the "
                                                rf"directory: {shards[-1]}"):
         run_kind("hf_model", {"path": str(src)}, lmforge_home, stage="base", **QUIET)
+
+
+@pytest.mark.unit
+def test_sharded_tied_checkpoint_with_a_truncated_shard_is_refused(lmforge_home, tmp_path):
+    """Qwen2 ties its embeddings (the head is stored once): its sharded checkpoint passes; one shard cut short
+    is one error naming that shard, at validate time and at run time, and nothing is stored."""
+    from ops.hf_import import ModelImportError
+    from pipelines.spec import SpecError, load_spec
+
+    src = tmp_path / "sharded"
+    _, shards = _sharded("qwen2", src)
+    load_spec(_spec(tmp_path, src))
+    _truncate(src / shards[0])
+    with pytest.raises(SpecError) as ei:
+        load_spec(_spec(tmp_path, src))
+    (issue,) = [i for i in ei.value.issues if i.stage == "base"]
+    assert issue.field == "path" and issue.message.startswith(f"{src / shards[0]}: truncated")
+    with pytest.raises(ModelImportError, match=rf"^stage 'base', field 'path': {src / shards[0]}: truncated"):
+        run_kind("hf_model", {"path": str(src)}, lmforge_home, stage="base", **QUIET)
+    assert _stored(lmforge_home) == []
