@@ -62,12 +62,11 @@ class HFModelConfig(StageConfig):
 
 def _source(c: HFModelConfig) -> tuple[str, Path, str | None]:
     """``(field, directory, resolved commit)``; raises ModelImportError naming what is missing."""
-    from ops.hf_import import CheckpointNotFound, resolve_hub
+    from ops.hf_import import check_dir, resolve_hub
 
     if c.path:
         p = Path(c.path).expanduser()
-        if not p.is_dir():
-            raise CheckpointNotFound(f"{p}: no such directory")
+        check_dir(p)
         return "path", p.resolve(), None
     snap, commit = resolve_hub(str(c.hub_id), c.revision, c.cache_dir)
     return "hub_id", snap, commit

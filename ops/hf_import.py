@@ -129,11 +129,22 @@ def has_chat_template(src: Path) -> bool:
     return cfg.is_file() and bool(_read_json(cfg).get("chat_template"))
 
 
+def check_dir(p: Path) -> None:
+    """Raise unless ``p`` is a directory: :class:`CheckpointNotFound` when nothing is there."""
+    if p.is_file():
+        raise ModelImportError(f"{p}: is a file, not a checkpoint directory (give the directory save_pretrained "
+                               "wrote, which holds config.json, the *.safetensors and the tokenizer files)")
+    if not p.is_dir():
+        raise CheckpointNotFound(f"{p}: no such directory")
+
+
 def problems(src: Path, *, chat_template_given: bool = False, cache: HashCache | None = None) -> list[tuple[str, str]]:
     """Every reason ``src`` cannot be imported, as ``(file, message)``; reads the small JSON files and the
     safetensors headers, never a tensor (``cache``: see :func:`weight_problems`)."""
-    if not src.is_dir():
-        return [(str(src), "no such directory")]
+    try:
+        check_dir(src)
+    except ModelImportError as e:
+        return [(str(src), str(e).removeprefix(f"{src}: "))]
     out: list[tuple[str, str]] = []
     cfg_path = src / "config.json"
     if not cfg_path.is_file():

@@ -249,6 +249,23 @@ def test_a_copy_that_fails_the_weight_checks_is_not_stored(lmforge_home, tmp_pat
 
 
 @pytest.mark.unit
+def test_a_file_given_as_path_is_not_a_checkpoint_directory(lmforge_home, tmp_path):
+    from ops.hf_import import ModelImportError
+    from pipelines.spec import SpecError, load_spec
+
+    src = H.checkpoint("llama", tmp_path / "ckpt")
+    f = src / "model.safetensors"
+    with pytest.raises(SpecError) as ei:
+        load_spec(_spec(tmp_path, f))
+    (issue,) = [i for i in ei.value.issues if i.stage == "base"]
+    assert issue.field == "path" and not issue.missing_input  # it is there, and wrong
+    assert issue.message.startswith(f"{f}: is a file, not a checkpoint directory")
+    with pytest.raises(ModelImportError, match=rf"^stage 'base', field 'path': {f}: is a file, not a checkpoint"):
+        run_kind("hf_model", {"path": str(f)}, lmforge_home, stage="base", **QUIET)
+    assert _stored(lmforge_home) == []
+
+
+@pytest.mark.unit
 def test_chat_template_field_supplies_a_missing_template(lmforge_home, tmp_path):
     from ops.tokenizer import load_tokenizer
 
