@@ -45,6 +45,15 @@ def cmd_plan(args) -> int:
             print(f"error  {issue}", file=sys.stderr)
     return 1 if spec.missing else 0
 
+
+def _unknown_kinds(names: list[str], kinds: dict) -> bool:
+    """True (after printing one error naming them) when some of ``names`` are not stage kinds."""
+    unknown = [k for k in names if k not in kinds]
+    if unknown:
+        print(f"error  unknown stage kind(s): {', '.join(unknown)} (see lmforge kinds)", file=sys.stderr)
+    return bool(unknown)
+
+
 def cmd_kinds(args) -> int:
     """Print every stage kind with its fields (the spec language's reference, generated from the code)."""
     import typing
@@ -54,6 +63,8 @@ def cmd_kinds(args) -> int:
     from assets.registry import load_kinds, ref_fields
 
     kinds = load_kinds()
+    if _unknown_kinds(args.kind, kinds):
+        return 1
     for name in sorted(kinds):
         if args.kind and name not in args.kind:
             continue
@@ -84,9 +95,7 @@ def cmd_code(args) -> int:
     from assets.registry import load_kinds
 
     kinds = load_kinds()
-    unknown = [k for k in args.kind if k not in kinds]
-    if unknown:
-        print(f"error  unknown stage kind(s): {', '.join(unknown)} (see lmforge kinds)", file=sys.stderr)
+    if _unknown_kinds(args.kind, kinds):
         return 1
     for name in args.kind or sorted(kinds):
         code = kinds[name].code()

@@ -25,6 +25,15 @@ def test_validate_ok_and_errors(tmp_path, capsys):
     assert "stage 'b', field 'words'" in err and "Field required" in err
 
 
+def test_kinds_and_code_refuse_an_unknown_kind(capsys):
+    for cmd in ("kinds", "code"):
+        assert main([cmd, "toy_text", "nosuchkind"]) == 1
+        out = capsys.readouterr()
+        assert "error  unknown stage kind(s): nosuchkind (see lmforge kinds)" in out.err and not out.out
+    assert main(["kinds", "toy_text"]) == 0
+    assert capsys.readouterr().out.startswith("toy_text  -> documents")
+
+
 @pytest.mark.integration
 def test_plan_materialize_variant_sql(lmforge_home, capsys, monkeypatch):
     home = ["--home", str(lmforge_home)]
