@@ -132,8 +132,10 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True, missing_ok: bool =
             issues.append(SpecIssue(f, sname, None, "a stage must be a mapping with a 'kind'", sline))
             continue
         kname = sval.get("kind")
-        if kname not in kinds:
-            issues.append(SpecIssue(f, sname, "kind", f"unknown kind {kname!r}; known kinds: {', '.join(sorted(kinds))}",
+        if not isinstance(kname, str) or kname not in kinds:
+            why = ("required" if kname is None else f"must be the name of a stage kind, got {kname!r}"
+                   if not isinstance(kname, str) else f"unknown kind {kname!r}")
+            issues.append(SpecIssue(f, sname, "kind", f"{why}; known kinds: {', '.join(sorted(kinds))}",
                                     lines.get(("stages", sname, "kind"), sline)))
             continue
         kind = kinds[kname]

@@ -54,6 +54,26 @@ def test_unknown_kind(tmp_path):
     assert "unknown kind 'no_such_kind'" in msg and f"{p}:5" in msg
 
 
+@pytest.mark.parametrize(
+    "stage, words",
+    [
+        (
+            "{kind: [toy_text], words: [x]}",
+            ["must be the name of a stage kind, got ['toy_text']", "known kinds:"],
+        ),
+        ("{kind: {a: 1}, words: [x]}", ["must be the name of a stage kind, got {'a': 1}"]),
+        ("{words: [x]}", ["field 'kind': required; known kinds:"]),
+    ],
+    ids=["list", "mapping", "missing"],
+)
+def test_kind_missing_or_not_a_name_is_one_issue(tmp_path, stage, words):
+    p = write(tmp_path, f"pipeline: bad\nstages:\n  a: {stage}\n")
+    issue, msg = one_issue(p)
+    assert (issue.stage, issue.field, issue.line) == ("a", "kind", 3)
+    for w in words:
+        assert w in msg
+
+
 def test_unknown_field(tmp_path):
     p = write(
         tmp_path,
