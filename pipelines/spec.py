@@ -17,6 +17,7 @@ the kind's code (``resources/codehash.py``).
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,14 @@ from .spec_env import unresolved
 from .spec_reader import SPEC_DIR, SpecError, SpecIssue, read_raw, resolve_spec_path
 
 AUTOMATION_KEYS = {"cron", "eager", "watch"}
+# pipeline and stage names become Dagster names (`<pipeline>/<stage>` keys, `<pipeline>__<stage>` ops and checks),
+# which must match ^[A-Za-z0-9_]+$: str.isalnum() would also let through 'é', '²' or fullwidth letters
+NAME_CHARS = "ASCII letters, digits and underscores"
+_NAME = re.compile(r"[A-Za-z0-9_]*[A-Za-z0-9][A-Za-z0-9_]*")
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
 @dataclass
@@ -111,8 +120,8 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True, missing_ok: bool =
     if (issues and not data) or unresolved(data):
         raise SpecError(issues + unresolved(data))
     name = data.get("pipeline")
-    if not isinstance(name, str) or not name.replace("_", "").isalnum():
-        issues.append(SpecIssue(f, None, "pipeline", "required: a name of letters, digits and underscores",
+    if not _valid_name(name):
+        issues.append(SpecIssue(f, None, "pipeline", f"required: a name of {NAME_CHARS} (got {name!r})",
                                 lines.get(("pipeline",))))
         name = path.stem
     raw_stages = data.get("stages")
@@ -125,8 +134,8 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True, missing_ok: bool =
     for sname, sval in raw_stages.items():
         sname = str(sname)
         sline = lines.get(("stages", sname))
-        if not sname.replace("_", "").isalnum():
-            issues.append(SpecIssue(f, sname, None, "stage names use letters, digits and underscores", sline))
+        if not _valid_name(sname):
+            issues.append(SpecIssue(f, sname, None, f"stage names use {NAME_CHARS}", sline))
             continue
         if not isinstance(sval, dict):
             issues.append(SpecIssue(f, sname, None, "a stage must be a mapping with a 'kind'", sline))

@@ -74,6 +74,18 @@ def test_kind_missing_or_not_a_name_is_one_issue(tmp_path, stage, words):
         assert w in msg
 
 
+@pytest.mark.parametrize("name", ["tâches", "a²", "ａb", "x٣", "a-b"])
+def test_stage_and_pipeline_names_are_ascii_as_dagster_requires(tmp_path, name):
+    p = write(tmp_path, f"pipeline: t\nstages:\n  {name}: {{kind: toy_text, words: [x]}}\n")
+    issue, msg = one_issue(p)
+    assert (issue.stage, issue.field, issue.line) == (name, None, 3)
+    assert "stage names use ASCII letters, digits and underscores" in msg
+    p = write(tmp_path, f"pipeline: {name}\nstages:\n  a: {{kind: toy_text, words: [x]}}\n")
+    issue, msg = one_issue(p)
+    assert (issue.stage, issue.field, issue.line) == (None, "pipeline", 1)
+    assert f"a name of ASCII letters, digits and underscores (got {name!r})" in msg
+
+
 def test_unknown_field(tmp_path):
     p = write(
         tmp_path,
