@@ -124,6 +124,9 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True, missing_ok: bool =
         issues.append(SpecIssue(f, None, "pipeline", f"required: a name of {NAME_CHARS} (got {name!r})",
                                 lines.get(("pipeline",))))
         name = path.stem
+    if not isinstance(data.get("description", ""), str | None):
+        issues.append(SpecIssue(f, None, "description", f"must be text (got {data['description']!r})",
+                                lines.get(("description",))))
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, dict) or not raw_stages:
         issues.append(SpecIssue(f, None, "stages", "required: a mapping of stage name -> {kind: ..., ...}",

@@ -86,6 +86,13 @@ def test_stage_and_pipeline_names_are_ascii_as_dagster_requires(tmp_path, name):
     assert f"a name of ASCII letters, digits and underscores (got {name!r})" in msg
 
 
+def test_description_must_be_text(tmp_path):
+    p = write(tmp_path, "pipeline: t\ndescription: [a, b]\nstages:\n  a: {kind: toy_text, words: [x]}\n")
+    issue, msg = one_issue(p)
+    assert (issue.stage, issue.field, issue.line) == (None, "description", 2)
+    assert "must be text (got ['a', 'b'])" in msg
+
+
 def test_unknown_field(tmp_path):
     p = write(
         tmp_path,
