@@ -223,7 +223,7 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True, missing_ok: bool =
             return
         colour[s] = 1
         for d in stages[s].deps:
-            if d in stages:
+            if d in stages and d != s:  # a stage naming itself is already reported as such
                 visit(d, [*trail, s])
         colour[s] = 2
         order.append(s)

@@ -93,6 +93,13 @@ def test_description_must_be_text(tmp_path):
     assert "must be text (got ['a', 'b'])" in msg
 
 
+def test_self_reference_is_one_issue_not_also_a_cycle(tmp_path):
+    p = write(tmp_path, "pipeline: t\nstages:\n  a: {kind: toy_upper, from: a}\n")
+    issue, msg = one_issue(p)
+    assert (issue.stage, issue.field, issue.line) == ("a", "from", 3)
+    assert "a stage cannot reference itself" in msg
+
+
 def test_unknown_field(tmp_path):
     p = write(
         tmp_path,
