@@ -2,9 +2,11 @@
 
 Key design choice: reading is bounded before anything is built from the file (size, nesting, values with
 aliases expanded, ``extends`` depth), so a hostile or runaway file is one :class:`SpecError` naming it
-rather than an exhausted memory or a RecursionError. Every mapping key keeps its line, so the validation
-in ``pipelines/spec.py`` names the line of each problem; reading itself checks only what it must to go on
-(a mapping, known top-level fields, a readable parent) and reports the rest as :class:`SpecIssue` values.
+rather than an exhausted memory or a RecursionError. Every mapping key keeps its line (a :class:`Line`, which
+also knows its file, so a value inherited through ``extends:`` is reported in the parent that holds it), and
+the validation in ``pipelines/spec.py`` names the line of each problem. Reading itself checks only what it
+must to go on (a mapping, known top-level fields, a readable parent) and reports the rest as
+:class:`SpecIssue` values.
 Environment variables in stage values are substituted per file before merging (``pipelines/spec_env.py``).
 """
 
@@ -22,6 +24,21 @@ SPEC_DIR = Path(__file__).resolve().parent
 TOP_LEVEL = {"pipeline", "description", "extends", "stages", "automation"}
 
 
+class Line(int):
+    """A 1-based line number that remembers its file: after ``extends:`` merging, a stage's fields may come
+    from several files, and an issue located by a field's line is reported in the file that line is in."""
+
+    file: str
+
+    def __new__(cls, line: int, file: str) -> Line:
+        obj = super().__new__(cls, line)
+        obj.file = file
+        return obj
+
+    def __getnewargs__(self) -> tuple[int, str]:  # pickle and deepcopy rebuild it with its file
+        return int(self), self.file
+
+
 @dataclass(frozen=True)
 class SpecIssue:
     file: str
@@ -30,6 +47,10 @@ class SpecIssue:
     message: str
     line: int | None = None
     missing_input: bool = False  # an input file or checkpoint not on this machine (the spec itself is valid)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.line, Line):  # a line names the file it is in, whichever file the caller had at hand
+            object.__setattr__(self, "file", self.line.file)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -134,11 +155,11 @@ def read_spec_text(path: Path) -> str:
         raise SpecError([SpecIssue(f, None, None, f"not UTF-8 text (byte {e.start})", line)]) from None
 
 
-def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
-    """Parse YAML; return data and ``{(key, subkey, ...): line}`` for mapping keys (1-based lines)."""
+def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple[str, ...], Line]]:
+    """Parse YAML; return data and ``{(key, subkey, ...): line}`` for mapping keys."""
     text = read_spec_text(path)
     f = str(path)
-    lines: dict[tuple[str, ...], int] = {}
+    lines: dict[tuple[str, ...], Line] = {}
     loader = _SpecLoader(text)
     try:
         try:
@@ -159,7 +180,7 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
             if isinstance(n, yaml.MappingNode):
                 for k, v in n.value:
                     key = (*prefix, str(k.value))
-                    lines[key] = k.start_mark.line + 1
+                    lines[key] = Line(k.start_mark.line + 1, f)
                     walk(v, key)
 
         walk(node, ())
@@ -186,11 +207,11 @@ def resolve_spec_path(spec: str | Path) -> Path:
 
 
 def read_raw(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict, list[SpecIssue], str | None]:
-    """Read a spec file, merging the parent named by ``extends:``. Returns data, lines, issues, parent name."""
+    """Read a spec file, merging the parent named by ``extends:``. Returns data, lines (each key's line in
+    the file its merged value comes from), issues, parent name. A parent that cannot be used (not a file
+    name, missing, circular, unreadable) is raised at once as one issue on the ``extends:`` line."""
     issues: list[SpecIssue] = []
     f = str(path)
-    if path in chain:
-        return {}, {}, [SpecIssue(f, None, "extends", "circular extends: " + " -> ".join(map(str, (*chain, path))))], None
     if not path.exists():
         return {}, {}, [SpecIssue(f, None, None, "spec file does not exist")], None
     data, lines = load_yaml_with_lines(path)
@@ -201,35 +222,60 @@ def read_raw(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], 
             issues.append(SpecIssue(f, None, str(k), f"unknown top-level field (allowed: {', '.join(sorted(TOP_LEVEL))})",
                                     lines.get((str(k),))))
     data = interpolate(data, lines, f)
-    parent_name = None
-    if data.get("extends"):
-        ppath = (path.parent / str(data["extends"]))
-        if not ppath.suffix:
-            ppath = ppath.with_suffix(".yaml")
-        if len(chain) >= MAX_EXTENDS_DEPTH:
-            # refused before reading the parent: the chain is bounded however long it is on disk
-            root = chain[0] if chain else path
-            raise SpecError([SpecIssue(
-                f, None, "extends",
-                f"extends chain deeper than {MAX_EXTENDS_DEPTH} files (from {root}); flatten it into fewer specs",
-                lines.get(("extends",)))])
-        pdata, _plines, pissues, _ = read_raw(ppath.resolve(), (*chain, path))
-        if pissues:
-            issues.extend(SpecIssue(i.file, i.stage, i.field, i.message, i.line) for i in pissues)
-            if not pdata:
-                issues.append(SpecIssue(f, None, "extends", f"cannot extend {data['extends']!r}",
-                                        lines.get(("extends",))))
-        parent_name = pdata.get("pipeline")
-        merged_stages: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v
-                                         for k, v in (pdata.get("stages") or {}).items()}
-        for sname, sval in (data.get("stages") or {}).items():
-            if sval is None:                       # `stage: null` removes an inherited stage
-                merged_stages.pop(sname, None)
-            elif isinstance(sval, dict) and isinstance(merged_stages.get(sname), dict) and \
-                    sval.get("kind", merged_stages[sname].get("kind")) == merged_stages[sname].get("kind"):
-                merged_stages[sname] = {**merged_stages[sname], **sval}
-            else:
-                merged_stages[sname] = sval
-        auto = {**(pdata.get("automation") or {}), **(data.get("automation") or {})}
-        data = {**pdata, **data, "stages": merged_stages, "automation": auto}
-    return data, lines, issues, parent_name
+    if "extends" not in data:
+        return data, lines, issues, None
+    ext, eline = data["extends"], lines.get(("extends",))
+
+    def refuse(why: str) -> SpecError:
+        return SpecError([*issues, SpecIssue(f, None, "extends", why, eline)])
+
+    if not isinstance(ext, str) or not ext.strip():
+        raise refuse(f"must be the file name of the parent spec (a string), got {ext!r}")
+    ppath = path.parent / ext
+    if not ppath.suffix:
+        ppath = ppath.with_suffix(".yaml")
+    ppath = ppath.resolve()
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        # refused before reading the parent: the chain is bounded however long it is on disk
+        root = chain[0] if chain else path
+        raise refuse(f"extends chain deeper than {MAX_EXTENDS_DEPTH} files (from {root}); flatten it into fewer specs")
+    trail = (*chain, path)
+    if ppath in trail:
+        raise refuse("circular extends: " + " -> ".join(map(str, (*trail[trail.index(ppath):], ppath))))
+    if not ppath.is_file():
+        raise refuse(f"parent spec {ppath} {'is not a file' if ppath.exists() else 'does not exist'}")
+    pdata, plines, pissues, _ = read_raw(ppath, trail)
+    issues.extend(pissues)
+    if not pdata:  # the parent's own issue says why; the child cannot be merged without it
+        raise SpecError(issues)
+    merged_stages: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v
+                                     for k, v in (pdata.get("stages") or {}).items()}
+    for sname, sval in (data.get("stages") or {}).items():
+        if sval is None:                       # `stage: null` removes an inherited stage
+            merged_stages.pop(sname, None)
+        elif isinstance(sval, dict) and isinstance(merged_stages.get(sname), dict) and \
+                sval.get("kind", merged_stages[sname].get("kind")) == merged_stages[sname].get("kind"):
+            merged_stages[sname] = {**merged_stages[sname], **sval}
+        else:
+            merged_stages[sname] = sval
+    auto = {**(pdata.get("automation") or {}), **(data.get("automation") or {})}
+    data = {**pdata, **data, "stages": merged_stages, "automation": auto}
+    return data, _merged_lines(data, lines, plines), issues, pdata.get("pipeline")
+
+
+def _merged_lines(data: Any, lines: dict, plines: dict) -> dict:
+    """Lines of the merged ``data``: a key the child writes has the child's line, any other the parent's.
+    Exact because every merge above is shallow: where the child writes a key, the merged value is the child's."""
+    out: dict[tuple[str, ...], Line] = {}
+
+    def walk(v: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                key = (*prefix, str(k))
+                line = lines.get(key, plines.get(key))
+                if line is not None:
+                    out[key] = line
+                walk(x, key)
+
+    walk(data, ())
+    return out

@@ -15,14 +15,16 @@ def extending_spec(tmp_path: Path, parent: Path, stages: str) -> Path:
     return p
 
 
-def assert_one_issue(path: Path, stage: str, field: str, words: list[str] | tuple[str, ...] = ()) -> str:
-    """Loading ``path`` fails with one issue for ``stage``/``field`` whose message holds every word; returns it."""
+def assert_one_issue(path: Path, stage: str, field: str, words: list[str] | tuple[str, ...] = (),
+                     file: Path | None = None) -> str:
+    """Loading ``path`` fails with one issue for ``stage``/``field`` whose message holds every word; returns it.
+    ``file``: where the field's value is written when not in ``path`` (a parent named by ``extends:``)."""
     from pipelines.spec import SpecError, load_spec
 
     with pytest.raises(SpecError) as ei:
         load_spec(path)
     (issue,) = ei.value.issues
-    assert (issue.file, issue.stage, issue.field) == (str(path), stage, field)
+    assert (issue.file, issue.stage, issue.field) == (str(file or path), stage, field)
     msg = str(ei.value)
     assert f"stage '{stage}'" in msg and f"field '{field}'" in msg
     for w in words:
