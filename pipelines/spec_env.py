@@ -60,15 +60,14 @@ def interpolate(data: dict[str, Any], lines: dict[tuple[str, ...], int], file: s
                 env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``data`` with variables substituted in the string values under :data:`SECTIONS`; a value with an
     unset variable or a malformed reference becomes an :class:`Unresolved` marker."""
-    from .spec_reader import SpecIssue
+    from .spec_reader import SpecIssue, place
 
     env = os.environ if env is None else env
 
     def walk(v: Any, key: tuple[str, ...]) -> Any:
         if isinstance(v, str) and "$" in v:
             out, problems = substitute(v, env)
-            stage = key[1] if len(key) > 1 else None
-            field = ".".join(str(k) for k in key[2:]) or None
+            stage, field = place(key)
             line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
             if not problems:
                 return out

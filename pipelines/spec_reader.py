@@ -4,9 +4,10 @@ Key design choice: reading is bounded before anything is built from the file (si
 aliases expanded, ``extends`` depth), so a hostile or runaway file is one :class:`SpecError` naming it
 rather than an exhausted memory or a RecursionError. Every mapping key keeps its line (a :class:`Line`, which
 also knows its file, so a value inherited through ``extends:`` is reported in the parent that holds it), and
-the validation in ``pipelines/spec.py`` names the line of each problem. Reading itself checks only what it
-must to go on (a mapping, known top-level fields, a readable parent) and reports the rest as
-:class:`SpecIssue` values.
+the validation in ``pipelines/spec.py`` names the line of each problem. Reading itself refuses what would
+silently change the meaning of the file (a key given twice, a key YAML reads as true/null/a number) and
+checks only what it must to go on (a mapping, known top-level fields, a readable parent); the rest is
+reported as :class:`SpecIssue` values.
 Environment variables in stage values are substituted per file before merging (``pipelines/spec_env.py``).
 """
 
@@ -57,6 +58,17 @@ class SpecIssue:
         what = ", ".join(x for x in (f"stage '{self.stage}'" if self.stage else "",
                                      f"field '{self.field}'" if self.field else "") if x)
         return f"{where}: {what + ': ' if what else ''}{self.message}"
+
+
+def place(key: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """``(stage, field)`` named by the path of a key in a spec: ``stages.<stage>.<field>...``,
+    ``automation.<stage>.<field>`` (field ``automation.<field>``) or a top-level field."""
+    if len(key) > 1 and key[0] in ("stages", "automation"):
+        rest = ".".join(key[2:])
+        if key[0] == "automation":
+            return key[1], "automation" + (f".{rest}" if rest else "")
+        return key[1], rest or None
+    return None, ".".join(key) or None
 
 
 class SpecError(ValueError):
@@ -155,8 +167,16 @@ def read_spec_text(path: Path) -> str:
         raise SpecError([SpecIssue(f, None, None, f"not UTF-8 text (byte {e.start})", line)]) from None
 
 
+# YAML 1.1 reads some plain keys as non-text (`on:` is true, `null:` is None, `123:` an int); a stage or field
+# name must be text, so such a key is refused with the advice to quote it rather than renamed silently
+_STR_TAG, _MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
+_READ_AS = {"bool": "true/false", "null": "null (no value)", "int": "a number", "float": "a number",
+            "timestamp": "a date"}
+
+
 def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple[str, ...], Line]]:
-    """Parse YAML; return data and ``{(key, subkey, ...): line}`` for mapping keys."""
+    """Parse YAML; return data and ``{(key, subkey, ...): line}`` for mapping keys. A key given twice in one
+    mapping, or one that is not text, is refused with its line."""
     text = read_spec_text(path)
     f = str(path)
     lines: dict[tuple[str, ...], Line] = {}
@@ -176,14 +196,38 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[tuple[str, ...], Line]]:
                    f"aliases expand the document beyond {MAX_NODES} values")
             raise SpecError([SpecIssue(f, None, None, f"refused: {why}; write the values out instead")])
 
+        problems: list[SpecIssue] = []
+        checked: set[int] = set()  # a mapping reached again through an alias is one problem, not two
+
         def walk(n: Any, prefix: tuple[str, ...]) -> None:
-            if isinstance(n, yaml.MappingNode):
-                for k, v in n.value:
-                    key = (*prefix, str(k.value))
-                    lines[key] = Line(k.start_mark.line + 1, f)
-                    walk(v, key)
+            if not isinstance(n, yaml.MappingNode):
+                return
+            report = problems.append if id(n) not in checked else (lambda _issue: None)
+            checked.add(id(n))
+            first: dict[str, Line] = {}
+            for k, v in n.value:
+                line = Line(k.start_mark.line + 1, f)
+                what = "stage name" if prefix == ("stages",) else "key"
+                if not isinstance(k, yaml.ScalarNode):
+                    report(SpecIssue(f, *place(prefix), f"a list or mapping cannot be a {what}", line))
+                    continue
+                key = (*prefix, str(k.value))
+                if k.tag not in (_STR_TAG, _MERGE_TAG):
+                    read_as = _READ_AS.get(k.tag.rsplit(":", 1)[-1], k.tag)
+                    report(SpecIssue(f, *place(key), f"YAML reads this {what} as {read_as}, not as text; "
+                                                    f"quote it: '{k.value}'", line))
+                    continue
+                if k.tag == _STR_TAG and k.value in first:
+                    report(SpecIssue(f, *place(key), f"{what} given twice (first on line {first[k.value]}); "
+                                                    "YAML would keep only the last: remove or rename one", line))
+                    continue
+                first[k.value] = line
+                lines[key] = line
+                walk(v, key)
 
         walk(node, ())
+        if problems:
+            raise SpecError(problems)
         try:
             data = loader.construct_document(node)
         except yaml.YAMLError as e:

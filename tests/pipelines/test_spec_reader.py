@@ -1,5 +1,6 @@
-"""Reading a spec file: ``extends:`` problems are one issue on the ``extends:`` line, and an issue in a value
-inherited from a parent names the parent's file and line, where the value is written."""
+"""Reading a spec file: a key given twice or a key YAML reads as non-text is one issue naming the file, line
+and key; ``extends:`` problems are one issue on the ``extends:`` line; and an issue in a value inherited
+from a parent names the parent's file and line, where the value is written."""
 
 from __future__ import annotations
 
@@ -26,6 +27,113 @@ def only_issue(path: Path):
         load_spec(path)
     assert len(ei.value.issues) == 1, str(ei.value)
     return ei.value.issues[0], str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "text, stage, field, line, first",
+    [
+        (
+            "pipeline: t\nstages:\n  a: {kind: toy_text, words: [x]}\n  a: {kind: toy_text, words: [y]}\n",
+            "a",
+            None,
+            4,
+            3,
+        ),
+        (
+            "pipeline: t\nstages:\n  a: {kind: toy_text, words: [x], repeat: 1, repeat: 2}\n",
+            "a",
+            "repeat",
+            3,
+            3,
+        ),
+        (
+            "pipeline: t\nstages:\n  a:\n    kind: toy_text\n    words: [x]\n    'words': [y]\n",
+            "a",
+            "words",
+            6,
+            5,
+        ),
+        (
+            "pipeline: t\nstages:\n  a: {kind: toy_text, words: [x]}\nstages:\n  b: {kind: toy_text, words: [y]}\n",
+            None,
+            "stages",
+            4,
+            2,
+        ),
+        (
+            "pipeline: t\nstages:\n  a: {kind: toy_text, words: [x]}\nautomation:\n  a: {eager: true, eager: false}\n",
+            "a",
+            "automation.eager",
+            5,
+            5,
+        ),
+    ],
+    ids=["stage", "field", "quoted-field", "top-level", "automation"],
+)
+def test_key_given_twice_is_one_issue_naming_file_line_and_key(tmp_path, text, stage, field, line, first):
+    p = write(tmp_path, text)
+    issue, msg = only_issue(p)
+    assert (issue.file, issue.stage, issue.field, issue.line) == (str(p), stage, field, line)
+    assert f"{p}:{line}: " in msg and f"given twice (first on line {first})" in msg
+
+
+def test_yaml_merge_keys_overridden_in_place_are_not_duplicates(tmp_path):
+    p = write(
+        tmp_path,
+        """
+        pipeline: t
+        stages:
+          a: &base {kind: toy_text, words: [x], repeat: 2}
+          b: {<<: *base, words: [y]}
+        """,
+    )
+    b = load_spec(p).stages["b"].config
+    assert (b.words, b.repeat) == (["y"], 2)
+
+
+def test_key_given_twice_in_an_anchor_is_one_issue_however_often_it_is_reused(tmp_path):
+    p = write(
+        tmp_path,
+        """
+        pipeline: t
+        stages:
+          a: &base {kind: toy_text, words: [x], words: [y]}
+          b: {<<: *base, repeat: 2}
+          c: *base
+        """,
+    )
+    issue, _ = only_issue(p)
+    assert (issue.stage, issue.field, issue.line) == ("a", "words", 4)
+
+
+@pytest.mark.parametrize(
+    "key, read_as", [("on", "true/false"), ("no", "true/false"), ("null", "null"), ("123", "a number")]
+)
+def test_stage_name_yaml_reads_as_non_text_is_refused_with_advice_to_quote(tmp_path, key, read_as):
+    p = write(tmp_path, f"pipeline: t\nstages:\n  {key}: {{kind: toy_text, words: [x]}}\n")
+    issue, msg = only_issue(p)
+    assert (issue.file, issue.stage, issue.field, issue.line) == (str(p), key, None, 3)
+    assert f"YAML reads this stage name as {read_as}" in msg and f"quote it: '{key}'" in msg
+    # quoted, the same name is text, and a reference to it finds it
+    p.write_text(
+        f"pipeline: t\nstages:\n  '{key}': {{kind: toy_text, words: [x]}}\n"
+        f"  up: {{kind: toy_upper, from: '{key}'}}\n"
+    )
+    assert load_spec(p).stages["up"].deps == [key]
+
+
+def test_field_name_yaml_reads_as_non_text_is_refused(tmp_path):
+    p = write(tmp_path, "pipeline: t\nstages:\n  a:\n    kind: toy_text\n    words: [x]\n    yes: 1\n")
+    issue, msg = only_issue(p)
+    assert (issue.stage, issue.field, issue.line) == ("a", "yes", 6)
+    assert "YAML reads this key as true/false, not as text" in msg
+
+
+def test_list_as_stage_name_is_refused(tmp_path):
+    p = write(tmp_path, "pipeline: t\nstages:\n  ? [a, b]\n  : {kind: toy_text, words: [x]}\n")
+    issue, msg = only_issue(p)
+    assert (issue.stage, issue.field, issue.line) == (None, "stages", 3)
+    assert "a list or mapping cannot be a stage name" in msg
 
 
 PARENT = """\
