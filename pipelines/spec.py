@@ -34,9 +34,10 @@ from .spec_reader import SPEC_DIR, SpecError, SpecIssue, read_raw, resolve_spec_
 
 AUTOMATION_KEYS = {"cron", "eager", "watch"}
 # pipeline and stage names become Dagster names (`<pipeline>/<stage>` keys, `<pipeline>__<stage>` ops and checks),
-# which must match ^[A-Za-z0-9_]+$: str.isalnum() would also let through 'é', '²' or fullwidth letters
-NAME_CHARS = "ASCII letters, digits and underscores"
-_NAME = re.compile(r"[A-Za-z0-9_]*[A-Za-z0-9][A-Za-z0-9_]*")
+# which must match ^[A-Za-z0-9_]+$: str.isalnum() would also let through 'é', '²' or fullwidth letters. Single
+# inner underscores only, so that no two (pipeline, stage) pairs join to one name (`a`+`b__c`, `a__b`+`c`).
+NAME_CHARS = "ASCII letters and digits, with single underscores between them"
+_NAME = re.compile(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*")
 
 
 def _valid_name(name: Any) -> bool:
