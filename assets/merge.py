@@ -69,11 +69,32 @@ def tokenizer_sources(stage: str, stages: dict[str, Any]) -> set[str]:
     }
 
 
+def config_problems(cfg: MergeConfig) -> list[tuple[str, str]]:
+    """What the config alone says is no merge: fewer than two models, a weight count that is not one per
+    model, linear weights with no positive sum, a base model missing for task arithmetic or unused by a
+    linear merge."""
+    n = len(cfg.models)
+    if n < 2:
+        return [("models", f"merging needs at least two models, got {n}: {list(cfg.models)}")]
+    errs = []
+    if cfg.weights is not None and len(cfg.weights) != n:
+        errs.append(("weights", f"{len(cfg.weights)} weights for {n} models; give one weight per model"))
+    elif cfg.weights is not None and cfg.method == "linear" and sum(cfg.weights) <= 0:
+        errs.append(("weights", f"linear merge weights must sum to a positive number, got {cfg.weights}"))
+    if cfg.method == "task_arithmetic" and not cfg.base:
+        errs.append(("base", "method task_arithmetic needs a base model (the common starting point)"))
+    if cfg.method == "linear" and cfg.base:
+        errs.append(("base", "method linear uses no base model; set method: task_arithmetic or remove it"))
+    return errs
+
+
 def validate(cfg: MergeConfig, kinds: dict[str, str], configs: Any = None, stages: Any = None) -> list:
-    """Refuse, before compute, merging models whose lineages lead to disjoint tokenizer sources."""
+    """Refuse, before compute, a config that is no merge (:func:`config_problems`) and merging models whose
+    lineages lead to disjoint tokenizer sources."""
+    errs = config_problems(cfg)
+    if errs or not stages:
+        return errs
     named = [("models", m) for m in cfg.models] + ([("base", cfg.base)] if cfg.base else [])
-    if not stages or not named:
-        return []
     first = named[0][1]
     src0 = tokenizer_sources(first, stages)
     for field, m in named[1:]:
@@ -114,16 +135,12 @@ def run(run: StageRun) -> StageResult:
     c: MergeConfig = run.config
     check_template(run, "models")
     arts = run.inputs.get("models", [])
-    if len(arts) < 2:
-        raise PostTrainError(f"stage {run.stage!r}, field 'models': merging needs at least two models")
+    for field, msg in config_problems(c):
+        raise PostTrainError(f"stage {run.stage!r}, field {field!r}: {msg}")
     w = c.weights or [1.0 / len(arts)] * len(arts)
-    if len(w) != len(arts):
-        raise PostTrainError(f"stage {run.stage!r}, field 'weights': {len(w)} weights for {len(arts)} models")
     check_tokenizers(run)
     loaded = [load_policy(run, "models", a) for a in arts]
     base = load_policy(run, "base")[0] if run.inputs.get("base") else None
-    if c.method == "task_arithmetic" and base is None:
-        raise PostTrainError(f"stage {run.stage!r}, field 'base': task_arithmetic needs a base model")
     try:
         merged = merge_models([m for m, _ in loaded], [a.stage for a in arts], w, c.method, base)
     except ValueError as e:

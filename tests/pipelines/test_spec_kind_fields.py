@@ -1,0 +1,45 @@
+"""A kind's own fields in a spec: a field the stage would ignore in its mode (a generator's or a crawl source's),
+a nested block that is not what the kind builds (distill's student architecture), a merge that is not one and
+a filter entry or parameter of the wrong type are each one issue naming the file, the stage and the field,
+raised when the spec loads (before any stage runs); the same fields in the mode that reads them load."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipelines.spec import load_spec
+from tests.spec_helpers import assert_one_issue, extending_spec
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "pipelines" / "tiny_r1.yaml"
+
+
+def _spec(tmp_path: Path, stages: str) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text("pipeline: p\nstages:\n" + textwrap.indent(textwrap.dedent(stages), "  "))
+    return p
+
+
+# --------------------------------------------------------------------------------------------------- merge
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ("{models: [rl2]}", "models", ["at least two models, got 1"]),
+        ("{models: [rl2, dpo], weights: [0.5, 0.5, 7]}", "weights", ["3 weights for 2 models"]),
+        ("{models: [rl2, dpo], weights: [1, -1]}", "weights", ["sum to a positive number"]),
+        ("{models: [rl2, dpo], method: task_arithmetic}", "base", ["needs a base model"]),
+        ("{models: [rl2, dpo], base: sft2}", "base", ["method linear uses no base model"]),
+    ],
+)
+def test_config_that_is_no_merge_is_one_issue(tmp_path, body, field, words):
+    assert_one_issue(extending_spec(tmp_path, TINY, f"merged: {body}"), "merged", field, words)
+
+
+def test_task_arithmetic_with_a_base_loads(tmp_path):
+    p = extending_spec(tmp_path, TINY, "merged: {method: task_arithmetic, base: sft2, weights: [0.5, 0.5]}")
+    assert load_spec(p).stages["merged"].config.base == "sft2"
