@@ -21,6 +21,7 @@ from .registry import (
     StageResult,
     StageRun,
     Table,
+    empty_ref_problems,
     ref,
     register,
 )
@@ -42,6 +43,10 @@ class DecontaminateConfig(StageConfig):
         description="eval fields shorter than ngram but with at least this many "
         "words are matched whole; shorter fields are ignored",
     )
+
+
+def _validate(c: DecontaminateConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
+    return empty_ref_problems(c, "against")
 
 
 def _read_eval(path: Path, stage: str) -> list[dict[str, Any]]:
@@ -112,5 +117,6 @@ register(
         description="Drop documents sharing a word n-gram with any eval item of the named task stages "
         "(dropped.parquet says which item and n-gram)",
         checks=(CheckSpec("non_empty", "some documents are left", blocking=True),),
+        validate=_validate,
     )
 )

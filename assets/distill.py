@@ -31,7 +31,17 @@ from .posttrain import (
     training_examples,
     write_curve,
 )
-from .registry import CheckOutcome, CheckSpec, StageConfig, StageKind, StageResult, StageRun, ref, register
+from .registry import (
+    CheckOutcome,
+    CheckSpec,
+    StageConfig,
+    StageKind,
+    StageResult,
+    StageRun,
+    empty_ref_problems,
+    ref,
+    register,
+)
 
 
 class PruneConfig(BaseModel):
@@ -89,7 +99,7 @@ class DistillConfig(StageConfig):
 
 
 def validate(cfg, refs):
-    errs = []
+    errs = empty_ref_problems(cfg, "data")
     if cfg.prune is not None:
         if cfg.student_init:
             errs.append(

@@ -30,6 +30,7 @@ from .registry import (
     StageResult,
     StageRun,
     Table,
+    empty_ref_problems,
     ref,
     register,
 )
@@ -170,7 +171,7 @@ def _task_set_format(cfg: Any) -> str:
 def validate(
     config: EvaluateConfig, kinds: dict[str, str], configs: dict[str, Any] | None = None
 ) -> list[tuple[str, str]]:
-    """Refuse non-task stages in ``tasks`` and task stages known to carry no answers.
+    """Refuse an empty ``models``, non-task stages in ``tasks`` and task stages known to carry no answers.
 
     ``kinds`` maps each referenced stage to its kind name; ``configs`` (when the compiler passes it) maps
     each to its config so answerless task sources are refused before anything runs.
@@ -178,7 +179,7 @@ def validate(
     from .registry import load_kinds
 
     known = load_kinds()
-    problems: list[tuple[str, str]] = []
+    problems = empty_ref_problems(config, "models")
     for name in config.models:
         k = known.get(kinds.get(name, ""))
         if k is not None and k.produces != "model":

@@ -42,6 +42,7 @@ from .registry import (
     StageResult,
     StageRun,
     Table,
+    empty_ref_problems,
     ref,
     register,
 )
@@ -107,7 +108,7 @@ class GRPOConfig(StageConfig):
 
 
 def validate(cfg: GRPOConfig, refs) -> list[tuple[str, str]]:
-    errs = validate_rewards(cfg, refs)
+    errs = empty_ref_problems(cfg, "prompts") + validate_rewards(cfg, refs)
     if cfg.clip_eps_high is not None:
         if cfg.clip_eps_high < cfg.clip_eps:
             errs.append(

@@ -44,6 +44,7 @@ from .registry import (
     StageResult,
     StageRun,
     Table,
+    empty_ref_problems,
     ref,
     register,
 )
@@ -118,7 +119,7 @@ class PPOConfig(StageConfig):
 
 
 def validate(cfg, refs):
-    errs = validate_rewards(cfg, refs) if cfg.rewards else []
+    errs = empty_ref_problems(cfg, "prompts") + (validate_rewards(cfg, refs) if cfg.rewards else [])
     if not cfg.rewards and cfg.reward_model is None:
         errs.append(("rewards", "PPO needs rule rewards, a reward_model, or both"))
     if cfg.value_warmup_steps >= cfg.steps:

@@ -95,6 +95,18 @@ def ref_fields(config_cls: type[BaseModel]) -> dict[str, tuple[list[str], bool, 
     return out
 
 
+def empty_ref_problems(config: BaseModel, *fields: str) -> list[tuple[str, str]]:
+    """``[(spec key, message)]`` for each list-of-stages field among ``fields`` (python names) that is empty, for
+    the kind validators of lists a stage needs: with nothing to read it would do nothing (and a partitioned
+    stage would have no partition at all)."""
+    refs = ref_fields(type(config))
+    return [
+        (refs[f][2], f"is empty: name at least one stage producing {' or '.join(refs[f][0])}")
+        for f in fields
+        if not getattr(config, f)
+    ]
+
+
 def run_option(default: Any, *, description: str, **constraints: Any) -> Any:
     """A config field that changes how a stage runs but never what it produces (e.g. how often training
     checkpoints). It is left out of the version, so changing it neither recomputes a stored stage nor moves

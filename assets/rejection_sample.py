@@ -34,6 +34,7 @@ from .registry import (
     StageResult,
     StageRun,
     Table,
+    empty_ref_problems,
     ref,
     register,
 )
@@ -76,6 +77,11 @@ def validate(c: RejectionConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
             ("max_per_prompt", f"keep=shortest keeps one sample per prompt; got max_per_prompt={c.max_per_prompt}")
         )
     return problems
+
+
+def validate_spec(c: RejectionConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
+    """The compile-time checks: at least one prompt stage, then :func:`validate` (which the run repeats)."""
+    return empty_ref_problems(c, "prompts") + validate(c, refs)
 
 
 def run(run: StageRun) -> StageResult:
@@ -122,7 +128,7 @@ REJECTION = register(
         config=RejectionConfig,
         produces="sft_data",
         run=run,
-        validate=validate,
+        validate=validate_spec,
         pool="gpu",
         description="k samples per prompt, verified (all, best-of-k by a reward model, or the shortest), "
         "de-duplicated -> SFT data",

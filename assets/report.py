@@ -25,6 +25,7 @@ from .registry import (
     StageResult,
     StageRun,
     Table,
+    empty_ref_problems,
     ref,
     register,
 )
@@ -83,10 +84,12 @@ class ReportConfig(StageConfig):
 
 
 def validate(cfg: ReportConfig, kinds: dict[str, str], configs: dict[str, Any] | None = None) -> list:
-    """Every model named in ``controls`` and ``long_to_short`` must be evaluated by one of the ``from``
-    stages, and each pair must name two different models."""
+    """At least one ``from`` stage; every model named in ``controls`` and ``long_to_short`` must be evaluated
+    by one of them, and each pair must name two different models."""
+    problems = empty_ref_problems(cfg, "from_")
+    if problems:  # with no evaluate stage, every named model would also be reported as not evaluated
+        return problems
     evaluated = {m for c in (configs or {}).values() for m in (getattr(c, "models", None) or [])}
-    problems = []
     for field, pairs, (a, b) in (
         ("long_to_short", cfg.long_to_short, ("long", "short")),
         ("controls", cfg.controls, ("treatment", "control")),

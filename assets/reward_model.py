@@ -77,7 +77,10 @@ def head_problems(cfg) -> list[tuple[str, str]]:
 
 
 def validate(cfg, refs):
-    return head_problems(cfg) + pairs_path_problems(cfg)
+    errs = head_problems(cfg) + pairs_path_problems(cfg)
+    if not (cfg.pairs or cfg.path):
+        errs.append(("pairs", "no preference pairs: name pairs or sample stages, or a pairs file `path`"))
+    return errs
 
 
 def checks(acc: dict) -> list[CheckOutcome]:

@@ -32,7 +32,17 @@ from .posttrain import (
     training_examples,
     write_curve,
 )
-from .registry import CheckOutcome, CheckSpec, StageConfig, StageKind, StageResult, StageRun, ref, register
+from .registry import (
+    CheckOutcome,
+    CheckSpec,
+    StageConfig,
+    StageKind,
+    StageResult,
+    StageRun,
+    empty_ref_problems,
+    ref,
+    register,
+)
 
 
 class SFTConfig(StageConfig):
@@ -83,9 +93,10 @@ class SFTConfig(StageConfig):
 
 
 def _validate(cfg: SFTConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
+    errs = empty_ref_problems(cfg, "data")
     if cfg.loss_mask != "none" and cfg.pack:
-        return [("loss_mask", f"{cfg.loss_mask} masks one example per row; set pack: false")]
-    return []
+        errs.append(("loss_mask", f"{cfg.loss_mask} masks one example per row; set pack: false"))
+    return errs
 
 
 def _loss_spans(run: StageRun, examples: list) -> list | None:
