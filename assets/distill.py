@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ops.train.optim import OptimConfig, Precision, optim_field, precision_field
 
+from .architecture import arch_problems
 from .posttrain import (
     MODEL,
     PostTrainError,
@@ -31,6 +32,7 @@ from .posttrain import (
     training_examples,
     write_curve,
 )
+from .pretrain import ModelSpec
 from .registry import (
     CheckOutcome,
     CheckSpec,
@@ -57,10 +59,10 @@ class PruneConfig(BaseModel):
 class DistillConfig(StageConfig):
     teacher: str = ref(*MODEL, description="the teacher model (its tokenizer is shared by the student)")
     data: list[str] = ref("tasks", "sft_data", "rollouts", many=True, description="examples to distil on")
-    student: dict[str, Any] = Field(
-        {"d_model": 64, "layers": 2},
-        description="student architecture "
-        "(ops.model.build_model keys: arch, d_model, layers, heads, kv_heads, ...); ignored with student_init",
+    student: ModelSpec = Field(
+        default_factory=lambda: ModelSpec(d_model=64, layers=2),
+        description="random student architecture (pretrain's model block: arch, d_model, layers, heads, "
+        "kv_heads, ...; d_model and layers required); not with student_init or prune",
     )
     student_init: str | None = ref(
         *MODEL,
@@ -98,8 +100,24 @@ class DistillConfig(StageConfig):
     keep_last: int = keep_last()
 
 
+def student_problems(cfg: DistillConfig) -> list[tuple[str, str]]:
+    """A random ``student`` needs its size and a consistent architecture; beside ``student_init`` or ``prune``
+    (which fix the student themselves) a non-default ``student`` would be ignored."""
+    start = "student_init" if cfg.student_init else "prune" if cfg.prune is not None else None
+    if start:
+        default = DistillConfig.model_fields["student"].get_default(call_default_factory=True)
+        if cfg.student == default:
+            return []
+        return [("student", f"not used with {start} (it fixes the student); remove it")]
+    missing = [f for f in ("d_model", "layers") if getattr(cfg.student, f) is None]
+    if missing:
+        msg = f"required: a random student needs {' and '.join(missing)} (or use student_init or prune)"
+        return [(f"student.{missing[0]}", msg)]
+    return arch_problems(cfg.student, "student")
+
+
 def validate(cfg, refs):
-    errs = empty_ref_problems(cfg, "data")
+    errs = empty_ref_problems(cfg, "data") + student_problems(cfg)
     if cfg.prune is not None:
         if cfg.student_init:
             errs.append(
@@ -135,8 +153,9 @@ def initial_student(run: StageRun, teacher, tok) -> tuple[Any, int]:
         n_s = count_params(student)
     else:
         try:
+            arch = c.student.model_dump(mode="json", exclude_none=True)  # unset keys: build_model's defaults
             student = build_model(
-                c.student, len(tok), seed=c.seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+                arch, len(tok), seed=c.seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
             )
         except ValueError as e:
             raise PostTrainError(f"stage {run.stage!r}, field 'student': {e}") from None

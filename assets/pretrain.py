@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from ops.train.optim import OptimConfig, Precision, PretrainOptimConfig, optim_field, precision_field
 
+from .architecture import arch_problems
 from .registry import (
     CheckOutcome,
     CheckSpec,
@@ -104,19 +105,6 @@ class ModelSpec(StageConfig):
             max(seq_len, (self.rope_scaling.original_max_position_embeddings if self.rope_scaling else 0)),
         )
         return d
-
-
-_MOE_FIELDS = ("experts", "top_k", "expert_ffn", "shared_expert_ffn", "router_aux_loss_coef")
-_MINIMAX_FIELDS = ("full_attention_every", "layer_pattern", "block_size")
-_MLA_FIELDS = (
-    "kv_lora_rank",
-    "q_lora_rank",
-    "qk_rope_head_dim",
-    "qk_nope_head_dim",
-    "v_head_dim",
-    "shared_experts",
-    "dense_layers",
-)
 
 
 class PretrainConfig(StageConfig):
@@ -210,52 +198,14 @@ _TOP_LEVEL_OPTIM = ("schedule", "min_lr_ratio", "weight_decay", "betas", "grad_c
 
 
 def _validate(cfg: PretrainConfig, kinds: dict[str, str]) -> list[tuple[str, str]]:
-    errs: list[tuple[str, str]] = []
     m = cfg.model
-    if m.arch in ("qwen2", "llama"):
-        errs += [
-            (f"model.{f}", f"only for MoE architectures, not {m.arch!r}")
-            for f in _MOE_FIELDS + _MLA_FIELDS
-            if getattr(m, f) is not None
-        ]
-    if m.arch == "qwen2_moe":
-        errs += [
-            (f"model.{f}", "only for arch 'deepseek_v3'") for f in _MLA_FIELDS if getattr(m, f) is not None
-        ]
-    if m.arch != "minimax":
-        errs += [
-            (f"model.{f}", f"only for arch 'minimax', not {m.arch!r}")
-            for f in _MINIMAX_FIELDS
-            if getattr(m, f) is not None
-        ]
-    else:
-        from ops.model import NOT_MINIMAX, minimax_pattern_problems
-
-        errs += [
-            (f"model.{f}", "not a MiniMax setting (no dense MLP, no shared expert, no latent attention; each "
-             "expert's width is expert_ffn)")
-            for f in NOT_MINIMAX
-            if getattr(m, f) is not None
-        ]
-        if m.qkv_bias:
-            errs.append(("model.qkv_bias", "MiniMax's projections have no bias"))
-        errs += minimax_pattern_problems(m.layers, m.full_attention_every, m.layer_pattern)
-    if m.arch == "qwen2" and m.qkv_bias is False:
-        errs.append(("model.qkv_bias", "Qwen2 always has a QKV bias; use arch 'llama' for none"))
+    errs = arch_problems(m, "model")
     if (m.d_model is None) != (m.layers is None):
         errs.append(("model.d_model", "give both d_model and layers, or neither (planner chooses)"))
     if m.d_model is None and cfg.tokens is None and cfg.budget_flops is None:
         errs.append(
             ("model.d_model", "no model size and no tokens/budget_flops for the planner to size from")
         )
-    if m.d_model is not None:
-        heads = m.heads or max(1, m.d_model // 64)
-        if m.d_model % heads:
-            errs.append(("model.heads", f"d_model {m.d_model} is not divisible by heads {heads}"))
-        elif m.kv_heads and heads % m.kv_heads:
-            errs.append(("model.kv_heads", f"heads {heads} is not divisible by kv_heads {m.kv_heads}"))
-    if m.top_k and m.experts and m.top_k > m.experts:
-        errs.append(("model.top_k", f"top_k {m.top_k} > experts {m.experts}"))
     ranks = cfg.nproc_per_node * cfg.nnodes if cfg.launcher == "torchrun" else 1
     if cfg.batch_size % ranks:
         errs.append(("batch_size", f"{cfg.batch_size} is not divisible by the {ranks} ranks"))

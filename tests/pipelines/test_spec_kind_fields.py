@@ -25,6 +25,34 @@ def _spec(tmp_path: Path, stages: str) -> Path:
     return p
 
 
+# ------------------------------------------------------------------------------------ distill's student
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ("{prune: null, student: {d_model: 16, layerz: 1}}", "student.layerz",
+         ["unknown field in 'student'", "layers"]),
+        ("{prune: null, student: {d_model: 16}}", "student.layers", ["required", "layers"]),
+        ("{prune: null, student: {d_model: 64, layers: 2, heads: 3}}", "student.heads",
+         ["not divisible by heads 3"]),
+        ("{prune: null, student: {d_model: 64, layers: 2, experts: 4}}", "student.experts",
+         ["only for MoE architectures"]),
+        ("{prune: null, student: {d_model: lots, layers: 2}}", "student.d_model", ["valid integer"]),
+        ("{student: {d_model: 32, layers: 1}}", "student", ["not used with prune", "remove it"]),
+    ],
+)
+def test_bad_student_architecture_is_one_issue(tmp_path, body, field, words):
+    assert_one_issue(extending_spec(tmp_path, TINY, f"student: {body}"), "student", field, words)
+
+
+def test_random_student_loads_with_the_keys_build_model_takes(tmp_path):
+    p = extending_spec(tmp_path, TINY, "student: {prune: null, student: {d_model: 64, layers: 2, kv_heads: 1}}")
+    s = load_spec(p).stages["student"].config.student
+    assert s.model_dump(mode="json", exclude_none=True) == {
+        "arch": "qwen2", "d_model": 64, "layers": 2, "kv_heads": 1, "rope_theta": 10000.0,
+        "tie_embeddings": True, "dropout": 0.0, "init_std": 0.02,
+    }
+
+
 # --------------------------------------------------------------------------------------------------- merge
 @pytest.mark.parametrize(
     "body, field, words",
