@@ -125,6 +125,33 @@ def _validate(cfg: ReasoningTasksConfig, refs: dict[str, str]) -> list[tuple[str
     return errs
 
 
+# Fields only one generator reads: the arithmetic generator ignores the files, a user Parquet is used whole
+# (every row, in file order), so sizes, difficulties and the seed would be ignored.
+_ARITHMETIC_ONLY = ("train", "eval", "difficulties", "seed")
+_PARQUET_ONLY = ("path", "eval_path")
+
+
+def _validate_spec(cfg: ReasoningTasksConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
+    """:func:`_validate` (which the run repeats for a user Parquet) and the fields the generator would ignore,
+    when set to anything but their defaults."""
+    errs = _validate(cfg, refs)
+    if cfg.generator == "parquet":
+        errs += [
+            (f, "applies to the arithmetic generator only (generator 'parquet' uses every row of its files); "
+             "remove it")
+            for f in _ARITHMETIC_ONLY
+            if getattr(cfg, f) != ReasoningTasksConfig.model_fields[f].default
+        ]
+    else:
+        errs += [
+            (f, "applies to generator 'parquet' only (generator is 'arithmetic'); set generator: parquet, or "
+             "use a task_file stage")
+            for f in _PARQUET_ONLY
+            if getattr(cfg, f) is not None
+        ]
+    return errs
+
+
 def _fingerprint(cfg: ReasoningTasksConfig):
     import hashlib
 
@@ -243,7 +270,7 @@ REASONING_TASKS = register(
             CheckSpec("splits_disjoint", "no question is in both train and eval", blocking=True),
             CheckSpec("non_empty", "every split asked for holds a problem (train: 0 makes an eval-only set)", blocking=True),
         ),
-        validate=_validate,
+        validate=_validate_spec,
         fingerprint=_fingerprint,
     )
 )

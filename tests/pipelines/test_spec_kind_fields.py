@@ -8,6 +8,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.spec import load_spec
@@ -23,6 +25,43 @@ def _spec(tmp_path: Path, stages: str) -> Path:
     p = tmp_path / "spec.yaml"
     p.write_text("pipeline: p\nstages:\n" + textwrap.indent(textwrap.dedent(stages), "  "))
     return p
+
+
+# ---------------------------------------------------------------------------------------- reasoning_tasks
+@pytest.fixture
+def task_parquet(tmp_path: Path) -> Path:
+    f = tmp_path / "tasks.parquet"
+    pq.write_table(pa.table({"question": ["1+1?", "2+2?"], "answer": ["2", "4"]}), f)
+    return f
+
+
+@pytest.mark.parametrize(
+    "fields, field, words",
+    [
+        ("train: 1", "train", ["arithmetic generator only", "every row of its files"]),
+        ("eval: 1", "eval", ["arithmetic generator only"]),
+        ("difficulties: [3]", "difficulties", ["arithmetic generator only"]),
+        ("seed: 5", "seed", ["arithmetic generator only"]),
+    ],
+)
+def test_generator_fields_a_user_parquet_ignores_are_refused(tmp_path, task_parquet, fields, field, words):
+    p = _spec(tmp_path, f"t: {{kind: reasoning_tasks, generator: parquet, path: {task_parquet}, {fields}}}")
+    assert_one_issue(p, "t", field, words)
+
+
+@pytest.mark.parametrize("field", ["path", "eval_path"])
+def test_files_the_arithmetic_generator_ignores_are_refused_even_when_missing(tmp_path, field):
+    p = _spec(tmp_path, f"t: {{kind: reasoning_tasks, train: 5, eval: 2, {field}: {tmp_path / 'nope.parquet'}}}")
+    assert_one_issue(p, "t", field, ["generator 'parquet' only", "task_file"])
+
+
+def test_each_generator_loads_with_its_own_fields(tmp_path, task_parquet):
+    p = _spec(tmp_path, f"""\
+        a: {{kind: reasoning_tasks, train: 5, eval: 2, difficulties: [3], seed: 5}}
+        u: {{kind: reasoning_tasks, generator: parquet, path: {task_parquet}, eval_path: {task_parquet}}}
+        """)
+    st = load_spec(p).stages
+    assert st["a"].config.seed == 5 and st["u"].config.eval_path == str(task_parquet)
 
 
 # ------------------------------------------------------------------------------------ distill's student
