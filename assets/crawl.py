@@ -76,18 +76,39 @@ class CrawlConfig(StageConfig):
     )
 
 
+# The fields each source reads besides `source` and `snapshot`: local_docs fixes the seeds, hosts and address
+# itself (the built-in site), warc imports the files as they are (no fetching, so no crawl limit applies).
+_NOT_LIMITS = {"source", "snapshot", "seeds", "allowed_hosts", "local", "warc"}
+_LIMITS = tuple(f for f in CrawlConfig.model_fields if f not in _NOT_LIMITS)
+SOURCE_FIELDS = {
+    "local_docs": set(_LIMITS),
+    "http": {"seeds", "allowed_hosts", "local", *_LIMITS},
+    "warc": {"warc"},
+}
+
+
+def _unused_fields(c: CrawlConfig) -> list[tuple[str, str]]:
+    """A field the source does not read, set to anything but its default, would be silently ignored."""
+    errs = []
+    for f, info in CrawlConfig.model_fields.items():
+        if f in {"source", "snapshot"} or f in SOURCE_FIELDS[c.source]:
+            continue
+        if getattr(c, f) != info.get_default(call_default_factory=True):
+            used = " or ".join(s for s, fields in SOURCE_FIELDS.items() if f in fields)
+            errs.append((f, f"only used with source: {used} (source is {c.source}); remove it"))
+    return errs
+
+
 def _validate_crawl(c: CrawlConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
     from ops.data.urls import normalize_url
 
-    errs = []
+    errs = _unused_fields(c)
     if c.source == "http":
         if not c.seeds:
             errs.append(("seeds", "source: http needs at least one seed URL"))
         for s in c.seeds:
             if normalize_url(s) is None:
                 errs.append(("seeds", f"{s!r} is not an http(s) URL"))
-    elif c.seeds:
-        errs.append(("seeds", f"seeds are only used with source: http (source is {c.source})"))
     if c.source == "warc":
         if not c.warc:
             errs.append(("warc", "source: warc needs at least one WARC file or glob"))

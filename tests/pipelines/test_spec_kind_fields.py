@@ -64,6 +64,38 @@ def test_each_generator_loads_with_its_own_fields(tmp_path, task_parquet):
     assert st["a"].config.seed == 5 and st["u"].config.eval_path == str(task_parquet)
 
 
+# --------------------------------------------------------------------------------------------------- crawl
+@pytest.mark.parametrize(
+    "stage, field, words",
+    [
+        ("{kind: crawl, warc: [/nowhere/x.warc.gz], max_pages: 2}", "warc", ["only used with source: warc",
+                                                                              "source is local_docs"]),
+        ("{kind: crawl, seeds: ['https://example.com/']}", "seeds", ["only used with source: http"]),
+        ("{kind: crawl, allowed_hosts: [example.com]}", "allowed_hosts", ["only used with source: http"]),
+        ("{kind: crawl, local: true}", "local", ["only used with source: http"]),
+        ("{kind: crawl, source: http, seeds: ['https://example.com/'], warc: [x.warc.gz]}", "warc",
+         ["only used with source: warc", "source is http"]),
+        ("{kind: crawl, source: warc, warc: [WARC], max_pages: 5}", "max_pages",
+         ["only used with source: local_docs or http", "source is warc"]),
+    ],
+)
+def test_crawl_field_its_source_ignores_is_refused(tmp_path, stage, field, words):
+    warc = tmp_path / "a.warc.gz"
+    warc.write_bytes(b"")
+    assert_one_issue(_spec(tmp_path, "c: " + stage.replace("WARC", str(warc))), "c", field, words)
+
+
+def test_crawl_fields_at_their_defaults_load_with_any_source(tmp_path):
+    warc = tmp_path / "a.warc.gz"
+    warc.write_bytes(b"")
+    p = _spec(tmp_path, f"""\
+        d: {{kind: crawl, source: local_docs, max_pages: 400, max_depth: 3, snapshot: '2025-01'}}
+        h: {{kind: crawl, source: http, seeds: ['https://example.com/'], allowed_hosts: [example.com]}}
+        w: {{kind: crawl, source: warc, warc: [{warc}], max_pages: 400, snapshot: '2025-01'}}
+        """)
+    assert set(load_spec(p).stages) == {"d", "h", "w"}
+
+
 # ------------------------------------------------------------------------------------ distill's student
 @pytest.mark.parametrize(
     "body, field, words",
