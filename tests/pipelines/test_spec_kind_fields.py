@@ -142,3 +142,26 @@ def test_config_that_is_no_merge_is_one_issue(tmp_path, body, field, words):
 def test_task_arithmetic_with_a_base_loads(tmp_path):
     p = extending_spec(tmp_path, TINY, "merged: {method: task_arithmetic, base: sft2, weights: [0.5, 0.5]}")
     assert load_spec(p).stages["merged"].config.base == "sft2"
+
+
+# -------------------------------------------------------------------------------------------------- filter
+@pytest.mark.parametrize(
+    "filters, field, words",
+    [
+        ("[{gopher_quality: {min_doc_words: lots}}]", "filters",
+         ["gopher_quality parameter 'min_doc_words' must be an integer", "got 'lots'"]),
+        ("[{c4: {filter_javascript: 1}}]", "filters", ["must be true or false"]),
+        ("[{gopher_repetition: {dup_n_grams: [[5, high]]}}]", "filters", ["[n, fraction] pairs"]),
+        ("[{language: {languages: en}}]", "filters", ["a list of language codes"]),
+        ("[{language: 5}]", "filters", ["must be a mapping, or a list of language codes"]),
+    ],
+)
+def test_bad_filter_entry_or_parameter_is_one_issue(tmp_path, filters, field, words):
+    assert_one_issue(extending_spec(tmp_path, TINY, f"clean: {{filters: {filters}}}"), "clean", field, words)
+
+
+def test_filter_parameters_of_the_right_types_load(tmp_path):
+    filters = ("[{language: [en, fr]}, {gopher_quality: {min_doc_words: null, max_symbol_word_ratio: 1}},"
+               " {fineweb: {stop_chars: ['.', '!']}}, {c4: {filter_javascript: false}}]")
+    p = extending_spec(tmp_path, TINY, f"clean: {{filters: {filters}}}")
+    assert len(load_spec(p).stages["clean"].config.filters) == 4

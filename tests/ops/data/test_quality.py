@@ -234,6 +234,33 @@ def test_load_documents_broken_encodings_and_bad_columns(lmforge_home, tmp_path)
     assert errs and errs[0][0] == "paths"
 
 
+def test_filter_parameter_types_match_datatrove():
+    """Every parameter lmforge declares for a datatrove filter is one of its __init__ parameters, and
+    datatrove's own default is a value of the declared type (so a spec may write what datatrove takes)."""
+    import inspect
+
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+    from pydantic import TypeAdapter
+
+    from ops.data.filter_spec import FILTER_PARAMS
+    from ops.data.filters import LanguageFilter
+
+    classes = {"language": LanguageFilter, "gopher_repetition": GopherRepetitionFilter,
+               "gopher_quality": GopherQualityFilter, "c4": C4QualityFilter, "fineweb": FineWebQualityFilter}
+    assert set(classes) == set(FILTER_PARAMS)
+    for name, params in FILTER_PARAMS.items():
+        sig = inspect.signature(classes[name].__init__).parameters
+        for p, (tp, _words) in params.items():
+            assert p in sig, (name, p)
+            if sig[p].default is not inspect.Parameter.empty:
+                TypeAdapter(tp).validate_python(sig[p].default)
+
+
 def _warc_bytes(pages: list[tuple[str, bytes, str]]) -> bytes:
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
