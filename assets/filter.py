@@ -9,9 +9,10 @@ survives, its blocking check names the filter that removed the rest.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 from .data import DataExecutor, executor_field, file_identity, funnel_markdown
 from .registry import (
@@ -27,9 +28,20 @@ from .registry import (
 )
 
 
+def _filter_entry(v: Any) -> Any:
+    # one error naming the entry, instead of one per shape pydantic tried
+    if isinstance(v, str) or (isinstance(v, dict) and len(v) == 1):
+        return v
+    raise PydanticCustomError(
+        "filter_entry",
+        "a filter is a name or a one-key mapping {name: parameters} (c4, {c4: {min_num_sentences: 3}}, "
+        "{language: [en]})",
+    )
+
+
 class FilterConfig(StageConfig):
     from_: str = ref("documents", alias="from", description="documents to filter")
-    filters: list[str | dict[str, Any]] = Field(
+    filters: list[Annotated[Any, AfterValidator(_filter_entry)]] = Field(
         default_factory=lambda: ["language", "gopher_repetition", "gopher_quality", "c4", "fineweb"],
         description="filters in order: names or {name: parameters}; names: language (py3langid; "
         "{language: [en]} or {language: {languages: [en], min_score: 0.65}}), gopher_repetition, "

@@ -148,6 +148,8 @@ def test_task_arithmetic_with_a_base_loads(tmp_path):
 @pytest.mark.parametrize(
     "filters, field, words",
     [
+        ("[[c4]]", "filters.0", ["a filter is a name or a one-key mapping", "got ['c4']"]),
+        ("[c4, {c4: {}, fineweb: {}}]", "filters.1", ["one-key mapping"]),
         ("[{gopher_quality: {min_doc_words: lots}}]", "filters",
          ["gopher_quality parameter 'min_doc_words' must be an integer", "got 'lots'"]),
         ("[{c4: {filter_javascript: 1}}]", "filters", ["must be true or false"]),
