@@ -171,11 +171,14 @@ def _task_set_format(cfg: Any) -> str:
 def validate(
     config: EvaluateConfig, kinds: dict[str, str], configs: dict[str, Any] | None = None
 ) -> list[tuple[str, str]]:
-    """Refuse an empty ``models``, non-task stages in ``tasks`` and task stages known to carry no answers.
+    """Refuse an empty ``models``, non-task stages in ``tasks``, task stages known to carry no answers and an
+    unknown ``language``.
 
     ``kinds`` maps each referenced stage to its kind name; ``configs`` (when the compiler passes it) maps
     each to its config so answerless task sources are refused before anything runs.
     """
+    from ops.rewards import check_language
+
     from .registry import load_kinds
 
     known = load_kinds()
@@ -203,6 +206,10 @@ def validate(
         problems.append(("budgets" if config.budgets else "wait_extensions", _SWEEP_NEEDS_TAGS))
     if not config.tasks and config.corpus is None:
         problems.append(("tasks", "nothing to evaluate: give tasks and/or a corpus"))
+    try:
+        check_language(config.language)
+    except ValueError as e:
+        problems.append(("language", str(e)))
     return problems
 
 

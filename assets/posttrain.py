@@ -296,10 +296,14 @@ def write_curve(out: Path, records: list[dict], keys: list[str], name: str = "cu
 
 
 def validate_rewards(cfg, refs) -> list[tuple[str, str]]:
-    from ops.rewards import parse_specs
+    """The reward list's problem, on the field ``rewards`` or, for one parameter, on its place in the list
+    (``rewards.0.accuracy``)."""
+    from ops.rewards import RewardParamError, parse_specs
 
     try:
         parse_specs(list(cfg.rewards))
+    except RewardParamError as e:
+        return [(f"rewards.{e.where}", e.message)]
     except ValueError as e:
         return [("rewards", str(e))]
     return []

@@ -71,6 +71,15 @@ class UnknownReward(ValueError):
     pass
 
 
+class RewardParamError(ValueError):
+    """A parameter of one entry of a reward list that is not what the reward takes; ``where`` locates it in
+    the list (``0.accuracy``: entry 0's parameters, ``1.language.target``: one parameter)."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.where, self.message = where, message
+
+
 def register_reward(name: str, version: str, description: str, params: tuple[str, ...] = ()):
     """Decorator: register ``fn(batch, **params) -> list[float]`` as reward ``name``."""
 
@@ -97,18 +106,27 @@ class RewardSpec:
 
 
 def parse_specs(items: list[Any]) -> list[RewardSpec]:
-    """``["accuracy", {"language": {"weight": 0.1, "target": "en"}}]`` -> specs; unknown name/param -> error."""
+    """``["accuracy", {"language": {"weight": 0.1, "target": "en"}}]`` -> specs; unknown name/param -> error,
+    a parameter value of the wrong kind -> :class:`RewardParamError` saying where."""
     specs = []
-    for it in items:
+    for i, it in enumerate(items):
         if isinstance(it, str):
             name, opts = it, {}
         elif isinstance(it, dict) and len(it) == 1:
             name, opts = next(iter(it.items()))
-            opts = dict(opts or {})
         else:
             raise ValueError(f"a reward is a name or a one-key mapping {{name: {{weight, ...}}}}, got {it!r}")
         r = get_reward(name)
-        weight = float(opts.pop("weight", 1.0))
+        if not isinstance(opts, dict | None):
+            raise RewardParamError(
+                f"{i}.{name}",
+                f"parameters are a mapping of {['weight', *r.params]} (e.g. {{{name}: {{weight: 0.5}}}}), "
+                f"got {opts!r}",
+            )
+        opts = dict(opts or {})
+        weight = opts.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise RewardParamError(f"{i}.{name}.weight", f"expected a number, got {weight!r}")
         bad = set(opts) - set(r.params)
         if bad:
             raise ValueError(
@@ -118,7 +136,12 @@ def parse_specs(items: list[Any]) -> list[RewardSpec]:
             check_format_name(opts[FORMAT_PARAM])
         if name == "random":
             _check_random_params(opts)
-        specs.append(RewardSpec(name, weight, opts))
+        if name == "language" and "target" in opts:
+            try:
+                check_language(opts["target"])
+            except ValueError as e:
+                raise RewardParamError(f"{i}.language.target", str(e)) from None
+        specs.append(RewardSpec(name, float(weight), opts))
     if not specs:
         raise ValueError("at least one reward is required")
     return specs
@@ -189,6 +212,15 @@ _SCRIPTS = {
 }
 
 
+LANGUAGES = tuple(sorted(_SCRIPTS))  # targets of language consistency (the reward, evaluate's metric)
+
+
+def check_language(target: Any) -> None:
+    """Raise ``ValueError`` unless ``target`` is a language code whose script is known."""
+    if not isinstance(target, str) or target not in _SCRIPTS:
+        raise ValueError(f"unknown language {target!r}; known: {', '.join(LANGUAGES)}")
+
+
 def _word_script(word: str) -> str | None:
     """The script of a word's first letter (``LATIN``, ``CJK``...), None for a word without letters."""
     for ch in word:
@@ -202,8 +234,7 @@ def _word_script(word: str) -> str | None:
 
 def language_share(text: str, target: str = "en") -> float:
     """Share of words (whitespace/punctuation separated runs with a letter) in the target script."""
-    if target not in _SCRIPTS:
-        raise ValueError(f"language reward: unknown target {target!r}; known: {sorted(_SCRIPTS)}")
+    check_language(target)
     want = _SCRIPTS[target]
     words, cur = [], []
     for ch in text:

@@ -64,6 +64,27 @@ def test_unknown_reward_parameter_is_an_error():
         R.parse_specs([{"accuracy": {"target": "en"}}])
 
 
+@pytest.mark.parametrize(
+    "items, where",
+    [
+        ([{"accuracy": [1]}], "0.accuracy"),
+        (["format", {"accuracy": {"weight": "high"}}], "1.accuracy.weight"),
+        (["accuracy", {"language": {"target": "tlh"}}], "1.language.target"),
+    ],
+)
+def test_a_bad_parameter_value_is_an_error_saying_where(items, where):
+    with pytest.raises(R.RewardParamError) as ei:
+        R.parse_specs(items)
+    assert ei.value.where == where and str(ei.value).startswith(f"{where}: ")
+
+
+def test_language_targets_are_checked_by_one_function():
+    R.check_language("en")
+    with pytest.raises(ValueError, match="unknown language 'tlh'; known: ar, de"):
+        R.language_share("qapla", "tlh")
+    assert set(R.LANGUAGES) >= {"en", "zh", "ru"}
+
+
 def test_custom_reward_plugs_in_and_is_versioned():
     name = "test_short_answer"
     if name not in R.REWARDS:

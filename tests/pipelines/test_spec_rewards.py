@@ -1,5 +1,7 @@
-"""Reward lists and evaluation sweeps in a spec: an unknown reward, a bad control-reward parameter or a sweep
-that is not increasing is one issue naming the file, the stage and the field, raised when the spec loads
+"""Reward lists and evaluation sweeps in a spec: an unknown reward, a bad control-reward parameter, parameters
+that are not a mapping, a weight that is not a number, an unknown language (of the language reward or of
+evaluate's language consistency) or a sweep that is not increasing is one issue naming the file, the stage and
+the field (a reward's parameter by its place in the list: ``rewards.0.accuracy``), raised when the spec loads
 (before any compute); the controls themselves load."""
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def _write(tmp_path: Path, stage: str, body: str) -> Path:
         ("rl1", "rewards: [{random: {p: 1.5}}]", "rewards", ["p must be a probability in [0, 1]"]),
         ("rl1", "rewards: [{random: {prob: 0.5}}]", "rewards", ["no parameter(s) ['prob']"]),
         ("rl2", "rewards: [acc]", "rewards", ["unknown reward 'acc'"]),
+        ("rl1", "rewards: [{accuracy: [1]}]", "rewards.0.accuracy",
+         ["parameters are a mapping of ['weight', 'answer_format']", "got [1]"]),
+        ("rl2", "rewards: [accuracy, {format: {weight: high}}]", "rewards.1.format.weight", ["expected a number"]),
+        ("rl1", "rewards: [accuracy, {language: {target: 123}}]", "rewards.1.language.target",
+         ["unknown language 123", "en, es"]),
+        ("eval", "language: klingon", "language", ["unknown language 'klingon'", "known: ar"]),
         ("eval", "budgets: [32, 16, 64]", "budgets", ["strictly increasing", "16 after 32"]),
         ("eval", "budgets: [8, 8]", "budgets", ["strictly increasing"]),
         ("eval", "wait_extensions: [2, 1]", "wait_extensions", ["strictly increasing"]),
