@@ -146,6 +146,34 @@ def validate(cfg, refs=None) -> list[tuple[str, str]]:
     return errs
 
 
+def _holds_no_rows(path: str) -> bool:
+    """Whether a data file that can be read holds no row: a Parquet footer's count, a JSON-lines file with no
+    line but blanks (read up to its first row only); False for a missing or unreadable file."""
+    from ops.loaders import read_rows
+
+    p = Path(path).expanduser()
+    try:
+        if p.name.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.read_metadata(p).num_rows == 0
+        if p.name.lower().endswith(".json"):
+            return not read_rows(p)
+        with p.open("rb") as fh:
+            return not any(line.strip() for line in fh)
+    except Exception:  # noqa: BLE001 - a missing or unreadable file is validate's to report
+        return False
+
+
+def validate_spec(cfg, refs=None) -> list[tuple[str, str]]:
+    """:func:`validate` (which the run repeats), with an empty file reported once, as empty, instead of as
+    each mapped column missing from it."""
+    empty = [(fld, path) for fld, path in _files(cfg) if _holds_no_rows(path)]
+    rest = cfg.model_copy(update={fld: None for fld, _ in empty})
+    errs = [(fld, f"{Path(p).expanduser()}: the file is empty (no rows)") for fld, p in empty]
+    return errs + validate(rest)
+
+
 def fingerprint(cfg):
     """The content of each file (sha256 and size), never its path."""
     from ops.loaders import file_digest
@@ -234,7 +262,7 @@ TASK_FILE = register(
         run=run_task_file,
         description="Tasks from a user Parquet/JSONL (GSM8K, MATH or plain answers) with row provenance",
         checks=(*NON_EMPTY, CheckSpec("splits_disjoint", "no question in both train and eval")),
-        validate=validate,
+        validate=validate_spec,
         fingerprint=fingerprint,
     )
 )
@@ -268,7 +296,7 @@ CHAT_FILE = register(
         run=run_chat_file,
         description="Chat SFT data from a user Parquet/JSONL (messages lists or prompt/response) with provenance",
         checks=NON_EMPTY,
-        validate=validate,
+        validate=validate_spec,
         fingerprint=fingerprint,
     )
 )
@@ -301,7 +329,7 @@ PREFERENCE_FILE = register(
         run=run_preference_file,
         description="Preference pairs from a user Parquet/JSONL (text or UltraFeedback-style message lists)",
         checks=NON_EMPTY,
-        validate=validate,
+        validate=validate_spec,
         fingerprint=fingerprint,
     )
 )

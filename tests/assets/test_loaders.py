@@ -1,6 +1,7 @@
 """The file loader kinds (task_file, chat_file, preference_file) run directly: versioned by content, rows with
 provenance, bad rows counted and refused past max_bad_fraction, missing files/columns refused before compute
-(and at compile time naming file, stage and field), and the artifacts consumed by sft, reward_model, dpo."""
+(and at compile time naming file, stage and field; an empty file as one issue saying so), and the artifacts
+consumed by sft, reward_model, dpo."""
 
 from __future__ import annotations
 
@@ -125,6 +126,24 @@ def test_missing_file_or_column_is_refused_before_compute_and_at_compile(lmforge
         load_spec(spec)
     got = {(i.file, i.stage, i.field) for i in ei.value.issues}
     assert got == {(str(spec), "math", "question_column"), (str(spec), "prefs", "path")}, str(ei.value)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["empty.jsonl", "blank.jsonl", "empty.json", "empty.parquet"])
+def test_an_empty_file_is_one_issue_saying_so(tmp_path, name):
+    from tests.spec_helpers import assert_one_issue
+
+    f = tmp_path / name
+    if name.endswith(".parquet"):  # the columns are there, the rows are not
+        pq.write_table(pa.table({"question": pa.array([], pa.string()), "answer": pa.array([], pa.string())}), f)
+    else:
+        f.write_text({"empty.jsonl": "", "blank.jsonl": "\n  \n", "empty.json": "[]"}[name])
+    good = _jsonl(tmp_path / "good.jsonl", [{"question": "1+1?", "answer": "2"}])
+    for field, stage in (("path", f"{{kind: task_file, path: {f}}}"),
+                         ("eval_path", f"{{kind: task_file, path: {good}, eval_path: {f}}}")):
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"pipeline: p\nstages:\n  t: {stage}\n")
+        assert_one_issue(spec, "t", field, [f"{f}: the file is empty (no rows)"])
 
 
 @pytest.mark.unit
