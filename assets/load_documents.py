@@ -64,6 +64,30 @@ def _validate_load(c: LoadDocumentsConfig, refs: dict[str, str]) -> list[tuple[s
     return errs
 
 
+def _is_text(t) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        return _is_text(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _validate_spec(c: LoadDocumentsConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
+    """:func:`_validate_load` (which the run repeats) and the type of each Parquet file's text column: the
+    loader takes a non-string value for an empty text, so a column of numbers would load no document."""
+    errs = _validate_load(c, refs)
+    if errs:
+        return errs
+    import pyarrow.parquet as pq
+
+    for f in glob_paths(c.paths):
+        if f.suffix == ".parquet":
+            t = pq.read_schema(f).field(c.text_column).type
+            if not _is_text(t):
+                errs.append(("text_column", f"{f}: column {c.text_column!r} holds {t}, not text (string)"))
+    return errs
+
+
 def _run_load(run: StageRun) -> StageResult:
     c: LoadDocumentsConfig = run.config
     from ops.data.load import load_documents
@@ -97,7 +121,7 @@ register(
         run=_run_load,
         description="Parquet/JSONL document sets with a text column -> documents.parquet",
         checks=(CheckSpec("non_empty", "at least one document was loaded", blocking=True),),
-        validate=_validate_load,
+        validate=_validate_spec,
         fingerprint=lambda c: file_identity(glob_paths(c.paths)),
     )
 )

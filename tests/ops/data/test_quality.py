@@ -234,6 +234,21 @@ def test_load_documents_broken_encodings_and_bad_columns(lmforge_home, tmp_path)
     assert errs and errs[0][0] == "paths"
 
 
+def test_load_documents_text_column_that_is_not_text_is_one_issue_at_compile(tmp_path):
+    from tests.spec_helpers import assert_one_issue
+
+    ints = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"text": [1, 2]}), ints)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"pipeline: p\nstages:\n  docs: {{kind: load_documents, paths: [{ints}]}}\n")
+    assert_one_issue(spec, "docs", "text_column", [f"{ints}: column 'text' holds int64, not text"])
+    # dictionary-encoded text is text
+    pq.write_table(pa.table({"text": pa.array(["a b", "c d"]).dictionary_encode()}), ints)
+    from pipelines.spec import load_spec
+
+    assert load_spec(spec).stages["docs"].config.paths == [str(ints)]
+
+
 def test_filter_parameter_types_match_datatrove():
     """Every parameter lmforge declares for a datatrove filter is one of its __init__ parameters, and
     datatrove's own default is a value of the declared type (so a spec may write what datatrove takes)."""
