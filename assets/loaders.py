@@ -146,7 +146,7 @@ def validate(cfg, refs=None) -> list[tuple[str, str]]:
     return errs
 
 
-def _holds_no_rows(path: str) -> bool:
+def holds_no_rows(path: str) -> bool:
     """Whether a data file that can be read holds no row: a Parquet footer's count, a JSON-lines file with no
     line but blanks (read up to its first row only); False for a missing or unreadable file."""
     from ops.loaders import read_rows
@@ -168,7 +168,7 @@ def _holds_no_rows(path: str) -> bool:
 def validate_spec(cfg, refs=None) -> list[tuple[str, str]]:
     """:func:`validate` (which the run repeats), with an empty file reported once, as empty, instead of as
     each mapped column missing from it."""
-    empty = [(fld, path) for fld, path in _files(cfg) if _holds_no_rows(path)]
+    empty = [(fld, path) for fld, path in _files(cfg) if holds_no_rows(path)]
     rest = cfg.model_copy(update={fld: None for fld, _ in empty})
     errs = [(fld, f"{Path(p).expanduser()}: the file is empty (no rows)") for fld, p in empty]
     return errs + validate(rest)

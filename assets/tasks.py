@@ -132,10 +132,17 @@ _PARQUET_ONLY = ("path", "eval_path")
 
 
 def _validate_spec(cfg: ReasoningTasksConfig, refs: dict[str, str]) -> list[tuple[str, str]]:
-    """:func:`_validate` (which the run repeats for a user Parquet) and the fields the generator would ignore,
-    when set to anything but their defaults."""
+    """:func:`_validate` (which the run repeats for a user Parquet), an empty user file, and the fields the
+    generator would ignore, when set to anything but their defaults."""
+    from .loaders import holds_no_rows
+
     errs = _validate(cfg, refs)
     if cfg.generator == "parquet":
+        errs += [
+            (f, f"{Path(v).expanduser()}: the file is empty (no rows)")
+            for f in _PARQUET_ONLY
+            if (v := getattr(cfg, f)) and not any(e[0] == f for e in errs) and holds_no_rows(v)
+        ]
         errs += [
             (f, "applies to the arithmetic generator only (generator 'parquet' uses every row of its files); "
              "remove it")

@@ -55,6 +55,16 @@ def test_files_the_arithmetic_generator_ignores_are_refused_even_when_missing(tm
     assert_one_issue(p, "t", field, ["generator 'parquet' only", "task_file"])
 
 
+@pytest.mark.parametrize("field", ["path", "eval_path"])
+def test_an_empty_user_parquet_is_one_issue(tmp_path, task_parquet, field):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"question": pa.array([], pa.string()), "answer": pa.array([], pa.string())}), empty)
+    files = {"path": task_parquet, field: empty}
+    p = _spec(tmp_path, "t: {kind: reasoning_tasks, generator: parquet, "
+              + ", ".join(f"{k}: {v}" for k, v in files.items()) + "}")
+    assert_one_issue(p, "t", field, [f"{empty}: the file is empty (no rows)"])
+
+
 def test_each_generator_loads_with_its_own_fields(tmp_path, task_parquet):
     p = _spec(tmp_path, f"""\
         a: {{kind: reasoning_tasks, train: 5, eval: 2, difficulties: [3], seed: 5}}
