@@ -44,6 +44,15 @@ def _valid_name(name: Any) -> bool:
     return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
+def _field_line(lines: dict, stage: str, field: Any) -> int | None:
+    """The line of a stage's field; for a dotted one (``rewards.0.accuracy``), of its longest written prefix."""
+    parts = str(field).split(".") if field is not None else []
+    for n in range(len(parts), 0, -1):
+        if (line := lines.get(("stages", stage, *parts[:n]))) is not None:
+            return line
+    return lines.get(("stages", stage, str(field)))
+
+
 @dataclass
 class Stage:
     name: str
@@ -250,7 +259,7 @@ def load_spec(spec: str | Path, *, fingerprints: bool = True, missing_ok: bool =
                 problems = [(None, f"validation failed: {e}")]
             for problem in problems or []:
                 fld, msg = problem
-                issues.append(SpecIssue(f, st.name, fld, msg, lines.get(("stages", st.name, str(fld))),
+                issues.append(SpecIssue(f, st.name, fld, msg, _field_line(lines, st.name, fld),
                                         missing_input=isinstance(problem, MissingInput)))
 
     # automation

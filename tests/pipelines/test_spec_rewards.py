@@ -49,6 +49,14 @@ def test_bad_reward_or_sweep_is_one_issue_naming_file_stage_and_field(tmp_path, 
     assert_one_issue(_write(tmp_path, stage, body), stage, field, words)
 
 
+def test_a_field_inside_a_list_is_located_at_the_line_that_writes_the_list(tmp_path):
+    p = _write(tmp_path, "rl1", "steps: 4\nrewards:\n  - accuracy: [1]\n")
+    with pytest.raises(SpecError) as ei:
+        load_spec(p)
+    (issue,) = ei.value.issues
+    assert (issue.field, issue.line) == ("rewards.0.accuracy", 6)  # the `rewards:` line, not the stage's
+
+
 @pytest.mark.parametrize("rewards", ["[random]", "[{random: {p: 0.5, seed: 3}}]", "[format]"])
 def test_control_rewards_load(tmp_path, rewards):
     spec = load_spec(_write(tmp_path, "rl1", f"rewards: {rewards}"))
