@@ -91,13 +91,8 @@ _pretrain(__import__("pathlib").Path(sys.argv[1]), json.loads(sys.argv[2]))
 """
 
 
-@pytest.mark.slow
-def test_stage_killed_then_rematerialized_is_bitwise_identical(base_home, tmp_path):
-    cfg = {**TINY, "tokens": 40 * 8 * 64}
-    ref_home = _home_copy(base_home, tmp_path / "ref")
-    ref, ref_res = _pretrain(ref_home, cfg)
-
-    home = _home_copy(base_home, tmp_path / "crash")
+def _kill_at_first_checkpoint(home: Path, cfg: dict) -> None:
+    """Run the stage in a child process and SIGKILL it once it has written a checkpoint."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen(
         [sys.executable, "-c", _CHILD.format(root=str(ROOT)), str(home), json.dumps(cfg)],
@@ -112,6 +107,16 @@ def test_stage_killed_then_rematerialized_is_bitwise_identical(base_home, tmp_pa
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert list(home.glob(ck_glob)), "no checkpoint was written before the kill"
+
+
+@pytest.mark.slow
+def test_stage_killed_then_rematerialized_is_bitwise_identical(base_home, tmp_path):
+    cfg = {**TINY, "tokens": 40 * 8 * 64}
+    ref_home = _home_copy(base_home, tmp_path / "ref")
+    ref, ref_res = _pretrain(ref_home, cfg)
+
+    home = _home_copy(base_home, tmp_path / "crash")
+    _kill_at_first_checkpoint(home, cfg)
     assert not list(home.glob("artifacts/pretrain/*/manifest.json"))  # nothing half-stored
 
     art, res = _pretrain(home, cfg)
@@ -132,20 +137,8 @@ def test_killed_run_leaves_no_torchrun_rank_behind_and_the_rerun_resumes(base_ho
 
     cfg = {**TINY, "tokens": 400 * 8 * 64, "launcher": "torchrun"}
     home = _home_copy(base_home, tmp_path / "crash")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen(
-        [sys.executable, "-c", _CHILD.format(root=str(ROOT)), str(home), json.dumps(cfg)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 240
-    ck_glob, rank_glob = "work/pretrain/*/checkpoints/step-*/state.json", "work/pretrain/*/rank0.json"
-    while time.time() < deadline and p.poll() is None and not list(home.glob(ck_glob)):
-        time.sleep(0.02)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    assert list(home.glob(ck_glob)), "no checkpoint was written before the kill"
+    _kill_at_first_checkpoint(home, cfg)
+    rank_glob = "work/pretrain/*/rank0.json"
     pid = json.loads(next(home.glob(rank_glob)).read_text())["pid"]
     deadline = time.time() + 60
     while _alive(pid) and time.time() < deadline:
