@@ -8,6 +8,24 @@ from pathlib import Path
 import pytest
 
 
+def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    """``text`` (dedented) written to ``tmp_path / name``."""
+    p = tmp_path / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def only_issue(path: Path):
+    """Loading ``path`` fails with exactly one issue: ``(issue, the error's text)``."""
+    from pipelines.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError) as ei:
+        load_spec(path)
+    assert len(ei.value.issues) == 1, str(ei.value)
+    return ei.value.issues[0], str(ei.value)
+
+
 def extending_spec(tmp_path: Path, parent: Path, stages: str) -> Path:
     """A spec file ``pipeline: p`` that extends ``parent`` with ``stages`` (a YAML mapping, any indentation)."""
     p = tmp_path / "spec.yaml"

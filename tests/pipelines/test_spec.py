@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,24 +11,17 @@ import pytest
 import tests.pipelines.toy_kinds  # noqa: F401  (registers toy kinds)
 from ops.fingerprint import UnhashableValue, stable_hash
 from pipelines.spec import SpecError, load_spec, select_stages
+from tests.spec_helpers import only_issue
+from tests.spec_helpers import write_spec as write
 
 SPECS = Path(__file__).parent / "specs"
 pytestmark = pytest.mark.unit
 
 
-def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return p
-
-
 def one_issue(path: Path):
-    with pytest.raises(SpecError) as ei:
-        load_spec(path)
-    assert len(ei.value.issues) == 1, str(ei.value)
-    issue = ei.value.issues[0]
+    issue, msg = only_issue(path)
     assert issue.file == str(path)
-    return issue, str(ei.value)
+    return issue, msg
 
 
 def test_toy_spec_loads_in_topological_order():

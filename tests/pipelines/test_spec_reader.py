@@ -4,29 +4,14 @@ from a parent names the parent's file and line, where the value is written."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
 
 import tests.pipelines.toy_kinds  # noqa: F401  (registers toy kinds)
-from pipelines.spec import SpecError, load_spec
+from pipelines.spec import load_spec
+from tests.spec_helpers import only_issue
+from tests.spec_helpers import write_spec as write
 
 pytestmark = pytest.mark.unit
-
-
-def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
-    p = tmp_path / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(textwrap.dedent(text))
-    return p
-
-
-def only_issue(path: Path):
-    with pytest.raises(SpecError) as ei:
-        load_spec(path)
-    assert len(ei.value.issues) == 1, str(ei.value)
-    return ei.value.issues[0], str(ei.value)
 
 
 @pytest.mark.parametrize(
