@@ -105,7 +105,10 @@ def _run_load(run: StageRun) -> StageResult:
         source=run.version,
     )
     n = summary["documents"]
-    checks = [CheckOutcome("non_empty", n > 0, f"{n} documents loaded")]
+    skipped = f"; skipped {summary['empty_text']} rows with empty text" if summary["empty_text"] else ""
+    if summary["not_text"]:
+        skipped += f"; skipped {summary['not_text']} rows whose text is not text ({summary['first_not_text']}, ...)"
+    checks = [CheckOutcome("non_empty", n > 0, f"{n} documents loaded{skipped}")]
     return StageResult(
         metrics={k: v for k, v in summary.items() if isinstance(v, int | float)},
         metadata={"summary": Json(summary)},

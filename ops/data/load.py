@@ -52,7 +52,8 @@ def load_documents(
 ) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    counts = {"broken_encoding": 0, "empty_text": 0}
+    counts = {"broken_encoding": 0, "empty_text": 0, "not_text": 0}
+    first_not_text = ""
     rows: list[dict[str, Any]] = []
     for f in files:
         if f.suffix == ".parquet":
@@ -64,7 +65,11 @@ def load_documents(
             if text_column not in obj:
                 raise ValueError(f"{f}:{n}: no column {text_column!r}")
             text = obj[text_column]
-            if not isinstance(text, str) or not text.strip():
+            if text is not None and not isinstance(text, str):  # a number, list or mapping: not a document
+                counts["not_text"] += 1
+                first_not_text = first_not_text or f"{f}:{n}: {text_column!r} is {type(text).__name__}"
+                continue
+            if text is None or not text.strip():
                 counts["empty_text"] += 1
                 continue
             url = str(obj[url_column]) if url_column and obj.get(url_column) is not None else None
@@ -83,4 +88,4 @@ def load_documents(
                 }
             )
     n = write_documents(rows, out)
-    return {"files": len(files), "documents": n, **counts}
+    return {"files": len(files), "documents": n, **counts, "first_not_text": first_not_text}

@@ -249,6 +249,16 @@ def test_load_documents_text_column_that_is_not_text_is_one_issue_at_compile(tmp
     assert load_spec(spec).stages["docs"].config.paths == [str(ints)]
 
 
+def test_load_documents_jsonl_rows_whose_text_is_not_text_are_named(lmforge_home, tmp_path):
+    f = tmp_path / "docs.jsonl"
+    f.write_text('{"text": "fine text"}\n{"text": 42}\n{"text": ""}\n{"text": null}\n{"text": ["a"]}\n')
+    out, res = run_kind("load_documents", {"paths": [str(f)]}, lmforge_home)
+    assert out.metrics["documents"] == 1 and out.metrics["not_text"] == 2 and out.metrics["empty_text"] == 2
+    (check,) = [c for c in res.checks if c.name == "non_empty"]
+    assert "skipped 2 rows whose text is not text" in check.description
+    assert f"{f}:2: 'text' is int" in check.description
+
+
 def test_filter_parameter_types_match_datatrove():
     """Every parameter lmforge declares for a datatrove filter is one of its __init__ parameters, and
     datatrove's own default is a value of the declared type (so a spec may write what datatrove takes)."""
