@@ -5,7 +5,8 @@ Layout of a ``tokens`` artifact::
     train/shard-00000.bin ...   flat little-endian token ids; every document is followed by <|endoftext|>
     val/shard-00000.bin ...     the held-out split (whole documents, never split across train/val)
     index.parquet               doc_id, split, shard, offset, n_tokens (incl. eos), n_bytes (UTF-8 of the text)
-    meta.json                   dtype, vocab_size, eos_id, totals per split, token byte lengths file name
+    meta.json                   dtype, vocab_size, eos_id, totals and shard counts per split (readers
+                                read exactly those shards)
     token_bytes.npy             bytes each token id decodes to (0 for special tokens), for bits/byte
 
 Key design choice: we tokenize with the HF ``tokenizers`` Rust encoder directly (``encode_batch`` is
@@ -196,6 +197,19 @@ class _ShardWriter:
         return self.total
 
 
+def shard_files(root: Path, split: str, meta: dict[str, Any]) -> list[Path]:
+    """The shards of ``split`` that ``meta.json`` lists, in order: a stray ``shard-*.bin`` beside them is
+    never read; a listed one that is missing is an error."""
+    n = meta.get("shards", {}).get(split)
+    if n is None:  # written before meta.json counted its shards
+        return sorted((root / split).glob("shard-*.bin"))
+    files = [root / split / f"shard-{i:05d}.bin" for i in range(n)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root}: meta.json lists {n} {split} shards; missing: {', '.join(missing)}")
+    return files
+
+
 class TokenStream:
     """One split of a tokens artifact as a single flat array (shards concatenated, memory-mapped)."""
 
@@ -208,11 +222,16 @@ class TokenStream:
             raise FileNotFoundError(f"{self.root}: not a tokens artifact (no meta.json)")
         self.meta = json.loads(meta_f.read_text())
         dtype = np.dtype(self.meta["dtype"])
-        files = sorted((self.root / split).glob("shard-*.bin"))
+        files = shard_files(self.root, split, self.meta)
         parts = [np.memmap(f, dtype=dtype, mode="r") for f in files if f.stat().st_size > 0]
         self.tokens = (
             parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts else np.zeros(0, dtype))
         )
+        expected = self.meta.get("tokens", {}).get(split)
+        if expected is not None and len(self.tokens) != expected:
+            raise ValueError(
+                f"{self.root}: {split} shards hold {len(self.tokens)} tokens, meta.json records {expected}"
+            )
         self.vocab_size = int(self.meta["vocab_size"])
         self.eos_id = int(self.meta["eos_id"])
         self.n_bytes = int(self.meta["bytes"][split])

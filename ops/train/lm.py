@@ -311,7 +311,10 @@ def resume_fingerprint(tokens_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
     import torch
     import transformers
 
-    shards = sorted(p for p in tokens_dir.rglob("shard-*.bin"))
+    from ops.tokens import shard_files
+
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    shards = [f for split in ("train", "val") for f in shard_files(tokens_dir, split, meta)]
     code = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     for f in sorted([*(code / "train").glob("*.py"), code / "model.py", code / "tokens.py"]):

@@ -180,6 +180,26 @@ def test_token_shards_split_by_document(tmp_path):
     assert 0 < unigram_entropy(val.tokens) < np.log(1024)
 
 
+@pytest.mark.unit
+def test_token_stream_reads_exactly_the_shards_meta_lists(tmp_path):
+    docs = pydoc_paragraphs()[:20]
+    tok = T.train_bpe([t for _, t in docs], 512)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    out = tmp_path / "out"
+    rep = tokenize_documents([a for a, _ in docs], [b for _, b in docs], tmp_path / "tokenizer.json", out)
+    stray = out / "train" / "shard-00001.bin"
+    stray.write_bytes(np.full(1000, 60000, np.uint16).tobytes())  # ids beyond the vocabulary
+    train = TokenStream(out, "train")
+    assert len(train) == rep.tokens["train"] and int(train.tokens.max()) < 512
+
+    (out / "train" / "shard-00000.bin").unlink()  # the listed shard is gone, a stray one is there
+    with pytest.raises(FileNotFoundError, match=r"meta.json lists 1 train shards; missing: .*shard-00000"):
+        TokenStream(out, "train")
+    stray.rename(out / "train" / "shard-00000.bin")  # a shard of another length in its place
+    with pytest.raises(ValueError, match=r"train shards hold 1000 tokens, meta.json records \d+"):
+        TokenStream(out, "train")
+
+
 def test_repeated_texts_are_encoded_once_with_the_same_tokens(tmp_path, monkeypatch):
     """A repeated document (``tasks_repeat`` > 1) is encoded once and stored with the same tokens each time,
     also when its copies fall into different encode batches."""
