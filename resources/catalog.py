@@ -4,8 +4,10 @@ Key design choice: the catalog is an *index*, never the system of record. Every 
 ``manifest.json`` in the store, so :meth:`Catalog.rebuild` recreates it from scratch (with the run history
 of the Dagster instance, when there is one, so per-stage views point where they pointed), and a lost or
 locked catalog never loses data. A missing or unreadable catalog is rebuilt before a query
-(:meth:`Catalog.ensure`), never answered with 0 rows. Writes are short transactions retried on DuckDB's cross-process file
-lock, because several Dagster step processes may register artifacts at once.
+(:meth:`Catalog.ensure`), never answered with 0 rows, and an artifact no longer stored (moved aside as
+damaged) is removed from it (:meth:`Catalog.forget`), never answered with a missing file. Writes are short
+transactions retried on DuckDB's cross-process file lock, because several Dagster step processes may
+register artifacts at once.
 
 Tables:
 * ``artifacts``: one row per stored artifact (kind, version, type, pipeline, stage, partition, path,
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .manifest import MANIFEST
 from .store import ArtifactStore, StoredArtifact
 
 SCHEMA = """
@@ -214,6 +217,61 @@ class Catalog:
             con.close()
         return len(arts)
 
+    def forget(self, versions: set[str], store: ArtifactStore) -> int:
+        """Remove artifacts that are no longer stored (moved aside as damaged, or deleted): their rows and
+        recorded runs, as :meth:`rebuild` would leave them, and every view that read their files. The union
+        views are recreated from what remains, and a per-stage view that showed one of them then shows
+        the latest recorded version of its stage that is still stored, if any. Returns how many it removed.
+        """
+        if not versions or not self.path.exists():
+            return 0
+        con = self._connect()
+        try:
+            con.execute("BEGIN")
+            marks = ",".join("?" * len(versions))
+            listed = f"SELECT version, path FROM artifacts WHERE version IN ({marks})"
+            gone = dict(con.execute(listed, sorted(versions)).fetchall())
+            if not gone:
+                con.execute("ROLLBACK")
+                return 0
+            marks = ",".join("?" * len(gone))
+            latest = (
+                "SELECT pipeline, stage, partition, version FROM (SELECT *, row_number() OVER (PARTITION BY "
+                "pipeline, stage, partition ORDER BY recorded_at DESC, rowid DESC) AS n FROM stage_runs) "
+                "WHERE n = 1 AND pipeline IS NOT NULL AND stage IS NOT NULL"
+            )
+            shown = [r[:3] for r in con.execute(latest).fetchall() if r[3] in gone]
+            for table in ("artifacts", "lineage", "stage_runs"):
+                con.execute(f"DELETE FROM {table} WHERE version IN ({marks})", list(gone))
+            unions = set()
+            views = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall()
+            for name, sql in views:
+                if any(f"{path}/" in sql for path in gone.values()):
+                    con.execute(f'DROP VIEW "{name}"')
+                    if name.startswith("all_"):
+                        unions.add(name[len("all_"):])
+            fallback = {r[:3]: r[3] for r in con.execute(latest).fetchall()}
+            for key in shown:
+                v = fallback.get(key)
+                row = v and con.execute("SELECT kind FROM artifacts WHERE version = ?", [v]).fetchone()
+                art = store.get(row[0], v) if row else None
+                if art is not None:
+                    self._views_for(con, art, *key, union=False)
+            self._union_views(con, unions)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        return len(gone)
+
+    def unlisted(self) -> set[str]:
+        """Versions the catalog lists whose directory no longer holds a manifest (one ``stat`` each)."""
+        con = self._connect(read_only=True)
+        try:
+            rows = con.execute("SELECT version, path FROM artifacts").fetchall()
+        finally:
+            con.close()
+        return {v for v, path in rows if not (Path(path) / MANIFEST).is_file()}
+
     def check(self) -> str | None:
         """None if the catalog can be read; else why not ("missing", "unreadable: ...")."""
         import duckdb
@@ -234,11 +292,16 @@ class Catalog:
 
     def ensure(self, store: ArtifactStore | None = None) -> str | None:
         """Rebuild a missing or unreadable catalog (an unreadable file is kept beside it for inspection),
-        with the run history of the Dagster instance under ``$LMFORGE_HOME/dagster`` when there is one.
-        Returns what was repaired, or None when the catalog was fine."""
+        with the run history of the Dagster instance under ``$LMFORGE_HOME/dagster`` when there is one;
+        :meth:`forget` the artifacts it lists that are no longer stored. Returns what was repaired, or None
+        when the catalog was fine."""
         problem = self.check()
         if problem is None:
-            return None
+            stale = self.unlisted()
+            if not stale:
+                return None
+            n = self.forget(stale, store or ArtifactStore(self.home))
+            return f"the catalog {self.path} listed {n} artifacts no longer stored; removed them"
         note = f"the catalog {self.path} was {problem}"
         if self.path.exists():
             aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")

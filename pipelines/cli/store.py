@@ -3,7 +3,7 @@
 Key design choice: these commands start no run: they read the artifact store and the DuckDB catalog
 (``catalog rebuild`` also reads the stage history the Dagster instance recorded). ``verify`` takes each
 version's lock before hashing its files, so it never judges an artifact that a run is writing, and a
-damaged one is moved aside (the next materialize recomputes it), never deleted.
+damaged one is moved aside (the next materialize recomputes it), never deleted, and leaves the catalog.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def cmd_catalog(args) -> int:
 def cmd_verify(args) -> int:
     """Hash every stored file against its manifest (all artifacts, or the versions a spec uses); a
     damaged artifact is moved aside (the next materialize recomputes it). Exit 1 if any was damaged."""
+    from resources.catalog import Catalog
     from resources.store import ArtifactStore
 
     from ..spec import load_spec
@@ -87,6 +88,7 @@ def cmd_verify(args) -> int:
     else:
         targets = [(k, v, "") for k, v in store.versions()]
     counts = {"ok": 0, "legacy": 0, "damaged": 0, "failed": 0, "absent": 0}
+    aside: set[str] = set()
     for kind, version, label in targets:
         name = f"{label + '  ' if label else ''}{kind}/{version}"
         with store.lock(kind, version, holder="lmforge verify", log=print):
@@ -110,8 +112,13 @@ def cmd_verify(args) -> int:
                 print(f"ok       {name} ({len(art.manifest['files']) if art else 0} files, SHA-256 match)")
                 continue
             counts["damaged"] += 1
-            aside = store.quarantine(kind, version, "; ".join(problems))
+            moved = store.quarantine(kind, version, "; ".join(problems))
+            aside.add(version)
             print(f"DAMAGED  {name}: {'; '.join(problems)}")
-            print(f"         moved aside to {aside}; the next materialize recomputes it")
+            print(f"         moved aside to {moved}; the next materialize recomputes it")
     print(", ".join(f"{n} {k}" for k, n in counts.items() if n or k == "ok"))
+    if aside:
+        n = Catalog(store.home).forget(aside, store)
+        if n:
+            print(f"the catalog no longer lists the {n} artifacts moved aside")
     return 1 if counts["damaged"] else 0

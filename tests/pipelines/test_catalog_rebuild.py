@@ -1,10 +1,12 @@
 """The catalog tells the truth: `lmforge catalog rebuild` restores the views and stage history it had
-(the latest recorded version per stage, not the last in sorted-version order), and a missing or
-unreadable catalog is rebuilt before `lmforge sql` answers, never an empty answer."""
+(the latest recorded version per stage, not the last in sorted-version order), a missing or
+unreadable catalog is rebuilt before `lmforge sql` answers, never an empty answer, and an artifact moved
+aside or removed leaves the catalog, never a view over missing files."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,40 @@ def test_missing_or_unreadable_catalog_is_rebuilt_not_empty(tmp_path, home, caps
     assert rows == [{"n": 1}] and "was unreadable" in err and "rebuilt" in err
     kept = list(home.glob("catalog.duckdb.unreadable-*"))
     assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not a duckdb file")
+
+
+def test_catalog_drops_what_verify_moved_aside_and_what_is_no_longer_stored(tmp_path, home, capsys):
+    first, second = _two_configs(tmp_path)
+    spec = tmp_path / "toy_cat.yaml"
+    for words in (first, second):
+        assert main(["--home", str(home), "materialize", str(_write(spec, words))]) == 0
+    v2 = load_spec(spec).stages["words"].version
+    listed = "SELECT version FROM artifacts ORDER BY version"
+    (v1,) = {r["version"] for r in _sql(home, listed, capsys)[0]} - {v2}
+    pq_file = home / "artifacts" / "toy_text" / v2 / "documents.parquet"
+    pq_file.write_bytes(pq_file.read_bytes()[:100])
+
+    capsys.readouterr()
+    assert main(["--home", str(home), "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED  toy_text/{v2}" in out
+    assert "the catalog no longer lists the 1 artifacts moved aside" in out
+    rows, err = _sql(home, listed, capsys)
+    assert rows == [{"version": v1}] and err == ""
+    # the stage's view falls back to its latest version still stored, as a rebuild would
+    view = "SELECT text FROM toy_cat__words__documents ORDER BY text"
+    assert [r["text"] for r in _sql(home, view, capsys)[0]] == sorted(first)
+    union = "SELECT DISTINCT artifact_version FROM all_documents"
+    assert _sql(home, union, capsys)[0] == [{"artifact_version": v1}]
+    runs = "SELECT version FROM stage_runs"
+    assert _sql(home, runs, capsys)[0] == [{"version": v1}]
+    assert not [r for r in _sql(home, "SELECT sql FROM duckdb_views()", capsys)[0] if v2 in r["sql"]]
+    assert main(["--home", str(home), "catalog", "rebuild"]) == 0
+    assert [r["text"] for r in _sql(home, view, capsys)[0]] == sorted(first)
+
+    # an artifact directory removed by hand: the next query drops it and its views, and says so
+    shutil.rmtree(home / "artifacts" / "toy_text" / v1)
+    rows, err = _sql(home, listed, capsys)
+    assert rows == [] and "listed 1 artifacts no longer stored; removed them" in err
+    views = _sql(home, "SELECT view_name FROM duckdb_views() WHERE NOT internal", capsys)[0]
+    assert views == []
