@@ -1,12 +1,14 @@
 """What an artifact's ``manifest.json`` records, how it is written, and how a stored directory is checked
 against it.
 
-Key design choice: the manifest is written last, through a ``.partial`` file renamed into place, and it
-lists every file of the artifact with its size and SHA-256 (``manifest.json`` itself excepted). So a
-directory with a manifest is complete, a read can check presence and size with one ``stat`` per file
-(:func:`check_files`), and ``lmforge verify`` checks every byte. The data version (the materialization's
-Dagster ``data_version``) is hashed in the same pass over the same bytes, minus the metadata and the
-resumable ``training_state/``, so it changes exactly when the data a child reads changes.
+Key design choice: the manifest is written last, through a ``.partial`` file fsynced and renamed into
+place, and it lists every file of the artifact with its size and SHA-256 (``manifest.json`` itself
+excepted). So a directory with a manifest is complete, a read can check presence and size with one
+``stat`` per file (:func:`check_files`), and ``lmforge verify`` checks every byte. A manifest that cannot
+be read as such is :class:`ManifestError`, which makes its artifact damaged, never a crash. The data
+version (the materialization's Dagster ``data_version``) is hashed in the same pass over the same bytes,
+minus the metadata and the resumable ``training_state/``, so it changes exactly when the data a child
+reads changes.
 """
 
 from __future__ import annotations
@@ -48,8 +50,43 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": dirty if commit else None}
 
 
-def hash_files(root: Path, exclude: tuple[str, ...]) -> tuple[list[dict[str, Any]], str]:
-    """One pass over the files under ``root``: ``([{path, size, sha256}], data_version)``.
+class ManifestError(ValueError):
+    """A ``manifest.json`` that is not a readable manifest (truncated, empty, not an object, a malformed
+    file list): its artifact is damaged."""
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``, checked for the shape every reader relies on; else :class:`ManifestError`."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ManifestError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict):
+        raise ManifestError(f"{path}: the manifest is a JSON {type(m).__name__}, not an object")
+    files = m.get("files")
+    ok = {"path": str, "size": int, "sha256": str}
+    if "files" in m and not (
+        isinstance(files, list)
+        and all(isinstance(f, dict) and all(isinstance(f.get(k), t) for k, t in ok.items()) for f in files)
+    ):
+        raise ManifestError(f"{path}: malformed file list (each entry needs path, size and sha256)")
+    return m
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries (a rename inside it), to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_files(
+    root: Path, exclude: tuple[str, ...], *, sync: bool = False
+) -> tuple[list[dict[str, Any]], str]:
+    """One pass over the files under ``root``: ``([{path, size, sha256}], data_version)``; with ``sync``
+    each file is also flushed to stable storage once read.
 
     The file list covers every file except ``manifest.json``; the data version covers the same bytes
     minus ``exclude`` and ``training_state/`` (resumable state is not data a child depends on).
@@ -73,6 +110,8 @@ def hash_files(root: Path, exclude: tuple[str, ...]) -> tuple[list[dict[str, Any
                 size += len(chunk)
                 if in_data:
                     h.update(chunk)
+            if sync:
+                os.fsync(f.fileno())
         if in_data:
             h.update(b"\0")
         files.append({"path": rel, "size": size, "sha256": fh.hexdigest()})
@@ -175,13 +214,20 @@ def utc_now() -> str:
 
 def write_manifest(
     tmp: Path, manifest: dict[str, Any], metadata: dict[str, Any] | None = None, *, failed: str | None = None
-) -> None:
+) -> dict[str, Any]:
     """Write ``metadata.json``, then ``manifest.json`` last (with the file list, the data version, when,
-    where, by whom, the git state and ``failed`` when a blocking check failed) into the directory ``tmp``."""
+    where, by whom, the git state and ``failed`` when a blocking check failed) into the directory ``tmp``;
+    returns the manifest written.
+
+    Every file is fsynced as it is hashed, the manifest before its rename and ``tmp`` after it: once ``tmp``
+    is renamed into place (and its parent fsynced, :meth:`ArtifactStore.commit`), a crash cannot leave a
+    manifest whose files are not on disk, nor a committed artifact without its manifest."""
     if metadata is not None:
         (tmp / METADATA).write_text(json.dumps(metadata, indent=1, default=str))
     manifest = dict(manifest)
-    files, data_version = hash_files(tmp, (MANIFEST, METADATA))
+    files, data_version = hash_files(tmp, (MANIFEST, METADATA), sync=True)
+    for d in [p for p in tmp.rglob("*") if p.is_dir()]:
+        fsync_path(d)  # the entries of files in subdirectories (train/shard-*.bin) must be durable too
     manifest["files"] = files
     manifest.setdefault("data_version", data_version)
     manifest.setdefault("created_at", utc_now())
@@ -192,5 +238,10 @@ def write_manifest(
     if failed is not None:
         manifest["failed"] = failed
     mtmp = tmp / (MANIFEST + ".partial")
-    mtmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+    with mtmp.open("w") as f:
+        f.write(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(mtmp, tmp / MANIFEST)
+    fsync_path(tmp)
+    return manifest

@@ -13,9 +13,10 @@ Trust rules every reader gets from :meth:`ArtifactStore.get` (and :meth:`Artifac
   file names the holder's pid and host for whoever waits). Temporary directories are only created under
   that lock, so a ``.tmp-*`` directory whose lock is free belongs to a dead writer and is swept.
 * The manifest lists every file with its size and SHA-256. A read checks presence and size (a ``stat``
-  per file); :meth:`ArtifactStore.verify` checks the hashes. A damaged artifact is never returned; the
-  writer that recomputes it first moves it aside to ``.damaged-<version>-<time>``. Artifacts whose
-  manifest has no file list (stored before the list existed) are *legacy*: trusted on manifest presence.
+  per file); :meth:`ArtifactStore.verify` checks the hashes. An unreadable manifest makes its artifact
+  damaged. A damaged artifact is never returned; the writer that recomputes it first moves it aside to
+  ``.damaged-<version>-<time>``. Artifacts whose manifest has no file list (stored before the list
+  existed) are *legacy*: trusted on manifest presence.
 * An artifact whose blocking check failed is committed to ``.failed-<version>/`` (its manifest carries
   ``failed``): kept for inspection, never at the version's path, so no reader can take it as the result.
 
@@ -46,8 +47,11 @@ from typing import Any
 from .manifest import (
     MANIFEST,
     ArtifactState,
+    ManifestError,
     StoredArtifact,
     check_files,
+    fsync_path,
+    read_manifest,
     utc_now,
     write_manifest,
 )
@@ -97,33 +101,46 @@ class ArtifactStore:
 
     # -- reads ---------------------------------------------------------------------------------
     def _read(self, kind: str, version: str, path: Path) -> StoredArtifact | None:
+        """The artifact at ``path``; None without a manifest; :class:`ManifestError` if it is unreadable."""
         m = path / MANIFEST
         if not m.is_file():
             return None
-        return StoredArtifact(kind, version, path, json.loads(m.read_text()))
+        manifest = read_manifest(m)
+        if manifest.get("version", version) != version:
+            raise ManifestError(f"{m}: the manifest records version {manifest['version']}, not {version}")
+        return StoredArtifact(kind, version, path, manifest)
+
+    def _read_or_none(self, kind: str, version: str, path: Path) -> StoredArtifact | None:
+        try:
+            return self._read(kind, version, path)
+        except ManifestError:
+            return None
 
     def exists(self, kind: str, version: str) -> bool:
         return self.get(kind, version) is not None
 
     def get(self, kind: str, version: str) -> StoredArtifact | None:
         """The stored artifact if it is complete and every listed file has its recorded size, else None."""
-        art = self._read(kind, version, self.path(kind, version))
+        art = self._read_or_none(kind, version, self.path(kind, version))
         if art is None or check_files(art.path, art.manifest):
             return None
         return art
 
     def unchecked(self, kind: str, version: str) -> StoredArtifact | None:
         """The artifact at the version's path without the size check (diagnostics and verify only)."""
-        return self._read(kind, version, self.path(kind, version))
+        return self._read_or_none(kind, version, self.path(kind, version))
 
     def get_failed(self, kind: str, version: str) -> StoredArtifact | None:
         """The artifact kept after its blocking check failed (for inspection only), if any."""
-        return self._read(kind, version, self.failed_path(kind, version))
+        return self._read_or_none(kind, version, self.failed_path(kind, version))
 
     def state(self, kind: str, version: str) -> ArtifactState:
         """Whether ``version`` is stored and usable, absent, failed a blocking check, or damaged."""
         p = self.path(kind, version)
-        art = self._read(kind, version, p)
+        try:
+            art = self._read(kind, version, p)
+        except ManifestError as e:
+            return ArtifactState("damaged", str(e), p)
         if art is not None:
             problems = check_files(p, art.manifest)
             if problems:
@@ -165,7 +182,10 @@ class ArtifactStore:
 
     def verify(self, kind: str, version: str) -> list[str]:
         """Hash every file of a stored artifact against its manifest; returns the problems found."""
-        art = self._read(kind, version, self.path(kind, version))
+        try:
+            art = self._read(kind, version, self.path(kind, version))
+        except ManifestError as e:
+            return [str(e)]
         if art is None:
             return [f"{self.path(kind, version)}: no manifest"]
         return check_files(art.path, art.manifest, hashes=True)
@@ -256,6 +276,7 @@ class ArtifactStore:
                     os.rename(final, old)
                     shutil.rmtree(old, ignore_errors=True)
                 os.rename(tmp, final)
+                fsync_path(final.parent)
                 art = self.get_failed(kind, version)
                 assert art is not None
                 return art
@@ -263,18 +284,15 @@ class ArtifactStore:
             try:
                 os.rename(tmp, final)
             except OSError:
-                if self.get(kind, version) is None:
+                state = self.state(kind, version)
+                if not state.usable:
                     # What sits there is incomplete or damaged: keep it aside, never read it.
-                    if (final / MANIFEST).is_file():
-                        self.quarantine(
-                            kind,
-                            version,
-                            "replaced by a new commit: "
-                            + "; ".join(check_files(final, json.loads((final / MANIFEST).read_text()))),
-                        )
+                    if state.status == "damaged":
+                        self.quarantine(kind, version, "replaced by a new commit: " + state.message)
                     else:
                         shutil.rmtree(final, ignore_errors=True)
                     os.rename(tmp, final)
+            fsync_path(final.parent)
             stale = self.failed_path(kind, version)
             if stale.exists():
                 shutil.rmtree(stale, ignore_errors=True)

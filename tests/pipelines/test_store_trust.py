@@ -1,7 +1,8 @@
 """Trust in the artifact graph through the CLI and Dagster: two materializations of one spec at once
-compute each version once; a damaged artifact is shown by `plan`, recomputed by `materialize` and found
-by `verify`; an artifact whose blocking check failed is shown as failed, never feeds a downstream stage,
-and is recomputed by a rerun; temporary directories of dead runs are swept by the next materialize."""
+compute each version once; a damaged artifact (a file truncated or changed, an unreadable manifest) is
+shown by `plan`, recomputed by `materialize` and found by `verify`; an artifact whose blocking check
+failed is shown as failed, never feeds a downstream stage, and is recomputed by a rerun; temporary
+directories of dead runs are swept by the next materialize."""
 
 from __future__ import annotations
 
@@ -133,6 +134,35 @@ def test_damaged_artifact_is_shown_recomputed_and_verified(lmforge_home, capsys)
     out = capsys.readouterr().out
     assert f"legacy   toy_upper/{spec.stages['upper'].version}: stored without a file list" in out
     assert "ok       toy_text/" in out and "ok       toy_join/" in out
+
+
+@pytest.mark.parametrize("content", ['{"kind": "toy_text", "fi', "", "[]"], ids=["cut", "empty", "list"])
+def test_unreadable_manifest_is_damaged_for_every_command_and_recomputed(lmforge_home, capsys, content):
+    spec_path = SPECS / "toy.yaml"
+    spec = load_spec(spec_path)
+    home = ["--home", str(lmforge_home)]
+    assert main([*home, "materialize", str(spec_path)]) == 0
+    store = ArtifactStore(lmforge_home)
+    m = store.path("toy_text", spec.stages["words"].version) / "manifest.json"
+    m.write_text(content)
+
+    rows = _plan(lmforge_home, spec_path, capsys)
+    assert rows["words"].startswith(f"damaged: {m}: ")
+    assert rows["more"] == rows["upper"] == rows["joined"] == "stored"
+    assert main([*home, "catalog", "rebuild"]) == 0
+    assert "catalog rebuilt from 3 manifests" in capsys.readouterr().out
+    assert main([*home, "materialize", str(spec_path)]) == 0
+    assert _cache_hits(lmforge_home, "toy", "words") == [False, False]  # recomputed, not reused
+    assert _cache_hits(lmforge_home, "toy", "more") == [False, True]
+    assert len(list(store.root.glob(f"toy_text/.damaged-{spec.stages['words'].version}-*"))) == 1
+
+    m.write_text(content)
+    capsys.readouterr()
+    assert main([*home, "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED  toy_text/{spec.stages['words'].version}: {m}: " in out
+    assert out.count("ok       ") == 3 and "3 ok, 1 damaged" in out
+    assert _plan(lmforge_home, spec_path, capsys)["words"] == "to compute"
 
 
 def test_failed_blocking_check_is_shown_refused_downstream_and_recomputed(lmforge_home, tmp_path, capsys):

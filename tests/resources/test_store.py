@@ -1,7 +1,8 @@
 """The artifact store's trust rules without Dagster: a version's lock excludes other processes, names its
 holder and dies with it; only dead writers' temporary directories are swept; the manifest's file list
 catches a truncated or deleted file (size) and a changed byte (hash); an artifact whose blocking check
-failed is kept aside and never returned as the version's result."""
+failed is kept aside and never returned as the version's result; an unreadable manifest makes only that
+artifact damaged, and a commit is flushed to disk before and after its rename."""
 
 from __future__ import annotations
 
@@ -125,6 +126,55 @@ def test_truncated_deleted_or_altered_files_are_caught_and_recomputed(lmforge_ho
     assert store.get("toy_text", art.version) is not None
     (problem,) = store.verify("toy_text", art.version)
     assert str(pq_file) in problem and "SHA-256" in problem
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda m: m.write_text(m.read_text()[:50]), "unreadable manifest"),
+        (lambda m: m.write_text(""), "unreadable manifest"),
+        (lambda m: m.write_text("[]"), "the manifest is a JSON list, not an object"),
+        (lambda m: m.write_text('{"files": [{"path": "documents.parquet"}]}'), "malformed file list"),
+        (lambda m: m.write_text('{"version": "0123456789abcdef"}'), "records version 0123456789abcdef"),
+    ],
+    ids=["truncated", "empty", "list", "malformed-files", "other-version"],
+)
+def test_unreadable_manifest_makes_only_its_artifact_damaged(lmforge_home, damage, why):
+    art, _ = run_kind("toy_text", {"words": ["a", "b"]}, lmforge_home)
+    other, _ = run_kind("toy_text", {"words": ["c"]}, lmforge_home)
+    m = art.path / "manifest.json"
+    damage(m)
+    store = ArtifactStore(lmforge_home)
+    st = store.state("toy_text", art.version)
+    assert st.status == "damaged" and st.message.startswith(f"{m}: ") and why in st.message
+    assert store.get("toy_text", art.version) is None and store.unchecked("toy_text", art.version) is None
+    (problem,) = store.verify("toy_text", art.version)
+    assert problem == st.message
+    assert [a.version for a in store.all()] == [other.version]
+    assert store.verify("toy_text", other.version) == []
+
+    said: list[str] = []
+    again, res = run_kind("toy_text", {"words": ["a", "b"]}, lmforge_home, log=said.append)
+    assert res is not None and again.version == art.version and store.get("toy_text", art.version)
+    (aside,) = store.root.glob(f"toy_text/.damaged-{art.version}-*")
+    assert why in (aside / "DAMAGED.txt").read_text() and str(aside) in " ".join(said)
+
+
+def test_commit_flushes_files_manifest_and_directories_before_and_after_the_rename(lmforge_home, monkeypatch):
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    art, _ = run_kind("toy_text", {"words": ["a", "b"]}, lmforge_home)
+    kdir = str(art.path.parent)
+    tmp = next(p for p in synced if p.endswith("manifest.json.partial")).rpartition("/")[0]
+    assert {f"{tmp}/{f['path']}" for f in art.manifest["files"]} <= set(synced)
+    # every data file, then the manifest, then its directory entry, then the rename into place
+    assert synced[-3:] == [f"{tmp}/manifest.json.partial", tmp, kdir]
 
 
 def test_failed_blocking_check_is_kept_aside_and_never_an_input(lmforge_home):
