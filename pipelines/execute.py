@@ -41,10 +41,11 @@ def execute_stage(
 
     Returns ``(artifact, result)``; ``result`` is ``None`` on a cache hit. The version's lock is held
     from the cache lookup to the commit, so a second run asking for the same version waits and then
-    takes the first run's artifact as a cache hit. A stored copy that fails the size check is moved
-    aside and recomputed; a failed attempt (blocking check) is recomputed. An input that failed its
-    blocking check is refused. If a blocking check fails, the artifact is committed as failed
-    (``.failed-<version>``) and returned with ``failed`` set in its manifest.
+    takes the first run's artifact as a cache hit. A stored copy that fails its check (see
+    :meth:`ArtifactStore.get`) is moved aside and recomputed; a failed attempt (blocking check) is
+    recomputed. An input that failed its blocking check is refused. If a blocking check fails, the
+    artifact is committed as failed (``.failed-<version>``) and returned with ``failed`` set in its
+    manifest.
     """
     kinds = load_kinds()
     kind = kinds[kind_name]

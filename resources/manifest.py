@@ -3,12 +3,12 @@ against it.
 
 Key design choice: the manifest is written last, through a ``.partial`` file fsynced and renamed into
 place, and it lists every file of the artifact with its size and SHA-256 (``manifest.json`` itself
-excepted). So a directory with a manifest is complete, a read can check presence and size with one
-``stat`` per file (:func:`check_files`), and ``lmforge verify`` checks every byte. A manifest that cannot
-be read as such is :class:`ManifestError`, which makes its artifact damaged, never a crash. The data
-version (the materialization's Dagster ``data_version``) is hashed in the same pass over the same bytes,
-minus the metadata and the resumable ``training_state/``, so it changes exactly when the data a child
-reads changes.
+excepted). So a directory with a manifest is complete; a read (:func:`check_files`) lists the directory,
+``stat``s each file, and re-hashes only the files whose stat key changed since their hash was last checked;
+``lmforge verify`` hashes every byte. A manifest that cannot be read as such is :class:`ManifestError`,
+which makes its artifact damaged, never a crash. The data version (the materialization's Dagster
+``data_version``) is hashed in the same pass over the same bytes, minus the metadata and the resumable
+``training_state/``, so it changes exactly when the data a child reads changes.
 """
 
 from __future__ import annotations
@@ -73,6 +73,16 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return m
 
 
+def artifact_files(root: Path) -> list[Path]:
+    """Every file under ``root`` but its ``manifest.json``, sorted: what the manifest's file list covers."""
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() != MANIFEST]
+
+
+def stat_key(st: os.stat_result) -> list[int]:
+    """What any write to a file, or its replacement by another, changes: size, mtime, ctime, inode, device."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file, or a directory's entries (a rename inside it), to stable storage."""
     fd = os.open(path, os.O_RDONLY)
@@ -93,12 +103,8 @@ def hash_files(
     """
     files: list[dict[str, Any]] = []
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
+    for p in artifact_files(root):
         rel = p.relative_to(root).as_posix()
-        if rel == MANIFEST:
-            continue
         in_data = not (rel in exclude or rel.startswith("training_state/"))
         fh = hashlib.sha256()
         if in_data:
@@ -186,26 +192,44 @@ class ArtifactState:
         return f"{self.status}: {self.message}"
 
 
-def check_files(path: Path, manifest: dict[str, Any], *, hashes: bool = False) -> list[str]:
-    """Problems of an artifact directory against its manifest's file list (empty: intact).
+def check_files(
+    path: Path, manifest: dict[str, Any], *, hashes: bool = False, known: dict[str, list] | None = None
+) -> tuple[list[str], dict[str, list]]:
+    """Problems of an artifact directory against its manifest's file list (empty: intact), and the
+    records ``{path: stat key + [sha256]}`` of the files hashed here whose bytes matched.
 
-    Without ``hashes`` this is a ``stat`` per file (presence and size); with it every byte is hashed.
+    Every listed file must be there with its recorded size, and no other file may be (one listing of the
+    directory). A file is then hashed when ``hashes`` is set, or when ``known`` (the records of earlier
+    checks) does not hold its current stat key with the manifest's SHA-256: any write changes mtime and
+    ctime, so an unchanged key means unchanged bytes, short of silent bit rot, which only ``hashes`` sees.
     A manifest without a file list yields no problems (legacy artifacts are checked by presence only).
     """
-    problems = []
-    for f in manifest.get("files") or []:
+    if "files" not in manifest:
+        return [], {}
+    problems: list[str] = []
+    checked: dict[str, list] = {}
+    listed = {f["path"] for f in manifest["files"]}
+    for p in artifact_files(path):
+        if p.relative_to(path).as_posix() not in listed:
+            problems.append(f"{p}: not in the manifest's file list")
+    for f in manifest["files"]:
         p = path / f["path"]
         try:
-            size = p.stat().st_size
+            st = p.stat()
         except OSError:
             problems.append(f"{p}: missing")
             continue
-        if size != f["size"]:
-            problems.append(f"{p}: {size} bytes, the manifest records {f['size']}")
-        elif hashes and file_sha256(p) != f["sha256"]:
+        if st.st_size != f["size"]:
+            problems.append(f"{p}: {st.st_size} bytes, the manifest records {f['size']}")
+            continue
+        record = [*stat_key(st), f["sha256"]]
+        if not hashes and (known or {}).get(f["path"]) == record:
+            continue
+        if file_sha256(p) != f["sha256"]:
             problems.append(f"{p}: content differs from the manifest's SHA-256")
-    return problems
-
+        elif stat_key(p.stat()) == record[:-1]:  # not written to while it was hashed
+            checked[f["path"]] = record
+    return problems, checked
 
 
 def utc_now() -> str:

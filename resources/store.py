@@ -12,11 +12,15 @@ Trust rules every reader gets from :meth:`ArtifactStore.get` (and :meth:`Artifac
   ``flock`` on ``$LMFORGE_HOME/locks/<kind>/<version>.lock`` (the OS releases it when the holder dies; the
   file names the holder's pid and host for whoever waits). Temporary directories are only created under
   that lock, so a ``.tmp-*`` directory whose lock is free belongs to a dead writer and is swept.
-* The manifest lists every file with its size and SHA-256. A read checks presence and size (a ``stat``
-  per file); :meth:`ArtifactStore.verify` checks the hashes. An unreadable manifest makes its artifact
-  damaged. A damaged artifact is never returned; the writer that recomputes it first moves it aside to
-  ``.damaged-<version>-<time>``. Artifacts whose manifest has no file list (stored before the list
-  existed) are *legacy*: trusted on manifest presence.
+* The manifest lists every file with its size and SHA-256. A read checks that the directory holds
+  exactly those files with those sizes, and re-hashes a file whose stat key (size, mtime, ctime, inode)
+  is not the one recorded under ``$LMFORGE_HOME/cache/verified/`` when its hash was last checked (at
+  commit, or by a read or verify since): any write changes the key, so an edited file is caught on
+  reuse, and an unchanged one costs a ``stat``. :meth:`ArtifactStore.verify` hashes every byte (silent
+  bit rot keeps the key). An unreadable manifest makes its artifact damaged. A damaged artifact is never
+  returned; the writer that recomputes it first moves it aside to ``.damaged-<version>-<time>``.
+  Artifacts whose manifest has no file list (stored before the list existed) are *legacy*: trusted on
+  manifest presence.
 * An artifact whose blocking check failed is committed to ``.failed-<version>/`` (its manifest carries
   ``failed``): kept for inspection, never at the version's path, so no reader can take it as the result.
 
@@ -52,6 +56,7 @@ from .manifest import (
     check_files,
     fsync_path,
     read_manifest,
+    stat_key,
     utc_now,
     write_manifest,
 )
@@ -93,6 +98,10 @@ class ArtifactStore:
     def lock_path(self, kind: str, version: str) -> Path:
         return self.home / "locks" / kind / f"{version}.lock"
 
+    def checked_path(self, kind: str, version: str) -> Path:
+        """The stat keys of the stored files whose hash was checked (a cache: losing it costs a re-hash)."""
+        return self.home / "cache" / "verified" / kind / f"{version}.json"
+
     def work_dir(self, kind: str, version: str) -> Path:
         """Persistent scratch for resumable state of one version (survives crashes, not part of the artifact)."""
         d = self.home / "work" / kind / version
@@ -116,18 +125,41 @@ class ArtifactStore:
         except ManifestError:
             return None
 
+    def _check(self, art: StoredArtifact, *, hashes: bool = False) -> list[str]:
+        """:func:`check_files` against the recorded stat keys; records the files it found intact."""
+        rec = self.checked_path(art.kind, art.version)
+        try:
+            known = json.loads(rec.read_text())
+        except (OSError, ValueError):
+            known = {}
+        known = known if isinstance(known, dict) else {}
+        problems, checked = check_files(art.path, art.manifest, hashes=hashes, known=known)
+        if checked:
+            self._record_checked(art.kind, art.version, {**known, **checked})
+        return problems
+
+    def _record_checked(self, kind: str, version: str, records: dict[str, list]) -> None:
+        rec = self.checked_path(kind, version)
+        tmp = rec.with_name(f".{rec.name}.{uuid.uuid4().hex[:8]}")
+        try:  # a cache: a home that cannot be written is still read, at the cost of re-hashing
+            rec.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(records))
+            os.replace(tmp, rec)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
     def exists(self, kind: str, version: str) -> bool:
         return self.get(kind, version) is not None
 
     def get(self, kind: str, version: str) -> StoredArtifact | None:
-        """The stored artifact if it is complete and every listed file has its recorded size, else None."""
+        """The stored artifact if it is complete and intact (see the module docstring), else None."""
         art = self._read_or_none(kind, version, self.path(kind, version))
-        if art is None or check_files(art.path, art.manifest):
+        if art is None or self._check(art):
             return None
         return art
 
     def unchecked(self, kind: str, version: str) -> StoredArtifact | None:
-        """The artifact at the version's path without the size check (diagnostics and verify only)."""
+        """The artifact at the version's path without checking its files (diagnostics and verify only)."""
         return self._read_or_none(kind, version, self.path(kind, version))
 
     def get_failed(self, kind: str, version: str) -> StoredArtifact | None:
@@ -142,7 +174,7 @@ class ArtifactStore:
         except ManifestError as e:
             return ArtifactState("damaged", str(e), p)
         if art is not None:
-            problems = check_files(p, art.manifest)
+            problems = self._check(art)
             if problems:
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
                 return ArtifactState("damaged", problems[0] + more, p)
@@ -188,7 +220,7 @@ class ArtifactStore:
             return [str(e)]
         if art is None:
             return [f"{self.path(kind, version)}: no manifest"]
-        return check_files(art.path, art.manifest, hashes=True)
+        return self._check(art, hashes=True)
 
     def quarantine(self, kind: str, version: str, reason: str) -> Path:
         """Move a damaged artifact aside (``.damaged-<version>-<time>``) so that nothing reads it and the
@@ -198,6 +230,7 @@ class ArtifactStore:
         os.rename(src, dst)
         with contextlib.suppress(OSError):
             (dst / "DAMAGED.txt").write_text(f"{utc_now()}: {reason}\n")
+            self.checked_path(kind, version).unlink(missing_ok=True)
         return dst
 
     # -- locks ---------------------------------------------------------------------------------
@@ -267,7 +300,8 @@ class ArtifactStore:
         another process stored the same version meanwhile, its copy wins (same inputs, same version) and
         ``tmp`` is discarded.
         """
-        write_manifest(tmp, manifest, metadata, failed=failed)
+        written = write_manifest(tmp, manifest, metadata, failed=failed)
+        files = {f["path"]: f["sha256"] for f in written["files"]}
         with self.lock(kind, version):
             if failed is not None:
                 final = self.failed_path(kind, version)
@@ -285,7 +319,9 @@ class ArtifactStore:
                 os.rename(tmp, final)
             except OSError:
                 state = self.state(kind, version)
-                if not state.usable:
+                if state.usable:
+                    files = {}  # another writer's copy stands, with the check records it made
+                else:
                     # What sits there is incomplete or damaged: keep it aside, never read it.
                     if state.status == "damaged":
                         self.quarantine(kind, version, "replaced by a new commit: " + state.message)
@@ -293,12 +329,19 @@ class ArtifactStore:
                         shutil.rmtree(final, ignore_errors=True)
                     os.rename(tmp, final)
             fsync_path(final.parent)
+            if files:
+                self._record_checked(kind, version, self._stat_records(final, files))
             stale = self.failed_path(kind, version)
             if stale.exists():
                 shutil.rmtree(stale, ignore_errors=True)
             art = self.get(kind, version)
             assert art is not None
             return art
+
+    @staticmethod
+    def _stat_records(path: Path, files: dict[str, str]) -> dict[str, list]:
+        """The check records of files just hashed into the manifest (a rename keeps their stat keys)."""
+        return {rel: [*stat_key((path / rel).stat()), sha] for rel, sha in files.items()}
 
     def sweep(self) -> int:
         """Remove the ``.tmp-*`` directories of dead writers: those whose version lock no live process

@@ -17,6 +17,7 @@ import pytest
 
 from ops.train.core import NonFiniteError, ResumeRefused
 from pipelines.execute import run_kind
+from resources.store import ArtifactStore
 from tests.ops.test_tokenizer import pydoc_paragraphs, stdlib_docstrings, store_documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,12 +161,14 @@ def test_resume_refused_when_token_data_changed(base_home, tmp_path):
     cfg = {**TINY, "tokens": 10 * 8 * 64}
     art, _ = _pretrain(home, cfg)
     shutil.rmtree(art.path)  # as if the process died after training, before the store commit
+    inputs = _inputs(home)  # resolved before the bytes change, as by a run that was already going
     shard = next(home.glob("artifacts/tokenize/*/train/shard-00000.bin"))
     arr = np.fromfile(shard, dtype=np.uint16)
     arr[:100] = arr[100:200]  # same artifact version, different bytes
     arr.tofile(shard)
+    assert ArtifactStore(home).state("tokenize", inputs["data"][0].version).status == "damaged"
     with pytest.raises(ResumeRefused, match=r"refusing to resume .*data\.tokens_shards: stored"):
-        _pretrain(home, cfg)
+        run_kind("pretrain", cfg, home, inputs=inputs, stage="base", log=lambda s: None)
 
 
 @pytest.mark.slow

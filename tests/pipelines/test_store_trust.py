@@ -1,8 +1,8 @@
 """Trust in the artifact graph through the CLI and Dagster: two materializations of one spec at once
-compute each version once; a damaged artifact (a file truncated or changed, an unreadable manifest) is
-shown by `plan`, recomputed by `materialize` and found by `verify`; an artifact whose blocking check
-failed is shown as failed, never feeds a downstream stage, and is recomputed by a rerun; temporary
-directories of dead runs are swept by the next materialize."""
+compute each version once; a damaged artifact (a file truncated, edited in place or not in its manifest,
+an unreadable manifest) is shown by `plan`, recomputed by `materialize` and found by `verify`; an
+artifact whose blocking check failed is shown as failed, never feeds a downstream stage, and is
+recomputed by a rerun; temporary directories of dead runs are swept by the next materialize."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 import tests.pipelines.toy_kinds  # noqa: F401
 from pipelines.cli import main
 from pipelines.spec import load_spec
+from resources.manifest import stat_key
 from resources.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,10 +113,22 @@ def test_damaged_artifact_is_shown_recomputed_and_verified(lmforge_home, capsys)
     assert (aside / "documents.parquet").stat().st_size == len(good) // 2
     assert _plan(lmforge_home, spec_path, capsys)["words"] == "stored"
 
-    # one flipped byte keeps the size: plan's cheap check passes, verify's hash check does not
+    # one flipped byte keeps the size, but the write changed the file's stat key: plan re-hashes it
     b = bytearray(good)
     b[len(b) // 2] ^= 0xFF
     f.write_bytes(bytes(b))
+    rows = _plan(lmforge_home, spec_path, capsys)
+    assert rows["words"] == f"damaged: {f}: content differs from the manifest's SHA-256"
+    assert main([*home, "materialize", str(spec_path)]) == 0
+    assert _cache_hits(lmforge_home, "toy", "words") == [False, False, False]
+    assert f.read_bytes() == good
+
+    # bit rot keeps the stat key: reuse trusts it (plan says stored), verify's full hash does not
+    rec = store.checked_path("toy_text", words.version)
+    records = json.loads(rec.read_text())
+    f.write_bytes(bytes(b))
+    records["documents.parquet"][:5] = stat_key(f.stat())
+    rec.write_text(json.dumps(records))
     assert _plan(lmforge_home, spec_path, capsys)["words"] == "stored"
     capsys.readouterr()
     assert main([*home, "verify", str(spec_path)]) == 1
@@ -163,6 +176,21 @@ def test_unreadable_manifest_is_damaged_for_every_command_and_recomputed(lmforge
     assert f"DAMAGED  toy_text/{spec.stages['words'].version}: {m}: " in out
     assert out.count("ok       ") == 3 and "3 ok, 1 damaged" in out
     assert _plan(lmforge_home, spec_path, capsys)["words"] == "to compute"
+
+
+def test_a_file_not_in_the_manifest_is_damaged_for_plan_and_verify(lmforge_home, capsys):
+    spec_path = SPECS / "toy.yaml"
+    spec = load_spec(spec_path)
+    home = ["--home", str(lmforge_home)]
+    assert main([*home, "materialize", str(spec_path)]) == 0
+    extra = ArtifactStore(lmforge_home).path("toy_text", spec.stages["words"].version) / "documents-2.parquet"
+    extra.write_bytes(b"PAR1")
+    rows = _plan(lmforge_home, spec_path, capsys)
+    assert rows["words"] == f"damaged: {extra}: not in the manifest's file list"
+    capsys.readouterr()
+    assert main([*home, "verify", str(spec_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED  words  toy_text/{spec.stages['words'].version}: {extra}: not in" in out
 
 
 def test_failed_blocking_check_is_shown_refused_downstream_and_recomputed(lmforge_home, tmp_path, capsys):

@@ -1,14 +1,16 @@
 """The artifact store's trust rules without Dagster: a version's lock excludes other processes, names its
 holder and dies with it; only dead writers' temporary directories are swept; the manifest's file list
 catches a truncated or deleted file (size) and a changed byte (hash); an artifact whose blocking check
-failed is kept aside and never returned as the version's result; an unreadable manifest makes only that
-artifact damaged, and a commit is flushed to disk before and after its rename."""
+failed is kept aside and never returned as the version's result; an unreadable manifest or a file the
+manifest does not list makes only that artifact damaged; reuse re-hashes exactly the files whose stat key
+changed, and a commit is flushed to disk before and after its rename."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import pytest
 
 import tests.pipelines.toy_kinds  # noqa: F401
 from pipelines.execute import run_kind
+from resources import manifest
+from resources.manifest import stat_key
 from resources.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,13 +123,51 @@ def test_truncated_deleted_or_altered_files_are_caught_and_recomputed(lmforge_ho
     _, res3 = run_kind("toy_text", {"words": ["a", "b", "c"], "repeat": 50}, lmforge_home)
     assert res3 is not None
 
-    # one byte changed, same size: only the hash check (verify) sees it
+    # one byte changed in place, same size: the write changed the file's stat key, so reuse re-hashes it
     b = bytearray(pq_file.read_bytes())
     b[len(b) // 2] ^= 0xFF
     pq_file.write_bytes(bytes(b))
+    st = store.state("toy_text", art.version)
+    assert st.status == "damaged" and st.message == f"{pq_file}: content differs from the manifest's SHA-256"
+    assert store.get("toy_text", art.version) is None
+    _, res4 = run_kind("toy_text", {"words": ["a", "b", "c"], "repeat": 50}, lmforge_home)
+    assert res4 is not None and pq_file.read_bytes() == data
+
+    # bit rot under an unchanged stat key: reuse trusts the key; only verify's full hash sees it
+    rotten = bytearray(data)
+    rotten[len(rotten) // 2] ^= 0xFF
+    pq_file.write_bytes(bytes(rotten))
+    rec = store.checked_path("toy_text", art.version)
+    records = json.loads(rec.read_text())
+    records["documents.parquet"][:5] = stat_key(pq_file.stat())
+    rec.write_text(json.dumps(records))
     assert store.get("toy_text", art.version) is not None
     (problem,) = store.verify("toy_text", art.version)
     assert str(pq_file) in problem and "SHA-256" in problem
+
+
+def test_reuse_hashes_a_file_only_when_its_stat_key_changed(lmforge_home, monkeypatch):
+    art, _ = run_kind("toy_text", {"words": ["a", "b"], "repeat": 20}, lmforge_home)
+    store = ArtifactStore(lmforge_home)
+    hashed: list[str] = []
+    real = manifest.file_sha256
+    monkeypatch.setattr(manifest, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    assert store.get("toy_text", art.version) is not None and store.state("toy_text", art.version).usable
+    assert hashed == []  # the keys recorded at commit vouch for every file
+
+    # a copy keeps the bytes but not the inode: hashed once on reuse, then trusted again
+    pq_file = art.path / "documents.parquet"
+    copy = pq_file.with_name("copy")
+    shutil.copy2(pq_file, copy)
+    os.replace(copy, pq_file)
+    assert store.get("toy_text", art.version) is not None
+    assert hashed == ["documents.parquet"]
+    assert store.get("toy_text", art.version) is not None and hashed == ["documents.parquet"]
+
+    # a lost record costs a re-hash of every file, never a wrong answer
+    store.checked_path("toy_text", art.version).write_text("{not json")
+    assert store.get("toy_text", art.version) is not None
+    assert sorted(hashed[1:]) == sorted(f["path"] for f in art.manifest["files"])
 
 
 @pytest.mark.parametrize(
@@ -158,6 +200,20 @@ def test_unreadable_manifest_makes_only_its_artifact_damaged(lmforge_home, damag
     assert res is not None and again.version == art.version and store.get("toy_text", art.version)
     (aside,) = store.root.glob(f"toy_text/.damaged-{art.version}-*")
     assert why in (aside / "DAMAGED.txt").read_text() and str(aside) in " ".join(said)
+
+
+def test_a_file_not_in_the_manifest_makes_the_artifact_damaged(lmforge_home):
+    art, _ = run_kind("toy_text", {"words": ["a", "b"]}, lmforge_home)
+    extra = art.path / "sub" / "stray.parquet"
+    extra.parent.mkdir()
+    extra.write_bytes(b"not written by the stage")
+    store = ArtifactStore(lmforge_home)
+    st = store.state("toy_text", art.version)
+    assert st.status == "damaged" and st.message == f"{extra}: not in the manifest's file list"
+    assert store.get("toy_text", art.version) is None
+    assert store.verify("toy_text", art.version) == [st.message]
+    again, res = run_kind("toy_text", {"words": ["a", "b"]}, lmforge_home)
+    assert res is not None and not (again.path / "sub").exists()
 
 
 def test_commit_flushes_files_manifest_and_directories_before_and_after_the_rename(lmforge_home, monkeypatch):
