@@ -41,13 +41,19 @@ def cmd_report(args) -> int:
 
 
 def cmd_sql(args) -> int:
+    import duckdb
+
     from resources.catalog import Catalog
 
     cat = Catalog(home_of(args))
     repaired = cat.ensure()
     if repaired:
         print(repaired, file=sys.stderr)
-    cols, rows = cat.query(args.query)
+    try:
+        cols, rows = cat.query(args.query)
+    except duckdb.Error as e:  # the query's own mistake (a typo, a view of an artifact no longer stored)
+        print(f"error  {cat.path}: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
         return 0

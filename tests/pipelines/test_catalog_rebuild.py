@@ -121,6 +121,10 @@ def test_catalog_drops_what_verify_moved_aside_and_what_is_no_longer_stored(tmp_
     assert not [r for r in _sql(home, "SELECT sql FROM duckdb_views()", capsys)[0] if v2 in r["sql"]]
     assert main(["--home", str(home), "catalog", "rebuild"]) == 0
     assert [r["text"] for r in _sql(home, view, capsys)[0]] == sorted(first)
+    capsys.readouterr()
+    assert main(["--home", str(home), "sql", f"SELECT * FROM a_{v2}_documents"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error  {home / 'catalog.duckdb'}: Catalog Error: Table with name a_{v2}_documents")
 
     # an artifact directory removed by hand: the next query drops it and its views, and says so
     shutil.rmtree(home / "artifacts" / "toy_text" / v1)
