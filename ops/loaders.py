@@ -90,7 +90,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(p).to_pylist()
-    text = p.read_text(encoding="utf-8")
+    text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors, Excel exports) is not data
     if kind == "json" and text.lstrip().startswith("["):
         rows = json.loads(text)
     else:

@@ -20,6 +20,8 @@ def _rows_jsonl(path: Path, on_decode_error: str, counts: dict[str, int]):
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not text
             if not raw.strip():
                 continue
             try:

@@ -28,6 +28,15 @@ def test_read_rows_parquet_jsonl_json(tmp_path):
         L.read_rows(tmp_path / "f.csv")
 
 
+def test_byte_order_mark_and_crlf_lines_are_not_data(tmp_path):
+    rows = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    text = "\r\n".join(json.dumps(r) for r in rows) + "\r\n"
+    (tmp_path / "f.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "f.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    assert L.read_rows(tmp_path / "f.jsonl") == rows
+    assert L.read_rows(tmp_path / "f.json") == rows
+
+
 def test_file_problems_name_field_file_and_column(tmp_path):
     pq.write_table(pa.table({"question": ["q"]}), tmp_path / "t.parquet")
     assert L.file_problems(tmp_path / "nope.parquet", {"question_column": "question"}) == [

@@ -251,7 +251,9 @@ def test_load_documents_text_column_that_is_not_text_is_one_issue_at_compile(tmp
 
 def test_load_documents_jsonl_rows_whose_text_is_not_text_are_named(lmforge_home, tmp_path):
     f = tmp_path / "docs.jsonl"
-    f.write_text('{"text": "fine text"}\n{"text": 42}\n{"text": ""}\n{"text": null}\n{"text": ["a"]}\n')
+    f.write_bytes(b"\xef\xbb\xbf")  # a byte-order mark before the first row is not data
+    with f.open("a") as fh:
+        fh.write('{"text": "fine text"}\n{"text": 42}\n{"text": ""}\n{"text": null}\n{"text": ["a"]}\n')
     out, res = run_kind("load_documents", {"paths": [str(f)]}, lmforge_home)
     assert out.metrics["documents"] == 1 and out.metrics["not_text"] == 2 and out.metrics["empty_text"] == 2
     (check,) = [c for c in res.checks if c.name == "non_empty"]
