@@ -7,7 +7,8 @@ locked catalog never loses data. A missing or unreadable catalog is rebuilt befo
 (:meth:`Catalog.ensure`), never answered with 0 rows, and an artifact no longer stored (moved aside as
 damaged) is removed from it (:meth:`Catalog.forget`), never answered with a missing file. Writes are short
 transactions retried on DuckDB's cross-process file lock, because several Dagster step processes may
-register artifacts at once.
+register artifacts at once; every write also holds ``catalog.lock``, so a rebuild (which deletes the file)
+never runs beside a registration.
 
 Tables:
 * ``artifacts``: one row per stored artifact (kind, version, type, pipeline, stage, partition, path,
@@ -23,9 +24,13 @@ Views (over Parquet, nothing copied):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,18 @@ class Catalog:
     def __init__(self, home: Path | str):
         self.home = Path(home)
         self.path = self.home / "catalog.duckdb"
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the catalog's write lock (``catalog.lock``, across processes): a rebuild deletes and recreates
+        the file, so a registration beside it would land in the deleted file and be lost."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.home / "catalog.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
 
     def _connect(self, read_only: bool = False):
         import duckdb
@@ -83,6 +100,11 @@ class Catalog:
     ) -> None:
         m = art.manifest
         pipeline, stage, partition = pipeline or m.get("pipeline"), stage or m.get("stage"), partition or m.get("partition")
+        with self._writing():
+            self._register(art, pipeline, stage, partition, cache_hit)
+
+    def _register(self, art: StoredArtifact, pipeline: str | None, stage: str | None, partition: str | None,
+                  cache_hit: bool) -> None:
         con = self._connect()
         try:
             con.execute("BEGIN")
@@ -177,45 +199,46 @@ class Catalog:
         its history lacks (at the manifest's ``created_at``). Each per-stage view then points at the
         latest recorded version of its stage, as :meth:`register` left it.
         """
-        for p in (self.path, self.path.with_suffix(".duckdb.wal")):
-            if p.exists():
-                p.unlink()
-        arts = sorted(store.all(), key=lambda a: (a.manifest.get("created_at") or "", a.version))
-        by_version = {a.version: a for a in arts}
-        rows = [r for r in history or [] if r["version"] in by_version]
-        seen = {(r["pipeline"], r["stage"], r["partition"], r["version"]) for r in rows}
-        for a in arts:
-            m = a.manifest
-            key = (m.get("pipeline"), m.get("stage"), m.get("partition"), a.version)
-            if key not in seen:
-                rows.append(dict(zip(("pipeline", "stage", "partition", "version"), key),
-                                 recorded_at=m.get("created_at") or "", cache_hit=False))
-        # stable: rows recorded in the same second keep their history order
-        rows.sort(key=lambda r: r["recorded_at"] or "")
-        latest: dict[tuple, str] = {}
-        for r in rows:
-            if r["pipeline"] and r["stage"]:
-                latest[(r["pipeline"], r["stage"], r["partition"])] = r["version"]
-        con = self._connect()
-        try:
-            con.execute("BEGIN")
-            fnames: set[str] = set()
+        with self._writing():
+            for p in (self.path, self.path.with_suffix(".duckdb.wal")):
+                if p.exists():
+                    p.unlink()
+            arts = sorted(store.all(), key=lambda a: (a.manifest.get("created_at") or "", a.version))
+            by_version = {a.version: a for a in arts}
+            rows = [r for r in history or [] if r["version"] in by_version]
+            seen = {(r["pipeline"], r["stage"], r["partition"], r["version"]) for r in rows}
             for a in arts:
-                self._insert_artifact(con, a)
-                fnames |= self._views_for(con, a, None, None, None, union=False)
+                m = a.manifest
+                key = (m.get("pipeline"), m.get("stage"), m.get("partition"), a.version)
+                if key not in seen:
+                    rows.append(dict(zip(("pipeline", "stage", "partition", "version"), key),
+                                     recorded_at=m.get("created_at") or "", cache_hit=False))
+            # stable: rows recorded in the same second keep their history order
+            rows.sort(key=lambda r: r["recorded_at"] or "")
+            latest: dict[tuple, str] = {}
             for r in rows:
-                con.execute(
-                    "INSERT INTO stage_runs VALUES (?,?,?,?,?,?)",
-                    [r["pipeline"], r["stage"], r["partition"], r["version"], r["recorded_at"], r["cache_hit"]],
-                )
-            for (pipeline, stage, partition), version in latest.items():
-                self._views_for(con, by_version[version], pipeline, stage, partition, union=False)
-            if fnames:
-                self._union_views(con, fnames)
-            con.execute("COMMIT")
-        finally:
-            con.close()
-        return len(arts)
+                if r["pipeline"] and r["stage"]:
+                    latest[(r["pipeline"], r["stage"], r["partition"])] = r["version"]
+            con = self._connect()
+            try:
+                con.execute("BEGIN")
+                fnames: set[str] = set()
+                for a in arts:
+                    self._insert_artifact(con, a)
+                    fnames |= self._views_for(con, a, None, None, None, union=False)
+                for r in rows:
+                    con.execute(
+                        "INSERT INTO stage_runs VALUES (?,?,?,?,?,?)",
+                        [r["pipeline"], r["stage"], r["partition"], r["version"], r["recorded_at"], r["cache_hit"]],
+                    )
+                for (pipeline, stage, partition), version in latest.items():
+                    self._views_for(con, by_version[version], pipeline, stage, partition, union=False)
+                if fnames:
+                    self._union_views(con, fnames)
+                con.execute("COMMIT")
+            finally:
+                con.close()
+            return len(arts)
 
     def forget(self, versions: set[str], store: ArtifactStore) -> int:
         """Remove artifacts that are no longer stored (moved aside as damaged, or deleted): their rows and
@@ -223,45 +246,46 @@ class Catalog:
         views are recreated from what remains, and a per-stage view that showed one of them then shows
         the latest recorded version of its stage that is still stored, if any. Returns how many it removed.
         """
-        if not versions or not self.path.exists():
-            return 0
-        con = self._connect()
-        try:
-            con.execute("BEGIN")
-            marks = ",".join("?" * len(versions))
-            listed = f"SELECT version, path FROM artifacts WHERE version IN ({marks})"
-            gone = dict(con.execute(listed, sorted(versions)).fetchall())
-            if not gone:
-                con.execute("ROLLBACK")
+        with self._writing():
+            if not versions or not self.path.exists():
                 return 0
-            marks = ",".join("?" * len(gone))
-            latest = (
-                "SELECT pipeline, stage, partition, version FROM (SELECT *, row_number() OVER (PARTITION BY "
-                "pipeline, stage, partition ORDER BY recorded_at DESC, rowid DESC) AS n FROM stage_runs) "
-                "WHERE n = 1 AND pipeline IS NOT NULL AND stage IS NOT NULL"
-            )
-            shown = [r[:3] for r in con.execute(latest).fetchall() if r[3] in gone]
-            for table in ("artifacts", "lineage", "stage_runs"):
-                con.execute(f"DELETE FROM {table} WHERE version IN ({marks})", list(gone))
-            unions = set()
-            views = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall()
-            for name, sql in views:
-                if any(f"{path}/" in sql for path in gone.values()):
-                    con.execute(f'DROP VIEW "{name}"')
-                    if name.startswith("all_"):
-                        unions.add(name[len("all_"):])
-            fallback = {r[:3]: r[3] for r in con.execute(latest).fetchall()}
-            for key in shown:
-                v = fallback.get(key)
-                row = v and con.execute("SELECT kind FROM artifacts WHERE version = ?", [v]).fetchone()
-                art = store.get(row[0], v) if row else None
-                if art is not None:
-                    self._views_for(con, art, *key, union=False)
-            self._union_views(con, unions)
-            con.execute("COMMIT")
-        finally:
-            con.close()
-        return len(gone)
+            con = self._connect()
+            try:
+                con.execute("BEGIN")
+                marks = ",".join("?" * len(versions))
+                listed = f"SELECT version, path FROM artifacts WHERE version IN ({marks})"
+                gone = dict(con.execute(listed, sorted(versions)).fetchall())
+                if not gone:
+                    con.execute("ROLLBACK")
+                    return 0
+                marks = ",".join("?" * len(gone))
+                latest = (
+                    "SELECT pipeline, stage, partition, version FROM (SELECT *, row_number() OVER (PARTITION BY "
+                    "pipeline, stage, partition ORDER BY recorded_at DESC, rowid DESC) AS n FROM stage_runs) "
+                    "WHERE n = 1 AND pipeline IS NOT NULL AND stage IS NOT NULL"
+                )
+                shown = [r[:3] for r in con.execute(latest).fetchall() if r[3] in gone]
+                for table in ("artifacts", "lineage", "stage_runs"):
+                    con.execute(f"DELETE FROM {table} WHERE version IN ({marks})", list(gone))
+                unions = set()
+                views = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall()
+                for name, sql in views:
+                    if any(f"{path}/" in sql for path in gone.values()):
+                        con.execute(f'DROP VIEW "{name}"')
+                        if name.startswith("all_"):
+                            unions.add(name[len("all_"):])
+                fallback = {r[:3]: r[3] for r in con.execute(latest).fetchall()}
+                for key in shown:
+                    v = fallback.get(key)
+                    row = v and con.execute("SELECT kind FROM artifacts WHERE version = ?", [v]).fetchone()
+                    art = store.get(row[0], v) if row else None
+                    if art is not None:
+                        self._views_for(con, art, *key, union=False)
+                self._union_views(con, unions)
+                con.execute("COMMIT")
+            finally:
+                con.close()
+            return len(gone)
 
     def unlisted(self) -> set[str]:
         """Versions the catalog lists whose directory no longer holds a manifest (one ``stat`` each)."""

@@ -132,3 +132,45 @@ def test_catalog_drops_what_verify_moved_aside_and_what_is_no_longer_stored(tmp_
     assert rows == [] and "listed 1 artifacts no longer stored; removed them" in err
     views = _sql(home, "SELECT view_name FROM duckdb_views() WHERE NOT internal", capsys)[0]
     assert views == []
+
+
+def test_a_rebuild_waits_for_a_writer_and_a_writer_for_a_rebuild(tmp_path, home, monkeypatch):
+    """A rebuild deletes and recreates the catalog file: it must not run while another writer holds the
+    file, or that writer's row lands in the deleted file."""
+    import threading
+    import time
+
+    from resources.catalog import Catalog
+    from resources.store import ArtifactStore
+
+    assert main(["--home", str(home), "materialize", str(_write(tmp_path / "c.yaml", ["alpha"]))]) == 0
+    store = ArtifactStore(home)
+    (art,) = store.all()
+    events: list[str] = []
+    scan = store.all
+    monkeypatch.setattr(store, "all", lambda: events.append("rebuild scans the store") or scan())
+
+    def writer() -> None:
+        with Catalog(home)._writing():
+            events.append("writer in")
+            time.sleep(0.5)
+            events.append("writer out")
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while "writer in" not in events:
+        time.sleep(0.01)
+    Catalog(home).rebuild(store)
+    t.join()
+    assert events == ["writer in", "writer out", "rebuild scans the store"]
+
+    # and a registration waits while a rebuild holds the lock
+    events.clear()
+    cat = Catalog(home)
+    with cat._writing():
+        r = threading.Thread(target=lambda: (cat.register(art), events.append("registered")))
+        r.start()
+        time.sleep(0.3)
+        events.append("rebuild done")
+    r.join()
+    assert events == ["rebuild done", "registered"]
