@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,8 +163,9 @@ def check_bad_share(rows: int, bad: list[BadRow], max_bad_fraction: float, where
 
 
 def _text(v: Any) -> str | None:
-    """A non-empty string value, or None."""
-    if v is None:
+    """A non-empty string value (a number written out), or None: a missing value, NaN (pandas' missing value
+    in a Parquet column) and a list or object (whose Python repr would pass for text) are not text."""
+    if v is None or isinstance(v, (list, tuple, dict)) or (isinstance(v, float) and math.isnan(v)):
         return None
     s = str(v) if not isinstance(v, str) else v
     return s if s.strip() else None

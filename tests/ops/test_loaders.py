@@ -150,3 +150,12 @@ def test_file_digest_is_content(tmp_path):
     assert L.file_digest(a) == L.file_digest(b)
     b.write_text('{"x": 2}\n')
     assert L.file_digest(a) != L.file_digest(b)
+
+
+
+def test_missing_values_and_lists_are_not_text():
+    rows = [{"question": "q0", "answer": float("nan")}, {"question": float("nan"), "answer": "3"},
+            {"question": ["q"], "answer": "3"}, {"question": "q3", "answer": 72}]
+    out, bad = L.task_rows(rows, "t.parquet", question="question", answer="answer")
+    assert [(r["question"], r["answer"]) for r in out] == [("q3", "72")]
+    assert [(b.row, b.column) for b in bad] == [(0, "answer"), (1, "question"), (2, "question")]
