@@ -222,6 +222,13 @@ def task_rows(
                 continue
         else:
             final = a.strip()
+            # a worked solution in the answer column would be stored as the gold answer and never match
+            if split_gsm8k(final)[0] is not None:
+                bad.append(BadRow(file, i, answer, "holds a worked solution ending '#### n'; set answer_from: gsm8k"))
+                continue
+            if boxed_contents(final):
+                bad.append(BadRow(file, i, answer, "holds a \\boxed{} answer; set answer_from: boxed"))
+                continue
         if require_number and to_number(final) is None:
             bad.append(BadRow(file, i, answer, f"unparsable answer {final!r} (not a number)"))
             continue

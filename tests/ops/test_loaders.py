@@ -159,3 +159,12 @@ def test_missing_values_and_lists_are_not_text():
     out, bad = L.task_rows(rows, "t.parquet", question="question", answer="answer")
     assert [(r["question"], r["answer"]) for r in out] == [("q3", "72")]
     assert [(b.row, b.column) for b in bad] == [(0, "answer"), (1, "question"), (2, "question")]
+
+
+def test_a_worked_solution_in_the_answer_column_names_answer_from():
+    rows = [{"question": "q", "answer": "24 and 48\n#### 72"}, {"question": "q", "answer": "so $\\boxed{4}$"},
+            {"question": "q", "answer": "4"}]
+    out, bad = L.task_rows(rows, "t.jsonl", question="question", answer="answer")
+    assert [r["answer"] for r in out] == ["4"]
+    assert [(b.row, b.column) for b in bad] == [(0, "answer"), (1, "answer")]
+    assert "answer_from: gsm8k" in bad[0].reason and "answer_from: boxed" in bad[1].reason
