@@ -16,7 +16,9 @@ or half-filled artifact. Files are identified by their content (:func:`file_dige
   follows a user turn, or only the last, becomes an example whose earlier turns are its context) or from
   prompt/response columns.
 * ``pair_rows`` - preference pairs from prompt/chosen/rejected, chosen/rejected being strings or message
-  lists (UltraFeedback-binarized: ``[{user}, {assistant}]``; the final assistant turn is the response).
+  lists (UltraFeedback-binarized: ``[{user}, {assistant}]``; the final assistant turn is the response), the
+  prompt text or a one-user-turn message list (TRL's conversational format); a row whose prompt differs
+  between columns is bad.
 """
 
 from __future__ import annotations
@@ -351,6 +353,20 @@ def _side(v: Any) -> tuple[str | None, str | None, str | None]:
     return (before[0][1] if before else None), conv[-1][1], None
 
 
+def _prompt(v: Any) -> tuple[str | None, str | None]:
+    """``(prompt or None, problem)`` of a prompt column's value: text, or a message list holding one user turn
+    (and a system turn), as TRL's conversational preference format writes it."""
+    if not isinstance(v, (list, tuple)):
+        return _text(v), None
+    conv, why = parse_messages(v)
+    if conv is None:
+        return None, why
+    turns = [m for m in conv if m[0] != "system"]
+    if len(turns) != 1 or turns[0][0] != "user":
+        return None, "a prompt message list must hold one user turn"
+    return turns[0][1], None
+
+
 def pair_rows(
     rows: list[dict],
     file: str,
@@ -365,7 +381,10 @@ def pair_rows(
     the ``prompt`` column, or the user turn of the message lists when there is no prompt column."""
     out, bad = [], []
     for i, r in enumerate(rows):
-        p = _text(r.get(prompt)) if prompt else None
+        p, why = _prompt(r.get(prompt)) if prompt else (None, None)
+        if why:
+            bad.append(BadRow(file, i, str(prompt), why))
+            continue
         sides = {}
         for col in (chosen, rejected):
             up, resp, why = _side(r.get(col))
@@ -374,6 +393,12 @@ def pair_rows(
                 break
             sides[col] = (up, resp)
         if len(sides) < 2:
+            continue
+        # every place the row states its prompt must agree, or the pair would train on the wrong question
+        stated = [(c, u) for c, u in ((prompt, p), (chosen, sides[chosen][0]), (rejected, sides[rejected][0])) if u]
+        differ = next((c for c, u in stated[1:] if u.strip() != stated[0][1].strip()), None)
+        if differ:
+            bad.append(BadRow(file, i, differ, f"its user turn differs from the prompt in {stated[0][0]!r}"))
             continue
         p = p or sides[chosen][0] or sides[rejected][0]
         if p is None:

@@ -168,3 +168,22 @@ def test_a_worked_solution_in_the_answer_column_names_answer_from():
     assert [r["answer"] for r in out] == ["4"]
     assert [(b.row, b.column) for b in bad] == [(0, "answer"), (1, "answer")]
     assert "answer_from: gsm8k" in bad[0].reason and "answer_from: boxed" in bad[1].reason
+
+
+def test_pair_prompts_as_message_lists_and_disagreeing_prompts():
+    def msgs(*turns):
+        return [{"role": r, "content": c} for r, c in turns]
+
+    trl = {"prompt": msgs(("user", "2+2?")), "chosen": msgs(("assistant", "4")),
+           "rejected": msgs(("assistant", "5"))}
+    rows = [
+        trl,
+        {"prompt": "P", "chosen": msgs(("user", "Q"), ("assistant", "x")), "rejected": "y"},
+        {"prompt": None, "chosen": msgs(("user", "A"), ("assistant", "x")),
+         "rejected": msgs(("user", "B"), ("assistant", "y"))},
+        {"prompt": msgs(("user", "a"), ("assistant", "b"), ("user", "c")), "chosen": "x", "rejected": "y"},
+    ]
+    out, bad = L.pair_rows(rows, "trl.parquet")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in out] == [("2+2?", "4", "5")]
+    assert [(b.row, b.column) for b in bad] == [(1, "chosen"), (2, "rejected"), (3, "prompt")]
+    assert "differs from the prompt in 'prompt'" in bad[0].reason and "one user turn" in bad[2].reason
