@@ -179,6 +179,23 @@ def _row_id(r: dict, id_col: str | None, prefix: str, i: int) -> str:
     return f"{prefix}-{i}"
 
 
+def _unique_ids(out: list[dict], bad: list[BadRow], file: str, id_col: str | None) -> list[dict]:
+    """``out`` without the rows whose id an earlier source row already has, each such source row made one bad
+    row of ``id_col``: ids key lineage and the ids derived from them (samples, rollouts), so one id must mean
+    one row."""
+    if not id_col:
+        return out
+    first: dict[str, int] = {}
+    repeated: dict[int, str] = {}
+    for r in out:
+        at = first.setdefault(r["id"], r["source_row"])
+        if at != r["source_row"]:
+            repeated.setdefault(r["source_row"], f"id {r['id']!r} repeats row {at}'s")
+    bad += [BadRow(file, i, id_col, why) for i, why in repeated.items()]
+    bad.sort(key=lambda b: b.row)
+    return [r for r in out if r["source_row"] not in repeated]
+
+
 # ------------------------------------------------------------------------------------------------ tasks
 def task_rows(
     rows: list[dict],
@@ -246,7 +263,7 @@ def task_rows(
                 "source_row": i,
             }
         )
-    return out, bad
+    return _unique_ids(out, bad, file, id_column), bad
 
 
 # ------------------------------------------------------------------------------------------------ chat
@@ -331,7 +348,7 @@ def chat_rows(
                     "source_row": i,
                 }
             )
-    return out, bad
+    return _unique_ids(out, bad, file, id_column), bad
 
 
 # ------------------------------------------------------------------------------------------------ pairs
@@ -418,7 +435,7 @@ def pair_rows(
                 "source_row": i,
             }
         )
-    return out, bad
+    return _unique_ids(out, bad, file, id_column), bad
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -170,6 +170,17 @@ def test_a_worked_solution_in_the_answer_column_names_answer_from():
     assert "answer_from: gsm8k" in bad[0].reason and "answer_from: boxed" in bad[1].reason
 
 
+def test_a_repeated_id_is_a_bad_row():
+    rows = [{"id": "a", "question": "q1", "answer": "1"}, {"id": "b", "question": "q2", "answer": "2"},
+            {"id": "a", "question": "q3", "answer": "3"}]
+    out, bad = L.task_rows(rows, "t.jsonl", question="question", answer="answer", id_column="id")
+    assert [r["id"] for r in out] == ["a", "b"]
+    assert [(b.row, b.column, b.reason) for b in bad] == [(2, "id", "id 'a' repeats row 0's")]
+    chat = [{"id": "c", "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}] * 2}]
+    out, bad = L.chat_rows(chat * 2, "c.jsonl", id_column="id")
+    assert [r["id"] for r in out] == ["c-t1", "c-t3"] and [(b.row, b.column) for b in bad] == [(1, "id")]
+
+
 def test_pair_prompts_as_message_lists_and_disagreeing_prompts():
     def msgs(*turns):
         return [{"role": r, "content": c} for r, c in turns]
