@@ -86,8 +86,8 @@ class TaskFileConfig(_FileConfig):
 
 class ChatFileConfig(_FileConfig):
     messages_column: str | None = Field(
-        None, description="column of chat message lists ({role, content}); default 'messages' unless "
-        "prompt/response columns are given"
+        None, description="column of chat message lists ({role, content}, or ShareGPT's {from, value}); "
+        "default 'messages' unless prompt/response columns are given"
     )
     prompt_column: str | None = Field(None, description="column of user prompts (with response_column)")
     response_column: str | None = Field(None, description="column of assistant responses (with prompt_column)")

@@ -12,9 +12,9 @@ or half-filled artifact. Files are identified by their content (:func:`file_dige
 * ``task_rows`` - tasks: GSM8K ``question``/``answer`` with ``#### n`` split into worked solution and final
   answer (``answer_from="gsm8k"``), MATH ``problem``/``solution`` with the answer in the last ``\\boxed{}``
   (``"boxed"``), or a plain answer column (``"column"``).
-* ``chat_rows`` - SFT examples from ``messages`` lists (OpenAI/HF chat format; every assistant turn that
-  follows a user turn, or only the last, becomes an example whose earlier turns are its context) or from
-  prompt/response columns.
+* ``chat_rows`` - SFT examples from ``messages`` lists (OpenAI/HF ``{role, content}`` or ShareGPT ``{from,
+  value}`` turns; every assistant turn that follows a user turn, or only the last, becomes an example whose
+  earlier turns are its context) or from prompt/response columns.
 * ``pair_rows`` - preference pairs from prompt/chosen/rejected, chosen/rejected being strings or message
   lists (UltraFeedback-binarized: ``[{user}, {assistant}]``; the final assistant turn is the response), the
   prompt text or a one-user-turn message list (TRL's conversational format); a row whose prompt differs
@@ -33,6 +33,7 @@ from typing import Any
 from ops.answers import boxed_contents, normalize, split_gsm8k, to_number
 
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}  # ShareGPT's {from, value} turns; "system" is the same
 PROVENANCE = ("source_file", "source_row")
 
 
@@ -287,6 +288,8 @@ def parse_messages(msgs: Any) -> tuple[list[tuple[str, str]] | None, str | None]
     for k, m in enumerate(msgs):
         if not isinstance(m, dict):
             return None, f"message {k} is not an object"
+        if "role" not in m and "from" in m:
+            m = {"role": SHAREGPT_ROLES.get(m["from"], m["from"]), "content": m.get("value")}
         role = m.get("role")
         if role is None:
             return None, f"message {k} has no role"

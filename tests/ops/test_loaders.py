@@ -181,6 +181,17 @@ def test_a_repeated_id_is_a_bad_row():
     assert [r["id"] for r in out] == ["c-t1", "c-t3"] and [(b.row, b.column) for b in bad] == [(1, "id")]
 
 
+def test_sharegpt_turns_are_messages():
+    rows = [{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                               {"from": "gpt", "value": "Hello"}]},
+            {"conversations": [{"from": "bot", "value": "x"}]}]
+    out, bad = L.chat_rows(rows, "sg.json", messages="conversations")
+    assert [(r["prompt"], r["response"], json.loads(r["context"])) for r in out] == [
+        ("Hi", "Hello", [{"role": "system", "content": "Be brief."}])
+    ]
+    assert [(b.row, b.column) for b in bad] == [(1, "conversations")] and "role 'bot'" in bad[0].reason
+
+
 def test_pair_prompts_as_message_lists_and_disagreeing_prompts():
     def msgs(*turns):
         return [{"role": r, "content": c} for r, c in turns]
