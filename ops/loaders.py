@@ -18,7 +18,7 @@ or half-filled artifact. Files are identified by their content (:func:`file_dige
 * ``pair_rows`` - preference pairs from prompt/chosen/rejected, chosen/rejected being strings or message
   lists (UltraFeedback-binarized: ``[{user}, {assistant}]``; the final assistant turn is the response), the
   prompt text or a one-user-turn message list (TRL's conversational format); a row whose prompt differs
-  between columns is bad.
+  between columns, or with a system turn (pairs carry none), is bad.
 """
 
 from __future__ import annotations
@@ -355,9 +355,19 @@ def chat_rows(
 
 
 # ------------------------------------------------------------------------------------------------ pairs
+def _user_turn(conv: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """``(user prompt or None, problem)`` of the turns before a pair's response: none, or one user turn. A
+    system turn is a problem: pairs carry no system prompt, so training would silently go without it."""
+    if any(role == "system" for role, _ in conv):
+        return None, "a system turn (preference pairs carry no system prompt; drop it or fold it into the prompt)"
+    if len(conv) > 1 or (conv and conv[0][0] != "user"):
+        return None, "multi-turn pairs are not supported (one user turn, then the assistant's)"
+    return (conv[0][1] if conv else None), None
+
+
 def _side(v: Any) -> tuple[str | None, str | None, str | None]:
     """``(user prompt or None, response, problem)`` of one side of a pair: a string, or a message list whose
-    final turn is the assistant's and whose only earlier turns are one user turn (and a system turn)."""
+    final turn is the assistant's, after at most one user turn."""
     if isinstance(v, str):
         return (None, v, None) if v.strip() else (None, None, "empty response")
     if v is None:
@@ -367,24 +377,19 @@ def _side(v: Any) -> tuple[str | None, str | None, str | None]:
         return None, None, why
     if conv[-1][0] != "assistant":
         return None, None, "the last message is not the assistant's"
-    before = [m for m in conv[:-1] if m[0] != "system"]
-    if len(before) > 1:
-        return None, None, "multi-turn pairs are not supported (one user turn, then the assistant's)"
-    return (before[0][1] if before else None), conv[-1][1], None
+    user, why = _user_turn(conv[:-1])
+    return (None, None, why) if why else (user, conv[-1][1], None)
 
 
 def _prompt(v: Any) -> tuple[str | None, str | None]:
-    """``(prompt or None, problem)`` of a prompt column's value: text, or a message list holding one user turn
-    (and a system turn), as TRL's conversational preference format writes it."""
+    """``(prompt or None, problem)`` of a prompt column's value: text, or a message list holding one user turn,
+    as TRL's conversational preference format writes it."""
     if not isinstance(v, (list, tuple)):
         return _text(v), None
     conv, why = parse_messages(v)
     if conv is None:
         return None, why
-    turns = [m for m in conv if m[0] != "system"]
-    if len(turns) != 1 or turns[0][0] != "user":
-        return None, "a prompt message list must hold one user turn"
-    return turns[0][1], None
+    return _user_turn(conv)
 
 
 def pair_rows(

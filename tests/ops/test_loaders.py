@@ -209,3 +209,16 @@ def test_pair_prompts_as_message_lists_and_disagreeing_prompts():
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in out] == [("2+2?", "4", "5")]
     assert [(b.row, b.column) for b in bad] == [(1, "chosen"), (2, "rejected"), (3, "prompt")]
     assert "differs from the prompt in 'prompt'" in bad[0].reason and "one user turn" in bad[2].reason
+
+
+def test_a_system_turn_in_a_pair_is_bad_not_dropped():
+    sys_turn = {"role": "system", "content": "Talk like a pirate."}
+    row = {"chosen": [sys_turn, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Arr"}],
+           "rejected": [sys_turn, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    out, bad = L.pair_rows([row, {**row, "chosen": row["chosen"][1:], "rejected": row["rejected"][1:]}], "p.jsonl",
+                           prompt=None)
+    assert [(r["prompt"], r["chosen"]) for r in out] == [("Hi", "Arr")]
+    assert [(b.row, b.column) for b in bad] == [(0, "chosen")] and "system turn" in bad[0].reason
+    out, bad = L.pair_rows([{"prompt": [sys_turn, {"role": "user", "content": "Hi"}], "chosen": "a",
+                             "rejected": "b"}], "p.jsonl")
+    assert out == [] and "system turn" in bad[0].reason
