@@ -142,6 +142,8 @@ def validate(cfg, refs=None) -> list[tuple[str, str]]:
         for problem in file_problems(path, cols):
             where, msg = problem
             at = fld if where == "path" else where
+            if at == "prompt_column":  # UltraFeedback-style files state the prompt only inside the message lists
+                msg += "; prompt_column: null takes the prompt from the chosen/rejected message lists' user turn"
             errs.append(MissingInput(at, msg) if isinstance(problem, MissingInput) else (at, msg))
     return errs
 

@@ -126,6 +126,11 @@ def test_missing_file_or_column_is_refused_before_compute_and_at_compile(lmforge
         load_spec(spec)
     got = {(i.file, i.stage, i.field) for i in ei.value.issues}
     assert got == {(str(spec), "math", "question_column"), (str(spec), "prefs", "path")}, str(ei.value)
+    uf = tmp_path / "uf.parquet"
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "prompt"} for r in _uf_rows(2)]), uf)
+    with pytest.raises(LoaderError, match=r"field 'prompt_column': .*missing column 'prompt'.*prompt_column: null"):
+        run_kind("preference_file", {"path": str(uf)}, lmforge_home)
+    run_kind("preference_file", {"path": str(uf), "prompt_column": None}, lmforge_home)
 
 
 @pytest.mark.unit
