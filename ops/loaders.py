@@ -136,6 +136,8 @@ def file_problems(path: str | Path | None, columns: dict[str, str | None]) -> li
     if not path:
         return []
     p = Path(path).expanduser()
+    if p.is_dir():  # there, and wrong: a sharded dataset's folder is not one file
+        return [("path", f"{p}: is a directory, not a data file (give one .parquet, .jsonl or .json file)")]
     if not p.is_file():
         return [MissingInput("path", f"{p}: file not found")]
     try:

@@ -45,6 +45,10 @@ def test_file_problems_name_field_file_and_column(tmp_path):
     assert L.file_problems(tmp_path / "t.parquet", {"question_column": "question", "answer_column": "answer"}) == [
         ("answer_column", f"{tmp_path / 't.parquet'}: missing column 'answer' (has ['question'])")
     ]
+    (tmp_path / "shards").mkdir()
+    got = L.file_problems(tmp_path / "shards", {"question_column": "question"})
+    assert got == [("path", f"{tmp_path / 'shards'}: is a directory, not a data file (give one .parquet, .jsonl "
+                            "or .json file)")] and not isinstance(got[0], L.MissingInput)
 
 
 def test_gsm8k_rows_split_solution_and_answer():
