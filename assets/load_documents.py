@@ -26,7 +26,7 @@ from .registry import (
 
 
 class LoadDocumentsConfig(StageConfig):
-    paths: list[str] = Field(description="Parquet or JSONL(.gz) files or globs holding one document per row")
+    paths: list[str] = Field(description="Parquet, JSONL(.gz) or JSON (array or lines) files or globs holding one document per row")
     text_column: str = Field("text", description="column holding the document text")
     id_column: str | None = Field(None, description="column with the source's own id (kept in parent_ids)")
     url_column: str | None = Field(None, description="column with the document URL, if any")
@@ -60,7 +60,7 @@ def _validate_load(c: LoadDocumentsConfig, refs: dict[str, str]) -> list[tuple[s
                 if col and col not in names:
                     errs.append((field, f"{f} has no column {col!r} (columns: {names})"))
         elif not (f.name.endswith(".jsonl") or f.name.endswith(".jsonl.gz") or f.name.endswith(".json")):
-            errs.append(("paths", f"{f}: unsupported file type (use .parquet, .jsonl or .jsonl.gz)"))
+            errs.append(("paths", f"{f}: unsupported file type (use .parquet, .jsonl, .jsonl.gz or .json)"))
     return errs
 
 

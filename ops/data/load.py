@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ops.loaders import read_rows
+
 from .schema import doc_id, host_of, write_documents
 
 
@@ -42,6 +44,11 @@ def _rows_jsonl(path: Path, on_decode_error: str, counts: dict[str, int]):
             yield lineno, obj
 
 
+def _json_array(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"[")
+
+
 def load_documents(
     files: list[Path],
     out: Path,
@@ -61,6 +68,8 @@ def load_documents(
         if f.suffix == ".parquet":
             cols = [c for c in (text_column, id_column, url_column) if c]
             it = enumerate(pq.read_table(f, columns=cols).to_pylist(), 1)
+        elif f.suffix == ".json" and _json_array(f):  # a .json file is an array of objects or JSON lines
+            it = enumerate(read_rows(f), 1)
         else:
             it = _rows_jsonl(f, on_decode_error, counts)
         for n, obj in it:

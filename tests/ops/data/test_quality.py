@@ -402,3 +402,12 @@ def test_extract_order_does_not_depend_on_record_order(tmp_path):
         rows.append([(r["url"], r["id"], r["text"]) for r in read_documents(out).to_pylist()])
     assert [u for u, _, _ in rows[0]] == sorted(f"http://w/{n}" for n in "abcde")
     assert rows[0] == rows[1]
+
+
+def test_load_documents_reads_a_json_array(lmforge_home, tmp_path):
+    f = tmp_path / "docs.json"
+    f.write_text('[\n  {"text": "alpha document", "id": "a"},\n  {"text": "beta document", "id": "b"}\n]\n')
+    out, _ = run_kind("load_documents", {"paths": [str(f)], "id_column": "id"}, lmforge_home)
+    rows = pq.read_table(out.path / "documents.parquet").to_pylist()
+    assert [(r["text"], r["parent_ids"], r["source_record"]) for r in rows] == [
+        ("alpha document", ["a"], "docs.json:1"), ("beta document", ["b"], "docs.json:2")]
