@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.generate import chat_prompts, generate, require_chat_template, turn_end
+from ops.generate import ChatTemplateError, chat_prompts, generate, require_chat_template, turn_end
 from ops.tasks import Task, extract_answer, format_ok, is_correct, read_task_set
 
 IM_END = "<|im_end|>"
@@ -96,11 +96,20 @@ def encode_example(tok: Any, question: str, response: str, max_len: int) -> tupl
 def example_prompts(tok: Any, examples: list[Example]) -> list[list[int]]:
     """Prompt ids of each example: its context turns and question through the chat template, ending with
     the generation prompt (plain single-turn examples exactly as :func:`ops.generate.chat_prompts`)."""
+    from jinja2 import TemplateError
+
     out = chat_prompts(tok, [e.question for e in examples])
     for i, e in enumerate(examples):
         if e.context:
             msgs = [{"role": r, "content": c} for r, c in e.context] + [{"role": "user", "content": e.question}]
-            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            try:
+                text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            except TemplateError as err:  # templates that refuse a system turn (Mistral's, Gemma's) raise here
+                roles = ", ".join(m["role"] for m in msgs)
+                raise ChatTemplateError(
+                    f"example {e.id!r}: the model's chat template refuses its turns ({roles}): {err}; drop those "
+                    "turns from the data or give the hf_model stage a chat_template that accepts them"
+                ) from None
             out[i] = list(tok(text, add_special_tokens=False)["input_ids"])
     return out
 

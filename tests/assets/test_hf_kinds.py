@@ -65,6 +65,24 @@ def test_training_examples_use_the_models_own_turn_end(tmp_path, family):
     assert tok.decode(ids) == full.rstrip()
 
 
+@pytest.mark.unit
+def test_a_template_refusing_a_context_turn_names_the_example():
+    from ops.generate import ChatTemplateError
+    from ops.posttrain.common import Example, encode_all
+
+    tok = H.build_tokenizer("mistral")
+    tok.chat_template = (  # Mistral-Instruct's own check: roles alternate from a user turn, no system turn
+        "{%- for m in messages %}{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{- raise_exception('Conversation roles must alternate') }}{%- endif %}"
+        "{%- if m['role'] == 'user' %}{{- '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{%- else %}{{- m['content'] + eos_token }}{%- endif %}{%- endfor %}"
+    )
+    ok = Example("a", "2+3?", "5", context=(("user", "1+1?"), ("assistant", "2")))
+    assert len(encode_all(tok, [ok], 256)[0]) == 1
+    with pytest.raises(ChatTemplateError, match=r"example 'b': .*\(system, user\): Conversation roles must alt"):
+        encode_all(tok, [ok, Example("b", "2+3?", "5", context=(("system", "Be brief."),))], 256)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sft_full_lora_and_grpo_on_imported_checkpoint(lmforge_home, tmp_path, family):
