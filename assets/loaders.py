@@ -124,6 +124,15 @@ def _files(cfg) -> list[tuple[str, str]]:
     return [(f, getattr(cfg, f)) for f in ("path", "eval_path") if getattr(cfg, f, None)]
 
 
+# what a missing default column usually means: the file is in another common layout
+_HINTS = {
+    (PreferenceFileConfig, "prompt_column"): "; prompt_column: null takes the prompt from the chosen/rejected "
+    "message lists' user turn (UltraFeedback's layout)",
+    (ChatFileConfig, "messages_column"): "; ShareGPT files: messages_column: conversations; or give "
+    "prompt_column and response_column",
+}
+
+
 def validate(cfg, refs=None) -> list[tuple[str, str]]:
     """Missing or unreadable files and missing columns, per field; the chat column modes."""
     from ops.loaders import MissingInput, file_problems
@@ -142,8 +151,7 @@ def validate(cfg, refs=None) -> list[tuple[str, str]]:
         for problem in file_problems(path, cols):
             where, msg = problem
             at = fld if where == "path" else where
-            if at == "prompt_column":  # UltraFeedback-style files state the prompt only inside the message lists
-                msg += "; prompt_column: null takes the prompt from the chosen/rejected message lists' user turn"
+            msg += _HINTS.get((type(cfg), at), "")
             errs.append(MissingInput(at, msg) if isinstance(problem, MissingInput) else (at, msg))
     return errs
 

@@ -131,6 +131,13 @@ def test_missing_file_or_column_is_refused_before_compute_and_at_compile(lmforge
     with pytest.raises(LoaderError, match=r"field 'prompt_column': .*missing column 'prompt'.*prompt_column: null"):
         run_kind("preference_file", {"path": str(uf)}, lmforge_home)
     run_kind("preference_file", {"path": str(uf), "prompt_column": None}, lmforge_home)
+    sg = _jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": [{"from": "human", "value": "hi"}]}])
+    with pytest.raises(LoaderError, match=r"field 'messages_column': .*messages_column: conversations"):
+        run_kind("chat_file", {"path": str(sg)}, lmforge_home)
+    with pytest.raises(LoaderError, match=r"missing column 'q'") as ei:
+        run_kind("chat_file", {"path": str(sg), "prompt_column": "q", "response_column": "conversations"},
+                 lmforge_home)
+    assert "prompt_column: null" not in str(ei.value)
 
 
 @pytest.mark.unit
