@@ -4,7 +4,9 @@ Key design choices:
 * One asset per stage, key ``<pipeline>/<stage>``, group ``<pipeline>``. Its ``code_version`` is the
   stage's version (kind + config + derived code version + input versions), so the UI says "code version
   changed" exactly when the spec or the op changed; the materialization's ``data_version`` is the content
-  hash of the stored artifact, so children go stale only when bytes actually changed.
+  hash of the stored artifact, so children go stale only when bytes actually changed. Dagster keeps one
+  code version for all partitions of an asset, so a partitioned stage's covers every partition's version:
+  a partition whose input changed is never shown up to date (its siblings show stale; they are cache hits).
 * Assets hand each other *handles* (artifact directories found by version in the store), never pickled
   objects: every asset returns a ``MaterializeResult`` and declares upstream stages as ``deps``.
 * A stored version is a cache hit: the asset records the stored artifact (same metadata, same checks,
@@ -29,6 +31,7 @@ import dagster as dg
 
 from assets.metadata import to_dagster
 from assets.registry import InputArtifact, as_input
+from ops.fingerprint import stable_hash
 from resources.lmforge import LmforgeResource
 
 from .execute import execute_stage
@@ -234,11 +237,14 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
         for c in kind.checks
     ]
     description = f"{kind.name}: {kind.description}\n\nversion {stage.version}"
+    code_version = stage.version
+    if stage.partitions is not None:
+        code_version = stable_hash({"stage": stage.version, "partitions": stage.partition_versions})
 
     @dg.asset(
         key=key,
         group_name=spec.name,
-        code_version=stage.version,
+        code_version=code_version,
         deps=[dg.AssetKey([spec.name, d]) for d in stage.deps],
         partitions_def=partitions_def,
         pool=kind.pool,

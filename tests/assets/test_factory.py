@@ -273,3 +273,34 @@ def test_adding_a_partition_computes_only_it(lmforge_home, tmp_path):
                 r.asset_materializations_for_node("parts__count")[0].metadata["lmforge/cache_hit"].value
             )
         assert hits == {"a": True, "b": False}
+
+
+def test_partition_whose_input_changed_is_stale_like_plan_says(lmforge_home, tmp_path):
+    """Dagster keeps one code version per asset: a partition whose upstream stage has a new version must not
+    show FRESH while `lmforge plan` says it is to be computed."""
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from pipelines.spec import plan
+
+    p = tmp_path / "parts.yaml"
+    p.write_text(
+        "pipeline: parts\nstages:\n  a: {kind: toy_text, words: [x]}\n  b: {kind: toy_text, words: [y, z]}\n"
+        "  count: {kind: toy_count, docs: [a, b]}\n"
+    )
+    res = {"lmforge": LmforgeResource(home=str(lmforge_home))}
+    count = dg.AssetKey(["parts", "count"])
+    with dg.instance_for_test() as inst:
+        assets = list(build_spec_definitions(load_spec(p)).assets)
+        assert dg.materialize(assets, selection=[dg.AssetKey(["parts", s]) for s in "ab"], instance=inst,
+                              resources=res).success
+        for part in "ab":
+            assert dg.materialize(assets, selection=[count], partition_key=part, instance=inst,
+                                  resources=res).success
+        p.write_text(p.read_text().replace("words: [x]", "words: [x, w]"))
+        spec2 = load_spec(p)
+        todo = {r["partition"] for r in plan(spec2, ArtifactStore(lmforge_home))
+                if r["stage"] == "count" and not r["stored"]}
+        assert todo == {"a"}
+        resolver = get_stale_status_resolver(inst, list(build_spec_definitions(spec2).assets))
+        assert resolver.get_status(count, "a").value == "STALE"
+        assert any("code version" in c.reason for c in resolver.get_stale_causes(count, "a"))
