@@ -204,7 +204,7 @@ def _result(stage, art, result_or_none, partition: str | None, extra: dict | Non
     for spec_ in stage.kind.checks:
         c = outcomes.get(spec_.name)
         passed = bool(c and c["passed"])
-        cmeta = {"description": dg.MetadataValue.text((c or {}).get("description") or spec_.description)}
+        cmeta = {}
         for k, v in ((c or {}).get("metadata") or {}).items():
             cmeta[k] = (
                 dg.MetadataValue.json(v) if isinstance(v, dict | list) else dg.MetadataValue.text(str(v))
@@ -216,6 +216,7 @@ def _result(stage, art, result_or_none, partition: str | None, extra: dict | Non
                 check_name=spec_.name,
                 passed=passed,
                 metadata=cmeta,
+                description=(c or {}).get("description") or spec_.description,
                 severity=dg.AssetCheckSeverity.ERROR if spec_.blocking else dg.AssetCheckSeverity.WARN,
             )
         )

@@ -307,7 +307,8 @@ def run_failures(instance: dg.DagsterInstance, run_id: str) -> list[StageFailure
         if ev.passed:
             continue
         md = {k: v.value for k, v in (ev.metadata or {}).items()}
-        desc = md.pop("description", "")
+        # check events written by earlier lmforge releases hold the description in their metadata
+        desc = ev.description or md.pop("description", "")
         extra = "; ".join(f"{k}: {_short(v)}" for k, v in md.items())
         checks.setdefault("/".join(ev.asset_key.path), []).append(
             f"'{ev.check_name}': {desc}" + (f" ({extra})" if extra else "")

@@ -155,6 +155,8 @@ def test_blocking_check_stops_downstream(lmforge_home, tmp_path):
         res = _materialize(spec, lmforge_home, inst)
         evs = res.get_asset_check_evaluations()
         assert [e.passed for e in evs if e.asset_key.path[-1] == "w"] == [False]
+        # the UI shows what the check asserts on the evaluation itself
+        assert [e.description for e in evs] == ["at least one row"]
         assert not res.asset_materializations_for_node("empty__u")
 
 
