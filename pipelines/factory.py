@@ -2,11 +2,14 @@
 
 Key design choices:
 * One asset per stage, key ``<pipeline>/<stage>``, group ``<pipeline>``. Its ``code_version`` is the
-  stage's version (kind + config + derived code version + input versions), so the UI says "code version
-  changed" exactly when the spec or the op changed; the materialization's ``data_version`` is the content
-  hash of the stored artifact, so children go stale only when bytes actually changed. Dagster keeps one
-  code version for all partitions of an asset, so a partitioned stage's covers every partition's version:
-  a partition whose input changed is never shown up to date (its siblings show stale; they are cache hits).
+  stage's version (kind + config + derived code version + input versions) without the identity of external
+  files, so the UI says "code version changed" exactly when the spec or the op changed; the
+  materialization's ``data_version`` is the content hash of the stored artifact, so children go stale only
+  when bytes actually changed. External files (a watched folder, a checkpoint path) are read when a run
+  starts, not when the code location loads: their identity in the code version would make every stage the
+  run wrote look stale to a code server loaded before the files changed. Dagster keeps one code version
+  for all partitions of an asset, so a partitioned stage's covers every partition's version: a partition
+  whose input changed is never shown up to date (its siblings show stale; they are cache hits).
 * Assets hand each other *handles* (artifact directories found by version in the store), never pickled
   objects: every asset returns a ``MaterializeResult`` and declares upstream stages as ``deps``.
 * A stored version is a cache hit: the asset records the stored artifact (same metadata, same checks,
@@ -225,7 +228,20 @@ def _result(stage, art, result_or_none, partition: str | None, extra: dict | Non
     )
 
 
-def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
+def code_versions(spec) -> dict[str, str]:
+    """The Dagster code version of every stage: its version computed without external files' identity
+    (see the module docstring); for a partitioned stage, over all its partitions' versions."""
+    from .spec import compute_versions
+
+    recipe = copy.deepcopy(spec)
+    compute_versions(recipe, fingerprints=False)
+    return {
+        n: st.version if st.partitions is None else stable_hash({"stage": st.version, "partitions": st.partition_versions})
+        for n, st in recipe.stages.items()
+    }
+
+
+def build_stage_asset(spec, stage, code_version: str) -> dg.AssetsDefinition:
     key = dg.AssetKey([spec.name, stage.name])
     kind = stage.kind
     partitions_def = dg.StaticPartitionsDefinition(stage.partitions) if stage.partitions is not None else None
@@ -238,9 +254,6 @@ def build_stage_asset(spec, stage) -> dg.AssetsDefinition:
         for c in kind.checks
     ]
     description = f"{kind.name}: {kind.description}\n\nversion {stage.version}"
-    code_version = stage.version
-    if stage.partitions is not None:
-        code_version = stable_hash({"stage": stage.version, "partitions": stage.partition_versions})
 
     @dg.asset(
         key=key,
@@ -336,7 +349,8 @@ def _watch_sensor(spec, stage_name: str, watch: Any) -> dg.SensorDefinition:
 
 
 def build_spec_definitions(spec) -> dg.Definitions:
-    assets = [build_stage_asset(spec, st) for st in spec.stages.values()]
+    versions = code_versions(spec)
+    assets = [build_stage_asset(spec, st, versions[st.name]) for st in spec.stages.values()]
     schedules, sensors = [], []
     eager = False
     for sname, auto in spec.automation.items():

@@ -306,3 +306,41 @@ def test_partition_whose_input_changed_is_stale_like_plan_says(lmforge_home, tmp
         resolver = get_stale_status_resolver(inst, list(build_spec_definitions(spec2).assets))
         assert resolver.get_status(count, "a").value == "STALE"
         assert any("code version" in c.reason for c in resolver.get_stale_causes(count, "a"))
+
+
+def test_stages_a_run_wrote_from_new_input_files_stay_fresh_for_a_code_server_loaded_before(lmforge_home, tmp_path):
+    """A watched folder gets a file: the run (its worker loads the code location afresh) stores a new version,
+    and the UI, whose code server loaded the spec before, shows the stage fresh and its child stale by data
+    -- not every stage the run wrote as "has a new code version"."""
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.jsonl").write_text(json.dumps({"id": "1", "text": "hello world"}) + "\n")
+    p = tmp_path / "w.yaml"
+    p.write_text(
+        f'pipeline: w\nstages:\n  docs: {{kind: load_documents, paths: ["{inbox}/*.jsonl"]}}\n'
+        f'  upper: {{kind: toy_upper, from: docs}}\nautomation:\n  docs: {{watch: "{inbox}"}}\n'
+    )
+    res = {"lmforge": LmforgeResource(home=str(lmforge_home))}
+    keys = {s: dg.AssetKey(["w", s]) for s in ("docs", "upper")}
+    with dg.instance_for_test() as inst:
+
+        def run(selection):
+            worker = list(build_spec_definitions(load_spec(p)).assets)
+            assert dg.materialize(worker, selection=[keys[s] for s in selection], instance=inst,
+                                  resources=res).success
+
+        def status():
+            resolver = get_stale_status_resolver(inst, server)
+            return {s: resolver.get_status(k).value for s, k in keys.items()}
+
+        run(["docs", "upper"])
+        server = list(build_spec_definitions(load_spec(p)).assets)
+        (inbox / "b.jsonl").write_text(json.dumps({"id": "2", "text": "second file"}) + "\n")
+        run(["docs"])
+        assert status() == {"docs": "FRESH", "upper": "STALE"}
+        resolver = get_stale_status_resolver(inst, server)
+        assert [c.reason for c in resolver.get_stale_causes(keys["upper"])] == ["has a new dependency data version"]
+        run(["upper"])
+        assert status() == {"docs": "FRESH", "upper": "FRESH"}

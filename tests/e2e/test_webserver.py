@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.factory import code_versions
 from pipelines.spec import SpecError, load_spec, spec_files
 
 from .servers import dagster_server, graphql
@@ -44,9 +45,10 @@ def test_webserver_serves_lineage(lmforge_home, tmp_path):
         ], locs
         nodes = {tuple(n["assetKey"]["path"]): n for n in graphql(url, NODES)["assetNodes"]}
     spec = load_spec("tiny_r1")
+    versions = code_versions(spec)
     for st in spec.stages.values():
         node = nodes[("tiny_r1", st.name)]
         assert node["groupName"] == "tiny_r1"
-        assert node["opVersion"] == st.version
+        assert node["opVersion"] == versions[st.name]
         assert {tuple(d["path"]) for d in node["dependencyKeys"]} == {("tiny_r1", d) for d in st.deps}
         assert {c["name"] for c in node["assetChecksOrError"]["checks"]} == {c.name for c in st.kind.checks}
