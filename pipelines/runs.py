@@ -6,7 +6,8 @@ Key design choices:
   and the process's start time (``lmforge/pid``, ``lmforge/host``, ``lmforge/pid_start``); runs launched
   from the UI are known by the pid in Dagster's own "Started process for run (pid: N)" event. The start
   time guards against a reused pid: a run is judged dead only when its process is provably gone, never
-  when it cannot be judged (no pid recorded yet, or another host).
+  when it cannot be judged (no pid recorded yet, another host, or on shared storage a UI run's host, which
+  only the daemon's launcher that started it knows).
 * A dead run is marked failed with the reason, and every pool slot it claimed or queued for is freed:
   Dagster frees slots only when the run's own process exits cleanly, so a SIGKILL or an out-of-memory
   kill would otherwise hold the single ``gpu`` slot forever. This happens at every ``lmforge materialize``
@@ -35,6 +36,7 @@ import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+from dagster._core.storage.runs import SqliteRunStorage
 
 PID_TAG = "lmforge/pid"
 HOST_TAG = "lmforge/host"
@@ -42,6 +44,7 @@ START_TAG = "lmforge/pid_start"
 INVOCATION_TAG = "lmforge/invocation"
 SPEC_TAG = "lmforge/spec"
 STAGES_TAG = "lmforge/stages"
+UNKNOWN_HOST = "an unrecorded host"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # statuses in which a run holds (or waits for) pool slots through a live process
@@ -79,8 +82,10 @@ class Worker:
         return f"pid {self.pid}" + (f" on {self.host}" if self.host else "")
 
 
-def run_worker(instance: dg.DagsterInstance, run: Any) -> Worker | None:
-    """The process executing ``run``: from lmforge's tags, else from Dagster's "Started process" event."""
+def run_worker(instance: dg.DagsterInstance, run: Any, *, launched_here: bool = False) -> Worker | None:
+    """The process executing ``run``: from lmforge's tags, else from Dagster's "Started process" event.
+    That event names no host: its pid is judged here only by the launcher that started the run
+    (``launched_here``) or on SQLite storage, which one machine's processes share."""
     tags = run.tags
     if PID_TAG in tags:
         return Worker(int(tags[PID_TAG]), tags.get(HOST_TAG), tags.get(START_TAG))
@@ -90,8 +95,8 @@ def run_worker(instance: dg.DagsterInstance, run: Any) -> Worker | None:
             continue
         pid = ev.event_specific_data.metadata.get("pid")
         if pid is not None:
-            # the run worker was started by the code server of this instance (sqlite: one machine)
-            return Worker(int(pid.value), None, None)
+            local = launched_here or isinstance(instance.run_storage, SqliteRunStorage)
+            return Worker(int(pid.value), None if local else UNKNOWN_HOST, None)
     return None
 
 
@@ -99,6 +104,8 @@ def worker_state(worker: Worker | None) -> tuple[bool | None, str]:
     """(alive, description): alive is None when it cannot be judged from this machine."""
     if worker is None:
         return None, "no process recorded yet"
+    if worker.host == UNKNOWN_HOST:
+        return None, f"pid {worker.pid} on a host that is not recorded (shared storage)"
     if worker.host and worker.host != socket.gethostname():
         return None, f"{worker.describe()} (another host)"
     try:
@@ -168,7 +175,7 @@ class LmforgeRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
-        alive, why = worker_state(run_worker(self._instance, run))
+        alive, why = worker_state(run_worker(self._instance, run, launched_here=True))
         if alive is False:
             return CheckRunHealthResult(WorkerStatus.FAILED, why)
         if alive:

@@ -259,3 +259,36 @@ def test_dagster_started_run_is_judged_by_its_worker_pid(tmp_path, monkeypatch):
                                      EngineEventData.in_process(pid))
         w = run_worker(instance, run)
         assert w.pid == pid and worker_state(w)[0] is alive
+
+
+def test_shared_storage_never_fails_a_run_whose_worker_host_is_not_recorded(tmp_path, monkeypatch):
+    """On Postgres the daemon's runs execute on the server: a `lmforge materialize` on another machine cannot
+    see their worker pid, so it must leave them (and their pool slots) alone; the daemon's launcher, which
+    started them, still judges them."""
+    import dagster as dg
+    from dagster._core.events import EngineEventData
+
+    from pipelines.instance import postgres_url
+    from pipelines.runs import LmforgeRunLauncher, reap_dead_runs
+    from tests.e2e.postgres import postgres_bin, postgres_server
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are absent: apt-get install postgresql (make test does)")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with postgres_server() as url:
+        monkeypatch.setenv("LMFORGE_POSTGRES_URL", url)
+        postgres_url()
+        instance = dg.DagsterInstance.from_config(str(ensure_dagster_home(tmp_path / "home")))
+        try:
+            run = instance.create_run_for_job(dg.GraphDefinition("g").to_job(), status=dg.DagsterRunStatus.STARTED)
+            instance.report_engine_event(f"Started process for run (pid: {dead.pid}).", run,
+                                         EngineEventData.in_process(dead.pid))
+            assert reap_dead_runs(instance) == []
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+            launcher = LmforgeRunLauncher()
+            launcher.register_instance(instance)
+            health = launcher.check_run_worker_health(run)
+            assert health.status.name == "FAILED" and "no longer exists" in health.msg
+        finally:
+            instance.dispose()
