@@ -180,6 +180,17 @@ def _pool_threads(kind, context):
         torch.set_num_threads(before)
 
 
+def _scalar(v: Any) -> dg.MetadataValue:
+    """A number stays a number (the UI plots it across materializations); anything else is text."""
+    if isinstance(v, bool):
+        return dg.MetadataValue.bool(v)
+    if isinstance(v, int):
+        return dg.MetadataValue.int(v)
+    if isinstance(v, float):
+        return dg.MetadataValue.float(v)
+    return dg.MetadataValue.text(str(v))
+
+
 def _result(stage, art, result_or_none, partition: str | None, extra: dict | None = None) -> dg.MaterializeResult:
     m = art.manifest
     md: dict[str, Any] = {
@@ -192,14 +203,8 @@ def _result(stage, art, result_or_none, partition: str | None, extra: dict | Non
     if art.failed:
         md["lmforge/failed"] = dg.MetadataValue.text(art.failed)
     for k, v in (m.get("metrics") or {}).items():
-        if isinstance(v, bool):
-            md[k] = dg.MetadataValue.bool(v)
-        elif isinstance(v, int):
-            md[k] = dg.MetadataValue.int(v)
-        elif isinstance(v, float):
-            md[k] = dg.MetadataValue.float(v)
-        elif isinstance(v, str):
-            md[k] = dg.MetadataValue.text(v)
+        if isinstance(v, bool | int | float | str):
+            md[k] = _scalar(v)
     md.update(to_dagster(art.metadata(), art.path))
     md.update(extra or {})
     outcomes = {c["name"]: c for c in m.get("checks", [])}
@@ -209,9 +214,7 @@ def _result(stage, art, result_or_none, partition: str | None, extra: dict | Non
         passed = bool(c and c["passed"])
         cmeta = {}
         for k, v in ((c or {}).get("metadata") or {}).items():
-            cmeta[k] = (
-                dg.MetadataValue.json(v) if isinstance(v, dict | list) else dg.MetadataValue.text(str(v))
-            )
+            cmeta[k] = dg.MetadataValue.json(v) if isinstance(v, dict | list) else _scalar(v)
         if c is None:
             cmeta["error"] = dg.MetadataValue.text("the stage did not evaluate this check")
         checks.append(

@@ -157,6 +157,7 @@ def test_blocking_check_stops_downstream(lmforge_home, tmp_path):
         assert [e.passed for e in evs if e.asset_key.path[-1] == "w"] == [False]
         # the UI shows what the check asserts on the evaluation itself
         assert [e.description for e in evs] == ["at least one row"]
+        assert [e.metadata["rows"].value for e in evs] == [0]  # a number, plotted across evaluations
         assert not res.asset_materializations_for_node("empty__u")
 
 
