@@ -4,7 +4,8 @@ person can read, and the ``lmforge runs`` listing.
 Key design choices:
 * Every run records the process that executes it. ``lmforge materialize`` tags its runs with its pid, host
   and the process's start time (``lmforge/pid``, ``lmforge/host``, ``lmforge/pid_start``); runs launched
-  from the UI are known by the pid in Dagster's own "Started process for run (pid: N)" event. The start
+  from the UI are known by the pid in Dagster's own "Started process for run (pid: N)" event, runs of
+  Dagster's CLI (``dagster asset materialize``) by its "Executing steps ... (pid: N)" event. The start
   time guards against a reused pid: a run is judged dead only when its process is provably gone, never
   when it cannot be judged (no pid recorded yet, another host, or on shared storage a UI run's host, which
   only the daemon's launcher that started it knows).
@@ -45,6 +46,12 @@ INVOCATION_TAG = "lmforge/invocation"
 SPEC_TAG = "lmforge/spec"
 STAGES_TAG = "lmforge/stages"
 UNKNOWN_HOST = "an unrecorded host"
+# Dagster's engine events that name the pid of the process executing a run (launcher's first)
+_WORKER_EVENTS = (
+    "Started process for run",
+    "Executing steps in process",
+    "Executing steps using multiprocess executor: parent process",
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # statuses in which a run holds (or waits for) pool slots through a live process
@@ -83,19 +90,24 @@ class Worker:
 
 
 def run_worker(instance: dg.DagsterInstance, run: Any, *, launched_here: bool = False) -> Worker | None:
-    """The process executing ``run``: from lmforge's tags, else from Dagster's "Started process" event.
-    That event names no host: its pid is judged here only by the launcher that started the run
-    (``launched_here``) or on SQLite storage, which one machine's processes share."""
+    """The process executing ``run``: from lmforge's tags, else from Dagster's first engine event naming the
+    run's process: "Started process for run" (a launcher's run worker) or "Executing steps" (a run that
+    executes where it was started, e.g. ``dagster asset materialize``). These name no host: a pid is
+    judged here only on SQLite storage, which one machine's processes share, or by the launcher that
+    started the run (``launched_here``, launcher events only)."""
     tags = run.tags
     if PID_TAG in tags:
         return Worker(int(tags[PID_TAG]), tags.get(HOST_TAG), tags.get(START_TAG))
     for rec in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         ev = rec.dagster_event
-        if ev is None or not (ev.message or "").startswith("Started process for run"):
+        msg = (ev.message or "") if ev is not None else ""
+        if not msg.startswith(_WORKER_EVENTS):
             continue
         pid = ev.event_specific_data.metadata.get("pid")
         if pid is not None:
-            local = launched_here or isinstance(instance.run_storage, SqliteRunStorage)
+            local = isinstance(instance.run_storage, SqliteRunStorage) or (
+                launched_here and msg.startswith(_WORKER_EVENTS[0])
+            )
             return Worker(int(pid.value), None if local else UNKNOWN_HOST, None)
     return None
 

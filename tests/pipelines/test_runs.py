@@ -292,3 +292,24 @@ def test_shared_storage_never_fails_a_run_whose_worker_host_is_not_recorded(tmp_
             assert health.status.name == "FAILED" and "no longer exists" in health.msg
         finally:
             instance.dispose()
+
+
+def test_a_run_started_by_dagsters_own_cli_is_judged_by_its_executing_process(tmp_path, monkeypatch):
+    """`dagster asset materialize` runs in its own process and tags nothing: its worker is the pid of the
+    "Executing steps" event, so a kill leaves neither a STARTED run nor a held `gpu` slot behind."""
+    import dagster as dg
+
+    from pipelines.runs import reap_dead_runs
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("DAGSTER_HOME", str(ensure_dagster_home(home)))
+    untagged = HARD_EXIT.replace(", tags=process_tags()", "")
+    p = subprocess.run([sys.executable, "-c", untagged], cwd=ROOT, env=_env(home), capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 9, p.stdout + p.stderr
+    instance = dg.DagsterInstance.get()
+    (rec,) = instance.get_run_records()
+    assert rec.dagster_run.status == dg.DagsterRunStatus.STARTED and "lmforge/pid" not in rec.dagster_run.tags
+    assert [run_id for run_id, _ in reap_dead_runs(instance)] == [rec.dagster_run.run_id]
+    assert instance.get_run_by_id(rec.dagster_run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert not instance.event_log_storage.get_concurrency_info("gpu").active_run_ids
