@@ -251,7 +251,14 @@ def build_stage_asset(spec, stage, code_version: str) -> dg.AssetsDefinition:
     auto = spec.automation.get(stage.name) or {}
     condition = None
     if auto.get("eager"):
-        condition = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+        # a dependency whose version changed and is not materialized yet would make the run fail for lack of it
+        condition = (
+            dg.AutomationCondition.eager()
+            & dg.AutomationCondition.all_deps_blocking_checks_passed()
+            & ~dg.AutomationCondition.any_deps_match(
+                dg.AutomationCondition.code_version_changed().since(dg.AutomationCondition.newly_updated())
+            )
+        )
     check_specs = [
         dg.AssetCheckSpec(c.name, asset=key, description=c.description, blocking=c.blocking)
         for c in kind.checks

@@ -345,3 +345,33 @@ def test_stages_a_run_wrote_from_new_input_files_stay_fresh_for_a_code_server_lo
         assert [c.reason for c in resolver.get_stale_causes(keys["upper"])] == ["has a new dependency data version"]
         run(["upper"])
         assert status() == {"docs": "FRESH", "upper": "FRESH"}
+
+
+def test_eager_stage_waits_while_a_dependency_has_a_new_version_not_materialized(lmforge_home, tmp_path):
+    """`words` gets a new config: `joined` (eager) is not launched when `more` updates -- its run would fail
+    for lack of `upper`'s new version -- but once `words` and then `upper` are materialized."""
+    p = tmp_path / "toy.yaml"
+    p.write_text((SPECS / "toy.yaml").read_text())
+    res = LmforgeResource(home=str(lmforge_home))
+
+    def defs():
+        return dg.Definitions.merge(build_spec_definitions(load_spec(p)), dg.Definitions(resources={"lmforge": res}))
+
+    with dg.instance_for_test() as inst:
+        d = defs()
+        r = dg.evaluate_automation_conditions(defs=d, instance=inst)
+
+        def tick(selection=()):
+            nonlocal r
+            if selection:
+                assert _materialize(load_spec(p), lmforge_home, inst, list(selection)).success
+            r = dg.evaluate_automation_conditions(defs=d, instance=inst, cursor=r.cursor)
+            return {k.path[-1] for k in d.resolve_asset_graph().get_all_asset_keys() if r.get_num_requested(k)}
+
+        assert tick(["words", "more", "upper", "joined"]) == set()
+        p.write_text(p.read_text().replace("[alpha, beta, gamma]", "[alpha]"))
+        d = defs()
+        assert tick() == set()
+        assert tick(["more"]) == set()
+        assert tick(["words"]) == {"upper"}
+        assert tick(["upper"]) == {"joined"}
