@@ -35,8 +35,8 @@ from .registry import (
 def _path_field(required: bool, what: str):
     return run_option(
         ... if required else None,
-        description=f"{what}: a .parquet, .jsonl or .json file, identified by its content (moving it changes "
-        "nothing; changing it re-versions this stage and its descendants)",
+        description=f"{what}: a .parquet, .jsonl or .json file (JSON may be .gz), identified by its content "
+        "(moving it changes nothing; changing it re-versions this stage and its descendants)",
     )
 
 
@@ -159,7 +159,7 @@ def validate(cfg, refs=None) -> list[tuple[str, str]]:
 def holds_no_rows(path: str) -> bool:
     """Whether a data file that can be read holds no row: a Parquet footer's count, a JSON-lines file with no
     line but blanks (read up to its first row only); False for a missing or unreadable file."""
-    from ops.loaders import read_rows
+    from ops.loaders import open_bytes, read_rows
 
     p = Path(path).expanduser()
     try:
@@ -167,9 +167,9 @@ def holds_no_rows(path: str) -> bool:
             import pyarrow.parquet as pq
 
             return pq.read_metadata(p).num_rows == 0
-        if p.name.lower().endswith(".json"):
+        if p.name.lower().removesuffix(".gz").endswith(".json"):
             return not read_rows(p)
-        with p.open("rb") as fh:
+        with open_bytes(p) as fh:
             return not any(line.strip() for line in fh)
     except Exception:  # noqa: BLE001 - a missing or unreadable file is validate's to report
         return False

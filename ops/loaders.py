@@ -23,12 +23,13 @@ or half-filled artifact. Files are identified by their content (:func:`file_dige
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ops.answers import boxed_contents, normalize, split_gsm8k, to_number
 
@@ -80,10 +81,17 @@ def file_digest(path: str | Path) -> str:
 
 def _kind(p: Path) -> str:
     name = p.name.lower()
+    gz = name.endswith(".gz")  # JSON is often shipped gzipped; Parquet compresses inside the file
+    name = name.removesuffix(".gz")
     for ext, kind in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "json"), (".ndjson", "jsonl")):
-        if name.endswith(ext):
+        if name.endswith(ext) and not (gz and kind == "parquet"):
             return kind
-    raise LoaderError(f"{p}: unsupported file type; use .parquet, .jsonl or .json")
+    raise LoaderError(f"{p}: unsupported file type; use .parquet, .jsonl or .json (either JSON one may be .gz)")
+
+
+def open_bytes(p: Path) -> IO[bytes]:
+    """``p`` opened for reading bytes, decompressed when its name ends in ``.gz``."""
+    return gzip.open(p, "rb") if p.name.lower().endswith(".gz") else p.open("rb")
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -94,7 +102,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(p).to_pylist()
-    text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors, Excel exports) is not data
+    with open_bytes(p) as fh:  # a byte-order mark (Windows editors, Excel exports) is not data
+        text = fh.read().decode("utf-8-sig")
     if kind == "json" and text.lstrip().startswith("["):
         rows = json.loads(text)
     else:

@@ -50,6 +50,7 @@ def test_task_file_gsm8k_splits_answers_and_keeps_provenance(lmforge_home, tmp_p
     from ops.tasks import read_task_set
 
     train = _jsonl(tmp_path / "gsm8k_train.jsonl", _gsm8k_rows(12))
+    train.with_name("gsm8k_train.jsonl.gz").write_bytes(__import__("gzip").compress(train.read_bytes()))
     test = tmp_path / "gsm8k_test.parquet"
     pq.write_table(pa.Table.from_pylist(_gsm8k_rows(4, start=600)), test)
     art, res = run_kind("task_file", {"path": str(train), "eval_path": str(test), "answer_from": "gsm8k"},
@@ -64,6 +65,10 @@ def test_task_file_gsm8k_splits_answers_and_keeps_provenance(lmforge_home, tmp_p
     t = read_task_set(art.path, "train")[3]
     assert t.answer_format == "gsm8k" and t.response.endswith("#### 8")
     assert res.metadata["source"].value["path"]["file"] == "gsm8k_train.jsonl"
+    # the same rows gzipped (as GSM8K-style dumps often ship) are read the same
+    gz, _ = run_kind("task_file", {"path": str(train) + ".gz", "eval_path": str(test), "answer_from": "gsm8k"},
+                     lmforge_home, stage="gsm8k_gz")
+    assert [r["answer"] for r in pq.read_table(gz.path / "train.parquet").to_pylist()] == [r["answer"] for r in rows]
 
 
 @pytest.mark.unit
@@ -141,15 +146,19 @@ def test_missing_file_or_column_is_refused_before_compute_and_at_compile(lmforge
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name", ["empty.jsonl", "blank.jsonl", "empty.json", "empty.parquet"])
+@pytest.mark.parametrize("name", ["empty.jsonl", "blank.jsonl", "empty.json", "empty.parquet", "blank.jsonl.gz",
+                                  "empty.json.gz"])
 def test_an_empty_file_is_one_issue_saying_so(tmp_path, name):
+    import gzip
+
     from tests.spec_helpers import assert_one_issue
 
     f = tmp_path / name
     if name.endswith(".parquet"):  # the columns are there, the rows are not
         pq.write_table(pa.table({"question": pa.array([], pa.string()), "answer": pa.array([], pa.string())}), f)
     else:
-        f.write_text({"empty.jsonl": "", "blank.jsonl": "\n  \n", "empty.json": "[]"}[name])
+        text = {"empty.jsonl": "", "blank.jsonl": "\n  \n", "empty.json": "[]"}[name.removesuffix(".gz")]
+        f.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     good = _jsonl(tmp_path / "good.jsonl", [{"question": "1+1?", "answer": "2"}])
     for field, stage in (("path", f"{{kind: task_file, path: {f}}}"),
                          ("eval_path", f"{{kind: task_file, path: {good}, eval_path: {f}}}")):

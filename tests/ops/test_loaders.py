@@ -37,6 +37,24 @@ def test_byte_order_mark_and_crlf_lines_are_not_data(tmp_path):
     assert L.read_rows(tmp_path / "f.json") == rows
 
 
+def test_gzipped_json_lines_and_arrays_are_read(tmp_path):
+    import gzip
+
+    rows = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    with gzip.open(tmp_path / "f.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    with gzip.open(tmp_path / "f.json.gz", "wt") as f:
+        f.write(json.dumps(rows))
+    assert L.read_rows(tmp_path / "f.jsonl.gz") == rows
+    assert L.read_rows(tmp_path / "f.json.gz") == rows
+    (tmp_path / "f.parquet.gz").write_bytes(b"")  # Parquet compresses inside the file
+    with pytest.raises(L.LoaderError, match="unsupported file type"):
+        L.read_rows(tmp_path / "f.parquet.gz")
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(OSError):
+        L.read_rows(tmp_path / "bad.jsonl.gz")
+
+
 def test_file_problems_name_field_file_and_column(tmp_path):
     pq.write_table(pa.table({"question": ["q"]}), tmp_path / "t.parquet")
     assert L.file_problems(tmp_path / "nope.parquet", {"question_column": "question"}) == [
