@@ -159,15 +159,16 @@ def validate(cfg, refs=None) -> list[tuple[str, str]]:
 def holds_no_rows(path: str) -> bool:
     """Whether a data file that can be read holds no row: a Parquet footer's count, a JSON-lines file with no
     line but blanks (read up to its first row only); False for a missing or unreadable file."""
-    from ops.loaders import open_bytes, read_rows
+    from ops.loaders import file_kind, open_bytes, read_rows
 
     p = Path(path).expanduser()
     try:
-        if p.name.lower().endswith(".parquet"):
+        kind = file_kind(p)
+        if kind == "parquet":
             import pyarrow.parquet as pq
 
             return pq.read_metadata(p).num_rows == 0
-        if p.name.lower().removesuffix(".gz").endswith(".json"):
+        if kind == "json":
             return not read_rows(p)
         with open_bytes(p) as fh:
             return not any(line.strip() for line in fh)

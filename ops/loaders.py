@@ -79,7 +79,8 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _kind(p: Path) -> str:
+def file_kind(p: Path) -> str:
+    """The format by the file name: ``parquet``, ``jsonl`` or ``json`` (JSON may be gzipped); else LoaderError."""
     name = p.name.lower()
     gz = name.endswith(".gz")  # JSON is often shipped gzipped; Parquet compresses inside the file
     name = name.removesuffix(".gz")
@@ -97,7 +98,7 @@ def open_bytes(p: Path) -> IO[bytes]:
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Every row of a Parquet, JSON-lines or JSON (array of objects, or JSON lines) file, in file order."""
     p = Path(path).expanduser()
-    kind = _kind(p)
+    kind = file_kind(p)
     if kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -120,7 +121,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _columns(p: Path) -> list[str]:
-    if _kind(p) == "parquet":
+    if file_kind(p) == "parquet":
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(p).names)
